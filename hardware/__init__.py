@@ -1,0 +1,1 @@
+"""GPUs: local ones through NVML and a spec database (resources/gpus.toml). No Qt."""
