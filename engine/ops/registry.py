@@ -1,0 +1,113 @@
+"""One formula per aten op (overload packet), registered in one place.
+
+A formula is a small pure function ``f(args, kwargs, out) -> int`` returning MACs (for matmul-like ops)
+or FLOPs (for everything else), where ``args``/``kwargs``/``out`` are the op's own arguments and
+results (meta or fake tensors: only shapes, dtypes and scalars are read). Every op is in exactly one
+of three sets: counted (a formula), known-zero (views, copies, allocation), or uncounted (reported)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from engine.results import OpStatus
+
+Formula = Callable[[tuple, dict, object], int]
+
+
+@dataclass(frozen=True)
+class OpCount:
+    macs: int
+    flops: int
+    status: OpStatus
+    matmul_like: bool = False
+
+
+@dataclass(frozen=True)
+class _Entry:
+    formula: Formula
+    kind: str          # "macs": formula returns MACs, FLOPs = 2 * MACs; "flops": formula returns FLOPs
+    matmul_like: bool
+
+
+_FORMULAS: dict[str, dict[object, _Entry]] = {"default": {}}
+_ZERO: set[object] = set()
+
+UNCOUNTED = OpCount(0, 0, OpStatus.UNCOUNTED)
+ZERO = OpCount(0, 0, OpStatus.ZERO)
+
+
+def _packet(op) -> object:
+    """Key ops by overload packet (aten.convolution covers .default and .out)."""
+    return getattr(op, "overloadpacket", op)
+
+
+def register(*ops, kind: str = "flops", matmul_like: bool = False, convention: str = "default"):
+    """Decorator: register one formula for one or more ops. Registering an op twice is an error."""
+    if kind not in ("macs", "flops"):
+        raise ValueError(f"kind must be 'macs' or 'flops', not {kind!r}")
+
+    def decorate(formula: Formula) -> Formula:
+        table = _FORMULAS.setdefault(convention, {})
+        for op in ops:
+            key = _packet(op)
+            if key in table or (convention == "default" and key in _ZERO):
+                raise ValueError(f"{key} is registered twice (convention {convention!r})")
+            table[key] = _Entry(formula, kind, matmul_like)
+        return formula
+
+    return decorate
+
+
+def register_zero(*ops) -> None:
+    """Ops that do no arithmetic (views, reshapes, copies, allocation)."""
+    for op in ops:
+        key = _packet(op)
+        if key in _ZERO or key in _FORMULAS["default"]:
+            raise ValueError(f"{key} is registered twice")
+        _ZERO.add(key)
+
+
+def lookup(op, convention: str = "default") -> _Entry | None:
+    key = _packet(op)
+    if convention != "default":
+        entry = _FORMULAS.get(convention, {}).get(key)
+        if entry is not None:
+            return entry
+    return _FORMULAS["default"].get(key)
+
+
+def is_known_zero(op) -> bool:
+    return _packet(op) in _ZERO
+
+
+def count(op, args: tuple, kwargs: dict, out, convention: str = "default") -> OpCount:
+    """The trace's single entry point: MACs/FLOPs and status of one op call."""
+    _ensure_loaded()
+    entry = lookup(op, convention)
+    if entry is None:
+        return ZERO if is_known_zero(op) else UNCOUNTED
+    value = int(entry.formula(args, kwargs or {}, out))
+    if entry.kind == "macs":
+        return OpCount(value, 2 * value, OpStatus.COUNTED, entry.matmul_like)
+    return OpCount(0, value, OpStatus.COUNTED, entry.matmul_like)
+
+
+_loaded = False
+
+
+def _ensure_loaded() -> None:
+    """Import the formula modules once (they register themselves)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        import engine.ops  # noqa: F401  (engine/ops/__init__.py imports every formula module)
+
+
+def registered_ops(convention: str = "default") -> dict[str, str]:
+    """op packet name -> 'counted' | 'zero', for docs and tests."""
+    _ensure_loaded()
+    names = {str(k): "counted" for k in _FORMULAS.get(convention, {})}
+    names.update({str(k): "zero" for k in _ZERO})
+    return names
