@@ -1,0 +1,145 @@
+"""Roofline latency: per op ``t = max(FLOPs / peak FLOP/s, bytes / bandwidth)``, summed.
+
+The lower bound uses the datasheet peaks with no hidden factors. The estimate divides each peak by a
+named efficiency factor (engine.overheads.Efficiency) and adds a kernel-launch overhead per kernel,
+so it is never below the bound."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Mapping
+
+import torch
+
+from engine.overheads import Efficiency
+from engine.results import AnalysisResult, OpRecord, Phase, frozen_map
+from hardware.spec import GpuSpec
+
+# allocation-only ops: no kernel runs, no bytes move
+_NO_KERNEL_PREFIXES = ("aten.empty", "aten.new_empty", "aten.lift_fresh", "aten._local_scalar_dense")
+
+
+@lru_cache(maxsize=None)
+def launches_kernel(op_name: str) -> bool:
+    """False for views/aliases (torch marks them ``is_view``) and bare allocations."""
+    if op_name.startswith(_NO_KERNEL_PREFIXES):
+        return False
+    parts = op_name.split(".")
+    if len(parts) == 3 and parts[0] == "aten":
+        packet = getattr(torch.ops.aten, parts[1], None)
+        overload = getattr(packet, parts[2], None) if packet is not None else None
+        if overload is not None and getattr(overload, "is_view", False):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class OpPoint:
+    """One op on the roofline chart."""
+    index: int
+    op: str
+    module_path: str
+    phase: Phase
+    flops: int
+    bytes_moved: int
+    arithmetic_intensity: float      # FLOP per byte (0 when no bytes move)
+    attainable_flops_per_s: float    # min(peak, intensity * bandwidth)
+    peak_flops_per_s: float
+    bound_ms: float
+    estimate_ms: float
+    compute_bound: bool
+
+
+@dataclass(frozen=True)
+class ModuleLatency:
+    path: str
+    bound_ms: float
+    estimate_ms: float
+    compute_ms: float                # sum of FLOP times at peak
+    memory_ms: float                 # sum of byte times at full bandwidth
+    compute_bound: bool              # compute_ms >= memory_ms
+
+
+@dataclass(frozen=True)
+class PhaseLatency:
+    bound_ms: float = 0.0
+    estimate_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    gpu_name: str
+    lower_bound_ms: float
+    estimate_ms: float
+    forward: PhaseLatency
+    backward: PhaseLatency
+    optimizer: PhaseLatency
+    per_module: Mapping[str, ModuleLatency]   # inclusive: a module's time includes its children's
+    per_op: tuple[OpPoint, ...]               # ops that launch a kernel
+    batch_size: int
+    throughput_samples_per_s: float           # batch / estimate
+    max_throughput_samples_per_s: float       # batch / lower bound
+    efficiency: Efficiency
+
+
+def _efficiency_for(op: OpRecord, efficiency: Efficiency) -> float:
+    if op.matmul_like:
+        return efficiency.conv_fraction_of_peak if "convolution" in op.op else efficiency.matmul_fraction_of_peak
+    return efficiency.other_fraction_of_peak
+
+
+def _prefixes(path: str):
+    yield ""
+    if path:
+        parts = path.split(".")
+        for i in range(1, len(parts) + 1):
+            yield ".".join(parts[:i])
+
+
+def roofline(result: AnalysisResult, gpu: GpuSpec, efficiency: Efficiency = Efficiency()) -> LatencyReport:
+    bandwidth = gpu.bandwidth_bytes_per_s
+    tf32 = result.options.precision == "tf32"
+    launch_ms = efficiency.kernel_launch_overhead_us / 1000.0
+    points: list[OpPoint] = []
+    phases = {p: [0.0, 0.0] for p in Phase}
+    modules: dict[str, list[float]] = {}   # path -> [bound, estimate, compute, memory]
+    for op in result.ops:
+        if not launches_kernel(op.op):
+            continue
+        peak = gpu.peak_flops_per_s(op.compute_dtype, tensor_core=op.matmul_like, tf32=tf32)
+        moved = op.bytes_read + op.bytes_written
+        compute_s = op.flops / peak if peak > 0 and op.flops else 0.0
+        memory_s = moved / bandwidth if bandwidth > 0 else 0.0
+        bound_ms = max(compute_s, memory_s) * 1000.0
+        estimate_ms = max(compute_s / _efficiency_for(op, efficiency),
+                          memory_s / efficiency.bandwidth_fraction) * 1000.0 + launch_ms
+        intensity = op.flops / moved if moved else 0.0
+        attainable = min(peak, intensity * bandwidth) if moved else peak
+        points.append(OpPoint(op.index, op.op, op.module_path, op.phase, op.flops, moved, intensity, attainable,
+                              peak, bound_ms, estimate_ms, compute_s >= memory_s))
+        phases[op.phase][0] += bound_ms
+        phases[op.phase][1] += estimate_ms
+        for prefix in _prefixes(op.module_path):
+            acc = modules.setdefault(prefix, [0.0, 0.0, 0.0, 0.0])
+            acc[0] += bound_ms
+            acc[1] += estimate_ms
+            acc[2] += compute_s * 1000.0
+            acc[3] += memory_s * 1000.0
+    per_module = {path: ModuleLatency(path, b, e, c, m, c >= m) for path, (b, e, c, m) in modules.items()}
+    lower = sum(v[0] for v in phases.values())
+    estimate = sum(v[1] for v in phases.values())
+    batch = result.batch_size
+    return LatencyReport(
+        gpu_name=gpu.name,
+        lower_bound_ms=lower,
+        estimate_ms=estimate,
+        forward=PhaseLatency(*phases[Phase.FORWARD]),
+        backward=PhaseLatency(*phases[Phase.BACKWARD]),
+        optimizer=PhaseLatency(*phases[Phase.OPTIMIZER]),
+        per_module=frozen_map(per_module),
+        per_op=tuple(points),
+        batch_size=batch,
+        throughput_samples_per_s=batch / (estimate / 1000.0) if estimate > 0 else 0.0,
+        max_throughput_samples_per_s=batch / (lower / 1000.0) if lower > 0 else 0.0,
+        efficiency=efficiency,
+    )

@@ -1,0 +1,63 @@
+"""Per-GPU memory overheads and latency efficiency factors: named, documented, configurable defaults.
+
+Where each default comes from is in docs/planner.md. They are public measurements and library
+defaults, not measured in this project; ``main.py validate`` on a CUDA machine is how to recalibrate."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Overheads:
+    # Memory a process holds once CUDA is initialised (driver context + PyTorch's kernels, lazy loading).
+    cuda_context_bytes: int = 500 * MIB
+    # cuBLAS workspace per handle/stream: PyTorch's default is 4096 KiB x 8 = 32 MiB on sm90
+    # (CUBLAS_WORKSPACE_CONFIG), about 8 MiB before Hopper; we take the larger.
+    cublas_workspace_bytes: int = 32 * MIB
+    # Scratch space a cuDNN convolution algorithm asks for; only counted when the trace has convolutions.
+    cudnn_workspace_bytes: int = 64 * MIB
+    # The CUDA caching allocator rounds every request up to a multiple of 512 bytes.
+    allocator_block_bytes: int = 512
+    # Extra reserved-but-unallocated memory (segment slack, fragmentation) as a share of the rounded peak.
+    allocator_reserve_fraction: float = 0.05
+    # "tight" when the requirement uses more than (1 - this) of the usable memory.
+    tight_threshold_fraction: float = 0.10
+
+    def __post_init__(self):
+        for name in ("cuda_context_bytes", "cublas_workspace_bytes", "cudnn_workspace_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.allocator_block_bytes < 1:
+            raise ValueError("allocator_block_bytes must be >= 1")
+        if not 0 <= self.allocator_reserve_fraction < 1 or not 0 <= self.tight_threshold_fraction < 1:
+            raise ValueError("fractions must be in [0, 1)")
+
+    @classmethod
+    def none(cls) -> "Overheads":
+        """No GPU overheads at all: the trace's own peak (for comparisons with a CPU profiler)."""
+        return cls(cuda_context_bytes=0, cublas_workspace_bytes=0, cudnn_workspace_bytes=0,
+                   allocator_block_bytes=1, allocator_reserve_fraction=0.0)
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Shares of the datasheet peaks real kernels reach; the realistic estimate divides by them.
+    Every factor is <= 1 and the launch overhead >= 0, so the estimate is never below the bound."""
+
+    matmul_fraction_of_peak: float = 0.70       # large GEMMs (cuBLAS) on tensor cores
+    conv_fraction_of_peak: float = 0.55         # cuDNN convolutions
+    other_fraction_of_peak: float = 0.50        # elementwise / reductions on CUDA cores
+    bandwidth_fraction: float = 0.80            # achievable share of DRAM bandwidth (STREAM-like copies)
+    kernel_launch_overhead_us: float = 4.0      # per kernel; dominates tiny ops at small batch
+    source: str = "defaults"                    # "defaults" | "calibrated on <gpu>"
+
+    def __post_init__(self):
+        for name in ("matmul_fraction_of_peak", "conv_fraction_of_peak", "other_fraction_of_peak",
+                     "bandwidth_fraction"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        if self.kernel_launch_overhead_us < 0:
+            raise ValueError("kernel_launch_overhead_us must be >= 0")

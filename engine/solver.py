@@ -1,0 +1,218 @@
+"""Largest batch / resolution that fits, exact against the memory simulation, and sweeps for plots.
+
+Peak memory is assumed monotone in batch and resolution. Search: exponential then binary. For batch,
+the affine model from two traces (batch 1 and 2) predicts the boundary; exact traces confirm it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+from engine.affine import AffineTrace
+from engine.cache import TraceCache
+from engine.errors import InputSpecError, UserError
+from engine.latency import roofline
+from engine.memory import simulate_memory
+from engine.overheads import Efficiency, Overheads
+from engine.workload import Workload
+from hardware.spec import GpuSpec
+
+DEFAULT_BATCH_LIMIT = 1 << 16
+DEFAULT_RESOLUTION_LIMIT = 8192
+
+
+def largest_true(predicate: Callable[[int], bool], lo: int, hi: int | None, limit: int) -> int:
+    """Largest n in [lo, limit] with predicate(n), given predicate(lo) is True and, if given,
+    predicate(hi) is False. Monotone predicate. Exponential search up from lo, then binary."""
+    if hi is None:
+        step = 1
+        while True:
+            probe = min(lo + step, limit)
+            if probe == lo:
+                return lo
+            if predicate(probe):
+                lo = probe
+                if probe == limit:
+                    return lo
+                step *= 2
+            else:
+                hi = probe
+                break
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if predicate(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _require_inputs(workload: Workload, cache: TraceCache) -> Workload:
+    if workload.inputs:
+        return workload
+    result = cache.get(workload)  # the model's default input, resolved by the trace
+    resolved = replace(workload, inputs=tuple(result.inputs))
+    cache.put(resolved, result)
+    return resolved
+
+
+def batch_model(workload: Workload, cache: TraceCache) -> AffineTrace | None:
+    """The affine batch model from exact traces at batch 1 and 2 (None if they differ in structure)."""
+    workload = _require_inputs(workload, cache)
+    return AffineTrace.fit(cache.get(workload.with_batch(1)), cache.get(workload.with_batch(2)))
+
+
+def max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = None,
+              limit: int = DEFAULT_BATCH_LIMIT, overheads: Overheads = Overheads()) -> int:
+    """Largest batch whose simulated peak fits ``gpu.usable_memory_bytes``; 0 if batch 1 does not fit."""
+    cache = cache if cache is not None else TraceCache()
+    workload = _require_inputs(workload, cache)
+    capacity = gpu.usable_memory_bytes
+
+    def fits(batch: int) -> bool:
+        return simulate_memory(cache.get(workload.with_batch(batch)), overheads).peak_bytes <= capacity
+
+    if not fits(1):
+        return 0
+    if limit <= 1 or not fits(2):
+        return 1
+    model = batch_model(workload, cache)
+    if model is None:
+        return largest_true(fits, 2, None, limit)
+    guess = largest_true(lambda b: model.required_bytes(b, overheads) <= capacity, 2, None, limit)
+    if fits(guess):
+        if guess == limit:
+            return guess
+        if not fits(guess + 1):
+            return guess
+        return largest_true(fits, guess + 1, None, limit)
+    # the model was optimistic: step down exponentially to a batch that fits, then bisect
+    hi, step = guess, 1
+    while True:
+        probe = max(2, hi - step)
+        if fits(probe):
+            return largest_true(fits, probe, hi, limit)
+        hi, step = probe, step * 2
+
+
+def _spatial(workload: Workload) -> tuple[int, int]:
+    images = [s for s in workload.inputs if len(s.shape) >= 4 and s.is_floating]
+    if not images:
+        raise InputSpecError("resolution search needs an image input (N x C x H x W)")
+    return images[0].shape[-2], images[0].shape[-1]
+
+
+def max_resolution(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = None, step: int = 32,
+                   limit: int = DEFAULT_RESOLUTION_LIMIT, overheads: Overheads = Overheads()) -> int | None:
+    """Largest square resolution (a multiple of ``step``) that fits; 0 if ``step`` itself does not fit;
+    None for models without an image input."""
+    if step < 1:
+        raise InputSpecError(f"resolution step must be positive, got {step}")
+    cache = cache if cache is not None else TraceCache()
+    workload = _require_inputs(workload, cache)
+    try:
+        _spatial(workload)
+    except UserError:
+        return None
+    capacity = gpu.usable_memory_bytes
+
+    def fits(k: int) -> bool:
+        side = k * step
+        return simulate_memory(cache.get(workload.with_resolution(side, side)), overheads).peak_bytes <= capacity
+
+    if not fits(1):
+        return 0
+    return largest_true(fits, 1, None, max(1, limit // step)) * step
+
+
+@dataclass(frozen=True)
+class SweepGpuPoint:
+    gpu_name: str
+    fits: bool
+    lower_bound_ms: float
+    estimate_ms: float
+    throughput_samples_per_s: float
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    value: int                        # the batch size or the (square) resolution
+    batch_size: int
+    peak_bytes: int                   # with overheads (simulate_memory().peak_bytes)
+    tensor_peak_bytes: int            # tensors only, rounded
+    interpolated: bool                # from the affine batch model rather than its own trace
+    per_gpu: tuple[SweepGpuPoint, ...]
+
+
+@dataclass(frozen=True)
+class SweepGpu:
+    gpu_name: str
+    capacity_bytes: int
+    max_batch: int | None             # batch sweeps only
+
+
+@dataclass(frozen=True)
+class Sweep:
+    axis: str                         # "batch" | "resolution"
+    points: tuple[SweepPoint, ...]
+    gpus: tuple[SweepGpu, ...]
+
+
+DEFAULT_SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int] | None = None,
+          resolutions: Sequence[int] | None = None, cache: TraceCache | None = None,
+          overheads: Overheads = Overheads(), efficiency: Efficiency = Efficiency(),
+          solve_max_batch: bool = True) -> Sweep:
+    """Memory and latency against batch (default) or resolution, on each GPU."""
+    if batches is not None and resolutions is not None:
+        raise UserError("sweep either batch or resolution, not both", field="input")
+    cache = cache if cache is not None else TraceCache()
+    workload = _require_inputs(workload, cache)
+    if resolutions is not None:
+        axis, values = "resolution", _checked(resolutions, "resolution")
+        _spatial(workload)
+        traces = [(cache.get(workload.with_resolution(v, v)), False) for v in values]
+    else:
+        axis, values = "batch", _checked(batches or DEFAULT_SWEEP_BATCHES, "batch size")
+        traces = _batch_traces(workload, values, cache)
+    points = []
+    for value, (result, interpolated) in zip(values, traces):
+        memory = simulate_memory(result, overheads)
+        per_gpu = []
+        for gpu in gpus:
+            latency = roofline(result, gpu, efficiency)
+            per_gpu.append(SweepGpuPoint(gpu.name, memory.peak_bytes <= gpu.usable_memory_bytes,
+                                         latency.lower_bound_ms, latency.estimate_ms,
+                                         latency.throughput_samples_per_s))
+        points.append(SweepPoint(value, result.batch_size, memory.peak_bytes, memory.tensor_peak_bytes,
+                                 interpolated, tuple(per_gpu)))
+    summaries = tuple(SweepGpu(g.name, g.usable_memory_bytes,
+                               max_batch(workload, g, cache=cache, overheads=overheads)
+                               if axis == "batch" and solve_max_batch else None) for g in gpus)
+    return Sweep(axis, tuple(points), summaries)
+
+
+def _checked(values: Sequence[int], what: str) -> tuple[int, ...]:
+    out = tuple(sorted(set(int(v) for v in values)))
+    if not out or out[0] < 1:
+        raise InputSpecError(f"every {what} in a sweep must be a positive integer, got {list(values)}")
+    return out
+
+
+def _batch_traces(workload: Workload, values: tuple[int, ...], cache: TraceCache):
+    """Exact traces at the largest batch (and at 1 and 2, the model's anchors); affine in between,
+    unless the model's prediction at the largest batch disagrees with its exact trace."""
+    model = batch_model(workload, cache) if values[-1] > 2 else None
+    if model is not None:
+        largest = cache.get(workload.with_batch(values[-1]))
+        if model.sizes_at(values[-1]) != [e.nbytes for e in largest.storage_events]:
+            model = None
+    out = []
+    for v in values:
+        key = workload.with_batch(v)
+        if model is None or v in (1, 2, values[-1]) or key in cache:
+            out.append((cache.get(key), False))
+        else:
+            out.append((model.result_at(v), True))
+    return out
