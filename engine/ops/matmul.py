@@ -1,23 +1,46 @@
-"""Matrix products: MACs = product of the output shape × the contracted dimension."""
+"""Matrix products: MACs = product of the output shape × the contracted dimension.
+Bias / beta·input adds are folded in (no extra FLOP), as in the seed's conv formula.
+``matmul``, ``linear`` and ``einsum`` are composite: on dispatch they arrive as mm/bmm/addmm/... ."""
 from __future__ import annotations
 
 import math
 
-import torch
-
 from engine.ops.registry import register
+from engine.ops.shapes import ops
 
-aten = torch.ops.aten
 
-
-@register(aten.mm, aten.bmm, kind="macs", matmul_like=True)
+@register(*ops("mm", "bmm"), kind="macs", matmul_like=True)
 def mm_macs(args, kwargs, out) -> int:
-    a = args[0]
-    return math.prod(out.shape) * a.shape[-1]
+    """out elements × K (the contracted dimension)."""
+    return math.prod(out.shape) * args[0].shape[-1]
 
 
-@register(aten.addmm, aten.baddbmm, kind="macs", matmul_like=True)
+@register(*ops("addmm", "baddbmm", "_addmm_activation"), kind="macs", matmul_like=True)
 def addmm_macs(args, kwargs, out) -> int:
-    # bias add folded in (the seed's convention for conv/linear bias)
-    a = args[1]
-    return math.prod(out.shape) * a.shape[-1]
+    """out elements × K; the bias add is folded in."""
+    return math.prod(out.shape) * args[1].shape[-1]
+
+
+@register(*ops("addbmm"), kind="macs", matmul_like=True)
+def addbmm_macs(args, kwargs, out) -> int:
+    """batch × M × N × K (the batch is summed into one M×N output)."""
+    b, m, k = args[1].shape
+    return b * m * args[2].shape[-1] * k
+
+
+@register(*ops("mv", "dot", "vdot"), kind="macs", matmul_like=True)
+def mv_macs(args, kwargs, out) -> int:
+    """Every element of the first operand is multiplied once."""
+    return math.prod(args[0].shape)
+
+
+@register(*ops("addmv"), kind="macs", matmul_like=True)
+def addmv_macs(args, kwargs, out) -> int:
+    """Every element of the matrix is multiplied once; the add is folded in."""
+    return math.prod(args[1].shape)
+
+
+@register(*ops("_scaled_mm"), kind="macs", matmul_like=True)
+def scaled_mm_macs(args, kwargs, out) -> int:
+    """M × N × K (fp8 matmul; the scaling is folded in)."""
+    return math.prod(out.shape) * args[0].shape[-1]

@@ -105,6 +105,11 @@ def _ensure_loaded() -> None:
         import engine.ops  # noqa: F401  (engine/ops/__init__.py imports every formula module)
 
 
+def counted_packets(convention: str = "default") -> tuple:
+    """The op packets with a formula in ``convention`` (not the default fallback)."""
+    return tuple(_FORMULAS.get(convention, {}))
+
+
 def registered_ops(convention: str = "default") -> dict[str, str]:
     """op packet name -> 'counted' | 'zero', for docs and tests."""
     _ensure_loaded()
