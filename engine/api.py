@@ -1,0 +1,134 @@
+"""The public entry point, as easy as thop's ``profile``::
+
+    from engine.api import analyze
+    result = analyze("resnet50", "8x3x224x224", dtype="bf16")
+    result = analyze(my_module, (torch.randn(1, 3, 32, 32),))
+
+A live module is traced without being changed (parameters, buffers, flags and hooks are left as found)."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from engine.errors import InputSpecError, UserError
+from engine.inputs import InputSpec, dtype_name, parse_inputs
+from engine.results import AnalysisResult, TraceOptions
+from engine.sources import LoadedModel, _file_default_inputs, load_model
+from engine.workload import Workload
+
+MODES = ("infer", "train")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp16-amp", "bf16-amp")
+OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw", None)
+CONVENTIONS = ("default", "thop")
+_PRECISION_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+
+InputsLike = str | Sequence | Mapping | torch.Tensor | None
+
+
+def analyze(model: str | nn.Module, inputs: InputsLike = None, *, dtype: str = "fp32", mode: str = "infer",
+            optimizer: str | None = "adamw", precision: str | None = None, checkpointing: bool = False,
+            convention: str = "default", model_kwargs: Mapping | None = None) -> AnalysisResult:
+    """Count ``model`` (a torchvision name, ``path/file.py:Name`` or a live ``nn.Module``) at ``inputs``.
+
+    ``inputs``: a shape string (``"1x3x224x224"``, ``"ids=1x128:int64,mask=1x128:int64"``), a sequence of
+    ``InputSpec``, real tensors or shapes, or a dict name -> tensor/shape; None uses the model's default.
+    ``dtype`` is shorthand for ``precision`` (which also takes tf32 and the ``-amp`` variants)."""
+    options = make_options(dtype=dtype, mode=mode, optimizer=optimizer, precision=precision,
+                           checkpointing=checkpointing, convention=convention)
+    if isinstance(model, nn.Module):
+        if model_kwargs:
+            raise UserError("model_kwargs only apply when the model is given by name or file", field="model")
+        name = type(model).__name__
+        defaults = _file_default_inputs(model, getattr(model, "example_input_shapes", None))
+        return _trace(model, _resolve_inputs(inputs, defaults, name), options, name)
+    if not isinstance(model, str):
+        raise UserError(f"model must be a name, a path/to/file.py:Name or an nn.Module, not {type(model).__name__}",
+                        field="model")
+    loaded = load_model(model, model_kwargs)
+    return _trace_loaded(loaded, _resolve_inputs(inputs, loaded.default_inputs, loaded.name), options)
+
+
+def analyze_workload(workload: Workload) -> AnalysisResult:
+    """The planner's and the GUI's entry point: a saved workload -> its analysis."""
+    validate_options(workload.options)
+    loaded = load_model(workload.model, workload.model_kwargs)
+    inputs = workload.inputs or _resolve_inputs(None, loaded.default_inputs, loaded.name)
+    return _trace_loaded(loaded, inputs, workload.options)
+
+
+def default_inputs(model: str, model_kwargs: Mapping | None = None) -> tuple[InputSpec, ...]:
+    """The input a model is analysed at when none is given (for the GUI's input field)."""
+    return load_model(model, model_kwargs).default_inputs
+
+
+def make_options(*, dtype: str = "fp32", mode: str = "infer", optimizer: str | None = "adamw",
+                 precision: str | None = None, checkpointing: bool = False,
+                 convention: str = "default") -> TraceOptions:
+    chosen = (precision or dtype or "fp32").strip().lower()
+    options = TraceOptions(mode=mode, precision=_PRECISION_ALIASES.get(chosen, chosen), optimizer=optimizer,
+                           checkpointing=bool(checkpointing), convention=convention)
+    validate_options(options)
+    return options
+
+
+def validate_options(options: TraceOptions) -> None:
+    for label, value, allowed in (("mode", options.mode, MODES), ("precision", options.precision, PRECISIONS),
+                                  ("optimizer", options.optimizer, OPTIMIZERS),
+                                  ("convention", options.convention, CONVENTIONS)):
+        if value not in allowed:
+            choices = ", ".join(str(a) for a in allowed if a is not None)
+            raise UserError(f"unknown {label} {value!r}; use one of: {choices}", field=label)
+
+
+def _spec_from(value, name: str | None = None) -> InputSpec:
+    if isinstance(value, InputSpec):
+        return InputSpec(value.shape, value.dtype, name or value.name)
+    if isinstance(value, torch.Tensor):
+        return InputSpec(tuple(value.shape), dtype_name(value.dtype), name)
+    if isinstance(value, str):
+        specs = parse_inputs(value)
+        if len(specs) != 1:
+            raise InputSpecError(f"{value!r} describes {len(specs)} inputs where one was expected")
+        return InputSpec(specs[0].shape, specs[0].dtype, name or specs[0].name)
+    if isinstance(value, (tuple, list, torch.Size)) and value and all(isinstance(d, int) for d in value):
+        if any(d <= 0 for d in value):
+            raise InputSpecError(f"input shape {tuple(value)} has a dimension that is not a positive integer")
+        return InputSpec(tuple(value), "float32", name)
+    raise InputSpecError(f"cannot use a {type(value).__name__} as a model input; "
+                         "give a shape string, a shape tuple, an InputSpec or a tensor")
+
+
+def _resolve_inputs(inputs: InputsLike, defaults: tuple[InputSpec, ...], model_name: str) -> tuple[InputSpec, ...]:
+    if inputs is None:
+        if not defaults:
+            raise InputSpecError(f"{model_name} has no known default input; give one, e.g. 1x3x224x224")
+        return tuple(defaults)
+    if isinstance(inputs, str):
+        return parse_inputs(inputs)
+    if isinstance(inputs, (InputSpec, torch.Tensor)):
+        return (_spec_from(inputs),)
+    if isinstance(inputs, Mapping):
+        if not inputs:
+            raise InputSpecError("the input dict is empty")
+        return tuple(_spec_from(value, str(key)) for key, value in inputs.items())
+    if isinstance(inputs, (tuple, list, torch.Size)):
+        if not inputs:
+            raise InputSpecError("no model input given")
+        if all(isinstance(d, int) for d in inputs):  # one shape: (1, 3, 224, 224)
+            return (_spec_from(inputs),)
+        if all(isinstance(item, str) for item in inputs):
+            return parse_inputs(list(inputs))
+        return tuple(_spec_from(item) for item in inputs)
+    raise InputSpecError(f"cannot use a {type(inputs).__name__} as model inputs")
+
+
+def _trace_loaded(loaded: LoadedModel, inputs: tuple[InputSpec, ...], options: TraceOptions) -> AnalysisResult:
+    return _trace(loaded.module, inputs, options, loaded.name)
+
+
+def _trace(module: nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, name: str) -> AnalysisResult:
+    from engine.trace import trace_model  # imported late: the trace pulls in every formula module
+
+    return trace_model(module, inputs, options, model_name=name)

@@ -1,0 +1,110 @@
+"""AnalysisResult <-> plain JSON-ready dicts. Used for ``--json`` and by the GUI to receive results
+from the subprocess that runs user ``.py`` files. With ops and storage events included the
+round trip is exact (the default: the planner needs both); without them (``--json`` leaves them out unless
+asked, they can be large) those tuples come back empty."""
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import typing
+from enum import Enum
+from functools import lru_cache
+from types import MappingProxyType, NoneType, UnionType
+
+from engine.errors import UserError
+from engine.inputs import InputSpec
+from engine.results import (AnalysisResult, ModuleNode, OpRecord, StorageEvent, TraceOptions, Totals,
+                            UncountedOp, frozen_map)
+
+ANALYSIS_FORMAT = "torchbudget-analysis/1"
+
+
+class ResultFormatError(UserError):
+    field = "file"
+
+
+def result_to_dict(result: AnalysisResult, *, include_ops: bool = True, include_events: bool = True) -> dict:
+    data = {
+        "format": ANALYSIS_FORMAT,
+        "model": result.model_name,
+        "inputs": [_encode(spec) for spec in result.inputs],
+        "options": _encode(result.options),
+        "totals": _encode(result.totals),
+        "layers": [_encode(node) for node in result.modules],
+        "uncounted_ops": [_encode(op) for op in result.uncounted_ops],
+        "coverage": result.coverage,
+        "warnings": list(result.warnings),
+        "policies": list(result.policies),
+        "trace_seconds": result.trace_seconds,
+    }
+    if include_ops:
+        data["ops"] = [_encode(op) for op in result.ops]
+    if include_events:
+        data["storage_events"] = [_encode(event) for event in result.storage_events]
+    return data
+
+
+def result_from_dict(data: dict) -> AnalysisResult:
+    if not isinstance(data, dict) or data.get("format") != ANALYSIS_FORMAT:
+        raise ResultFormatError(f"not a TorchBudget analysis (expected format {ANALYSIS_FORMAT!r})")
+    try:
+        return AnalysisResult(
+            model_name=data["model"],
+            inputs=tuple(_decode(InputSpec, spec) for spec in data["inputs"]),
+            options=_decode(TraceOptions, data["options"]),
+            totals=_decode(Totals, data["totals"]),
+            modules=tuple(_decode(ModuleNode, node) for node in data["layers"]),
+            ops=tuple(_decode(OpRecord, op) for op in data.get("ops", ())),
+            storage_events=tuple(_decode(StorageEvent, event) for event in data.get("storage_events", ())),
+            uncounted_ops=tuple(_decode(UncountedOp, op) for op in data["uncounted_ops"]),
+            coverage=float(data["coverage"]),
+            warnings=tuple(data.get("warnings", ())),
+            policies=tuple(data.get("policies", ())),
+            trace_seconds=float(data.get("trace_seconds", 0.0)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResultFormatError(f"malformed TorchBudget analysis: {type(exc).__name__}: {exc}") from None
+
+
+def _encode(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (dict, MappingProxyType)):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+@lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _decode(annotation, value):
+    """Rebuild a value from its JSON form, guided by the dataclass annotations."""
+    if dataclasses.is_dataclass(annotation):
+        hints = _hints(annotation)
+        known = {f.name for f in dataclasses.fields(annotation)}
+        return annotation(**{k: _decode(hints[k], v) for k, v in value.items() if k in known})
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, UnionType):
+        if value is None and NoneType in args:
+            return None
+        return _decode(next(a for a in args if a is not NoneType), value)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(args[0], v) for v in value)
+        return tuple(_decode(a, v) for a, v in zip(args, value))
+    if annotation is tuple:
+        return tuple(value)
+    if origin in (collections.abc.Mapping, dict) or annotation in (typing.Mapping, dict):
+        value_type = args[1] if len(args) == 2 else typing.Any
+        return frozen_map({k: _decode(value_type, v) for k, v in value.items()})
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return annotation(value)
+    if annotation is float:
+        return float(value)
+    return value
