@@ -1,0 +1,84 @@
+"""The max-batch solver against brute force over exact (fake) traces: answer fits, answer + 1 does not."""
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.cache import TraceCache
+from engine.memory import simulate_memory
+from engine.overheads import Overheads
+from engine.solver import largest_true, max_batch, sweep
+from tests.planner_fakes import CountingAnalyzer, fake_training_trace, fake_workload, small_gpu
+
+NONE = Overheads.none()
+
+
+def peak(batch, **kwargs):
+    return simulate_memory(fake_training_trace(batch, **kwargs), NONE).peak_bytes
+
+
+@pytest.mark.parametrize("lumpy", [False, True])
+@pytest.mark.parametrize("capacity", [10**6, 7_654_321, 10**8])
+def test_answer_fits_and_answer_plus_one_does_not(capacity, lumpy):
+    analyzer = CountingAnalyzer(lumpy=lumpy)
+    best = max_batch(fake_workload(), small_gpu(capacity), cache=TraceCache(analyzer=analyzer), overheads=NONE)
+    assert best >= 1
+    assert peak(best, lumpy=lumpy) <= capacity < peak(best + 1, lumpy=lumpy)
+    if not lumpy:  # affine traces: batch 1 and 2, then the two boundary confirmations
+        assert analyzer.calls <= 4
+
+
+def test_zero_when_batch_one_does_not_fit():
+    assert max_batch(fake_workload(), small_gpu(peak(1) - 1), cache=TraceCache(analyzer=CountingAnalyzer()),
+                     overheads=NONE) == 0
+
+
+def test_limit_caps_the_answer():
+    cache = TraceCache(analyzer=CountingAnalyzer())
+    assert max_batch(fake_workload(), small_gpu(10**12), cache=cache, overheads=NONE, limit=100) == 100
+
+
+def test_default_overheads_count_against_capacity():
+    overheads = Overheads()
+    capacity = 2 * 2**30
+    best = max_batch(fake_workload(), small_gpu(capacity), cache=TraceCache(analyzer=CountingAnalyzer()))
+    assert simulate_memory(fake_training_trace(best), overheads).peak_bytes <= capacity
+    assert simulate_memory(fake_training_trace(best + 1), overheads).peak_bytes > capacity
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 5000), st.integers(1, 6000))
+def test_largest_true_matches_a_linear_scan(threshold, limit):
+    expected = max((n for n in range(1, limit + 1) if n <= max(threshold, 1)), default=1)
+    assert largest_true(lambda n: n <= max(threshold, 1), 1, None, limit) == expected
+
+
+def test_batch_sweep_interpolates_between_exact_traces_and_agrees_with_them():
+    analyzer = CountingAnalyzer()
+    gpus = [small_gpu(10**7, "a"), small_gpu(10**8, "b")]
+    result = sweep(fake_workload(), gpus, batches=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048],
+                   cache=TraceCache(analyzer=analyzer), overheads=NONE)
+    assert [p.value for p in result.points][:3] == [1, 2, 4]
+    assert any(p.interpolated for p in result.points)
+    for point in result.points:
+        assert point.peak_bytes == peak(point.value)
+        assert [g.fits for g in point.per_gpu] == [peak(point.value) <= g.usable_memory_bytes for g in gpus]
+    for summary, gpu in zip(result.gpus, gpus):
+        assert peak(summary.max_batch) <= gpu.usable_memory_bytes < peak(summary.max_batch + 1)
+    assert analyzer.calls < 12
+
+
+def test_trace_cache_traces_each_workload_once_across_threads():
+    analyzer = CountingAnalyzer()
+    cache = TraceCache(maxsize=4, analyzer=analyzer)
+    workload = fake_workload(7)
+    threads = [threading.Thread(target=cache.get, args=(workload,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert analyzer.calls == 1
+    for batch in range(1, 6):
+        cache.get(fake_workload(batch))
+    assert len(cache) == 4 and workload not in cache
