@@ -1,0 +1,163 @@
+"""trace_model: count a model exactly on data-less tensors (meta for inference, fake CPU for training).
+
+One TorchDispatchMode pass records every aten op (module, phase, shapes, bytes, MACs/FLOPs from the
+formula registry) and every storage's lifetime. The user's module is run through
+``torch.func.functional_call`` with stand-in parameters/buffers and is left exactly as it was."""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Sequence
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._pytree import tree_leaves
+
+from engine.errors import InputSpecError, ShapeMismatchError, TraceError, UserError
+from engine.inputs import InputSpec
+from engine.meta_params import make_stand_ins, names_for
+from engine.results import AnalysisResult, Phase, TraceOptions
+from engine.tracing import assemble, training
+from engine.tracing.errors import shape_text
+from engine.tracing.modules import ModuleStack
+from engine.tracing.recorder import Recorder
+
+MODES = ("infer", "train")
+# precision -> (parameter/input dtype, autocast dtype or None)
+PRECISIONS = {
+    "fp32": (torch.float32, None), "tf32": (torch.float32, None),
+    "fp16": (torch.float16, None), "bf16": (torch.bfloat16, None),
+    "fp16-amp": (torch.float32, torch.float16), "bf16-amp": (torch.float32, torch.bfloat16),
+}
+
+
+def validate_options(options: TraceOptions) -> None:
+    if options.mode not in MODES:
+        raise UserError(f"unknown mode {options.mode!r}; use one of: {', '.join(MODES)}", field="mode")
+    if options.precision not in PRECISIONS:
+        raise UserError(f"unknown precision {options.precision!r}; use one of: {', '.join(PRECISIONS)}",
+                        field="precision")
+    if options.mode == "train" and options.optimizer is not None and options.optimizer not in training.OPTIMIZERS:
+        raise UserError(f"unknown optimizer {options.optimizer!r}; use one of: {', '.join(training.OPTIMIZERS)} "
+                        "or none", field="optimizer")
+
+
+def _cast(dtype: torch.dtype):
+    return lambda original: dtype if original.is_floating_point else original
+
+
+@contextlib.contextmanager
+def _restored_module_state(model: torch.nn.Module):
+    """Train/eval flags of every submodule and the MHA fast-path switch come back as they were."""
+    flags = [(m, m.training) for m in model.modules()]
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    try:
+        torch.backends.mha.set_fastpath_enabled(False)  # a GPU would take the same unfused path we count
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        for module, flag in flags:
+            module.training = flag
+
+
+def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: TraceOptions = TraceOptions(),
+                *, model_name: str = "", input_names: bool | None = None) -> AnalysisResult:
+    validate_options(options)
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"expected a torch.nn.Module, got {type(model).__name__}", field="model")
+    inputs = tuple(inputs)
+    use_names = all(spec.name for spec in inputs) if input_names is None else input_names
+    if use_names and not all(spec.name for spec in inputs):
+        raise InputSpecError("input_names=True needs a name on every input")
+    started = time.perf_counter()
+    train = options.mode == "train"
+    param_dtype, autocast_dtype = PRECISIONS[options.precision]
+    # meta is fastest; autocast and training need CPU dispatch, so they run on fake CPU tensors
+    fake = train or autocast_dtype is not None
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
+    device = "cpu" if fake else "meta"
+    buffer_dtype = _cast(param_dtype) if autocast_dtype is None else (lambda d: d)
+    stack = ModuleStack(model)
+    recorder = Recorder(stack, options.convention)
+    roles = assemble.StorageRoles()
+    with _restored_module_state(model), fake_mode:
+        model.train(train)
+        stand_ins = make_stand_ins(model, device=device, param_dtype=_cast(param_dtype),
+                                   buffer_dtype=buffer_dtype, requires_grad=train)
+        tensors = [torch.empty(s.shape, dtype=param_dtype if s.is_floating else s.torch_dtype, device=device)
+                   for s in inputs]
+        for ids, group in ((roles.weights, [p for _, p, _ in stand_ins.params]),
+                           (roles.buffers, [b for _, b in stand_ins.buffers]), (roles.inputs, tensors)):
+            for t in group:
+                if recorder.storage.track(t, -1):
+                    ids.add(recorder.storage.storage_id(t))
+        runnable = training.checkpointed_view(model) if train and options.checkpointing else model
+        args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
+        autocast = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        try:
+            with stack, recorder, (contextlib.nullcontext() if train else torch.no_grad()):
+                with autocast:
+                    output = torch.func.functional_call(runnable, names_for(runnable, stand_ins), args, kwargs,
+                                                        tie_weights=True, strict=False)
+                roles.forward_end_seq = recorder.storage.seq
+                stack.recording = False
+                output_tensors = [t for t in tree_leaves(output) if isinstance(t, torch.Tensor)]
+                output_bytes = sum(t.numel() * t.element_size() for t in output_tensors)
+                if train:  # the optimizer (and its state) must outlive the recording
+                    optimizer = _training_step(recorder, roles, stand_ins, output, options.optimizer)
+                    del output, output_tensors
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (raised outside any op: Python code in forward)
+            raise _forward_error(exc, stack) from exc
+        finally:
+            recorder.storage.close()
+    ops = recorder.ops
+    first_owner = {id(p): name.rpartition(".")[0] for name, p in model.named_parameters()}
+    nodes = assemble.module_nodes(model, model_name, ops, stack, first_owner)
+    uncounted, coverage = assemble.uncounted(ops)
+    warnings = tuple(f"formula for {op} failed ({why}); counted as uncounted"
+                     for op, why in recorder.formula_errors.items())
+    return AnalysisResult(
+        model_name=model_name or type(model).__name__, inputs=inputs, options=options,
+        totals=assemble.totals(ops, nodes, stand_ins.params, stand_ins.buffers,
+                               sum(t.numel() * t.element_size() for t in tensors), output_bytes),
+        modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(recorder.storage.lives, roles),
+        uncounted_ops=uncounted, coverage=coverage, warnings=warnings,
+        policies=tuple(recorder.policies.applied), trace_seconds=time.perf_counter() - started,
+    )
+
+
+def _training_step(recorder: Recorder, roles: assemble.StorageRoles, stand_ins, output,
+                   optimizer_name) -> torch.optim.Optimizer | None:
+    recorder.phase = Phase.BACKWARD   # the loss exists only to seed backward: its ops belong there
+    loss = training.scalar_loss(output)
+    del output
+    loss.backward()
+    del loss
+    trainable = [p for _, p, trainable in stand_ins.params if trainable]
+    for p in trainable:
+        if p.grad is not None:
+            recorder.storage.track(p.grad, recorder.storage.op_index)
+            roles.gradients.add(recorder.storage.storage_id(p.grad))
+    if optimizer_name is None:
+        return None
+    recorder.phase = Phase.OPTIMIZER
+    optimizer = training.make_optimizer(optimizer_name, trainable)
+    optimizer.step()
+    for t in training.optimizer_state_tensors(optimizer):
+        roles.optimizer_state.add(recorder.storage.storage_id(t))
+    return optimizer
+
+
+def _forward_error(exc: Exception, stack: ModuleStack) -> UserError:
+    path = stack.failure_path or ""
+    module = stack.module_at(path)
+    where = f"{path or 'the top level'} ({type(module).__name__})" if module is not None else (path or "the model")
+    message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, (RuntimeError, ValueError, IndexError, AssertionError)):
+        return ShapeMismatchError(f"shapes broke at {where}: {type(exc).__name__}: {message}")
+    return TraceError(f"tracing failed in {where}: {type(exc).__name__}: {message}")
+
+
+__all__ = ["trace_model", "validate_options", "PRECISIONS", "MODES", "shape_text"]

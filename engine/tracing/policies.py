@@ -1,0 +1,89 @@
+"""Worst-case policies for data-dependent ops, applied when the tensor holds no data (meta/fake).
+
+Each policy replaces the op's output with an empty tensor of the assumed shape (same device/dtype
+rules as the real op) and is named in ``AnalysisResult.policies``. Real tensors run the real op."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor
+
+aten = torch.ops.aten
+
+NONZERO = "nonzero/argwhere: every element assumed nonzero -> output (numel, ndim)"
+MASKED_SELECT = "masked_select: every mask element assumed true -> output (broadcast numel,)"
+BOOL_INDEX = "boolean-mask indexing x[mask]: every mask element assumed true"
+UNIQUE = "unique: every element assumed distinct -> output (numel,)"
+NMS = "torchvision nms: every box assumed kept -> output (num_boxes,)"
+SCALAR = ".item()/bool()/int() of a data-less tensor: assumed False for bool, 1 for integers, 1.0 for floats"
+
+
+def _no_data(t) -> bool:
+    return isinstance(t, torch.Tensor) and (t.device.type == "meta" or isinstance(t, FakeTensor))
+
+
+def _long(like: torch.Tensor, shape) -> torch.Tensor:
+    return like.new_empty(tuple(shape), dtype=torch.long)
+
+
+class DataDependentPolicies:
+    def __init__(self):
+        self.applied: dict[str, None] = {}   # ordered set of policy texts
+
+    def maybe_run(self, func, args, kwargs):
+        """The policy's output, or NotImplemented when the op is not data-dependent here."""
+        packet = func.overloadpacket
+        if not args or not _no_data(args[0]):
+            return NotImplemented
+        x = args[0]
+        if packet in (aten.nonzero, aten.argwhere):
+            return self._use(NONZERO, _long(x, (x.numel(), x.dim())))
+        if packet is aten.masked_select:
+            shape = torch.broadcast_shapes(x.shape, args[1].shape)
+            return self._use(MASKED_SELECT, x.new_empty((math.prod(shape),)))
+        if packet is aten._local_scalar_dense:
+            value = False if x.dtype == torch.bool else (1.0 if x.dtype.is_floating_point else 1)
+            return self._use(SCALAR, value)
+        if packet in (aten._unique2, aten.unique_dim, aten.unique_consecutive, aten._unique):
+            return self._use(UNIQUE, self._unique(func, x, args, kwargs))
+        if packet is aten.index and _has_bool_index(args[1]):
+            return self._use(BOOL_INDEX, func(x, _expand_bool_indices(args[1])))
+        if func.name() == "torchvision::nms":
+            return self._use(NMS, _long(x, (x.shape[0],)))
+        return NotImplemented
+
+    def _use(self, policy: str, out):
+        self.applied[policy] = None
+        return out
+
+    @staticmethod
+    def _unique(func, x, args, kwargs):
+        packet = func.overloadpacket
+        if packet is aten.unique_dim:
+            dim = args[1]
+            rows = x.shape[dim]
+            out = x.new_empty(x.shape)
+            inverse, counts = _long(x, (rows,)), _long(x, (rows,))
+            return out, inverse, counts
+        n = x.numel()
+        out = x.new_empty((n,))
+        if packet is aten._unique:
+            return out, _long(x, x.shape)
+        inverse, counts = _long(x, x.shape), _long(x, (n,))
+        return out, inverse, counts
+
+
+def _has_bool_index(indices) -> bool:
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
+
+
+def _expand_bool_indices(indices) -> list:
+    """A k-dim boolean mask is k integer index tensors of length mask.numel() when all are true."""
+    expanded = []
+    for index in indices:
+        if isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8):
+            expanded.extend(_long(index, (index.numel(),)) for _ in range(index.dim()))
+        else:
+            expanded.append(index)
+    return expanded

@@ -1,0 +1,108 @@
+"""The dispatch-level pass: one OpRecord per aten op, storage lifetimes, data-dependent policies."""
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from engine.errors import UserError
+from engine.inputs import dtype_name
+from engine.ops import registry
+from engine.results import OpRecord, OpStatus, Phase, TensorMeta
+from engine.tracing.errors import translate_op_error
+from engine.tracing.modules import ForwardNodeMap, ModuleStack
+from engine.tracing.policies import DataDependentPolicies
+from engine.tracing.storage import StorageTracker
+
+aten = torch.ops.aten
+
+
+# Metadata queries, not kernels: prim.device/prim.layout answer "which device?" with no tensor out, and
+# aten.sym_* read sizes. They are run but not recorded (they would only inflate bytes_read).
+_METADATA_OPS = {aten.sym_size, aten.sym_stride, aten.sym_numel, aten.sym_storage_offset}
+
+
+def tensor_meta(t: torch.Tensor) -> TensorMeta:
+    return TensorMeta(tuple(t.shape), dtype_name(t.dtype), t.numel() * t.element_size())
+
+
+def _compute_dtype(inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> str:
+    for t in (*inputs, *outputs):
+        if t.dtype.is_floating_point or t.dtype.is_complex:
+            return dtype_name(t.dtype)
+    tensors = inputs or outputs
+    return dtype_name(tensors[0].dtype) if tensors else ""
+
+
+class Recorder(TorchDispatchMode):
+    """Records every aten op dispatched below autograd (so backward and optimizer ops too)."""
+
+    def __init__(self, modules: ModuleStack, convention: str = "default"):
+        super().__init__()
+        self.modules = modules
+        self.convention = convention
+        self.storage = StorageTracker()
+        self.nodes = ForwardNodeMap()
+        self.policies = DataDependentPolicies()
+        self.ops: list[OpRecord] = []
+        self.formula_errors: dict[str, str] = {}
+
+    @property
+    def phase(self) -> Phase:
+        return self.storage.phase
+
+    @phase.setter
+    def phase(self, value: Phase) -> None:
+        self.storage.phase = value
+
+    def _module_path(self) -> str:
+        path = self.modules.current
+        if path is not None:
+            return path
+        if self.phase is Phase.BACKWARD:
+            path = self.nodes.backward_path()
+        return path if path is not None else ""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        path = self._module_path()
+        try:
+            out = self.policies.maybe_run(func, args, kwargs)
+            if out is NotImplemented:
+                out = func(*args, **kwargs)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (every op failure becomes a named user error)
+            raise translate_op_error(exc, func, args, path, self.modules) from exc
+        if func.namespace == "prim" or func.overloadpacket in _METADATA_OPS:
+            return out
+        if self.phase is Phase.FORWARD:
+            self.nodes.note_forward(path)
+        self._record(func, args, kwargs, out, path)
+        return out
+
+    def _record(self, func, args, kwargs, out, path: str) -> None:
+        inputs = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        outputs = [o for o in tree_leaves(out) if isinstance(o, torch.Tensor)]
+        index = len(self.ops)
+        name = str(func)
+        try:
+            counted = registry.count(func, args, kwargs, out, self.convention)
+        except Exception as exc:  # noqa: BLE001  (a formula bug must not kill the trace; it is reported)
+            self.formula_errors.setdefault(name, f"{type(exc).__name__}: {exc}")
+            counted = registry.UNCOUNTED
+        in_metas = tuple(tensor_meta(t) for t in inputs)
+        out_metas = tuple(tensor_meta(t) for t in outputs)
+        self.ops.append(OpRecord(
+            index=index, op=name, module_path=path, phase=self.phase,
+            inputs=in_metas, outputs=out_metas,
+            bytes_read=sum(m.nbytes for m in in_metas), bytes_written=sum(m.nbytes for m in out_metas),
+            macs=counted.macs, flops=counted.flops, status=counted.status, matmul_like=counted.matmul_like,
+            compute_dtype=_compute_dtype(inputs, outputs),
+        ))
+        self.storage.op_index = index
+        for t in outputs:
+            self.storage.track(t, index)
+
+
+__all__ = ["Recorder", "tensor_meta", "OpStatus"]
