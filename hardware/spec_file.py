@@ -1,0 +1,199 @@
+"""GPU spec files (resources/gpus.toml and the user's gpus.toml): schema check, GpuSpec building,
+and writing entries back. Units live in the key names; see the header of resources/gpus.toml."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from engine.errors import SpecFileError
+from hardware.names import name_key
+from hardware.spec import GpuSpec
+
+GIB = 2**30
+# What a CUDA process cannot use on an otherwise idle GPU: the CUDA context (about 300-600 MiB with
+# CUDA >= 11.7 lazy module loading, depending on GPU and CUDA version; PyTorch "CUDA semantics" docs)
+# plus cuBLAS/cuDNN handles. Used for what-if GPUs (total - reserve) and subtracted from NVML free memory.
+CUDA_CONTEXT_RESERVE_BYTES = 512 * 2**20
+
+VENDORS = ("NVIDIA", "AMD", "Apple", "Intel", "Other")
+SEGMENTS = ("datacenter", "workstation", "geforce", "edge", "laptop", "other")
+# TOML key -> GpuSpec.peak_tflops key
+PEAK_KEYS = {"fp32_tflops": "fp32", "tf32_tflops": "tf32", "fp16_tflops": "fp16", "bf16_tflops": "bf16",
+             "fp8_tflops": "fp8", "int8_tops": "int8"}
+TENSOR_PEAK_KEYS = ("tf32_tflops", "fp16_tflops", "bf16_tflops", "fp8_tflops")
+# upper bounds catch unit slips (bytes for GiB, TB/s for GB/s, FLOP/s for TFLOPS)
+MAX_MEMORY_GIB = 4096
+MAX_BANDWIDTH_GBS = 100_000
+MAX_TFLOPS = 100_000
+
+_STRING_KEYS = ("name", "vendor", "segment", "architecture", "compute_capability", "memory_type", "source")
+_INT_KEYS = ("sm_count", "boost_clock_mhz", "tdp_w")
+_NUMBER_KEYS = ("memory_gib", "bandwidth_gbs", "usable_memory_gib", "fp16_acc16_tflops", *PEAK_KEYS)
+_LIST_KEYS = ("nvml_names", "aliases")
+KNOWN_KEYS = frozenset((*_STRING_KEYS, *_INT_KEYS, *_NUMBER_KEYS, *_LIST_KEYS, "half_rate_fp32_accumulate"))
+REQUIRED_KEYS = ("name", "vendor", "memory_gib", "bandwidth_gbs", "fp32_tflops")
+
+
+def _fail(path: Path, index: int, entry: dict, field: str, problem: str) -> SpecFileError:
+    label = f"entry {index + 1}" + (f" ({entry['name']!r})" if isinstance(entry.get("name"), str) else "")
+    return SpecFileError(f"{path}: {label}, field {field!r}: {problem}", field="gpu")
+
+
+def check_entry(path: Path, index: int, entry: Any, require_source: bool) -> None:
+    if not isinstance(entry, dict):
+        raise SpecFileError(f"{path}: entry {index + 1} is not a table ([[gpu]])", field="gpu")
+    for key in entry:
+        if key not in KNOWN_KEYS:
+            raise _fail(path, index, entry, key, f"unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
+    for key in REQUIRED_KEYS + (("source",) if require_source else ()):
+        if key not in entry:
+            raise _fail(path, index, entry, key, "missing")
+    for key in _STRING_KEYS:
+        if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
+            raise _fail(path, index, entry, key, "must be a non-empty string")
+    for key in _INT_KEYS:
+        if key in entry and (isinstance(entry[key], bool) or not isinstance(entry[key], int) or entry[key] <= 0):
+            raise _fail(path, index, entry, key, f"must be a positive integer, got {entry[key]!r}")
+    for key in _NUMBER_KEYS:
+        value = entry.get(key)
+        if key in entry and (isinstance(value, bool) or not isinstance(value, (int, float))
+                             or not math.isfinite(value) or value <= 0):
+            raise _fail(path, index, entry, key, f"must be a positive number, got {value!r}")
+    for key in _LIST_KEYS:
+        if key in entry and (not isinstance(entry[key], list) or not all(isinstance(s, str) and s.strip() for s in entry[key])):
+            raise _fail(path, index, entry, key, "must be a list of non-empty strings")
+    if "half_rate_fp32_accumulate" in entry and not isinstance(entry["half_rate_fp32_accumulate"], bool):
+        raise _fail(path, index, entry, "half_rate_fp32_accumulate", "must be true or false")
+    if entry["vendor"] not in VENDORS:
+        raise _fail(path, index, entry, "vendor", f"must be one of {', '.join(VENDORS)}")
+    if "segment" in entry and entry["segment"] not in SEGMENTS:
+        raise _fail(path, index, entry, "segment", f"must be one of {', '.join(SEGMENTS)}")
+    _check_ranges(path, index, entry)
+
+
+def _check_ranges(path: Path, index: int, entry: dict) -> None:
+    if entry["memory_gib"] > MAX_MEMORY_GIB:
+        raise _fail(path, index, entry, "memory_gib", f"{entry['memory_gib']} GiB is implausible (unit is GiB)")
+    if entry["bandwidth_gbs"] > MAX_BANDWIDTH_GBS:
+        raise _fail(path, index, entry, "bandwidth_gbs", f"{entry['bandwidth_gbs']} GB/s is implausible (unit is GB/s)")
+    if entry.get("usable_memory_gib", 0) > entry["memory_gib"]:
+        raise _fail(path, index, entry, "usable_memory_gib", "exceeds memory_gib")
+    for key in (*PEAK_KEYS, "fp16_acc16_tflops"):
+        if entry.get(key, 0) > MAX_TFLOPS:
+            raise _fail(path, index, entry, key, f"{entry[key]} is implausible (unit is TFLOPS/TOPS)")
+    for key in TENSOR_PEAK_KEYS:
+        if key in entry and entry[key] < entry["fp32_tflops"]:
+            raise _fail(path, index, entry, key, f"tensor rate {entry[key]} is below the non-tensor fp32 rate "
+                                                 f"{entry['fp32_tflops']}")
+    if "fp16_acc16_tflops" in entry and entry["fp16_acc16_tflops"] < entry.get("fp16_tflops", 0):
+        raise _fail(path, index, entry, "fp16_acc16_tflops", "below the FP32-accumulate fp16 rate")
+
+
+def entry_keys(entry: dict) -> list[tuple[str, str]]:
+    """(normalised key, field) for every name an entry answers to."""
+    keys = [(name_key(entry["name"]), "name")]
+    keys += [(name_key(a), "aliases") for a in entry.get("aliases", [])]
+    keys += [(name_key(n), "nvml_names") for n in entry.get("nvml_names", [])]
+    return keys
+
+
+def check_unique(path: Path, entries: list[dict]) -> None:
+    """No two entries may answer to the same name, alias or NVML name."""
+    owner: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        for key, field in entry_keys(entry):
+            if not key:
+                raise _fail(path, index, entry, field, "a name reduces to nothing after normalisation")
+            other = owner.setdefault(key, index)
+            if other != index:
+                raise _fail(path, index, entry, field, f"{key!r} is already used by entry {other + 1} "
+                                                       f"({entries[other]['name']!r})")
+
+
+def load_entries(path: Path, *, require_source: bool = False) -> list[dict]:
+    """The validated [[gpu]] tables of a spec file."""
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise SpecFileError(f"{path}: cannot be read ({exc.strerror or exc})", field="gpu") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecFileError(f"{path}: not valid TOML: {exc}", field="gpu") from exc
+    unknown = set(document) - {"gpu"}
+    if unknown:
+        raise SpecFileError(f"{path}: unknown top-level key(s) {sorted(unknown)}; entries go in [[gpu]] tables",
+                            field="gpu")
+    entries = document.get("gpu", [])
+    if not isinstance(entries, list):
+        raise SpecFileError(f"{path}: 'gpu' must be an array of tables ([[gpu]])", field="gpu")
+    for index, entry in enumerate(entries):
+        check_entry(path, index, entry, require_source)
+    check_unique(path, entries)
+    return entries
+
+
+def spec_from_entry(entry: dict, *, origin: str) -> GpuSpec:
+    memory_bytes = round(entry["memory_gib"] * GIB)
+    usable = entry.get("usable_memory_gib")
+    return GpuSpec(
+        name=entry["name"],
+        vendor=entry["vendor"],
+        memory_bytes=memory_bytes,
+        usable_memory_bytes=round(usable * GIB) if usable else max(0, memory_bytes - CUDA_CONTEXT_RESERVE_BYTES),
+        bandwidth_gbs=float(entry["bandwidth_gbs"]),
+        peak_tflops={dtype: (float(entry[key]) if key in entry else None) for key, dtype in PEAK_KEYS.items()},
+        memory_type=entry.get("memory_type", ""),
+        architecture=entry.get("architecture", ""),
+        compute_capability=entry.get("compute_capability"),
+        sm_count=entry.get("sm_count"),
+        boost_clock_mhz=entry.get("boost_clock_mhz"),
+        tdp_w=entry.get("tdp_w"),
+        nvml_names=tuple(entry.get("nvml_names", ())),
+        aliases=tuple(entry.get("aliases", ())),
+        source=entry.get("source", ""),
+        origin=origin,
+    )
+
+
+def entry_from_spec(spec: GpuSpec) -> dict:
+    """The inverse of ``spec_from_entry`` for writing a user entry."""
+    entry: dict[str, Any] = {"name": spec.name, "vendor": spec.vendor, "memory_gib": spec.memory_bytes / GIB,
+                             "bandwidth_gbs": spec.bandwidth_gbs}
+    for key, dtype in PEAK_KEYS.items():
+        if spec.peak_tflops.get(dtype) is not None:
+            entry[key] = float(spec.peak_tflops[dtype])
+    if spec.usable_memory_bytes != max(0, spec.memory_bytes - CUDA_CONTEXT_RESERVE_BYTES):
+        entry["usable_memory_gib"] = spec.usable_memory_bytes / GIB
+    optional = {"memory_type": spec.memory_type, "architecture": spec.architecture,
+                "compute_capability": spec.compute_capability, "sm_count": spec.sm_count,
+                "boost_clock_mhz": spec.boost_clock_mhz, "tdp_w": spec.tdp_w, "source": spec.source,
+                "nvml_names": list(spec.nvml_names), "aliases": list(spec.aliases)}
+    entry.update({k: v for k, v in optional.items() if v})
+    return entry
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to a GPU spec file")
+
+
+def dump_entries(entries: list[dict], header: str = "") -> str:
+    """TOML text for flat [[gpu]] tables (the only shape spec files have)."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for entry in entries:
+        lines += ["", "[[gpu]]"] + [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
+    return "\n".join(lines) + "\n"
