@@ -1,0 +1,66 @@
+"""What one analysis request computes on a worker thread, stage by stage, reporting each stage as soon as
+it is ready (verdict first, then the sweeps). Between stages it checks for cancellation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.cache import TraceCache
+from engine.workload import Workload
+from gui import backend
+from gui.workers import JobContext
+
+
+@dataclass(frozen=True)
+class Request:
+    workload: Workload
+    gpus: tuple                       # GpuSpec, primary first
+    cache: TraceCache
+    in_process: bool = True           # False for user .py models: only what is cached can be planned
+    batch_sweep_key: tuple | None = None       # the sweep on screen; not redone when unchanged
+    resolution_sweep_key: tuple | None = None
+
+
+def batch_key(request: Request, values: tuple[int, ...]) -> tuple:
+    return request.workload.with_batch(1).key(), tuple(g.name for g in request.gpus), values
+
+
+def resolution_key(request: Request, values: tuple[int, ...]) -> tuple:
+    return request.workload.key(), tuple(g.name for g in request.gpus), values
+
+
+def run_request(request: Request, ctx: JobContext) -> str:
+    workload, gpus, cache = request.workload, request.gpus, request.cache
+    latest = backend.quick_evaluation(workload, gpus, cache)
+    if latest is not None:
+        ctx.partial("evaluation", latest)
+    if latest is None or latest.interpolated or latest.plans[0].max_batch is None:
+        ctx.progress("Tracing the model…")
+        latest = backend.full_evaluation(workload, gpus, cache, solve_max_batch=False)
+        ctx.partial("evaluation", latest)
+        if request.in_process:
+            ctx.progress("Solving the largest batch…")
+            latest = backend.full_evaluation(workload, gpus, cache)
+            ctx.partial("evaluation", latest)
+    if not request.in_process:
+        ctx.partial("comparison", backend.comparison(workload, gpus, cache, solve=False))
+        return "done"
+    max_batches = [p.max_batch for p in latest.plans]
+    values = backend.sweep_batches(workload.batch_size, max_batches)
+    key = batch_key(request, values)
+    if key != request.batch_sweep_key:
+        ctx.progress("Sweeping batch sizes…")
+        ctx.partial("batch_sweep", (key, backend.batch_sweep(workload, gpus, cache, max_batches)))
+    ctx.progress("Comparing GPUs…")
+    ctx.partial("comparison", backend.comparison(workload, gpus, cache))
+    images = [s for s in workload.inputs if len(s.shape) >= 4]
+    if images:
+        values = backend.sweep_resolutions(images[0].shape[-1])
+        key = resolution_key(request, values)
+        if key != request.resolution_sweep_key:
+            for side in values:   # trace one resolution at a time so a newer request can stop us
+                ctx.progress(f"Sweeping resolution ({side} px)…")
+                cache.get(workload.with_resolution(side, side))
+            ctx.partial("resolution_sweep", (key, backend.resolution_sweep(workload, gpus, cache)))
+    else:
+        ctx.partial("resolution_sweep", (None, None))
+    return "done"

@@ -1,0 +1,171 @@
+"""The GUI's only door into the engine, planner and hardware catalog (no Qt here). Worker threads call
+these functions; each returns the engine's own dataclasses. User .py models are never traced in this
+process: their trace comes from gui.model_process and goes into a cache that refuses to trace."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from engine.affine import AffineTrace
+from engine.cache import TraceCache
+from engine.compare import Comparison, compare
+from engine.errors import ModelLoadError, UnknownGpuError, UserError
+from engine.planner import Plan, plan, plan_result
+from engine.results import AnalysisResult
+from engine.solver import Sweep, max_batch, sweep
+from engine.workload import Workload
+from hardware.spec import GpuSpec
+
+MAX_SWEEP_BATCH = 1 << 15
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    workload: Workload
+    result: AnalysisResult | None      # exact trace at this workload (None while only an estimate exists)
+    plans: tuple[Plan, ...]            # primary GPU first
+    interpolated: bool                 # plans come from the batch-affine model, the exact trace follows
+
+
+def is_file_model(model: str) -> bool:
+    return model.split(":", 1)[0].endswith(".py")
+
+
+def _refuse(workload: Workload) -> AnalysisResult:
+    raise ModelLoadError(f"{workload.model} runs only in its own process; this shape has not been analysed yet")
+
+
+def file_model_cache() -> TraceCache:
+    return TraceCache(maxsize=32, analyzer=_refuse)
+
+
+# -- analysis and plans ---------------------------------------------------------------------------
+def quick_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> Evaluation | None:
+    """Plans without tracing, when possible: the exact trace is cached, or batches 1 and 2 of the same
+    workload are (then the affine batch model predicts this batch). None when a trace is needed."""
+    if not gpus or not workload.inputs:
+        return None
+    if workload in cache:
+        result = cache.get(workload)
+        return Evaluation(workload, result, _plans(result, workload, gpus, cache, solve=_solved(workload, cache)), False)
+    one, two = workload.with_batch(1), workload.with_batch(2)
+    if workload.batch_size > 2 and one in cache and two in cache:
+        model = AffineTrace.fit(cache.get(one), cache.get(two))
+        if model is not None:
+            estimate = model.result_at(workload.batch_size)
+            return Evaluation(workload, None, _plans(estimate, workload, gpus, cache, solve=True), True)
+    return None
+
+
+def _solved(workload: Workload, cache: TraceCache) -> bool:
+    """Max-batch solving only costs cache lookups once batches 1 and 2 are traced."""
+    return workload.with_batch(1) in cache and workload.with_batch(2) in cache
+
+
+def _plans(result, workload, gpus, cache, *, solve: bool) -> tuple[Plan, ...]:
+    plans = []
+    for gpu in gpus:
+        best = max_batch(workload, gpu, cache=cache) if solve else None
+        plans.append(plan_result(result, gpu, workload=workload, max_batch=best))
+    return tuple(plans)
+
+
+def full_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *,
+                    solve_max_batch: bool = True) -> Evaluation:
+    result = cache.get(workload)
+    plans = tuple(plan(workload, gpu, cache=cache, solve_max_batch=solve_max_batch) for gpu in gpus)
+    return Evaluation(workload, result, plans, False)
+
+
+def sweep_batches(current_batch: int, max_batches: Sequence[int | None]) -> tuple[int, ...]:
+    """Powers of two up to past the largest interesting batch, plus the current batch."""
+    top = max([current_batch, 8, *[(b or 0) + 1 for b in max_batches]])
+    values, b = [], 1
+    while b < top * 2 and b <= MAX_SWEEP_BATCH:
+        values.append(b)
+        b *= 2
+    return tuple(sorted(set(values) | {current_batch}))
+
+
+def batch_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache,
+                max_batches: Sequence[int | None] = ()) -> Sweep:
+    return sweep(workload, gpus, batches=sweep_batches(workload.batch_size, max_batches), cache=cache)
+
+
+def sweep_resolutions(current: int) -> tuple[int, ...]:
+    values = {max(32, int(current * f) // 32 * 32) for f in (0.25, 0.5, 0.75, 1.25, 1.5, 2.0)}
+    return tuple(sorted(values | {current}))
+
+
+def resolution_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> Sweep | None:
+    images = [s for s in workload.inputs if len(s.shape) >= 4]
+    if not images:
+        return None
+    return sweep(workload, gpus, resolutions=sweep_resolutions(images[0].shape[-1]), cache=cache)
+
+
+def comparison(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *, solve: bool = True) -> Comparison:
+    return compare(workload, gpus, cache=cache, solve_max_batch_=solve)
+
+
+def model_names() -> list[str]:
+    from engine.sources import list_model_names
+
+    return list(list_model_names())
+
+
+# -- hardware ----------------------------------------------------------------------------------
+def database_gpus() -> list[GpuSpec]:
+    from hardware.catalog import database
+
+    return list(database())
+
+
+def local_gpus() -> list[GpuSpec]:
+    try:
+        from hardware.catalog import local_gpus as detect
+
+        return list(detect())
+    except (ImportError, OSError, RuntimeError, UserError):
+        return []   # no driver, no NVML: the database still works
+
+
+def default_gpu_name() -> str:
+    from hardware.catalog import default_gpu
+
+    return default_gpu().name
+
+
+def resolve_gpu(name: str) -> GpuSpec:
+    from hardware.catalog import resolve_gpu as resolve
+
+    spec = resolve(name)
+    if spec is None:
+        raise UnknownGpuError(f"unknown GPU {name!r}", field="gpu")
+    return spec
+
+
+def live_memory(spec: GpuSpec) -> tuple[int, int]:
+    """(free, total) bytes right now for a detected GPU; the spec's own figures if NVML cannot say."""
+    if spec.local_index is not None:
+        try:
+            from hardware.nvml import refresh_memory
+
+            reading = refresh_memory(spec.local_index)
+            if reading is not None:
+                return reading.free_bytes, reading.total_bytes
+        except (ImportError, OSError, RuntimeError, UserError):
+            pass
+    return spec.usable_memory_bytes, spec.memory_bytes
+
+
+def save_user_gpu(spec: GpuSpec) -> None:
+    from hardware.user_file import save_user_gpu as save
+
+    save(spec)
+
+
+def remove_user_gpu(name: str) -> None:
+    from hardware.user_file import remove_user_gpu as remove
+
+    remove(name)

@@ -1,0 +1,270 @@
+"""The main window: workload and hardware panels on the left, the verdict in the middle, the views in tabs.
+Every input change asks the JobRunner for a new analysis; results arrive stage by stage through signals."""
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QHeaderView, QLabel, QLineEdit, QMainWindow, QProgressBar, QPushButton, QCheckBox, QScrollArea, QSplitter,
+    QTableView, QTabWidget, QTreeView, QVBoxLayout, QHBoxLayout, QWidget,
+)
+
+from engine.cache import TraceCache
+from engine.errors import UserError
+from engine.inputs import parse_inputs
+from engine.results import TraceOptions
+from engine.workload import Workload
+from gui import backend
+from gui.analysis_job import Request, run_request
+from gui.comparison_view import ComparisonCharts, ComparisonModel
+from gui.hardware_panel import HardwarePanel
+from gui.layer_model import LayerFilterProxy, LayerTreeModel, ModuleLatency
+from gui.model_runner import ModelProcessRunner
+from gui.plots import SweepPlots
+from gui.roofline_view import RooflineView
+from gui.settings import Settings
+from gui.verdict import VerdictWidget
+from gui.workers import JobRunner
+from gui.workload_panel import WorkloadPanel
+
+DEFAULT_WORKLOAD = Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions())
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: Settings | None = None, model_timeout_s: float | None = None):
+        super().__init__()
+        self.setWindowTitle("TorchBudget — will it fit, how fast can it run?")
+        self.settings = settings or Settings()
+        self.cache = TraceCache(maxsize=96)
+        self.file_cache = backend.file_model_cache()
+        self.runner = JobRunner(self)
+        self.model_runner = ModelProcessRunner(self)
+        if model_timeout_s is not None:
+            self.model_runner.timeout_s = model_timeout_s
+        self.evaluation = None        # latest backend.Evaluation shown
+        self.comparison = None
+        self.batch_sweep = None
+        self.resolution_sweep = None
+        self._sweep_keys: dict[str, tuple | None] = {"batch": None, "resolution": None}
+        self._build()
+        self._connect()
+        from gui.export import install_actions
+        install_actions(self)
+        self.workload_panel.set_workload(self.settings.last_workload() or DEFAULT_WORKLOAD)
+        ticked = self.settings.ticked_gpus()
+        self.hardware_panel.reload(ticked=ticked, primary=self.settings.primary_gpu() or backend.default_gpu_name())
+        if self.settings.geometry() is not None:
+            self.restoreGeometry(self.settings.geometry())
+        else:
+            self.resize(1440, 900)
+        self.request(immediate=True)
+
+    # -- layout ---------------------------------------------------------------------------
+    def _build(self):
+        self.workload_panel = WorkloadPanel(self.settings.recent_models())
+        self.hardware_panel = HardwarePanel()
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.addWidget(self.workload_panel)
+        left_layout.addWidget(self.hardware_panel, 1)
+        scroll = QScrollArea()
+        scroll.setWidget(left)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(420)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+        self.verdict = VerdictWidget()
+        self.verdict.setMinimumWidth(330)
+        self.tabs = QTabWidget()
+        self.layer_model = LayerTreeModel(self)
+        self.layer_proxy = LayerFilterProxy(self)
+        self.layer_proxy.setSourceModel(self.layer_model)
+        self.layer_view = QTreeView()
+        self.layer_view.setModel(self.layer_proxy)
+        self.layer_view.setSortingEnabled(True)
+        self.layer_view.sortByColumn(-1, Qt.SortOrder.AscendingOrder)   # engine order until a header is clicked
+        self.layer_view.setAlternatingRowColors(True)
+        self.layer_view.header().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        self.layer_search = QLineEdit()
+        self.layer_search.setPlaceholderText("Search layers by name or type…")
+        self.layer_search.setClearButtonEnabled(True)
+        self.only_uncounted = QCheckBox("Only layers with uncounted ops")
+        self.coverage_label = QLabel()
+        layers = QWidget()
+        lay = QVBoxLayout(layers)
+        bar = QHBoxLayout()
+        bar.addWidget(self.layer_search, 1)
+        bar.addWidget(self.only_uncounted)
+        bar.addWidget(self.coverage_label)
+        lay.addLayout(bar)
+        lay.addWidget(self.layer_view)
+        self.tabs.addTab(layers, "Layers")
+
+        self.plots = SweepPlots()
+        for widget, title in zip(self.plots.widgets(), ("Memory vs batch", "Latency vs batch", "Throughput vs batch",
+                                                        "Memory vs resolution")):
+            self.tabs.addTab(widget, title)
+        self.roofline = RooflineView()
+        self.tabs.addTab(self.roofline.widget, "Roofline")
+        self.comparison_model = ComparisonModel(self)
+        self.comparison_table = QTableView()
+        self.comparison_table.setModel(self.comparison_model)
+        self.comparison_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.comparison_charts = ComparisonCharts()
+        compare_page = QWidget()
+        compare_layout = QVBoxLayout(compare_page)
+        compare_layout.addWidget(self.comparison_table, 1)
+        charts = QSplitter(Qt.Orientation.Horizontal)
+        charts.addWidget(self.comparison_charts.memory)
+        charts.addWidget(self.comparison_charts.throughput)
+        compare_layout.addWidget(charts, 2)
+        self.tabs.addTab(compare_page, "Comparison")
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(scroll)
+        splitter.addWidget(self.verdict)
+        splitter.addWidget(self.tabs)
+        splitter.setStretchFactor(2, 1)
+        splitter.setSizes([430, 330, 680])
+        self.setCentralWidget(splitter)
+
+        self.progress_label = QLabel("")
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 0)
+        self.progress_bar.setMaximumWidth(120)
+        self.progress_bar.setVisible(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setVisible(False)
+        self.statusBar().addWidget(self.progress_label, 1)
+        self.statusBar().addPermanentWidget(self.progress_bar)
+        self.statusBar().addPermanentWidget(self.cancel_button)
+
+    def _connect(self):
+        self.workload_panel.workloadChanged.connect(lambda _w: self.request())
+        self.workload_panel.workloadChanged.connect(self._on_batch_preview)
+        self.hardware_panel.tickedChanged.connect(lambda _g: self.request())
+        self.layer_search.textChanged.connect(self.layer_proxy.set_search)
+        self.only_uncounted.toggled.connect(self.layer_proxy.set_only_uncounted)
+        self.runner.partial.connect(self._on_partial)
+        self.runner.failed.connect(self._on_failed)
+        self.runner.progress.connect(self.progress_label.setText)
+        self.runner.busy.connect(self._on_busy)
+        self.runner.finished.connect(lambda _r: self.progress_label.setText("Up to date"))
+        self.cancel_button.clicked.connect(self.cancel)
+        self.model_runner.finished.connect(self._on_file_model_result)
+        self.model_runner.failed.connect(lambda _w, error: self._on_failed(error))
+
+    # -- requests -------------------------------------------------------------------------------
+    def current_workload(self) -> Workload | None:
+        try:
+            return self.workload_panel.workload()
+        except UserError as exc:
+            self.workload_panel.show_error(exc)
+            return None
+
+    def request(self, immediate: bool = False):
+        """Re-analyse for the current fields (debounced unless ``immediate`` or the trace is cached)."""
+        workload, gpus = self.current_workload(), tuple(self.hardware_panel.ticked())
+        if workload is None or not gpus:
+            return
+        self.settings.set_last_workload(workload)
+        self.settings.set_ticked_gpus([g.name for g in gpus[1:]] + [gpus[0].name])
+        self.settings.set_primary_gpu(gpus[0].name)
+        if backend.is_file_model(workload.model):
+            self.runner.cancel()
+            if workload in self.file_cache:
+                self._submit(Request(workload, gpus, self.file_cache, in_process=False), immediate=True)
+            else:
+                self.verdict.set_busy(f"Analysing {workload.model.rsplit('/', 1)[-1]} in a separate process…")
+                self._on_busy(True)
+                self.model_runner.start(workload)
+            return
+        self.model_runner.cancel()
+        cached = workload in self.cache or (workload.with_batch(1) in self.cache and workload.with_batch(2) in self.cache)
+        self._submit(Request(workload, gpus, self.cache, True, self._sweep_keys["batch"],
+                             self._sweep_keys["resolution"]), immediate=immediate or cached)
+
+    def _submit(self, request: Request, immediate: bool):
+        if not immediate:
+            self.verdict.set_busy()
+        self.runner.submit(lambda ctx: run_request(request, ctx), immediate=immediate)
+
+    def cancel(self):
+        self.runner.cancel()
+        self.model_runner.cancel()
+        self._on_busy(False)
+        self.progress_label.setText("Cancelled")
+
+    def rerun(self):
+        workload = self.current_workload()
+        if workload is not None:
+            self.file_cache.clear()
+            self._sweep_keys = {"batch": None, "resolution": None}
+        self.request(immediate=True)
+
+    # -- results ----------------------------------------------------------------------------------
+    def _on_batch_preview(self, workload: Workload):
+        if self.batch_sweep is not None:
+            self.plots.mark_batch(workload.batch_size)   # instant, before any computation
+
+    def _on_file_model_result(self, workload, result):
+        self.file_cache.put(workload, result)
+        self.settings.add_recent_model(workload.model)
+        self._submit(Request(workload, tuple(self.hardware_panel.ticked()), self.file_cache, in_process=False),
+                     immediate=True)
+
+    def _on_partial(self, key: str, payload):
+        if key == "evaluation":
+            self._show_evaluation(payload)
+        elif key == "batch_sweep":
+            self._sweep_keys["batch"], self.batch_sweep = payload
+            self.plots.show_batch_sweep(self.batch_sweep, self.evaluation.workload.batch_size)
+        elif key == "resolution_sweep":
+            self._sweep_keys["resolution"], self.resolution_sweep = payload
+            images = [s for s in self.evaluation.workload.inputs if len(s.shape) >= 4]
+            self.plots.show_resolution_sweep(self.resolution_sweep, images[0].shape[-1] if images else None)
+        elif key == "comparison":
+            self.comparison = payload
+            self.comparison_model.set_comparison(payload)
+            self.comparison_charts.show(payload)
+
+    def _show_evaluation(self, evaluation):
+        self.evaluation = evaluation
+        self.workload_panel.clear_errors()
+        self.hardware_panel.error.clear_message()
+        self.verdict.set_plans(list(evaluation.plans))
+        if evaluation.interpolated:
+            self.progress_label.setText("Scaled from batches 1 and 2; exact trace follows…")
+        if evaluation.result is not None:
+            latency = {path: ModuleLatency(m.bound_ms / 1000.0, "compute" if m.compute_bound else "memory")
+                       for path, m in evaluation.plans[0].latency.per_module.items()}
+            self.layer_model.set_result(evaluation.result, latency)
+            self.layer_view.expandToDepth(0)
+            self.coverage_label.setText(f"{evaluation.result.coverage:.0%} of ops counted")
+            self.coverage_label.setToolTip("Share of ops with a FLOP formula or known to do no arithmetic; "
+                                           "the rest are listed with ⚠ and not counted.")
+            self.roofline.show(list(evaluation.plans), evaluation.workload.options.precision)
+            if not backend.is_file_model(evaluation.workload.model):
+                self.settings.add_recent_model(evaluation.workload.model)
+
+    def _on_failed(self, error):
+        self._on_busy(False)
+        message = str(error)
+        field = getattr(error, "field", None)
+        if field == "gpu":
+            self.hardware_panel.error.show_message(message)
+        else:
+            self.workload_panel.show_error(error) or self.workload_panel.errors["model"].show_message(message)
+        self.verdict.set_error(message)
+        self.progress_label.setText("Error: " + message)
+
+    def _on_busy(self, busy: bool):
+        self.progress_bar.setVisible(busy)
+        self.cancel_button.setVisible(busy)
+
+    def closeEvent(self, event):
+        self.settings.set_geometry(self.saveGeometry())
+        self.settings.sync()
+        self.runner.cancel()
+        self.model_runner.cancel()
+        super().closeEvent(event)

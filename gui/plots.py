@@ -1,0 +1,135 @@
+"""Sweep plots (pyqtgraph): memory vs batch with each ticked GPU's capacity and largest-batch marker,
+latency and throughput vs batch, memory vs resolution. Fed by ``engine.solver.sweep``; units on every axis."""
+from __future__ import annotations
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+
+from gui.colors import plot_colors, series_color
+
+GIB = 2**30
+
+
+def make_plot(title: str, x_label: str, y_label: str, *, log_x: bool = False) -> pg.PlotWidget:
+    background, foreground = plot_colors()
+    widget = pg.PlotWidget(background=background)
+    item = widget.getPlotItem()
+    item.setTitle(title, color=foreground.name())
+    for side, text in (("bottom", x_label), ("left", y_label)):
+        axis = item.getAxis(side)
+        axis.setLabel(text, color=foreground.name())
+        axis.enableAutoSIPrefix(False)  # units are in the label; no silent k/M rescaling
+        axis.setPen(foreground)
+        axis.setTextPen(foreground)
+    item.showGrid(x=True, y=True, alpha=0.25)
+    item.setLogMode(x=log_x, y=False)
+    legend = item.addLegend(offset=(-10, 10), labelTextColor=foreground.name())
+    legend.setBrush(pg.mkBrush(background.red(), background.green(), background.blue(), 200))
+    return widget
+
+
+def _pen(i: int, *, dashed: bool = False, width: float = 2):
+    return pg.mkPen(series_color(i), width=width, style=Qt.PenStyle.DashLine if dashed else Qt.PenStyle.SolidLine)
+
+
+class SweepPlots:
+    """Owns the four sweep PlotWidgets and redraws them from Sweep results."""
+
+    def __init__(self):
+        self.memory_vs_batch = make_plot("Peak memory vs batch size", "Batch size (samples, log scale)",
+                                         "Peak memory (GiB)", log_x=True)
+        self.latency_vs_batch = make_plot("Latency per step vs batch size", "Batch size (samples, log scale)",
+                                          "Latency (ms)", log_x=True)
+        self.throughput_vs_batch = make_plot("Throughput vs batch size", "Batch size (samples, log scale)",
+                                             "Throughput (samples/s)", log_x=True)
+        self.memory_vs_resolution = make_plot("Peak memory vs resolution", "Resolution (px, height = width)",
+                                              "Peak memory (GiB)")
+        self.memory_vs_batch.setToolTip("Peak memory (tensors at the peak plus CUDA context, workspaces and allocator "
+                                        "slack) against batch size. Dashed lines: each ticked GPU's usable memory; "
+                                        "triangles: the largest batch that fits.")
+        self.latency_vs_batch.setToolTip("Per-step latency: solid = estimate, dashed = roofline lower bound.")
+        self.throughput_vs_batch.setToolTip("Samples per second at the estimated latency.")
+        self.memory_vs_resolution.setToolTip("Peak memory at the current batch against square input resolution.")
+        self._current_lines: list[pg.InfiniteLine] = []
+
+    def widgets(self):
+        return (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch, self.memory_vs_resolution)
+
+    def clear(self):
+        for w in self.widgets():
+            w.getPlotItem().clear()
+
+    def show_batch_sweep(self, result, current_batch: int):
+        for w in (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch):
+            w.getPlotItem().clear()
+        xs = [p.value for p in result.points]
+        memory = self.memory_vs_batch.getPlotItem()
+        memory.plot(xs, [p.peak_bytes / GIB for p in result.points], pen=pg.mkPen(pg.mkColor(plot_colors()[1]), width=2),
+                    symbol="o", symbolSize=5, name="peak memory")
+        for i, gpu in enumerate(result.gpus):
+            self._capacity_line(memory, gpu.capacity_bytes / GIB, gpu.gpu_name, i)
+            if gpu.max_batch:
+                peak_at = _interpolate(xs, [p.peak_bytes for p in result.points], gpu.max_batch) / GIB
+                memory.plot([gpu.max_batch], [peak_at], pen=None, symbol="t", symbolSize=12,
+                            symbolBrush=series_color(i), name=f"largest batch on {gpu.gpu_name}: {gpu.max_batch}")
+        latency = self.latency_vs_batch.getPlotItem()
+        throughput = self.throughput_vs_batch.getPlotItem()
+        for i, gpu in enumerate(result.gpus):
+            estimate = [p.per_gpu[i].estimate_ms for p in result.points]
+            bound = [p.per_gpu[i].lower_bound_ms for p in result.points]
+            latency.plot(xs, estimate, pen=_pen(i), name=f"{gpu.gpu_name} estimate")
+            latency.plot(xs, bound, pen=_pen(i, dashed=True), name=f"{gpu.gpu_name} bound")
+            throughput.plot(xs, [p.per_gpu[i].throughput_samples_per_s for p in result.points], pen=_pen(i),
+                            symbol="o", symbolSize=4, symbolBrush=series_color(i), name=gpu.gpu_name)
+        self.mark_batch(current_batch)
+
+    def mark_batch(self, batch: int):
+        """Move the 'current batch' marker (cheap: no re-sweep)."""
+        import math
+
+        for line in self._current_lines:
+            line.getViewBox() and line.getViewBox().removeItem(line)
+        self._current_lines = []
+        _, foreground = plot_colors()
+        for w in (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch):
+            line = pg.InfiniteLine(pos=math.log10(batch), angle=90,
+                                   pen=pg.mkPen(foreground, width=1, style=Qt.PenStyle.DotLine),
+                                   label=f"batch {batch}", labelOpts={"position": 0.92, "color": foreground})
+            w.getPlotItem().addItem(line, ignoreBounds=True)
+            self._current_lines.append(line)
+
+    def show_resolution_sweep(self, result, current_resolution: int | None):
+        item = self.memory_vs_resolution.getPlotItem()
+        item.clear()
+        if result is None:
+            item.setTitle("Peak memory vs resolution (the model has no image input)")
+            return
+        xs = [p.value for p in result.points]
+        item.plot(xs, [p.peak_bytes / GIB for p in result.points], pen=pg.mkPen(plot_colors()[1], width=2),
+                  symbol="o", symbolSize=5, name="peak memory")
+        for i, gpu in enumerate(result.gpus):
+            self._capacity_line(item, gpu.capacity_bytes / GIB, gpu.gpu_name, i)
+        if current_resolution:
+            _, foreground = plot_colors()
+            item.addItem(pg.InfiniteLine(pos=current_resolution, angle=90,
+                                         pen=pg.mkPen(foreground, width=1, style=Qt.PenStyle.DotLine),
+                                         label=f"{current_resolution} px", labelOpts={"position": 0.92,
+                                                                                    "color": foreground}),
+                         ignoreBounds=True)
+
+    @staticmethod
+    def _capacity_line(item, capacity_gib: float, name: str, i: int):
+        line = pg.InfiniteLine(pos=capacity_gib, angle=0, pen=_pen(i, dashed=True),
+                               label=f"{name} usable {capacity_gib:.1f} GiB",
+                               labelOpts={"position": 0.05, "color": series_color(i), "anchors": [(0, 1), (0, 1)]})
+        item.addItem(line)
+
+
+def _interpolate(xs, ys, x):
+    """Linear interpolation of ys at x (xs ascending); clamps at the ends."""
+    if x <= xs[0]:
+        return ys[0]
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ys[-1]

@@ -1,0 +1,168 @@
+"""The verdict: fits / tight / does not fit (icon + words + colour), a stacked memory bar against the
+GPU's capacity with a legend, and the headline figures (largest batch, latency, throughput)."""
+from __future__ import annotations
+
+from PySide6.QtCore import QRectF, QSize, Qt
+from PySide6.QtGui import QColor, QPainter, QPalette, QPen
+from PySide6.QtWidgets import QFormLayout, QFrame, QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
+
+from cli.format import human_bytes, human_ms
+from gui.colors import CATEGORY_COLORS, CATEGORY_LABELS, CATEGORY_TIPS, VERDICT_COLORS, VERDICT_TEXT, contrast_text
+
+
+class MemoryBar(QWidget):
+    """Stacked horizontal bar of memory by category, scaled so both the need and the capacity fit."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.segments: list[tuple[str, int, str]] = []   # (label, bytes, colour)
+        self.capacity_bytes = 0
+        self.setMinimumHeight(44)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+    def sizeHint(self):
+        return QSize(320, 48)
+
+    def set_data(self, segments, capacity_bytes: int):
+        self.segments = [s for s in segments if s[1] > 0]
+        self.capacity_bytes = capacity_bytes
+        total = sum(s[1] for s in self.segments)
+        parts = "\n".join(f"{label}: {human_bytes(n)}" for label, n, _ in self.segments)
+        self.setToolTip(f"Needed {human_bytes(total)} of {human_bytes(capacity_bytes)} usable\n{parts}")
+        self.update()
+
+    def paintEvent(self, _event):
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        text_color = self.palette().color(QPalette.ColorRole.WindowText)
+        bar = QRectF(1, 4, self.width() - 2, self.height() - 22)
+        painter.setPen(QPen(self.palette().color(QPalette.ColorRole.Mid), 1))
+        painter.setBrush(self.palette().color(QPalette.ColorRole.Base))
+        painter.drawRect(bar)
+        total = sum(n for _, n, _ in self.segments)
+        scale_bytes = max(total, self.capacity_bytes, 1)
+        x = bar.left()
+        painter.setPen(Qt.PenStyle.NoPen)
+        for _, nbytes, color in self.segments:
+            w = bar.width() * nbytes / scale_bytes
+            painter.setBrush(QColor(color))
+            painter.drawRect(QRectF(x, bar.top() + 1, w, bar.height() - 2))
+            x += w
+        if self.capacity_bytes:
+            cx = bar.left() + bar.width() * self.capacity_bytes / scale_bytes
+            painter.setPen(QPen(text_color, 2, Qt.PenStyle.DashLine))
+            painter.drawLine(int(cx), int(bar.top() - 3), int(cx), int(bar.bottom() + 3))
+            painter.setPen(text_color)
+            label = f"capacity {human_bytes(self.capacity_bytes)}"
+            width = painter.fontMetrics().horizontalAdvance(label)
+            lx = min(max(cx - width / 2, 0), self.width() - width)
+            painter.drawText(QRectF(lx, bar.bottom() + 2, width + 2, 16), Qt.AlignmentFlag.AlignLeft, label)
+        painter.end()
+
+
+class Swatch(QFrame):
+    def __init__(self, color: str, parent=None):
+        super().__init__(parent)
+        self.setFixedSize(12, 12)
+        self.setStyleSheet(f"background: {color}; border: 1px solid palette(mid);")
+
+
+class VerdictWidget(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        self.badge = QLabel("…")
+        self.badge.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        font = self.badge.font()
+        font.setPointSizeF(font.pointSizeF() * 1.5)
+        font.setBold(True)
+        self.badge.setFont(font)
+        self.badge.setMinimumHeight(self.badge.fontMetrics().height() * 2)
+        self.badge.setToolTip("Fits: peak memory plus overheads stays under the GPU's usable memory with at least "
+                              "10 % to spare. Tight: it fits with less than 10 % to spare. Does not fit: it exceeds it.")
+        layout.addWidget(self.badge)
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+        layout.addWidget(self.summary)
+        self.bar = MemoryBar()
+        layout.addWidget(self.bar)
+        self.legend = QGridLayout()
+        self.legend.setHorizontalSpacing(6)
+        self.legend.setVerticalSpacing(2)
+        layout.addLayout(self.legend)
+
+        figures = QFormLayout()
+        self.max_batch = QLabel("—")
+        self.max_batch.setToolTip("Largest batch size whose peak memory still fits on this GPU (solved by bisection "
+                                  "on traced memory)")
+        self.bound = QLabel("—")
+        self.bound.setToolTip("Roofline lower bound per step: each op takes at least max(FLOPs / peak FLOP/s, "
+                              "bytes moved / memory bandwidth) at datasheet peaks; real runs are slower.")
+        self.estimate = QLabel("—")
+        self.estimate.setToolTip("Roofline with realistic efficiency factors and a kernel-launch overhead per op.")
+        self.throughput = QLabel("—")
+        self.throughput.setToolTip("Samples per second at the estimated latency (batch / estimate); the bound gives "
+                                   "the ceiling in brackets.")
+        self.others = QLabel()
+        self.others.setWordWrap(True)
+        self.others.setToolTip("The verdict for each other ticked GPU")
+        for text, label in (("Largest batch", self.max_batch), ("Latency bound", self.bound),
+                            ("Latency estimate", self.estimate), ("Throughput", self.throughput),
+                            ("Other GPUs", self.others)):
+            figures.addRow(text, label)
+        layout.addLayout(figures)
+        layout.addStretch(1)
+
+    def set_busy(self, text: str = "Analysing…"):
+        self.badge.setText(text)
+        self.badge.setStyleSheet("")
+
+    def set_error(self, message: str):
+        self.badge.setText("⚠  Cannot analyse")
+        self.badge.setStyleSheet("")
+        self.summary.setText(message)
+
+    def verdict_text(self) -> str:
+        return self.badge.text()
+
+    def set_plans(self, plans: list):
+        """``plans[0]`` is the primary GPU's plan; the rest are summarised in one line each."""
+        if not plans:
+            return
+        plan = plans[0]
+        key = plan.verdict.value
+        color = VERDICT_COLORS[key]
+        self.badge.setText(f"{VERDICT_TEXT[key]}  on {plan.gpu.name}")
+        self.badge.setStyleSheet(f"background: {color}; color: {contrast_text(color)}; border-radius: 6px;")
+        need, cap = plan.required_bytes, plan.capacity_bytes
+        spare = "spare" if plan.headroom_bytes >= 0 else "short"
+        self.summary.setText(f"Needs {human_bytes(need)} of {human_bytes(cap)} usable "
+                             f"({human_bytes(abs(plan.headroom_bytes))} {spare}); largest share: "
+                             f"{CATEGORY_LABELS[plan.dominant_category].lower()}.")
+        segments = [(CATEGORY_LABELS[c], n, CATEGORY_COLORS[c]) for c, n in plan.memory.by_category.items()]
+        self.bar.set_data(segments, cap)
+        self._fill_legend(plan.memory.by_category)
+        self.max_batch.setText("—" if plan.max_batch is None else
+                               "none (batch 1 does not fit)" if plan.max_batch == 0 else f"{plan.max_batch}")
+        latency = plan.latency
+        self.bound.setText(human_ms(latency.lower_bound_ms))
+        self.estimate.setText(human_ms(latency.estimate_ms))
+        self.throughput.setText(f"{plan.throughput_samples_per_s:,.0f} samples/s "
+                                f"(≤ {latency.max_throughput_samples_per_s:,.0f})")
+        self.others.setText("\n".join(
+            f"{p.gpu.name}: {VERDICT_TEXT[p.verdict.value].split('  ')[1].lower()}"
+            f" ({human_bytes(p.required_bytes)} of {human_bytes(p.capacity_bytes)})" for p in plans[1:]) or "—")
+
+    def _fill_legend(self, by_category):
+        while self.legend.count():
+            item = self.legend.takeAt(0)
+            if item.widget():
+                item.widget().deleteLater()
+        shown = [(c, n) for c, n in by_category.items() if n > 0]
+        for i, (category, nbytes) in enumerate(shown):
+            row, col = i, 0
+            swatch = Swatch(CATEGORY_COLORS[category])
+            text = QLabel(f"{CATEGORY_LABELS[category]} {human_bytes(nbytes)}")
+            text.setToolTip(CATEGORY_TIPS[category])
+            self.legend.addWidget(swatch, row, col * 2)
+            self.legend.addWidget(text, row, col * 2 + 1)

@@ -1,0 +1,298 @@
+"""The workload panel: model (searchable torchvision list, a user's .py file, recent models), inputs,
+batch and resolution (slider + spin box), precision, mode, optimizer and checkpointing. It emits a
+``Workload`` whenever something changes, or shows an error next to the field that is wrong."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from PySide6.QtCore import QSignalBlocker, QSortFilterProxyModel, Qt, Signal
+from PySide6.QtGui import QStandardItem, QStandardItemModel
+from PySide6.QtWidgets import (
+    QCheckBox, QComboBox, QCompleter, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLabel,
+    QLineEdit, QPushButton, QSlider, QSpinBox, QVBoxLayout, QWidget,
+)
+
+from engine.errors import UserError
+from engine.inputs import parse_inputs
+from engine.results import TraceOptions
+from engine.workload import Workload
+from gui.field_error import FieldError
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp16-amp", "bf16-amp")
+PRECISION_TIPS = {
+    "fp32": "32-bit floats everywhere; matmuls on CUDA cores (no TF32).",
+    "tf32": "fp32 storage, matmuls and convolutions on tensor cores in TF32.",
+    "fp16": "Model and inputs cast to float16.",
+    "bf16": "Model and inputs cast to bfloat16.",
+    "fp16-amp": "Mixed precision: fp32 weights, autocast runs eligible ops in float16.",
+    "bf16-amp": "Mixed precision: fp32 weights, autocast runs eligible ops in bfloat16.",
+}
+OPTIMIZERS = ("adamw", "adam", "sgd-momentum", "sgd", "none")
+MAX_BATCH = 4096
+MIN_RESOLUTION, MAX_RESOLUTION, RESOLUTION_STEP = 16, 4096, 16
+
+
+def model_names() -> list[str]:
+    try:
+        from engine.sources import list_model_names
+    except ImportError:
+        return ["resnet50"]
+    return list(list_model_names())
+
+
+def python_file_entries(path: str) -> list[str]:
+    """Top-level classes and functions defined in a .py file, read with ``ast`` so nothing in it runs here."""
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}", field="model") from None
+    except SyntaxError as exc:
+        raise UserError(f"{Path(path).name} has a syntax error on line {exc.lineno}: {exc.msg}", field="model") from None
+    names = [n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and not n.name.startswith("_")]
+    if not names:
+        raise UserError(f"{Path(path).name} defines no class or function to build a model from", field="model")
+    return names
+
+
+class WorkloadPanel(QGroupBox):
+    workloadChanged = Signal(object)    # Workload
+    invalid = Signal(object)            # UserError from a field
+
+    def __init__(self, recent_models: list[str] | None = None, parent=None):
+        super().__init__("Workload", parent)
+        self.errors: dict[str, FieldError] = {}
+        form = QFormLayout(self)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+
+        # model: searchable list + open a .py file
+        self.model_combo = QComboBox()
+        self.model_combo.setEditable(True)
+        self.model_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.model_combo.setToolTip("torchvision model name (type to search), or path/to/file.py:ClassOrFactory")
+        self._model_items = QStandardItemModel(self)
+        self.model_combo.setModel(self._model_items)
+        completer = QCompleter(self._model_items, self)
+        completer.setFilterMode(Qt.MatchFlag.MatchContains)
+        completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        completer.setCompletionMode(QCompleter.CompletionMode.PopupCompletion)
+        self.model_combo.setCompleter(completer)
+        self.open_py_button = QPushButton("Open .py…")
+        self.open_py_button.setToolTip("Use a model defined in your own Python file (it runs in a separate process)")
+        row = QHBoxLayout()
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.open_py_button)
+        form.addRow("Model", self._with_error(row, "model"))
+
+        self.inputs_edit = QLineEdit("1x3x224x224")
+        self.inputs_edit.setToolTip("Input shape(s), batch first: 1x3x224x224, or several separated by commas, "
+                                    "with an optional dtype (1x128:int64) and name (ids=1x128:int64)")
+        form.addRow("Input shape", self._with_error(self.inputs_edit, "input"))
+
+        self.batch_spin, self.batch_slider = QSpinBox(), QSlider(Qt.Orientation.Horizontal)
+        self.batch_spin.setRange(1, MAX_BATCH)
+        self.batch_slider.setRange(1, 512)
+        for w in (self.batch_spin, self.batch_slider):
+            w.setToolTip("Batch size: the first dimension of every input")
+        form.addRow("Batch size", self._pair(self.batch_slider, self.batch_spin))
+
+        self.resolution_spin, self.resolution_slider = QSpinBox(), QSlider(Qt.Orientation.Horizontal)
+        self.resolution_spin.setRange(MIN_RESOLUTION, MAX_RESOLUTION)
+        self.resolution_spin.setSingleStep(RESOLUTION_STEP)
+        self.resolution_spin.setSuffix(" px")
+        self.resolution_slider.setRange(MIN_RESOLUTION // RESOLUTION_STEP, 1024 // RESOLUTION_STEP)
+        for w in (self.resolution_spin, self.resolution_slider):
+            w.setToolTip("Height = width of image inputs (the last two dimensions)")
+        form.addRow("Resolution", self._pair(self.resolution_slider, self.resolution_spin))
+
+        self.precision_combo = QComboBox()
+        for p in PRECISIONS:
+            self.precision_combo.addItem(p)
+            self.precision_combo.setItemData(self.precision_combo.count() - 1, PRECISION_TIPS[p], Qt.ItemDataRole.ToolTipRole)
+        self.precision_combo.setToolTip("Numeric precision of weights, activations and matmuls")
+        form.addRow("Precision", self.precision_combo)
+
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItem("inference", "infer")
+        self.mode_combo.addItem("training", "train")
+        self.mode_combo.setToolTip("Inference: forward only, no gradients. Training: forward, backward and optimizer step")
+        form.addRow("Mode", self.mode_combo)
+
+        self.optimizer_combo = QComboBox()
+        self.optimizer_combo.addItems(OPTIMIZERS)
+        self.optimizer_combo.setToolTip("Optimizer whose state (e.g. Adam's two moments) is counted in training")
+        self.checkpoint_box = QCheckBox("Activation checkpointing")
+        self.checkpoint_box.setToolTip("What-if: recompute activations in backward instead of keeping them")
+        form.addRow("Optimizer", self.optimizer_combo)
+        form.addRow("", self.checkpoint_box)
+
+        self.set_recent_models(recent_models or [])
+        self._connect()
+        self._sync_training_widgets()
+
+    # -- layout helpers ---------------------------------------------------------
+    def _with_error(self, inner, field: str) -> QWidget:
+        box = QWidget()
+        layout = QVBoxLayout(box)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        if isinstance(inner, QWidget):
+            layout.addWidget(inner)
+        else:
+            layout.addLayout(inner)
+        self.errors[field] = FieldError()
+        layout.addWidget(self.errors[field])
+        return box
+
+    @staticmethod
+    def _pair(slider, spin) -> QWidget:
+        box = QWidget()
+        layout = QHBoxLayout(box)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(slider, 1)
+        layout.addWidget(spin)
+        return box
+
+    def _connect(self):
+        self.model_combo.currentTextChanged.connect(self._emit)
+        self.open_py_button.clicked.connect(self.open_python_file)
+        self.inputs_edit.textEdited.connect(self._on_inputs_edited)
+        self.batch_slider.valueChanged.connect(lambda v: self.batch_spin.setValue(v))
+        self.batch_spin.valueChanged.connect(self._on_batch)
+        self.resolution_slider.valueChanged.connect(lambda v: self.resolution_spin.setValue(v * RESOLUTION_STEP))
+        self.resolution_spin.valueChanged.connect(self._on_resolution)
+        for combo in (self.precision_combo, self.mode_combo, self.optimizer_combo):
+            combo.currentIndexChanged.connect(self._emit)
+        self.mode_combo.currentIndexChanged.connect(self._sync_training_widgets)
+        self.checkpoint_box.toggled.connect(self._emit)
+
+    # -- model list -----------------------------------------------------------------
+    def set_recent_models(self, recent: list[str]):
+        current = self.model_combo.currentText() or "resnet50"
+        with QSignalBlocker(self.model_combo):
+            self._model_items.clear()
+            names = model_names()
+            for name in recent:
+                item = QStandardItem(name)
+                item.setToolTip("recently used")
+                self._model_items.appendRow(item)
+            for name in names:
+                if name not in recent:
+                    self._model_items.appendRow(QStandardItem(name))
+            self.model_combo.setCurrentText(current)
+
+    def open_python_file(self, path: str | None = None, entry: str | None = None):
+        if not path:
+            path, _ = QFileDialog.getOpenFileName(self, "Open a model file", "", "Python files (*.py)")
+            if not path:
+                return
+        try:
+            entries = python_file_entries(path)
+        except UserError as exc:
+            self.show_error(exc)
+            return
+        if entry is None:
+            if len(entries) == 1:
+                entry = entries[0]
+            else:
+                entry, ok = QInputDialog.getItem(self, "Pick the model", f"Class or factory in {Path(path).name}:",
+                                                 entries, 0, False)
+                if not ok:
+                    return
+        self.model_combo.setCurrentText(f"{path}:{entry}")
+
+    # -- field sync ----------------------------------------------------------------
+    def _on_inputs_edited(self, _text=None):
+        try:
+            specs = parse_inputs(self.inputs_edit.text())
+        except UserError as exc:
+            self.show_error(exc)
+            return
+        with QSignalBlocker(self.batch_spin), QSignalBlocker(self.batch_slider):
+            self.batch_spin.setValue(specs[0].shape[0])
+            self.batch_slider.setValue(min(specs[0].shape[0], self.batch_slider.maximum()))
+        spatial = [s for s in specs if len(s.shape) >= 3]
+        self.resolution_spin.setEnabled(bool(spatial))
+        self.resolution_slider.setEnabled(bool(spatial))
+        if spatial:
+            with QSignalBlocker(self.resolution_spin), QSignalBlocker(self.resolution_slider):
+                self.resolution_spin.setValue(spatial[0].shape[-1])
+                self.resolution_slider.setValue(spatial[0].shape[-1] // RESOLUTION_STEP)
+        self._emit()
+
+    def _rewrite_inputs(self, change):
+        try:
+            specs = parse_inputs(self.inputs_edit.text())
+        except UserError as exc:
+            self.show_error(exc)
+            return
+        self.inputs_edit.setText(", ".join(change(s).text() for s in specs))
+        self._emit()
+
+    def _on_batch(self, batch: int):
+        with QSignalBlocker(self.batch_slider):
+            self.batch_slider.setValue(min(batch, self.batch_slider.maximum()))
+        self._rewrite_inputs(lambda s: s.with_batch(batch))
+
+    def _on_resolution(self, pixels: int):
+        with QSignalBlocker(self.resolution_slider):
+            self.resolution_slider.setValue(pixels // RESOLUTION_STEP)
+        self._rewrite_inputs(lambda s: s.with_resolution(pixels, pixels) if len(s.shape) >= 3 else s)
+
+    def _sync_training_widgets(self, *_):
+        training = self.mode_combo.currentData() == "train"
+        self.optimizer_combo.setEnabled(training)
+        self.checkpoint_box.setEnabled(training)
+
+    # -- workload in/out -----------------------------------------------------------
+    def workload(self) -> Workload:
+        """The workload the fields describe; raises a UserError naming the bad field."""
+        model = self.model_combo.currentText().strip()
+        if not model:
+            raise UserError("choose a model: type a torchvision name or open a .py file", field="model")
+        inputs = parse_inputs(self.inputs_edit.text())
+        optimizer = self.optimizer_combo.currentText()
+        options = TraceOptions(
+            mode=self.mode_combo.currentData(), precision=self.precision_combo.currentText(),
+            optimizer=None if optimizer == "none" else optimizer, checkpointing=self.checkpoint_box.isChecked(),
+        )
+        return Workload(model, inputs, options)
+
+    def set_workload(self, workload: Workload):
+        widgets = (self.model_combo, self.inputs_edit, self.precision_combo, self.mode_combo, self.optimizer_combo,
+                   self.checkpoint_box, self.batch_spin, self.batch_slider, self.resolution_spin, self.resolution_slider)
+        blockers = [QSignalBlocker(w) for w in widgets]
+        o = workload.options
+        self.model_combo.setCurrentText(workload.model)
+        self.inputs_edit.setText(", ".join(s.text() for s in workload.inputs) or "1x3x224x224")
+        self.precision_combo.setCurrentText(o.precision)
+        self.mode_combo.setCurrentIndex(max(0, self.mode_combo.findData(o.mode)))
+        self.optimizer_combo.setCurrentText(o.optimizer or "none")
+        self.checkpoint_box.setChecked(o.checkpointing)
+        del blockers
+        self._sync_training_widgets()
+        self._on_inputs_edited()
+
+    def _emit(self, *_):
+        try:
+            workload = self.workload()
+        except UserError as exc:
+            self.show_error(exc)
+            return
+        self.clear_errors()
+        self.workloadChanged.emit(workload)
+
+    # -- errors ----------------------------------------------------------------------
+    def show_error(self, error: UserError) -> bool:
+        """Show ``error`` under its field; False when the field is not on this panel."""
+        label = self.errors.get(getattr(error, "field", None) or "")
+        if label is None:
+            return False
+        label.show_message(str(error))
+        if error.field == "input" or error.field not in self.errors:
+            self.invalid.emit(error)
+        return True
+
+    def clear_errors(self):
+        for label in self.errors.values():
+            label.clear_message()
