@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QFileDialog
 
-from cli.format import human_bytes, human_count, human_ms, to_jsonable
+from cli.format import dump_json, human_bytes, human_count, human_ms
 from engine.errors import UserError
 from engine.workload import Workload
 from gui.colors import CATEGORY_LABELS, VERDICT_TEXT
@@ -21,33 +20,22 @@ CSV_HEADERS = ("module", "type", "output_shape", "params", "macs", "flops", "act
 
 
 def json_document(window) -> dict:
-    """The CLI's JSON for this workload: ``plan --json`` when the planner CLI provides its serializer,
-    else ``analyze --json`` (result_to_dict) plus the plans as plain data."""
+    """``plan --json``'s document for the primary GPU (the CLI's own ``plan_to_dict``), plus the per-layer
+    analysis under "analysis" (``analyze --json``'s ``result_to_dict``) and every ticked GPU under "plans"."""
     evaluation = window.evaluation
     if evaluation is None or evaluation.result is None:
         raise UserError("nothing to export yet: wait for the analysis to finish", field="file")
-    try:
-        from cli.plan import plan_to_dict   # the CLI's own serializer, so both print the same schema
-    except ImportError:
-        plan_to_dict = None
-    if plan_to_dict is not None:
-        return plan_to_dict(evaluation.plans[0])
+    from cli.plan import plan_to_dict   # the CLI's own serializers, so both write the same schema
     from engine.serialize import result_to_dict
 
-    return {"analysis": result_to_dict(evaluation.result),
-            "plans": [to_jsonable(_plan_summary(p)) for p in evaluation.plans]}
-
-
-def _plan_summary(plan) -> dict:
-    return {"gpu": plan.gpu.name, "verdict": plan.verdict, "required_bytes": plan.required_bytes,
-            "capacity_bytes": plan.capacity_bytes, "headroom_bytes": plan.headroom_bytes,
-            "max_batch": plan.max_batch, "memory_by_category": dict(plan.memory.by_category),
-            "lower_bound_ms": plan.latency.lower_bound_ms, "estimate_ms": plan.latency.estimate_ms,
-            "throughput_samples_per_s": plan.throughput_samples_per_s}
+    document = plan_to_dict(evaluation.plans[0])
+    document["analysis"] = result_to_dict(evaluation.result)
+    document["plans"] = [plan_to_dict(p) for p in evaluation.plans]
+    return document
 
 
 def export_json(window, path: str) -> None:
-    Path(path).write_text(json.dumps(json_document(window), indent=2), encoding="utf-8")
+    Path(path).write_text(dump_json(json_document(window)), encoding="utf-8")
 
 
 def layer_rows(window) -> list[list]:

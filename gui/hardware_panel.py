@@ -19,7 +19,7 @@ POLL_MS = 2000
 
 
 def _gpu_label(spec) -> str:
-    where = " (this machine)" if spec.origin == "live" else " (custom)" if spec.origin == "user" else ""
+    where = " (this machine)" if spec.local_index is not None else " (custom)" if spec.origin == "user" else ""
     return f"{spec.name}{where} — {human_bytes(spec.memory_bytes, 0)}"
 
 

@@ -85,14 +85,22 @@ class Job(QRunnable):
         except Cancelled:
             return
         except UserError as exc:
-            self._signals.failed.emit(generation, exc)
+            self._emit(self._signals.failed, generation, exc)
         except MemoryError:
-            self._signals.failed.emit(generation, UserError("ran out of memory while analysing the model", field="model"))
+            self._emit(self._signals.failed, generation,
+                       UserError("ran out of memory while analysing the model", field="model"))
         except Exception as exc:  # noqa: BLE001 - the window must survive anything a model throws
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            self._signals.failed.emit(generation, UnexpectedError(f"analysis failed: {detail}", field="model"))
+            self._emit(self._signals.failed, generation, UnexpectedError(f"analysis failed: {detail}", field="model"))
         else:
-            self._signals.finished.emit(generation, payload)
+            self._emit(self._signals.finished, generation, payload)
+
+    @staticmethod
+    def _emit(signal, *args):
+        try:
+            signal.emit(*args)
+        except RuntimeError:
+            pass  # the window closed while this job ran: nobody is listening any more
 
 
 class JobRunner(QObject):

@@ -251,10 +251,12 @@ class WorkloadPanel(QGroupBox):
         if not model:
             raise UserError("choose a model: type a torchvision name or open a .py file", field="model")
         inputs = parse_inputs(self.inputs_edit.text())
-        optimizer = self.optimizer_combo.currentText()
-        options = TraceOptions(
+        training = self.mode_combo.currentData() == "train"
+        optimizer = self.optimizer_combo.currentText() if training else "none"
+        options = TraceOptions(   # inference carries no optimizer/checkpointing, as on the CLI
             mode=self.mode_combo.currentData(), precision=self.precision_combo.currentText(),
-            optimizer=None if optimizer == "none" else optimizer, checkpointing=self.checkpoint_box.isChecked(),
+            optimizer=None if optimizer == "none" else optimizer,
+            checkpointing=training and self.checkpoint_box.isChecked(),
         )
         return Workload(model, inputs, options)
 
@@ -267,7 +269,7 @@ class WorkloadPanel(QGroupBox):
         self.inputs_edit.setText(", ".join(s.text() for s in workload.inputs) or "1x3x224x224")
         self.precision_combo.setCurrentText(o.precision)
         self.mode_combo.setCurrentIndex(max(0, self.mode_combo.findData(o.mode)))
-        self.optimizer_combo.setCurrentText(o.optimizer or "none")
+        self.optimizer_combo.setCurrentText(o.optimizer or ("none" if o.mode == "train" else "adamw"))
         self.checkpoint_box.setChecked(o.checkpointing)
         del blockers
         self._sync_training_widgets()

@@ -1,0 +1,61 @@
+"""Dialog to describe a custom GPU (name, memory, bandwidth, peak rates); saved to the user hardware file
+through ``hardware.user_file.save_user_gpu``, which validates it."""
+from __future__ import annotations
+
+from PySide6.QtWidgets import QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QLineEdit
+
+from hardware.spec import GpuSpec
+from hardware.spec_file import CUDA_CONTEXT_RESERVE_BYTES
+
+GIB = 2**30
+
+
+
+def _spin(maximum: float, suffix: str, decimals: int = 1, tip: str = "") -> QDoubleSpinBox:
+    spin = QDoubleSpinBox()
+    spin.setRange(0.0, maximum)
+    spin.setDecimals(decimals)
+    spin.setSuffix(suffix)
+    spin.setToolTip(tip)
+    return spin
+
+
+class GpuEditorDialog(QDialog):
+    def __init__(self, parent=None, base: GpuSpec | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Custom GPU")
+        form = QFormLayout(self)
+        self.name_edit = QLineEdit()
+        self.name_edit.setPlaceholderText("e.g. My lab GPU")
+        self.vendor_edit = QLineEdit("NVIDIA")
+        self.memory = _spin(4096, " GiB", 1, "Total device memory")
+        self.bandwidth = _spin(100000, " GB/s", 0, "Memory bandwidth, 1 GB = 10⁹ bytes")
+        self.peaks = {key: _spin(100000, " TFLOPS", 1, f"Dense {key} peak; 0 = not supported")
+                      for key in ("fp32", "tf32", "fp16", "bf16")}
+        form.addRow("Name", self.name_edit)
+        form.addRow("Vendor", self.vendor_edit)
+        form.addRow("Memory", self.memory)
+        form.addRow("Bandwidth", self.bandwidth)
+        for key, spin in self.peaks.items():
+            form.addRow(f"Peak {key}", spin)
+        if base is not None:
+            self.name_edit.setText(f"{base.name} (custom)")
+            self.vendor_edit.setText(base.vendor)
+            self.memory.setValue(base.memory_bytes / GIB)
+            self.bandwidth.setValue(base.bandwidth_gbs)
+            for key, spin in self.peaks.items():
+                spin.setValue(base.peak_tflops.get(key) or 0.0)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def spec(self) -> GpuSpec:
+        memory = int(self.memory.value() * GIB)
+        return GpuSpec(
+            name=self.name_edit.text().strip(), vendor=self.vendor_edit.text().strip() or "NVIDIA",
+            memory_bytes=memory, usable_memory_bytes=max(0, memory - CUDA_CONTEXT_RESERVE_BYTES),
+            bandwidth_gbs=self.bandwidth.value(),
+            peak_tflops={k: (s.value() or None) for k, s in self.peaks.items()},
+            source="user", origin="user",
+        )

@@ -1,0 +1,133 @@
+"""The GUI's Qt models and plumbing, without the main window: layer tree over a real trace, its
+search/sort proxy, the job runner's stale-result dropping, the workload panel's fields."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from engine.api import analyze
+from engine.results import UncountedOp
+from gui.layer_model import COLUMNS, LayerFilterProxy, LayerTreeModel, SORT_ROLE
+from gui.workers import JobRunner
+from gui.workload_panel import WorkloadPanel, python_file_entries
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+        self.head = nn.Linear(4 * 16 * 16, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    net = TinyNet()
+    return net, analyze(net, "2x3x16x16")
+
+
+def _child(model, parent, row):
+    return model.index(row, 0, parent)
+
+
+def test_layer_tree_mirrors_the_module_tree(qapp, tiny):
+    net, result = tiny
+    model = LayerTreeModel()
+    model.set_result(result)
+    root = model.index(0, 0)
+    assert model.rowCount() == 1 and model.rowCount(root) == len(list(net.children()))
+    params_col = COLUMNS.index("Params")
+    assert model.index(0, params_col).data(SORT_ROLE) == sum(p.numel() for p in net.parameters())
+    for row, (name, child) in enumerate(net.named_children()):
+        index = _child(model, root, row)
+        assert model.node(index).path == name
+        assert model.index(row, params_col, root).data(SORT_ROLE) == sum(p.numel() for p in child.parameters())
+        assert model.parent(index) == root
+    # Output shape column: the real forward's shape of the head
+    head_row = list(dict(net.named_children())).index("head")
+    assert model.index(head_row, COLUMNS.index("Output shape"), root).data() == "2×10"
+    # Linear MACs by closed form: batch x in_features x out_features
+    assert model.index(head_row, COLUMNS.index("MACs"), root).data(SORT_ROLE) == 2 * 4 * 16 * 16 * 10
+
+
+def test_search_keeps_ancestors_and_sort_orders_by_number(qapp, tiny):
+    _, result = tiny
+    model, proxy = LayerTreeModel(), LayerFilterProxy()
+    model.set_result(result)
+    proxy.setSourceModel(model)
+    proxy.set_search("conv2d")
+    root = proxy.index(0, 0)
+    assert proxy.rowCount() == 1 and proxy.rowCount(root) == 1      # only "features" survives under the root
+    features = proxy.index(0, 0, root)
+    assert proxy.rowCount(features) == 2                            # its two convolutions, not the ReLU
+    proxy.set_search("")
+    macs_col = COLUMNS.index("MACs")
+    proxy.sort(macs_col, __import__("PySide6.QtCore").QtCore.Qt.SortOrder.DescendingOrder)
+    root = proxy.index(0, 0)
+    values = [proxy.index(r, macs_col, root).data(SORT_ROLE) for r in range(proxy.rowCount(root))]
+    assert values == sorted(values, reverse=True) and values[0] > 0
+
+
+def test_uncounted_ops_are_flagged(qapp, tiny):
+    _, result = tiny
+    flagged = replace(result, uncounted_ops=(UncountedOp("aten.fancy.default", 1, ("head",)),))
+    model, proxy = LayerTreeModel(), LayerFilterProxy()
+    model.set_result(flagged)
+    proxy.setSourceModel(model)
+    root = model.index(0, 0)
+    head_row = [model.node(model.index(r, 0, root)).path for r in range(model.rowCount(root))].index("head")
+    head = model.index(head_row, 0, root)
+    assert head.data().startswith("⚠")
+    assert "aten.fancy.default" in head.data(__import__("PySide6.QtCore").QtCore.Qt.ItemDataRole.ToolTipRole)
+    proxy.set_only_uncounted(True)
+    assert proxy.rowCount(proxy.index(0, 0)) == 1
+
+
+def test_job_runner_cancels_and_drops_stale_results(qtbot):
+    runner = JobRunner(debounce_ms=10)
+    results, seen_cancel = [], threading.Event()
+
+    def slow(ctx):
+        while not ctx.cancelled:
+            time.sleep(0.01)
+        seen_cancel.set()
+        return "stale"   # returned anyway: the runner must drop it
+
+    runner.finished.connect(results.append)
+    runner.submit(slow, immediate=True)
+    runner.submit(lambda ctx: "fresh")
+    qtbot.waitUntil(lambda: results == ["fresh"] and seen_cancel.is_set(), timeout=5000)
+    qtbot.wait(50)
+    assert results == ["fresh"]
+
+
+def test_workload_panel_batch_and_errors(qtbot):
+    panel = WorkloadPanel()
+    qtbot.addWidget(panel)
+    emitted = []
+    panel.workloadChanged.connect(emitted.append)
+    panel.batch_spin.setValue(16)
+    assert panel.inputs_edit.text() == "16x3x224x224" and emitted[-1].batch_size == 16
+    panel.resolution_spin.setValue(320)
+    assert emitted[-1].inputs[0].shape == (16, 3, 320, 320)
+    qtbot.keyClicks(panel.inputs_edit, "x")          # "16x3x320x320x" is malformed
+    assert panel.errors["input"].message and "malformed" in panel.errors["input"].message
+    assert panel.inputs_edit.text() == "16x3x320x320x"   # nothing the user typed is lost
+    panel.mode_combo.setCurrentIndex(panel.mode_combo.findData("infer"))
+    assert emitted[-1].options.optimizer is None          # inference carries no optimizer, as on the CLI
+
+
+def test_python_file_entries_lists_without_running(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("raise SystemExit('must not run')\nclass Net: pass\ndef build(): pass\ndef _private(): pass\n")
+    assert python_file_entries(str(path)) == ["Net", "build"]
+    (tmp_path / "bad.py").write_text("def broken(:\n")
+    with pytest.raises(Exception, match="syntax error on line 1"):
+        python_file_entries(str(tmp_path / "bad.py"))
