@@ -72,7 +72,7 @@ class ProbeResult:
 
 _lock = threading.Lock()
 _initialised = False
-_init_error: str | None = None
+_atexit_registered = False
 
 
 def _text(value: Any) -> str:
@@ -95,7 +95,7 @@ def _describe_init_failure(exc: BaseException) -> str:
 
 def _ensure_init() -> str | None:
     """Initialise NVML once; return the error text if it cannot be used."""
-    global _initialised, _init_error
+    global _initialised, _atexit_registered
     with _lock:
         if _initialised:
             return None
@@ -104,10 +104,11 @@ def _ensure_init() -> str | None:
         try:
             pynvml.nvmlInit()
         except Exception as exc:  # NVMLError subclasses, OSError from a broken library
-            _init_error = _describe_init_failure(exc)
-            return _init_error
+            return _describe_init_failure(exc)  # not cached: the driver may be loaded later
         _initialised = True
-        atexit.register(_shutdown)
+        if not _atexit_registered:
+            atexit.register(_shutdown)
+            _atexit_registered = True
         return None
 
 
@@ -253,7 +254,6 @@ def refresh_memory(index: int) -> MemoryReading | None:
 
 def _reset_for_tests() -> None:
     """Forget the init state so a test can swap the ``pynvml`` module object."""
-    global _initialised, _init_error
+    global _initialised
     with _lock:
         _initialised = False
-        _init_error = None
