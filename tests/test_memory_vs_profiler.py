@@ -1,0 +1,61 @@
+"""Predicted peaks equal torch.profiler's memory timeline of a real CPU run (within 2%), like for like:
+the trace's own peak, without GPU overheads or allocator rounding. Big models: bench/bench_planner.py."""
+import pytest
+import torch
+import torchvision
+from torchvision.models.vision_transformer import VisionTransformer
+
+from bench.profiler_reference import profiled_peak_bytes
+from engine.api import analyze
+from engine.memory import simulate_memory
+from engine.overheads import Overheads
+from engine.results import MemoryCategory as C
+
+pytestmark = pytest.mark.slow
+
+CASES = [  # model, input, mode, optimizer, precision
+    ("resnet18", "1x3x128x128", "train", "adamw", "fp32"),     # peak in the optimizer step
+    ("resnet18", "4x3x112x112", "train", "sgd", "fp32"),       # peak in backward
+    ("resnet18", "4x3x96x96", "train", "adam", "bf16-amp"),    # autocast, fp32 master weights
+    ("resnet18", "2x3x160x160", "infer", None, "fp32"),
+    ("tiny_vit", "4x3x32x32", "train", "adamw", "fp32"),
+    ("tiny_vit", "4x3x32x32", "infer", None, "fp32"),
+]
+
+
+def build(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name == "tiny_vit":
+        return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64,
+                                 mlp_dim=128, num_classes=10)
+    return getattr(torchvision.models, name)(weights=None)
+
+
+@pytest.mark.parametrize("name,shape,mode,optimizer,precision", CASES)
+def test_trace_peak_matches_real_cpu_run(name, shape, mode, optimizer, precision):
+    model = build(name)
+    result = analyze(model, shape, mode=mode, optimizer=optimizer or "adamw", precision=precision)
+    predicted = simulate_memory(result, Overheads.none()).trace_peak_bytes
+    inputs = (torch.randn(tuple(int(d) for d in shape.split("x"))),)
+    measured = profiled_peak_bytes(model, inputs, mode=mode, optimizer=optimizer,
+                                   autocast_dtype=torch.bfloat16 if precision == "bf16-amp" else None)
+    assert predicted == pytest.approx(measured, rel=0.02)
+
+
+def _allocated(result, category):
+    return sum(e.nbytes for e in result.storage_events if e.kind == "alloc" and e.category is category)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-amp"])
+def test_adam_state_is_two_fp32_copies_and_amp_keeps_fp32_master_weights(precision):
+    model = build("resnet18")
+    result = analyze(model, "2x3x64x64", mode="train", optimizer="adam", precision=precision)
+    params = list(model.parameters())
+    fp32_param_bytes = sum(p.numel() * 4 for p in params)
+    # exp_avg + exp_avg_sq per parameter, plus Adam's 4-byte "step" scalar per parameter tensor
+    assert _allocated(result, C.OPTIMIZER_STATE) == 2 * fp32_param_bytes + 4 * len(params)
+    assert _allocated(result, C.WEIGHTS) == fp32_param_bytes
+    assert _allocated(result, C.GRADIENTS) == fp32_param_bytes
+    profile = simulate_memory(result, Overheads.none())
+    # steady state: the optimizer state is alive from the start of the step
+    assert profile.steady_state_peak_bytes >= profile.iteration1_peak_bytes
