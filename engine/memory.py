@@ -20,7 +20,7 @@ OVERHEAD_CATEGORIES = (MemoryCategory.WORKSPACE, MemoryCategory.CUDA_CONTEXT, Me
 
 @dataclass(frozen=True)
 class MemoryProfile:
-    peak_bytes: int                              # what the GPU must hold: tensors at peak + overheads
+    peak_bytes: int                              # the process's whole footprint: tensors at peak + overheads
     by_category: Mapping[MemoryCategory, int]    # at the peak; sums to peak_bytes
     trace_peak_bytes: int                        # the trace's own tensor peak: no overheads, no rounding
     iteration1_peak_bytes: int                   # tensors only (rounded), first training step
@@ -30,6 +30,11 @@ class MemoryProfile:
     peak_module: str
     peak_phase: Phase | None
     overheads: Overheads
+
+    @property
+    def required_bytes(self) -> int:
+        """What must fit in ``GpuSpec.usable_memory_bytes``, which is already net of the CUDA context."""
+        return self.peak_bytes - self.by_category[MemoryCategory.CUDA_CONTEXT]
 
     @property
     def tensor_peak_bytes(self) -> int:
@@ -94,14 +99,14 @@ def workspace_bytes(overheads: Overheads, has_conv: bool) -> int:
 
 
 def required_bytes(events, overheads: Overheads, *, has_conv: bool, sizes=None) -> int:
-    """Just the peak_bytes of simulate_memory (no breakdown, no timeline): what the solvers compare."""
+    """simulate_memory(...).required_bytes without the breakdown or timeline: what the solvers compare
+    with ``GpuSpec.usable_memory_bytes`` (the CUDA context is not included: usable memory is net of it)."""
     block = overheads.allocator_block_bytes
     peak = _replay(events, block, sizes=sizes)[0]
     state = _state_bytes(events, block, sizes)
     if state:
         peak = max(peak, _replay(events, block, sizes=sizes, optimizer_state_upfront=state)[0])
-    return (peak + int(peak * overheads.allocator_reserve_fraction) + workspace_bytes(overheads, has_conv)
-            + overheads.cuda_context_bytes)
+    return peak + int(peak * overheads.allocator_reserve_fraction) + workspace_bytes(overheads, has_conv)
 
 
 def simulate_memory(result: AnalysisResult, overheads: Overheads = Overheads()) -> MemoryProfile:

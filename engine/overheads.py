@@ -12,7 +12,9 @@ MIB = 2**20
 @dataclass(frozen=True)
 class Overheads:
     # Memory a process holds once CUDA is initialised (driver context + PyTorch's kernels, lazy loading).
-    cuda_context_bytes: int = 500 * MIB
+    # Shown in the breakdown; GpuSpec.usable_memory_bytes is already net of it (hardware reserves the same
+    # 512 MiB), so the fit verdict compares everything else with usable memory.
+    cuda_context_bytes: int = 512 * MIB
     # cuBLAS workspace per handle/stream: PyTorch's default is 4096 KiB x 8 = 32 MiB on sm90
     # (CUBLAS_WORKSPACE_CONFIG), about 8 MiB before Hopper; we take the larger.
     cublas_workspace_bytes: int = 32 * MIB

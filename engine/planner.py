@@ -26,7 +26,7 @@ class Plan:
     gpu: GpuSpec
     memory: MemoryProfile
     verdict: Verdict
-    capacity_bytes: int              # gpu.usable_memory_bytes
+    capacity_bytes: int              # gpu.usable_memory_bytes (net of the CUDA context)
     headroom_bytes: int              # capacity - required; negative when it does not fit
     headroom_fraction: float         # headroom / capacity
     dominant_category: MemoryCategory
@@ -41,7 +41,8 @@ class Plan:
 
     @property
     def required_bytes(self) -> int:
-        return self.memory.peak_bytes
+        """Peak footprint less the CUDA context: what is compared with usable memory."""
+        return self.memory.required_bytes
 
 
 def verdict_for(required_bytes: int, capacity_bytes: int, overheads: Overheads) -> Verdict:
@@ -53,7 +54,7 @@ def verdict_for(required_bytes: int, capacity_bytes: int, overheads: Overheads) 
 
 
 def fits_in(memory: MemoryProfile, gpu: GpuSpec) -> bool:
-    return memory.peak_bytes <= gpu.usable_memory_bytes
+    return memory.required_bytes <= gpu.usable_memory_bytes
 
 
 def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = Overheads(),
@@ -62,11 +63,11 @@ def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = 
     memory = simulate_memory(result, overheads)
     latency = roofline(result, gpu, efficiency)
     capacity = gpu.usable_memory_bytes
-    headroom = capacity - memory.peak_bytes
+    headroom = capacity - memory.required_bytes
     dominant = max(memory.by_category.items(), key=lambda kv: kv[1])[0]
     return Plan(
         workload=workload, gpu=gpu, memory=memory,
-        verdict=verdict_for(memory.peak_bytes, capacity, overheads),
+        verdict=verdict_for(memory.required_bytes, capacity, overheads),
         capacity_bytes=capacity, headroom_bytes=headroom,
         headroom_fraction=headroom / capacity if capacity > 0 else float("-inf"),
         dominant_category=dominant, max_batch=max_batch, latency=latency,

@@ -69,7 +69,7 @@ def max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = No
     capacity = gpu.usable_memory_bytes
 
     def fits(batch: int) -> bool:
-        return simulate_memory(cache.get(workload.with_batch(batch)), overheads).peak_bytes <= capacity
+        return simulate_memory(cache.get(workload.with_batch(batch)), overheads).required_bytes <= capacity
 
     if not fits(1):
         return 0
@@ -117,7 +117,7 @@ def max_resolution(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None
 
     def fits(k: int) -> bool:
         side = k * step
-        return simulate_memory(cache.get(workload.with_resolution(side, side)), overheads).peak_bytes <= capacity
+        return simulate_memory(cache.get(workload.with_resolution(side, side)), overheads).required_bytes <= capacity
 
     if not fits(1):
         return 0
@@ -137,7 +137,8 @@ class SweepGpuPoint:
 class SweepPoint:
     value: int                        # the batch size or the (square) resolution
     batch_size: int
-    peak_bytes: int                   # with overheads (simulate_memory().peak_bytes)
+    peak_bytes: int                   # whole footprint, with overheads (simulate_memory().peak_bytes)
+    required_bytes: int               # peak less the CUDA context: compared with usable memory
     tensor_peak_bytes: int            # tensors only, rounded
     interpolated: bool                # from the affine batch model rather than its own trace
     per_gpu: tuple[SweepGpuPoint, ...]
@@ -182,10 +183,11 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
         per_gpu = []
         for gpu in gpus:
             latency = roofline(result, gpu, efficiency)
-            per_gpu.append(SweepGpuPoint(gpu.name, memory.peak_bytes <= gpu.usable_memory_bytes,
+            per_gpu.append(SweepGpuPoint(gpu.name, memory.required_bytes <= gpu.usable_memory_bytes,
                                          latency.lower_bound_ms, latency.estimate_ms,
                                          latency.throughput_samples_per_s))
-        points.append(SweepPoint(value, result.batch_size, memory.peak_bytes, memory.tensor_peak_bytes,
+        points.append(SweepPoint(value, result.batch_size, memory.peak_bytes, memory.required_bytes,
+                                 memory.tensor_peak_bytes,
                                  interpolated, tuple(per_gpu)))
     summaries = tuple(SweepGpu(g.name, g.usable_memory_bytes,
                                max_batch(workload, g, cache=cache, overheads=overheads)

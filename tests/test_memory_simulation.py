@@ -46,7 +46,8 @@ def test_breakdown_sums_to_peak_and_overheads_are_added():
     assert profile.by_category[C.CUDA_CONTEXT] == overheads.cuda_context_bytes
     assert not uses_cudnn(trace)
     assert profile.by_category[C.WORKSPACE] == overheads.cublas_workspace_bytes
-    assert required_bytes(trace.storage_events, overheads, has_conv=False) == profile.peak_bytes
+    assert profile.required_bytes == profile.peak_bytes - overheads.cuda_context_bytes
+    assert required_bytes(trace.storage_events, overheads, has_conv=False) == profile.required_bytes
 
 
 def test_allocator_rounds_every_allocation_to_512_bytes():

@@ -41,10 +41,10 @@ def test_limit_caps_the_answer():
 
 def test_default_overheads_count_against_capacity():
     overheads = Overheads()
-    capacity = 2 * 2**30
+    capacity = 2**30
     best = max_batch(fake_workload(), small_gpu(capacity), cache=TraceCache(analyzer=CountingAnalyzer()))
-    assert simulate_memory(fake_training_trace(best), overheads).peak_bytes <= capacity
-    assert simulate_memory(fake_training_trace(best + 1), overheads).peak_bytes > capacity
+    assert simulate_memory(fake_training_trace(best), overheads).required_bytes <= capacity
+    assert simulate_memory(fake_training_trace(best + 1), overheads).required_bytes > capacity
 
 
 @settings(max_examples=40, deadline=None)
