@@ -17,10 +17,14 @@ from hardware.names import name_key
 from hardware.spec import GpuSpec
 
 GIB = 2**30
-# What a CUDA process cannot use on an otherwise idle GPU: the CUDA context (about 300-600 MiB with
-# CUDA >= 11.7 lazy module loading, depending on GPU and CUDA version; PyTorch "CUDA semantics" docs)
-# plus cuBLAS/cuDNN handles. Used for what-if GPUs (total - reserve) and subtracted from NVML free memory.
-CUDA_CONTEXT_RESERVE_BYTES = 512 * 2**20
+# What-if GPUs: memory an idle GPU never offers to a process = marketed capacity - NVML free on an idle
+# device (driver/firmware reservation + the capacity NVML does not list). Measured examples (nvidia-smi -q):
+# H100 80GB HBM3 total 81559 MiB, reserved 328-551 MiB, free 81007-81227 MiB of 81920 -> 693-913 MiB;
+# A100 80GB total 81920, reserved 557-834 MiB; RTX 4090 total 24564, reserved 354 MiB -> 366 MiB.
+# The CUDA context a process then creates is NOT included: the planner counts it
+# (engine/overheads.py cuda_context_bytes). Live GPUs use NVML free memory instead.
+WHAT_IF_RESERVE_BYTES = 768 * 2**20
+CUDA_CONTEXT_RESERVE_BYTES = WHAT_IF_RESERVE_BYTES  # former name, still imported by gui/gpu_editor.py
 
 VENDORS = ("NVIDIA", "AMD", "Apple", "Intel", "Other")
 SEGMENTS = ("datacenter", "workstation", "geforce", "edge", "laptop", "other")
@@ -146,7 +150,7 @@ def spec_from_entry(entry: dict, *, origin: str) -> GpuSpec:
         name=entry["name"],
         vendor=entry["vendor"],
         memory_bytes=memory_bytes,
-        usable_memory_bytes=round(usable * GIB) if usable else max(0, memory_bytes - CUDA_CONTEXT_RESERVE_BYTES),
+        usable_memory_bytes=round(usable * GIB) if usable else max(0, memory_bytes - WHAT_IF_RESERVE_BYTES),
         bandwidth_gbs=float(entry["bandwidth_gbs"]),
         peak_tflops={dtype: (float(entry[key]) if key in entry else None) for key, dtype in PEAK_KEYS.items()},
         memory_type=entry.get("memory_type", ""),
@@ -169,7 +173,7 @@ def entry_from_spec(spec: GpuSpec) -> dict:
     for key, dtype in PEAK_KEYS.items():
         if spec.peak_tflops.get(dtype) is not None:
             entry[key] = float(spec.peak_tflops[dtype])
-    if spec.usable_memory_bytes != max(0, spec.memory_bytes - CUDA_CONTEXT_RESERVE_BYTES):
+    if spec.usable_memory_bytes != max(0, spec.memory_bytes - WHAT_IF_RESERVE_BYTES):
         entry["usable_memory_gib"] = spec.usable_memory_bytes / GIB
     optional = {"memory_type": spec.memory_type, "architecture": spec.architecture,
                 "compute_capability": spec.compute_capability, "sm_count": spec.sm_count,

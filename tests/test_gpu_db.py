@@ -11,7 +11,7 @@ from engine.errors import SpecFileError
 from hardware import catalog
 from hardware.derive import FLOPS_PER_CLOCK_PER_SM, derive_peak_tflops
 from hardware.names import name_key
-from hardware.spec_file import CUDA_CONTEXT_RESERVE_BYTES, load_entries
+from hardware.spec_file import WHAT_IF_RESERVE_BYTES, load_entries
 from tests.hardware_fakes import isolated_config  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("isolated_config")
@@ -46,7 +46,7 @@ def test_units_and_ranges():
     # memory is GiB: "80 GB" HBM is 80 * 2**30 bytes; what-if usable = total - the context reserve
     h100 = by_name("H100 SXM")
     assert h100.memory_bytes == 80 * 2**30
-    assert h100.usable_memory_bytes == 80 * 2**30 - CUDA_CONTEXT_RESERVE_BYTES
+    assert h100.usable_memory_bytes == 80 * 2**30 - WHAT_IF_RESERVE_BYTES
     assert by_name("RTX 4090").memory_bytes == 24 * 2**30
     assert h100.bandwidth_bytes_per_s == 3350e9
 

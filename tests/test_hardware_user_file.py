@@ -45,11 +45,11 @@ def test_saved_gpu_joins_the_database_with_every_field(isolated_config):
 
 
 def test_default_usable_memory_is_not_written(isolated_config):
-    from hardware.spec_file import CUDA_CONTEXT_RESERVE_BYTES
+    from hardware.spec_file import WHAT_IF_RESERVE_BYTES
 
-    save_user_gpu(lab_card(usable_memory_bytes=20 * GIB - CUDA_CONTEXT_RESERVE_BYTES))
+    save_user_gpu(lab_card(usable_memory_bytes=20 * GIB - WHAT_IF_RESERVE_BYTES))
     assert "usable_memory_gib" not in user_file_path().read_text(encoding="utf-8")
-    assert catalog.resolve_gpu("labcard").usable_memory_bytes == 20 * GIB - CUDA_CONTEXT_RESERVE_BYTES
+    assert catalog.resolve_gpu("labcard").usable_memory_bytes == 20 * GIB - WHAT_IF_RESERVE_BYTES
 
 
 def test_user_entry_overrides_a_builtin_by_name_and_removal_restores_it(isolated_config):
