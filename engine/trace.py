@@ -1,4 +1,4 @@
-"""trace_model: count a model exactly on data-less tensors (meta for inference, fake CPU for training).
+"""trace_model: count a model exactly on data-less (fake CPU) tensors, inference and training alike.
 
 One TorchDispatchMode pass records every aten op (module, phase, shapes, bytes, MACs/FLOPs from the
 formula registry) and every storage's lifetime. The user's module is run through
@@ -72,10 +72,11 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
     started = time.perf_counter()
     train = options.mode == "train"
     param_dtype, autocast_dtype = PRECISIONS[options.precision]
-    # meta is fastest; autocast and training need CPU dispatch, so they run on fake CPU tensors
-    fake = train or autocast_dtype is not None
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
-    device = "cpu" if fake else "meta"
+    # Fake CPU tensors (meta storage, CPU dispatch) for every trace, inference included: on plain meta
+    # tensors SDPA takes the math path (materializing the score matrix) and autocast does nothing, while
+    # CPU — like a GPU — picks the flash kernel; one choice everywhere keeps infer and train consistent.
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    device = "cpu"
     buffer_dtype = _cast(param_dtype) if autocast_dtype is None else (lambda d: d)
     stack = ModuleStack(model)
     recorder = Recorder(stack, options.convention)
