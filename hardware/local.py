@@ -1,7 +1,7 @@
 """Detected devices (hardware.nvml) as GpuSpecs: matched to a database entry, or derived.
 
 A matched device keeps the entry's peaks and bandwidth (rated boost clock, as the datasheet) but
-takes its memory from NVML: total = NVML total, usable = NVML free (origin "live"). An unknown
+takes its memory from NVML: total = NVML total, usable = NVML free - CUDA context (origin "live"). An unknown
 device gets peaks from hardware.derive (origin "derived"). A MIG instance is its parent entry
 scaled to the instance: its own memory, compute scaled by its SM share and bandwidth by its
 memory share.
@@ -15,6 +15,7 @@ from hardware.derive import architecture_for, derive_peak_tflops, is_half_rate_n
 from hardware.names import name_key
 from hardware.nvml import LocalGpu, MemoryReading, MigInstance, ProbeResult
 from hardware.spec import GpuSpec
+from hardware.spec_file import live_usable_bytes
 
 
 def match_device(nvml_name: str, database: Iterable[GpuSpec]) -> GpuSpec | None:
@@ -31,8 +32,7 @@ def match_device(nvml_name: str, database: Iterable[GpuSpec]) -> GpuSpec | None:
 
 
 def _usable(memory: MemoryReading) -> int:
-    # NVML free; the CUDA context the workload will create is counted by the planner, not here
-    return memory.free_bytes
+    return live_usable_bytes(memory.free_bytes)
 
 
 def _live(entry: GpuSpec, gpu: LocalGpu) -> GpuSpec:

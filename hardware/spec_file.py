@@ -17,14 +17,27 @@ from hardware.names import name_key
 from hardware.spec import GpuSpec
 
 GIB = 2**30
-# What-if GPUs: memory an idle GPU never offers to a process = marketed capacity - NVML free on an idle
-# device (driver/firmware reservation + the capacity NVML does not list). Measured examples (nvidia-smi -q):
-# H100 80GB HBM3 total 81559 MiB, reserved 328-551 MiB, free 81007-81227 MiB of 81920 -> 693-913 MiB;
-# A100 80GB total 81920, reserved 557-834 MiB; RTX 4090 total 24564, reserved 354 MiB -> 366 MiB.
-# The CUDA context a process then creates is NOT included: the planner counts it
-# (engine/overheads.py cuda_context_bytes). Live GPUs use NVML free memory instead.
-WHAT_IF_RESERVE_BYTES = 768 * 2**20
-CUDA_CONTEXT_RESERVE_BYTES = WHAT_IF_RESERVE_BYTES  # former name, still imported by gui/gpu_editor.py
+# GpuSpec.usable_memory_bytes is net of the CUDA context: the planner compares everything else with it
+# (engine/memory.py required_bytes) and shows the context in its breakdown (Overheads.cuda_context_bytes).
+# CUDA context: driver context + PyTorch's kernels with lazy module loading, about 300-600 MiB by GPU and
+# CUDA version; the planner's default is the same 512 MiB.
+CUDA_CONTEXT_RESERVE_BYTES = 512 * 2**20
+# What-if GPUs only: memory an idle GPU never offers = marketed capacity - NVML free when idle (driver and
+# firmware reservation + capacity NVML does not list). Measured (nvidia-smi -q, public logs): H100 80GB HBM3
+# total 81559 MiB, reserved 328-551, free 81007-81227 of 81920 -> 693-913 MiB; A100 80GB total 81920,
+# reserved 557-834; RTX 4090 total 24564, reserved 354 -> about 366 MiB. Live GPUs use NVML free instead.
+DRIVER_RESERVE_BYTES = 768 * 2**20
+WHAT_IF_RESERVE_BYTES = DRIVER_RESERVE_BYTES + CUDA_CONTEXT_RESERVE_BYTES
+
+
+def what_if_usable_bytes(memory_bytes: int) -> int:
+    """Usable memory of a GPU that is not in this machine: total - driver reserve - CUDA context."""
+    return max(0, memory_bytes - WHAT_IF_RESERVE_BYTES)
+
+
+def live_usable_bytes(free_bytes: int) -> int:
+    """Usable memory of a detected GPU: NVML free - the CUDA context the workload will create."""
+    return max(0, free_bytes - CUDA_CONTEXT_RESERVE_BYTES)
 
 VENDORS = ("NVIDIA", "AMD", "Apple", "Intel", "Other")
 SEGMENTS = ("datacenter", "workstation", "geforce", "edge", "laptop", "other")
@@ -150,7 +163,7 @@ def spec_from_entry(entry: dict, *, origin: str) -> GpuSpec:
         name=entry["name"],
         vendor=entry["vendor"],
         memory_bytes=memory_bytes,
-        usable_memory_bytes=round(usable * GIB) if usable else max(0, memory_bytes - WHAT_IF_RESERVE_BYTES),
+        usable_memory_bytes=round(usable * GIB) if usable else what_if_usable_bytes(memory_bytes),
         bandwidth_gbs=float(entry["bandwidth_gbs"]),
         peak_tflops={dtype: (float(entry[key]) if key in entry else None) for key, dtype in PEAK_KEYS.items()},
         memory_type=entry.get("memory_type", ""),
@@ -173,7 +186,7 @@ def entry_from_spec(spec: GpuSpec) -> dict:
     for key, dtype in PEAK_KEYS.items():
         if spec.peak_tflops.get(dtype) is not None:
             entry[key] = float(spec.peak_tflops[dtype])
-    if spec.usable_memory_bytes != max(0, spec.memory_bytes - WHAT_IF_RESERVE_BYTES):
+    if spec.usable_memory_bytes != what_if_usable_bytes(spec.memory_bytes):
         entry["usable_memory_gib"] = spec.usable_memory_bytes / GIB
     optional = {"memory_type": spec.memory_type, "architecture": spec.architecture,
                 "compute_capability": spec.compute_capability, "sm_count": spec.sm_count,

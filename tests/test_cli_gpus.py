@@ -57,7 +57,7 @@ def test_local_table_with_a_fake_gpu(install_fake, capsys):
     install_fake(make_fake_pynvml([FakeDevice(), FakeDevice(name="NVIDIA GeForce RTX 4090 D", cores=14592)]))
     assert run_cli(["gpus", "--local"]) == 0
     out = capsys.readouterr().out
-    assert "local:0  RTX 4090: usable 20.00 GiB of 23.99 GiB total" in out and "matched to the database" in out
+    assert "local:0  RTX 4090: usable 19.50 GiB of 23.99 GiB total" in out and "matched to the database" in out
     assert "local:1  NVIDIA GeForce RTX 4090 D" in out and "derived" in out
     assert "GPU database" not in out
 

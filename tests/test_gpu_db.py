@@ -51,6 +51,14 @@ def test_units_and_ranges():
     assert h100.bandwidth_bytes_per_s == 3350e9
 
 
+def test_what_if_usable_memory_agrees_with_measured_idle_gpus():
+    # nvidia-smi -q on idle H100 80GB HBM3 machines (public logs): free 81007..81227 MiB; the workload's
+    # CUDA context (512 MiB) then comes out of that. The what-if figure must land in the same range.
+    usable_mib = by_name("H100 SXM").usable_memory_bytes / 2**20
+    assert 81007 - 512 <= usable_mib <= 81227 - 512
+    assert WHAT_IF_RESERVE_BYTES == (768 + 512) * 2**20
+
+
 def test_capacity_in_the_name_matches_memory():
     for spec in catalog.database():
         match = re.search(r"(\d+)GB", spec.name)
