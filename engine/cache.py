@@ -75,6 +75,18 @@ class TraceCache:
             while len(self._entries) > self.maxsize:
                 self._entries.popitem(last=False)
 
+    def batches_of(self, workload: Workload) -> list[int]:
+        """Batch sizes cached for ``workload`` (same model, options, and inputs but for the batch)."""
+        want = workload.with_batch(1).key() if workload.inputs else None
+        with self._lock:
+            keys = list(self._entries)
+        out = []
+        for key in keys:
+            model, inputs, options, kwargs = key
+            if inputs and want is not None and (model, tuple(s.with_batch(1) for s in inputs), options, kwargs) == want:
+                out.append(inputs[0].shape[0])
+        return out
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

@@ -55,15 +55,20 @@ def _require_inputs(workload: Workload, cache: TraceCache) -> Workload:
     return resolved
 
 
-def batch_model(workload: Workload, cache: TraceCache) -> AffineTrace | None:
-    """The affine batch model from exact traces at batch 1 and 2 (None if they differ in structure)."""
+def batch_model(workload: Workload, cache: TraceCache, anchor: int | None = None) -> AffineTrace | None:
+    """The affine batch model from exact traces at ``anchor`` and ``anchor + 1`` (default: the workload's
+    own batch, usually traced already); None if the two differ in structure."""
     workload = _require_inputs(workload, cache)
-    return AffineTrace.fit(cache.get(workload.with_batch(1)), cache.get(workload.with_batch(2)))
+    b = anchor or workload.batch_size
+    return AffineTrace.fit(cache.get(workload.with_batch(b)), cache.get(workload.with_batch(b + 1)))
 
 
 def max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = None,
               limit: int = DEFAULT_BATCH_LIMIT, overheads: Overheads = Overheads()) -> int:
-    """Largest batch whose simulated peak fits ``gpu.usable_memory_bytes``; 0 if batch 1 does not fit."""
+    """Largest batch whose simulated requirement fits ``gpu.usable_memory_bytes``; 0 if batch 1 does not fit.
+
+    Exact traces: the workload's batch b and b + 1 (the affine model's anchors), then the model's answer
+    and answer + 1; more only where the model was wrong. Starts from batch 1 when b does not fit."""
     cache = cache if cache is not None else TraceCache()
     workload = _require_inputs(workload, cache)
     capacity = gpu.usable_memory_bytes
@@ -71,27 +76,31 @@ def max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = No
     def fits(batch: int) -> bool:
         return simulate_memory(cache.get(workload.with_batch(batch)), overheads).required_bytes <= capacity
 
-    if not fits(1):
+    start = min(workload.batch_size, limit)
+    if fits(start):
+        anchor, hi = start, None
+    elif start == 1 or not fits(1):
         return 0
-    if limit <= 1 or not fits(2):
-        return 1
-    model = batch_model(workload, cache)
+    else:
+        anchor, hi = 1, start
+    if anchor >= limit or anchor + 1 == hi or not fits(anchor + 1):
+        return anchor
+    lo = anchor + 1
+    model = batch_model(workload, cache, anchor)
     if model is None:
-        return largest_true(fits, 2, None, limit)
-    guess = largest_true(lambda b: model.required_bytes(b, overheads) <= capacity, 2, None, limit)
+        return largest_true(fits, lo, hi, limit)
+    guess = largest_true(lambda b: model.required_bytes(b, overheads) <= capacity, lo, hi, limit)
     if fits(guess):
-        if guess == limit:
+        if guess == limit or guess + 1 == hi or not fits(guess + 1):
             return guess
-        if not fits(guess + 1):
-            return guess
-        return largest_true(fits, guess + 1, None, limit)
+        return largest_true(fits, guess + 1, hi, limit)
     # the model was optimistic: step down exponentially to a batch that fits, then bisect
-    hi, step = guess, 1
+    top, step = guess, 1
     while True:
-        probe = max(2, hi - step)
+        probe = max(lo, top - step)
         if fits(probe):
-            return largest_true(fits, probe, hi, limit)
-        hi, step = probe, step * 2
+            return largest_true(fits, probe, top, limit)
+        top, step = probe, step * 2
 
 
 def _spatial(workload: Workload) -> tuple[int, int]:
@@ -170,12 +179,15 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
         raise UserError("sweep either batch or resolution, not both", field="input")
     cache = cache if cache is not None else TraceCache()
     workload = _require_inputs(workload, cache)
+    best: dict[str, int] = {}
     if resolutions is not None:
         axis, values = "resolution", _checked(resolutions, "resolution")
         _spatial(workload)
         traces = [(cache.get(workload.with_resolution(v, v)), False) for v in values]
     else:
         axis, values = "batch", _checked(batches or DEFAULT_SWEEP_BATCHES, "batch size")
+        best = {g.name: max_batch(workload, g, cache=cache, overheads=overheads) for g in gpus} \
+            if solve_max_batch else {}
         traces = _batch_traces(workload, values, cache)
     points = []
     for value, (result, interpolated) in zip(values, traces):
@@ -189,9 +201,8 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
         points.append(SweepPoint(value, result.batch_size, memory.peak_bytes, memory.required_bytes,
                                  memory.tensor_peak_bytes,
                                  interpolated, tuple(per_gpu)))
-    summaries = tuple(SweepGpu(g.name, g.usable_memory_bytes,
-                               max_batch(workload, g, cache=cache, overheads=overheads)
-                               if axis == "batch" and solve_max_batch else None) for g in gpus)
+    summaries = tuple(SweepGpu(g.name, g.usable_memory_bytes, best.get(g.name) if axis == "batch" else None)
+                      for g in gpus)
     return Sweep(axis, tuple(points), summaries)
 
 
@@ -203,17 +214,21 @@ def _checked(values: Sequence[int], what: str) -> tuple[int, ...]:
 
 
 def _batch_traces(workload: Workload, values: tuple[int, ...], cache: TraceCache):
-    """Exact traces at the largest batch (and at 1 and 2, the model's anchors); affine in between,
-    unless the model's prediction at the largest batch disagrees with its exact trace."""
-    model = batch_model(workload, cache) if values[-1] > 2 else None
+    """Exact traces where cached (or for every value when the model fails); elsewhere the affine model
+    from the workload's own batch, provided it predicts an exact trace far away (the largest cached
+    batch, e.g. the max-batch boundary; else the largest value) byte for byte."""
+    model = batch_model(workload, cache)
     if model is not None:
-        largest = cache.get(workload.with_batch(values[-1]))
-        if model.sizes_at(values[-1]) != [e.nbytes for e in largest.storage_events]:
-            model = None
+        cached = [b for b in cache.batches_of(workload) if b > model.batch_b]
+        check = max(cached or [v for v in values if v > model.batch_b], default=None)
+        if check is not None:
+            far = cache.get(workload.with_batch(check))
+            if model.sizes_at(check) != [e.nbytes for e in far.storage_events]:
+                model = None
     out = []
     for v in values:
         key = workload.with_batch(v)
-        if model is None or v in (1, 2, values[-1]) or key in cache:
+        if model is None or key in cache:
             out.append((cache.get(key), False))
         else:
             out.append((model.result_at(v), True))
