@@ -4,7 +4,7 @@ peak FLOP/s = SM count x clock x FLOPs per clock per SM. The table below is dens
 per SM (per CU for AMD), and counts an FMA as 2 FLOPs. Tensor rates are the full rate with FP32
 accumulate as sold on data-centre/workstation parts; GeForce cards (and a few derivatives such as
 A10G, L40) run FP16/BF16/TF32/FP8 with FP32 accumulate — what PyTorch uses — at half that rate.
-INT8 is not halved. Sources: NVIDIA architecture whitepapers (Volta, Turing, Ampere GA100 and GA102,
+INT8 is not halved. AMD's CDNA 3 vector FP32 counts packed FP32 (as its datasheet). Sources: NVIDIA architecture whitepapers (Volta, Turing, Ampere GA100 and GA102,
 Ada, Hopper, Blackwell) and the AMD CDNA 2/3 whitepapers; each row reproduces the published
 datasheet peaks of the GPUs in resources/gpus.toml to within 10% (checked by tests).
 """
@@ -26,11 +26,13 @@ FLOPS_PER_CLOCK_PER_SM: dict[str, tuple[str, dict[str, int]]] = {
     "10.0": ("Blackwell", {"fp32": 256, "tf32": 4096, "fp16": 8192, "bf16": 8192, "fp8": 16384, "int8": 16384}),
     "12.0": ("Blackwell GB20x", {"fp32": 256, "tf32": 512, "fp16": 1024, "bf16": 1024, "fp8": 2048, "int8": 2048}),
     "gfx90a": ("CDNA 2", {"fp32": 128, "fp16": 1024, "bf16": 1024, "int8": 1024}),
-    "gfx942": ("CDNA 3", {"fp32": 128, "tf32": 1024, "fp16": 2048, "bf16": 2048, "fp8": 4096, "int8": 4096}),
+    "gfx942": ("CDNA 3", {"fp32": 256, "tf32": 1024, "fp16": 2048, "bf16": 2048, "fp8": 4096, "int8": 4096}),
 }
 
-# rates that GeForce-class parts run at half speed with FP32 accumulate
+# rates that GeForce-class parts run at half speed with FP32 accumulate; GB20x (RTX 50) keeps FP8 at
+# full rate (measured cuBLASLt FP8 on an RTX 5090 exceeds the half rate)
 HALF_RATE_WITH_FP32_ACCUMULATE = ("tf32", "fp16", "bf16", "fp8")
+HALF_RATE_OVERRIDES = {"12.0": ("tf32", "fp16", "bf16")}
 
 
 def architecture_for(compute_capability: str | None) -> str:
@@ -54,9 +56,10 @@ def derive_peak_tflops(compute_capability: str | None, sm_count: int | None, clo
     peaks: dict[str, float | None] = {dtype: None for dtype in PEAK_DTYPES}
     if row is None or not sm_count or not clock_mhz:
         return peaks
+    halved = HALF_RATE_OVERRIDES.get(compute_capability, HALF_RATE_WITH_FP32_ACCUMULATE)
     for dtype, flops_per_clock in row[1].items():
         rate = sm_count * clock_mhz * 1e6 * flops_per_clock / 1e12
-        if half_rate_fp32_accumulate and dtype in HALF_RATE_WITH_FP32_ACCUMULATE:
+        if half_rate_fp32_accumulate and dtype in halved:
             rate /= 2
         peaks[dtype] = round(rate, 2)
     return peaks
