@@ -92,6 +92,7 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
             for t in group:
                 if recorder.storage.track(t, -1):
                     ids.add(recorder.storage.storage_id(t))
+        recorder.nodes.leaf_owner = {id(p): name.rpartition(".")[0] for name, p, _ in stand_ins.params}
         runnable = training.checkpointed_view(model) if train and options.checkpointing else model
         args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
         autocast = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()

@@ -99,6 +99,7 @@ class ForwardNodeMap:
 
     def __init__(self):
         self.owner: dict[int, str] = {}
+        self.leaf_owner: dict[int, str] = {}   # id(parameter stand-in) -> module path, for AccumulateGrad
 
     def note_forward(self, path: str) -> None:
         self.owner.setdefault(torch.autograd._get_sequence_nr() - 1, path)
@@ -107,4 +108,7 @@ class ForwardNodeMap:
         node = torch._C._current_autograd_node()
         if node is None:
             return None
+        variable = getattr(node, "variable", None)   # AccumulateGrad: the leaf it accumulates into
+        if variable is not None:
+            return self.leaf_owner.get(id(variable))
         return self.owner.get(node._sequence_nr())

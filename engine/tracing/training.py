@@ -56,23 +56,36 @@ class Checkpointed(torch.nn.Module):
         return checkpoint(self.inner, *args, use_reentrant=False, **kwargs)
 
 
-_CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict)
+_CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Sequential)
+
+
+def _checkpointed_container(container: torch.nn.Module) -> torch.nn.Module:
+    copy_ = copy.copy(container)
+    object.__setattr__(copy_, "_modules", OrderedDict(
+        (key, Checkpointed(sub) if sub is not None else None) for key, sub in container._modules.items()))
+    return copy_
+
+
+def _is_leaf(module: torch.nn.Module | None) -> bool:
+    return module is None or not module._modules
 
 
 def checkpointed_view(model: torch.nn.Module) -> torch.nn.Module:
-    """A shallow copy of ``model`` whose top-level children run checkpointed; children that are
-    ModuleList/ModuleDict containers (e.g. a decoder's layers) get each element checkpointed instead.
-    The user's module and its ``_modules`` dict are not touched: the copy gets its own dict."""
+    """A shallow copy of ``model`` with checkpointed regions (non-reentrant), granularity:
+    - a top-level container (Sequential/ModuleList/ModuleDict) of blocks (non-leaf modules, e.g. ResNet
+      stages, a decoder's layers): each block is one region;
+    - a top-level container of leaf layers only (VGG ``features``), or any other top-level module with
+      children (ViT ``encoder``): the whole child is one region;
+    - top-level leaf layers (stem conv, norms, in-place activations, head) are not checkpointed: an
+      in-place layer cannot be checkpointed on its own input.
+    The user's module and its ``_modules`` dicts are not touched: the copies get their own dicts."""
     view = copy.copy(model)
     wrapped = OrderedDict()
     for name, child in model._modules.items():
-        if child is None:
-            wrapped[name] = None
-        elif isinstance(child, _CONTAINERS):
-            container = copy.copy(child)
-            object.__setattr__(container, "_modules", OrderedDict(
-                (key, Checkpointed(sub) if sub is not None else None) for key, sub in child._modules.items()))
-            wrapped[name] = container
+        if _is_leaf(child):
+            wrapped[name] = child
+        elif isinstance(child, _CONTAINERS) and not all(_is_leaf(sub) for sub in child._modules.values()):
+            wrapped[name] = _checkpointed_container(child)
         else:
             wrapped[name] = Checkpointed(child)
     object.__setattr__(view, "_modules", wrapped)

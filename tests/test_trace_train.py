@@ -1,0 +1,101 @@
+"""Training traces on fake CPU tensors: phases, gradients, optimizer state, precisions, checkpointing."""
+import pytest
+import torch
+from torch import nn
+
+from engine.inputs import InputSpec
+from engine.results import MemoryCategory as C, Phase, TraceOptions
+from engine.trace import trace_model
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+
+
+class Blocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(16, 32)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 32)) for _ in range(4))
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(x)
+
+
+def allocated(result, category):
+    return sum(e.nbytes for e in result.storage_events if e.kind == "alloc" and e.category is category)
+
+
+def param_count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_phases_and_flops_closed_form():
+    model = mlp()
+    r = trace_model(model, [InputSpec((4, 32))], TraceOptions(mode="train", optimizer="sgd"))
+    assert {op.phase for op in r.ops} == {Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER}
+    forward_macs = 4 * (32 * 64 + 64 * 64 + 64 * 8)
+    assert r.totals.macs == forward_macs
+    mm_backward = sum(op.macs for op in r.ops if op.phase is Phase.BACKWARD and op.op == "aten.mm.default")
+    # grad wrt weight for every layer, grad wrt input for all but the first (the input needs no grad)
+    assert mm_backward == forward_macs + 4 * (64 * 64 + 64 * 8)
+    assert r.module("2").backward_flops >= 2 * 2 * 4 * 64 * 64
+    assert all(op.module_path == "" or op.phase is not Phase.OPTIMIZER for op in r.ops)
+
+
+@pytest.mark.parametrize("optimizer,state_copies", [("adam", 2), ("adamw", 2), ("sgd-momentum", 1), ("sgd", 0)])
+def test_gradients_and_optimizer_state(optimizer, state_copies):
+    model = mlp()
+    r = trace_model(model, [InputSpec((4, 32))], TraceOptions(mode="train", optimizer=optimizer))
+    fp32_param_bytes = 4 * param_count(model)
+    n_tensors = len(list(model.parameters()))
+    assert allocated(r, C.WEIGHTS) == r.totals.param_bytes == fp32_param_bytes
+    assert allocated(r, C.GRADIENTS) == fp32_param_bytes
+    step_scalars = 4 * n_tensors if optimizer.startswith("adam") else 0   # Adam's per-tensor "step"
+    assert allocated(r, C.OPTIMIZER_STATE) == state_copies * fp32_param_bytes + step_scalars
+    # gradients and optimizer state stay alive to the end of the step
+    freed = {e.storage_id for e in r.storage_events if e.kind == "free"}
+    assert not any(e.storage_id in freed for e in r.storage_events if e.category in (C.GRADIENTS, C.OPTIMIZER_STATE))
+
+
+def test_precisions_cast_stand_ins_only():
+    model = mlp()
+    r16 = trace_model(model, [InputSpec((4, 32))], TraceOptions(mode="train", precision="bf16", optimizer="adam"))
+    assert dict(r16.totals.param_bytes_by_dtype) == {"bfloat16": 2 * param_count(model)}
+    assert allocated(r16, C.GRADIENTS) == 2 * param_count(model)
+    amp = trace_model(model, [InputSpec((4, 32))], TraceOptions(mode="train", precision="fp16-amp", optimizer="adam"))
+    assert dict(amp.totals.param_bytes_by_dtype) == {"float32": 4 * param_count(model)}
+    assert allocated(amp, C.OPTIMIZER_STATE) == 2 * 4 * param_count(model) + 4 * 6
+    addmm = [op for op in amp.ops if op.op == "aten.addmm.default" and op.phase is Phase.FORWARD]
+    assert addmm and all(op.compute_dtype == "float16" for op in addmm)
+    assert next(p for p in model.parameters()).dtype == torch.float32
+
+
+def test_checkpointing_recomputes_and_saves_less():
+    model = Blocks()
+    plain = trace_model(model, [InputSpec((8, 16))], TraceOptions(mode="train", optimizer=None))
+    ckpt = trace_model(model, [InputSpec((8, 16))], TraceOptions(mode="train", optimizer=None, checkpointing=True))
+    assert ckpt.totals.macs == plain.totals.macs
+    recomputed = sum(op.macs for op in ckpt.ops if op.phase is Phase.BACKWARD and op.op == "aten.addmm.default")
+    # each block's first Linear runs again in backward; recomputation stops early before the second
+    # Linear, whose output nothing saved (torch.utils.checkpoint's early stop)
+    assert recomputed == 4 * 8 * 32 * 32
+    assert ckpt.totals.backward_flops == plain.totals.backward_flops + sum(
+        op.flops for op in ckpt.ops if op.phase is Phase.BACKWARD and op.module_path.startswith("blocks.")
+        and op.op in ("aten.addmm.default", "aten.gelu.default"))
+    assert allocated(ckpt, C.ACTIVATIONS) < allocated(plain, C.ACTIVATIONS)
+    assert {m.path for m in ckpt.modules} == {m.path for m in plain.modules}   # no wrapper in the tree
+    assert ckpt.module("blocks.0.0").calls == 1
+
+
+def test_backward_ops_attributed_to_modules():
+    model = mlp()
+    r = trace_model(model, [InputSpec((4, 32))], TraceOptions(mode="train", optimizer=None))
+    backward_mm = {op.module_path for op in r.ops if op.phase is Phase.BACKWARD and op.op == "aten.mm.default"}
+    assert backward_mm == {"0", "2", "4"}
+    assert r.module("").backward_flops == r.totals.backward_flops
