@@ -93,6 +93,9 @@ def resolve_gpu(name: str) -> GpuSpec:
     for spec in specs:
         if key in {name_key(n) for n in _spec_names(spec)}:
             return spec
+    for spec in local_gpus():  # a derived device or MIG instance is only known by its local name
+        if key == name_key(spec.name):
+            return spec
     query = set(name_tokens(text))
     candidates = [s for s in specs if query and any(query <= set(name_tokens(n)) for n in _spec_names(s))]
     if len(candidates) == 1:

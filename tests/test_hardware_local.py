@@ -133,6 +133,17 @@ def test_local_names_resolve(install_fake):
     assert catalog.default_gpu().name == "RTX 4090" and catalog.default_gpu().origin == "live"
 
 
+def test_local_only_names_resolve_to_the_local_spec(install_fake):
+    gib = 2**30
+    migs = [FakeMig("NVIDIA A100-SXM4-40GB MIG 1g.5gb", 5 * gib, 4 * gib, 14)]
+    install_fake(make_fake_pynvml([FakeDevice(name="NVIDIA GeForce RTX 4090 D", cores=14592),
+                                   FakeDevice(name="NVIDIA A100-SXM4-40GB", cc=(8, 0), cores=6912, mig=migs)]))
+    derived = catalog.resolve_gpu("NVIDIA GeForce RTX 4090 D")
+    assert derived.origin == "derived" and derived.local_index == 0
+    mig = catalog.resolve_gpu("a100 sxm 40gb mig 1g.5gb")
+    assert mig.memory_bytes == 5 * gib and mig.local_index == 1
+
+
 def test_without_gpu_local_explains_and_default_is_documented(install_fake):
     install_fake(make_fake_pynvml([], init_error=real_pynvml.NVML_ERROR_DRIVER_NOT_LOADED))
     assert catalog.local_gpus() == ()
