@@ -1,0 +1,195 @@
+"""Predicted vs measured on a real CUDA GPU: run the workload for real (random weights on the GPU, real
+forward / backward / optimizer step) and read torch.cuda's peak counters, NVML and CUDA-event timings.
+
+torch.cuda is touched only inside ``measure``; without CUDA it raises a UserError saying so."""
+from __future__ import annotations
+
+import contextlib
+import statistics
+from dataclasses import dataclass
+
+from engine.errors import UserError
+from engine.workload import Workload
+
+
+class NoCudaError(UserError):
+    field = "gpu"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    device_name: str
+    iteration1_max_allocated_bytes: int     # torch.cuda.max_memory_allocated over the first step
+    steady_max_allocated_bytes: int         # over the later steps (optimizer state alive, grads set to None)
+    max_reserved_bytes: int                 # torch.cuda.max_memory_reserved over all steps
+    nvml_used_delta_bytes: int | None       # NVML device "used" after the run minus before CUDA was initialised
+    median_ms: float                        # CUDA-event time of one step, after warm-up
+    min_ms: float
+    iterations: int
+
+
+@dataclass(frozen=True)
+class ValidationRow:
+    quantity: str
+    predicted: float
+    measured: float | None
+    unit: str                               # "bytes" | "ms"
+
+    @property
+    def error_fraction(self) -> float | None:
+        if self.measured in (None, 0):
+            return None
+        return (self.predicted - self.measured) / self.measured
+
+
+@dataclass(frozen=True)
+class Validation:
+    workload: Workload
+    plan: object                            # engine.planner.Plan on the local GPU
+    measurement: Measurement
+    rows: tuple[ValidationRow, ...]
+    measured_context_bytes: int | None      # NVML delta - reserved: what Overheads.cuda_context_bytes should be
+
+
+def require_cuda():
+    import torch
+
+    if not torch.cuda.is_available():
+        raise NoCudaError("validate runs the workload on a CUDA GPU, and torch.cuda.is_available() is False here "
+                          f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}). "
+                          "Run it on a machine with an NVIDIA GPU; plan/sweep/compare work without one.")
+    return torch
+
+
+def _nvml_used(index: int) -> int | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).used)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # NVML missing or unsupported (e.g. some MIG setups): the row is left empty
+        return None
+
+
+def _real_model(workload: Workload, device, param_dtype):
+    import torch
+
+    from engine.sources import load_model
+
+    module = load_model(workload.model, workload.model_kwargs).module
+    module = module.to_empty(device=device)
+    with torch.no_grad():  # random weights: values do not change memory or (dense) speed
+        for sub in module.modules():
+            if hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
+    return module.to(param_dtype) if param_dtype is not torch.float32 else module
+
+
+def _real_inputs(specs, device, param_dtype):
+    import torch
+
+    tensors = []
+    for spec in specs:
+        dtype = spec.torch_dtype
+        if dtype.is_floating_point:
+            dtype = param_dtype if dtype is torch.float32 else dtype
+            tensors.append(torch.randn(spec.shape, dtype=dtype, device=device))
+        else:  # ids and masks: ones are a valid token id and an all-visible mask
+            tensors.append(torch.ones(spec.shape, dtype=dtype, device=device))
+    if all(spec.name for spec in specs):
+        return (), {spec.name: t for spec, t in zip(specs, tensors)}
+    return tuple(tensors), {}
+
+
+def measure(workload: Workload, result, *, warmup: int = 3, iterations: int = 10, device_index: int = 0) -> Measurement:
+    """Run ``workload`` (inputs as resolved by its trace ``result``) for real on cuda:device_index."""
+    torch = require_cuda()
+    from engine.trace import PRECISIONS
+    from engine.tracing import training
+
+    used_before = _nvml_used(device_index)
+    device = torch.device("cuda", device_index)
+    options = workload.options
+    param_dtype, autocast_dtype = PRECISIONS[options.precision]
+    tf32 = options.precision == "tf32"
+    saved_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        model = _real_model(workload, device, param_dtype)
+        args, kwargs = _real_inputs(result.inputs, device, param_dtype)
+        train = options.mode == "train"
+        model.train(train)
+        runnable = training.checkpointed_view(model) if train and options.checkpointing else model
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = training.make_optimizer(options.optimizer, trainable) if train and options.optimizer else None
+        amp = (lambda: torch.autocast("cuda", dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
+
+        def step():
+            if train:
+                with amp():
+                    output = runnable(*args, **kwargs)
+                training.scalar_loss(output).backward()
+                if optimizer is not None:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            else:
+                with torch.no_grad(), amp():
+                    runnable(*args, **kwargs)
+
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        iteration1 = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(max(0, warmup - 1)):
+            step()
+        times = []
+        for _ in range(iterations):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        steady = torch.cuda.max_memory_allocated(device)
+        reserved = torch.cuda.max_memory_reserved(device)
+        used_after = _nvml_used(device_index)
+        return Measurement(
+            device_name=torch.cuda.get_device_name(device), iteration1_max_allocated_bytes=int(iteration1),
+            steady_max_allocated_bytes=int(steady), max_reserved_bytes=int(reserved),
+            nvml_used_delta_bytes=None if used_before is None or used_after is None else used_after - used_before,
+            median_ms=statistics.median(times), min_ms=min(times), iterations=iterations)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved_tf32
+
+
+def validate(workload: Workload, *, warmup: int = 3, iterations: int = 10, device_index: int = 0) -> Validation:
+    require_cuda()
+    from engine.cache import TraceCache
+    from engine.planner import plan
+    from hardware.catalog import resolve_gpu
+
+    gpu = resolve_gpu(f"local:{device_index}")
+    cache = TraceCache()
+    predicted = plan(workload, gpu, cache=cache, solve_max_batch=False)
+    m = measure(workload, cache.get(workload), warmup=warmup, iterations=iterations, device_index=device_index)
+    memory, latency = predicted.memory, predicted.latency
+    rows = (
+        ValidationRow("tensor peak, iteration 1 (max_memory_allocated)", memory.iteration1_peak_bytes,
+                      m.iteration1_max_allocated_bytes, "bytes"),
+        ValidationRow("tensor peak, steady state (max_memory_allocated)", memory.steady_state_peak_bytes,
+                      m.steady_max_allocated_bytes, "bytes"),
+        ValidationRow("reserved: tensors + workspace + allocator (max_memory_reserved)", memory.required_bytes,
+                      m.max_reserved_bytes, "bytes"),
+        ValidationRow("process footprint incl. CUDA context (NVML used delta)", memory.peak_bytes,
+                      m.nvml_used_delta_bytes, "bytes"),
+        ValidationRow("step latency, roofline lower bound (CUDA events, median)", latency.lower_bound_ms,
+                      m.median_ms, "ms"),
+        ValidationRow("step latency, estimate (CUDA events, median)", latency.estimate_ms, m.median_ms, "ms"),
+    )
+    context = (m.nvml_used_delta_bytes - m.max_reserved_bytes) if m.nvml_used_delta_bytes is not None else None
+    return Validation(workload, predicted, m, rows, context)
