@@ -6,6 +6,7 @@ formula registry) and every storage's lifetime. The user's module is run through
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Sequence
 
@@ -46,15 +47,24 @@ def _cast(dtype: torch.dtype):
     return lambda original: dtype if original.is_floating_point else original
 
 
+# FakeTensorMode logs a traceback for every failing meta kernel; the failure reaches the user as a
+# ShapeMismatchError/TraceError instead, so that logger is quieted for the trace.
+_FAKE_LOG = logging.getLogger("torch._subclasses.fake_tensor")
+
+
 @contextlib.contextmanager
-def _restored_module_state(model: torch.nn.Module):
-    """Train/eval flags of every submodule and the MHA fast-path switch come back as they were."""
+def _restored_state(model: torch.nn.Module):
+    """Train/eval flags of every submodule, the MHA fast-path switch and the fake-tensor logger level
+    come back as they were."""
     flags = [(m, m.training) for m in model.modules()]
     fastpath = torch.backends.mha.get_fastpath_enabled()
+    log_level = _FAKE_LOG.level
     try:
         torch.backends.mha.set_fastpath_enabled(False)  # a GPU would take the same unfused path we count
+        _FAKE_LOG.setLevel(logging.CRITICAL)
         yield
     finally:
+        _FAKE_LOG.setLevel(log_level)
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for module, flag in flags:
             module.training = flag
@@ -81,7 +91,7 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
     stack = ModuleStack(model)
     recorder = Recorder(stack, options.convention)
     roles = assemble.StorageRoles()
-    with _restored_module_state(model), fake_mode:
+    with _restored_state(model), fake_mode:
         model.train(train)
         stand_ins = make_stand_ins(model, device=device, param_dtype=_cast(param_dtype),
                                    buffer_dtype=buffer_dtype, requires_grad=train)

@@ -5,7 +5,7 @@ import torch
 
 from engine.errors import ShapeMismatchError, TraceError, UserError
 
-_SHAPE_WORDS = ("size", "shape", "dimension", "channels", "mat1 and mat2", "must match", "broadcast", "expected")
+_SHAPE_WORDS = ("size", "shape", "dim", "channels", "mat1 and mat2", "must match", "broadcast", "expected")
 _DATA_DEPENDENT = ("DataDependentOutputException", "DynamicOutputShapeException", "data-dependent")
 
 
