@@ -11,6 +11,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from hardware.derive import sm_count_from_cores
+
 try:
     import pynvml
 except ImportError:  # nvidia-ml-py not installed
@@ -156,8 +158,6 @@ def _sm_count(handle, cuda_cores: int | None, compute_capability: str | None) ->
     count = getattr(attributes, "multiprocessorCount", None)
     if count:
         return int(count)
-    from hardware.derive import sm_count_from_cores
-
     return sm_count_from_cores(cuda_cores, compute_capability)
 
 
@@ -215,8 +215,9 @@ def _device(index: int) -> LocalGpu | None:
         sm_count=_sm_count(handle, cores, cc),
         compute_capability=cc,
         power_limit_w=power_mw / 1000 if power_mw else None,
-        pcie_generation=_query("nvmlDeviceGetCurrPcieLinkGeneration", handle),
-        pcie_width=_query("nvmlDeviceGetCurrPcieLinkWidth", handle),
+        # the link's maximum: the current link drops to Gen1 x1..x16 when the GPU idles
+        pcie_generation=_query("nvmlDeviceGetMaxPcieLinkGeneration", handle),
+        pcie_width=_query("nvmlDeviceGetMaxPcieLinkWidth", handle),
         mig_enabled=mig_enabled,
         mig_instances=mig,
     )

@@ -169,11 +169,11 @@ def make_fake_pynvml(devices: list[FakeDevice], *, init_error: int | None = None
         return handles[handle][0].power_mw
 
     @api
-    def nvmlDeviceGetCurrPcieLinkGeneration(handle):
+    def nvmlDeviceGetMaxPcieLinkGeneration(handle):
         return handles[handle][0].pcie[0]
 
     @api
-    def nvmlDeviceGetCurrPcieLinkWidth(handle):
+    def nvmlDeviceGetMaxPcieLinkWidth(handle):
         return handles[handle][0].pcie[1]
 
     @api

@@ -78,8 +78,8 @@ FIELD_OF_CALL = {
     "nvmlDeviceGetMemoryBusWidth": ("memory_bus_width_bits", None),
     "nvmlDeviceGetNumGpuCores": ("cuda_cores", None),
     "nvmlDeviceGetCudaComputeCapability": ("compute_capability", None),
-    "nvmlDeviceGetCurrPcieLinkGeneration": ("pcie_generation", None),
-    "nvmlDeviceGetCurrPcieLinkWidth": ("pcie_width", None),
+    "nvmlDeviceGetMaxPcieLinkGeneration": ("pcie_generation", None),
+    "nvmlDeviceGetMaxPcieLinkWidth": ("pcie_width", None),
 }
 
 
