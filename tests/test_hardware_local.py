@@ -182,3 +182,19 @@ def test_unknown_names_suggest_the_closest():
         catalog.resolve_gpu("RTX 4095")
     with pytest.raises(UnknownGpuError, match="no GPU name given"):
         catalog.resolve_gpu("  ")
+
+
+def test_every_name_and_alias_resolves_in_any_case_and_punctuation():
+    from hypothesis import given, settings, strategies as st
+
+    names = [(n, s.name) for s in catalog.database() for n in (s.name, *s.aliases, *s.nvml_names)]
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.sampled_from(names), st.data())
+    def check(pair, data):
+        text, expected = pair
+        separator = data.draw(st.sampled_from([" ", "-", "_", "  "]))
+        spelled = "".join(data.draw(st.sampled_from([c.lower(), c.upper()])) for c in text.replace(" ", separator))
+        assert catalog.resolve_gpu(spelled).name == expected
+
+    check()
