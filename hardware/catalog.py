@@ -19,6 +19,7 @@ DEFAULT_GPU_NAME = "A100 SXM 80GB"
 
 _lock = threading.Lock()
 _database: tuple[GpuSpec, ...] | None = None
+_database_key: tuple | None = None
 
 
 def builtin_file_path() -> Path:
@@ -34,16 +35,26 @@ def merge_entries(builtin: list[dict], user: list[dict], user_path: Path) -> lis
     return merged
 
 
-def database() -> tuple[GpuSpec, ...]:
-    """Built-in entries plus the user file's (which override by name). Cached until ``reload()``."""
-    global _database
-    with _lock:
-        if _database is None:
-            from hardware.user_file import load_user_entries, user_file_path
+def _user_file_state(path: Path) -> tuple:
+    try:
+        return (str(path), path.stat().st_mtime_ns)
+    except OSError:
+        return (str(path), None)
 
+
+def database() -> tuple[GpuSpec, ...]:
+    """Built-in entries plus the user file's (which override by name). Cached until ``reload()`` or until
+    the user file moves or changes."""
+    global _database, _database_key
+    from hardware.user_file import load_user_entries, user_file_path
+
+    key = _user_file_state(user_file_path())
+    with _lock:
+        if _database is None or _database_key != key:
             builtin = load_entries(builtin_file_path(), require_source=True)
             merged = merge_entries(builtin, load_user_entries(), user_file_path())
             _database = tuple(spec_from_entry(entry, origin=origin) for entry, origin in merged)
+            _database_key = key
         return _database
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 
 import pytest
@@ -96,3 +97,15 @@ def test_a_broken_user_file_names_itself(isolated_config):
     with pytest.raises(SpecFileError) as info:
         catalog.database()
     assert str(path) in str(info.value) and "'Mine'" in str(info.value) and "'fp16_tflop'" in str(info.value)
+
+
+def test_the_cache_follows_the_user_file(isolated_config, monkeypatch, tmp_path):
+    save_user_gpu(lab_card())
+    assert any(s.origin == "user" for s in catalog.database())
+    monkeypatch.setenv("TORCHBUDGET_CONFIG_DIR", str(tmp_path / "elsewhere"))  # another user's config
+    assert not any(s.origin == "user" for s in catalog.database())
+    monkeypatch.setenv("TORCHBUDGET_CONFIG_DIR", str(isolated_config))
+    text = user_file_path().read_text(encoding="utf-8").replace("700.5", "650.0")
+    user_file_path().write_text(text, encoding="utf-8")  # edited by hand, no reload() call
+    os.utime(user_file_path(), ns=(1, 1))  # a distinct mtime even on coarse-clock file systems
+    assert catalog.resolve_gpu("labcard").bandwidth_gbs == 650.0
