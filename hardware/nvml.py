@@ -83,7 +83,7 @@ def _text(value: Any) -> str:
 
 def _describe_init_failure(exc: BaseException) -> str:
     codes = {
-        "NVML_ERROR_LIBRARY_NOT_FOUND": "NVML library not found (no NVIDIA driver installed)",
+        "NVML_ERROR_LIBRARY_NOT_FOUND": "NVML library not found: no NVIDIA driver installed",
         "NVML_ERROR_DRIVER_NOT_LOADED": "NVIDIA driver not loaded",
         "NVML_ERROR_NO_PERMISSION": "no permission to query the NVIDIA driver",
         "NVML_ERROR_LIB_RM_VERSION_MISMATCH": "NVML library and driver versions differ (reboot needed?)",
