@@ -165,12 +165,14 @@ class LayerFilterProxy(QSortFilterProxyModel):
         self._needle = ""
 
     def set_search(self, text: str):
+        self.beginFilterChange()
         self._needle = text.strip().lower()
-        self.invalidateFilter()
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
 
     def set_only_uncounted(self, enabled: bool):
+        self.beginFilterChange()
         self.only_uncounted = enabled
-        self.invalidateFilter()
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
 
     def filterAcceptsRow(self, source_row, source_parent):
         model: LayerTreeModel = self.sourceModel()

@@ -266,5 +266,5 @@ class MainWindow(QMainWindow):
         self.settings.set_geometry(self.saveGeometry())
         self.settings.sync()
         self.runner.cancel()
-        self.model_runner.cancel()
+        self.model_runner.shutdown()
         super().closeEvent(event)

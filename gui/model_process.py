@@ -1,6 +1,10 @@
 """Runs one analysis of a user's ``.py`` model in its own process, so that a crash, a hang or a memory
-blow-up in their code cannot take the window down. Usage: ``python -m gui.model_process '<workload json>'``.
-Prints one JSON line: ``{"ok": true, "result": result_to_dict(...)}`` or ``{"ok": false, "error": ..., "field": ...}``."""
+blow-up in their code cannot take the window down.
+
+``python -m gui.model_process '<workload json>'`` analyses that workload. ``--serve-one`` imports PyTorch
+first, prints ``READY``, then reads one workload JSON line from stdin (the GUI keeps such a warm process
+in standby, so the user does not wait for the imports). Either way the last stdout line is JSON:
+``{"ok": true, "result": result_to_dict(...)}`` or ``{"ok": false, "error": ..., "field": ...}``."""
 from __future__ import annotations
 
 import contextlib
@@ -9,8 +13,8 @@ import os
 import sys
 import traceback
 
-# Virtual address-space cap for user code (bytes); the GUI sets it, 0 = no cap.
-MEMORY_LIMIT_ENV = "TORCHBUDGET_CHILD_MEMORY_BYTES"
+MEMORY_LIMIT_ENV = "TORCHBUDGET_CHILD_MEMORY_BYTES"   # address-space cap for user code, 0 = none
+READY = "READY"
 
 
 def _limit_memory() -> None:
@@ -20,36 +24,58 @@ def _limit_memory() -> None:
     try:
         import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     except (ImportError, ValueError, OSError):
         pass  # not available on this platform: the GUI's timeout still protects the window
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print(json.dumps({"ok": False, "error": "usage: python -m gui.model_process '<workload json>'", "field": None}))
-        return 2
+def analyse(workload_json: str) -> dict:
     from engine.errors import UserError
-    from engine.workload import Workload
 
     try:
-        workload = Workload.from_json(argv[0])
-        _limit_memory()
         from engine.api import analyze_workload
         from engine.serialize import result_to_dict
+        from engine.workload import Workload
 
+        workload = Workload.from_json(workload_json)
+        _limit_memory()
         with contextlib.redirect_stdout(sys.stderr):  # the user's prints must not corrupt our JSON line
             result = analyze_workload(workload)
-        reply = {"ok": True, "result": result_to_dict(result)}
+        return {"ok": True, "result": result_to_dict(result, include_ops=True, include_events=True)}
     except UserError as exc:
-        reply = {"ok": False, "error": str(exc), "field": exc.field}
+        return {"ok": False, "error": str(exc), "field": exc.field}
     except MemoryError:
-        reply = {"ok": False, "error": "the model ran out of memory while loading or tracing", "field": "model"}
+        return {"ok": False, "error": "the model ran out of memory while loading or tracing", "field": "model"}
     except BaseException as exc:  # noqa: BLE001 - whatever user code raises becomes a message
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        reply = {"ok": False, "error": f"the model raised {detail}", "field": "model"}
+        return {"ok": False, "error": f"the model raised {detail}", "field": "model"}
+
+
+def _reply(reply: dict) -> None:
     sys.stdout.write("\n" + json.dumps(reply) + "\n")
     sys.stdout.flush()
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--serve-one"]:
+        import engine.api  # noqa: F401 - the slow imports happen before the GUI needs us
+        import engine.serialize  # noqa: F401
+
+        sys.stdout.write(READY + "\n")
+        sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 0   # the GUI closed without asking anything
+        _reply(analyse(line))
+        return 0
+    if len(argv) != 1:
+        _reply({"ok": False, "error": "usage: python -m gui.model_process '<workload json>' | --serve-one",
+                "field": None})
+        return 2
+    _reply(analyse(argv[0]))
     return 0
 
 

@@ -1,5 +1,6 @@
-"""Runs ``gui.model_process`` in a QProcess for user ``.py`` models, with a timeout that kills a hung
-child. Delivers an AnalysisResult or a UserError through signals; the window never blocks on it."""
+"""Runs user ``.py`` models in ``gui.model_process`` children (QProcess), one fresh process per analysis.
+A warm child (PyTorch already imported) waits in standby so the user does not wait for imports; the
+timeout starts once the child is ready, and a hung child is killed. Results and errors arrive as signals."""
 from __future__ import annotations
 
 import json
@@ -10,15 +11,37 @@ from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signa
 
 from engine.errors import ModelLoadError
 from engine.workload import Workload
-from gui.model_process import MEMORY_LIMIT_ENV
+from gui.model_process import MEMORY_LIMIT_ENV, READY
 
 DEFAULT_TIMEOUT_S = 120.0
+STARTUP_TIMEOUT_S = 180.0
 DEFAULT_MEMORY_LIMIT_BYTES = 16 * 2**30
 
 
-def is_user_file_model(model: str) -> bool:
-    path = model.split(":", 1)[0]
-    return path.endswith(".py")
+class _Child:
+    """One ``--serve-one`` process and what it has said so far."""
+
+    def __init__(self, parent: QObject, memory_limit_bytes: int):
+        self.process = QProcess(parent)
+        env = QProcessEnvironment.systemEnvironment()
+        env.insert(MEMORY_LIMIT_ENV, str(memory_limit_bytes))
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env.insert("PYTHONPATH", os.pathsep.join(p for p in (root, env.value("PYTHONPATH")) if p))
+        self.process.setProcessEnvironment(env)
+        self.stdout = ""
+        self.ready = False
+        self.process.start(sys.executable, ["-m", "gui.model_process", "--serve-one"])
+
+    def read(self) -> None:
+        self.stdout += bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
+        if not self.ready and (READY + "\n") in self.stdout:
+            self.ready = True
+
+    def kill(self) -> None:
+        self.process.blockSignals(True)
+        self.process.kill()
+        self.process.waitForFinished(2000)
+        self.process.deleteLater()
 
 
 class ModelProcessRunner(QObject):
@@ -30,7 +53,8 @@ class ModelProcessRunner(QObject):
         super().__init__(parent)
         self.timeout_s = timeout_s
         self.memory_limit_bytes = memory_limit_bytes
-        self._process: QProcess | None = None
+        self._standby: _Child | None = None
+        self._active: _Child | None = None
         self._workload: Workload | None = None
         self._timed_out = False
         self._timer = QTimer(self)
@@ -39,50 +63,62 @@ class ModelProcessRunner(QObject):
 
     @property
     def running(self) -> bool:
-        return self._process is not None
+        return self._active is not None
+
+    def warm_up(self) -> None:
+        """Start a standby child now (e.g. when the user opens a .py file)."""
+        if self._standby is None:
+            self._standby = _Child(self, self.memory_limit_bytes)
 
     def start(self, workload: Workload) -> None:
         self.cancel()
-        process = QProcess(self)
-        env = QProcessEnvironment.systemEnvironment()
-        env.insert(MEMORY_LIMIT_ENV, str(self.memory_limit_bytes))
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env.insert("PYTHONPATH", os.pathsep.join(p for p in (root, env.value("PYTHONPATH")) if p))
-        process.setProcessEnvironment(env)
-        process.finished.connect(lambda code, status, p=process: self._on_finished(p, code, status))
-        process.errorOccurred.connect(lambda err, p=process: self._on_error(p, err))
-        self._process, self._workload, self._timed_out = process, workload, False
-        process.start(sys.executable, ["-m", "gui.model_process", workload.to_json()])
-        self._timer.start(int(self.timeout_s * 1000))
+        self.warm_up()
+        child, self._standby = self._standby, None
+        self._active, self._workload, self._timed_out = child, workload, False
+        child.process.readyReadStandardOutput.connect(lambda c=child: self._on_output(c))
+        child.process.finished.connect(lambda code, status, c=child: self._on_finished(c, code, status))
+        child.process.errorOccurred.connect(lambda err, c=child: self._on_error(c, err))
+        child.process.write((workload.to_json().replace("\n", " ") + "\n").encode("utf-8"))
+        child.read()
+        self._timer.start(int((self.timeout_s if child.ready else STARTUP_TIMEOUT_S) * 1000))
 
     def cancel(self) -> None:
-        """Stop the child (if any) without reporting anything."""
-        process, self._process = self._process, None
+        """Stop the running child (if any) without reporting anything."""
+        child, self._active = self._active, None
         self._timer.stop()
-        if process is not None:
-            process.blockSignals(True)
-            process.kill()
-            process.waitForFinished(1000)
-            process.deleteLater()
+        if child is not None:
+            child.kill()
+
+    def shutdown(self) -> None:
+        self.cancel()
+        if self._standby is not None:
+            self._standby.kill()
+            self._standby = None
+
+    def _on_output(self, child: _Child):
+        was_ready = child.ready
+        child.read()
+        if child is self._active and child.ready and not was_ready:
+            self._timer.start(int(self.timeout_s * 1000))   # the user's code starts running now
 
     def _on_timeout(self):
-        if self._process is not None:
+        if self._active is not None:
             self._timed_out = True
-            self._process.kill()   # finished() follows and reports the timeout
+            self._active.process.kill()   # finished() follows and reports the timeout
 
-    def _on_error(self, process, error):
-        if process is self._process and error == QProcess.ProcessError.FailedToStart:
-            self._fail(ModelLoadError(f"could not start the analysis process: {process.errorString()}"))
+    def _on_error(self, child, error):
+        if child is self._active and error == QProcess.ProcessError.FailedToStart:
+            self._fail(ModelLoadError(f"could not start the analysis process: {child.process.errorString()}"))
 
-    def _on_finished(self, process, code, status):
-        if process is not self._process:
+    def _on_finished(self, child: _Child, code, status):
+        if child is not self._active:
             return
-        stdout = bytes(process.readAllStandardOutput()).decode("utf-8", "replace")
-        stderr = bytes(process.readAllStandardError()).decode("utf-8", "replace")
+        child.read()
+        stderr = bytes(child.process.readAllStandardError()).decode("utf-8", "replace")
         if self._timed_out:
             self._fail(ModelLoadError(f"the model took longer than {self.timeout_s:g} s to analyse and was stopped"))
             return
-        reply = _last_json_line(stdout)
+        reply = _last_json_line(child.stdout)
         if reply is None:
             tail = stderr.strip().splitlines()[-1:] or [""]
             how = "crashed" if status == QProcess.ExitStatus.CrashExit else f"exited with code {code}"
@@ -111,9 +147,10 @@ class ModelProcessRunner(QObject):
 
     def _cleanup(self):
         self._timer.stop()
-        if self._process is not None:
-            self._process.deleteLater()
-        self._process = None
+        if self._active is not None:
+            self._active.process.deleteLater()
+        self._active = None
+        self.warm_up()   # the next analysis finds a warm process
 
 
 def _last_json_line(text: str) -> dict | None:

@@ -24,7 +24,7 @@ def make_window(qtbot, tmp_path, monkeypatch, workload=None, **kwargs):
 
 def close_window(window):
     window.runner.cancel()
-    window.model_runner.cancel()
+    window.model_runner.shutdown()
     window.close()
     QThreadPool.globalInstance().waitForDone(30_000)  # a running trace finishes its stage, then stops
 

@@ -1,0 +1,93 @@
+"""Export writes the CLI's numbers: the JSON equals ``plan --json`` for the same workload, the CSV's layers
+equal ``analyze --json``; the Markdown report has its plots; workload files and settings round-trip."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+
+import pytest
+
+from cli import run_cli
+from engine.inputs import parse_inputs
+from engine.results import TraceOptions
+from engine.workload import Workload
+from gui import export
+from tests.gui_support import close_window, make_window, wait_for_plans
+
+GPU = "A100 SXM 80GB"
+WORKLOAD = Workload("resnet18", parse_inputs("2x3x64x64"), TraceOptions(optimizer=None))
+
+
+def cli_json(argv):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run_cli(argv) == 0
+    return json.loads(out.getvalue())
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, monkeypatch):
+    w = make_window(qtbot, tmp_path, monkeypatch, workload=WORKLOAD)
+    w.hardware_panel.select(GPU)
+    wait_for_plans(qtbot, w, lambda ev: ev.plans[0].gpu.name == GPU and ev.plans[0].max_batch is not None)
+    yield w
+    close_window(w)
+
+
+def test_json_export_equals_the_cli(window, tmp_path):
+    path = tmp_path / "out.json"
+    export.export_to(window, str(path))
+    exported = json.loads(path.read_text())
+    cli = cli_json(["plan", "resnet18", "--input", "2x3x64x64", "--gpu", GPU, "--json"])
+    for key, value in cli.items():
+        assert exported[key] == value, key
+    analysis = cli_json(["analyze", "resnet18", "--input", "2x3x64x64", "--json"])
+    assert exported["analysis"]["totals"] == analysis["totals"]
+
+
+def test_csv_layers_equal_the_cli(window, tmp_path):
+    path = tmp_path / "layers.csv"
+    export.export_to(window, str(path))
+    rows = list(csv.DictReader(path.open()))
+    layers = cli_json(["analyze", "resnet18", "--input", "2x3x64x64", "--json"])["layers"]
+    assert len(rows) == len(layers)
+    by_path = {(layer["path"] or layer["name"]): layer for layer in layers}
+    for row in rows:
+        layer = by_path[row["module"]]
+        assert (int(row["params"]), int(row["macs"]), int(row["flops"]), int(row["activation_bytes"])) == \
+            (layer["params"], layer["macs"], layer["flops"], layer["activation_bytes"])
+    assert any(float(r["latency_bound_ms"]) > 0 for r in rows)
+    text = export.copy_layers_to_clipboard(window)
+    assert text.splitlines()[0].split("\t")[0] == "module" and len(text.splitlines()) == len(rows) + 1
+
+
+def test_markdown_report_has_figures_and_plots(qtbot, window, tmp_path):
+    qtbot.waitUntil(lambda: window.batch_sweep is not None, timeout=60_000)
+    written = export.export_report(window, str(tmp_path / "report.md"))
+    text = written[0].read_text()
+    plan = window.evaluation.plans[0]
+    assert f"{plan.max_batch}" in text and "resnet18" in text
+    for png in written[1:]:
+        assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 1000
+        assert f"report_files/{png.name}" in text
+
+
+def test_workload_file_round_trip_and_settings_persist(qtbot, window, tmp_path, monkeypatch):
+    path = tmp_path / "w.json"
+    window.workload_panel.batch_spin.setValue(8)
+    export.save_workload(window, str(path))
+    saved = Workload.from_json(path.read_text())
+    assert saved == WORKLOAD.with_batch(8)
+    window.workload_panel.batch_spin.setValue(3)
+    assert export.open_workload(window, str(path)) == saved
+    assert window.workload_panel.workload() == saved
+    window.request(immediate=True)
+    close_window(window)
+    again = make_window(qtbot, tmp_path, monkeypatch)   # same settings file
+    try:
+        assert again.workload_panel.workload() == saved
+        assert again.hardware_panel.primary().name == GPU
+    finally:
+        close_window(again)

@@ -1,0 +1,93 @@
+"""The main window end to end (headless): default verdict, batch changes, ticking a GPU flips the verdict.
+Expected verdicts come from the planner's own arithmetic (engine.planner.plan), not from the GUI."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from engine.cache import TraceCache
+from engine.inputs import parse_inputs
+from engine.planner import Verdict, plan
+from engine.results import TraceOptions
+from engine.workload import Workload
+from hardware.catalog import resolve_gpu
+from tests.gui_support import close_window, make_window, wait_for_plans
+
+SMALL_GPU = "T4"
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, monkeypatch):
+    w = make_window(qtbot, tmp_path, monkeypatch)
+    yield w
+    close_window(w)
+
+
+def test_default_workload_shows_the_planners_verdict(qtbot, window):
+    evaluation = wait_for_plans(qtbot, window)
+    workload = evaluation.workload
+    assert workload.model == "resnet50" and workload.inputs[0].shape == (1, 3, 224, 224)
+    assert workload.options == TraceOptions(optimizer=None)
+    expected = plan(workload, evaluation.plans[0].gpu, cache=TraceCache(), solve_max_batch=False)
+    assert evaluation.plans[0].verdict is expected.verdict
+    assert evaluation.plans[0].required_bytes == expected.required_bytes
+    words = {"fits": "Fits", "tight": "Tight", "does_not_fit": "Does not fit"}[expected.verdict.value]
+    assert words in window.verdict.verdict_text()            # text, not colour alone
+    assert window.layer_model.rowCount() == 1                 # the layer tree is filled
+    qtbot.waitUntil(lambda: window.batch_sweep is not None, timeout=60_000)
+    assert window.plots.memory_vs_batch.getPlotItem().listDataItems()
+
+
+def test_batch_change_updates_verdict_and_plots(qtbot, window):
+    wait_for_plans(qtbot, window, lambda ev: ev.plans[0].max_batch is not None)
+    qtbot.waitUntil(lambda: window.batch_sweep is not None, timeout=60_000)
+    before = window.verdict.summary.text()
+    window.workload_panel.batch_spin.setValue(64)
+    # the marker moves at once, before any computation
+    assert [round(10 ** line.value()) for line in window.plots._current_lines] == [64, 64, 64]
+    evaluation = wait_for_plans(qtbot, window, lambda ev: ev.workload.batch_size == 64)
+    assert window.verdict.summary.text() != before
+    assert evaluation.plans[0].latency.batch_size == 64
+    required = evaluation.plans[0].required_bytes
+    expected = plan(evaluation.workload, evaluation.plans[0].gpu, cache=TraceCache(), solve_max_batch=False)
+    assert required == expected.required_bytes
+
+
+def test_ticking_a_smaller_gpu_flips_the_verdict(qtbot, tmp_path, monkeypatch):
+    big, small = resolve_gpu("A100 SXM 80GB"), resolve_gpu(SMALL_GPU)
+    workload = Workload("resnet50", parse_inputs("2048x3x224x224"), TraceOptions(optimizer=None))
+    cache = TraceCache()
+    # by the planner's own arithmetic: fits on the big GPU, not on the small one
+    assert plan(workload, big, cache=cache, solve_max_batch=False).fits
+    assert plan(workload, small, cache=cache, solve_max_batch=False).verdict is Verdict.DOES_NOT_FIT
+    window = make_window(qtbot, tmp_path, monkeypatch, workload=workload)
+    try:
+        window.hardware_panel.select(big.name)
+        wait_for_plans(qtbot, window, lambda ev: ev.plans[0].gpu.name == big.name)
+        assert "Fits" in window.verdict.verdict_text() or "Tight" in window.verdict.verdict_text()
+        row = window.hardware_panel._row_of(small.name)
+        from PySide6.QtCore import Qt
+
+        window.hardware_panel.items.item(row).setCheckState(Qt.CheckState.Checked)
+        evaluation = wait_for_plans(qtbot, window, lambda ev: ev.plans[0].gpu.name == small.name)
+        assert evaluation.plans[0].verdict is Verdict.DOES_NOT_FIT
+        assert "Does not fit" in window.verdict.verdict_text()
+        assert [p.gpu.name for p in evaluation.plans] == [small.name, big.name]   # both ticked, compared
+        assert big.name in window.verdict.others.text()
+    finally:
+        close_window(window)
+
+
+def test_bad_input_shows_next_to_the_field_and_keeps_the_text(qtbot, window):
+    wait_for_plans(qtbot, window)
+    window.workload_panel.inputs_edit.setText("1x3x224xabc")
+    window.workload_panel._on_inputs_edited()
+    assert "malformed" in window.workload_panel.errors["input"].message
+    assert window.workload_panel.inputs_edit.text() == "1x3x224xabc"
+    window.workload_panel.model_combo.setCurrentText("no_such_model_xyz")
+    window.workload_panel.inputs_edit.setText("1x3x224x224")
+    window.workload_panel._on_inputs_edited()
+    qtbot.waitUntil(lambda: bool(window.workload_panel.errors["model"].message), timeout=30_000)
+    assert "no_such_model_xyz" in window.workload_panel.errors["model"].message
+    assert window.workload_panel.model_combo.currentText() == "no_such_model_xyz"
