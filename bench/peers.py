@@ -1,6 +1,7 @@
 """Peer counters (thop, ptflops, torchinfo, fvcore, FlopCounterMode) behind one interface, run in a
 fresh subprocess by bench_engine (``python -m bench.peers PEER MODEL SHAPE``: prints one JSON line),
-plus ``python -m bench.peers reconcile`` — the per-layer-type numbers behind docs/conventions.md."""
+plus ``python -m bench.peers reconcile`` (per-layer-type numbers) and ``python -m bench.peers claims``
+(the verified peer errors) behind docs/conventions.md."""
 from __future__ import annotations
 
 import collections
@@ -137,8 +138,52 @@ def reconcile(model_name: str) -> None:
           {str(k): v for k, v in mode.get_flop_counts()["Global"].items()})
 
 
+def claims() -> None:
+    """The peer errors named in docs/conventions.md, each checked by running the peer."""
+    from torch import nn
+
+    from engine.api import analyze
+
+    def conv_t():
+        return nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1, bias=False)
+
+    x = torch.randn(1, 16, 32, 32)
+    print("ConvTranspose2d: correct", 32 * 32 * 16 * 8 * 16, {name: f(conv_t(), x) for name, f in PEERS.items()
+                                                              if name != "ours"},
+          "ours", analyze(conv_t(), (x,)).totals.macs)
+    shared = nn.Linear(64, 64)
+
+    class Parent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = shared
+
+        def forward(self, x):
+            return self.fc(x)
+
+    import torchinfo
+    model = nn.Sequential(Parent(), Parent())
+    print("shared Linear: true params", sum(p.numel() for p in model.parameters()),
+          "torchinfo", torchinfo.summary(model, input_data=torch.randn(1, 64), verbose=0).total_params,
+          "ours", analyze(model, (torch.randn(1, 64),)).totals.params)
+
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 32)
+
+        def forward(self, x):
+            return torch.nn.functional.relu(self.fc(x)) @ self.fc.weight
+
+    for batch in (1, 4):
+        print(f"ptflops batch {batch}:", count_ptflops(Mixed(), torch.randn(batch, 32)),
+              "ours", analyze(Mixed(), (torch.randn(batch, 32),)).totals.macs)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "reconcile":
+    if sys.argv[1] == "claims":
+        claims()
+    elif sys.argv[1] == "reconcile":
         for name in sys.argv[2:] or ["alexnet", "resnet50"]:
             reconcile(name)
     else:
