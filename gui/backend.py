@@ -3,6 +3,7 @@ these functions; each returns the engine's own dataclasses. User .py models are 
 process: their trace comes from gui.model_process and goes into a cache that refuses to trace."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -25,6 +26,22 @@ class Evaluation:
     result: AnalysisResult | None      # exact trace at this workload (None while only an estimate exists)
     plans: tuple[Plan, ...]            # primary GPU first
     interpolated: bool                 # plans come from the batch-affine model, the exact trace follows
+
+
+# Two traces running at once in different threads corrupt each other's module attribution (seen with
+# torch's process-wide module hooks), so the GUI traces one workload at a time; cache hits stay concurrent.
+_TRACE_LOCK = threading.Lock()
+
+
+def serialized_analyze(workload: Workload) -> AnalysisResult:
+    from engine.api import analyze_workload
+
+    with _TRACE_LOCK:
+        return analyze_workload(workload)
+
+
+def trace_cache(maxsize: int = 96) -> TraceCache:
+    return TraceCache(maxsize=maxsize, analyzer=serialized_analyze)
 
 
 def is_file_model(model: str) -> bool:

@@ -9,7 +9,6 @@ from PySide6.QtWidgets import (
     QTableView, QTabWidget, QTreeView, QVBoxLayout, QHBoxLayout, QWidget,
 )
 
-from engine.cache import TraceCache
 from engine.errors import UserError
 from engine.inputs import parse_inputs
 from engine.results import TraceOptions
@@ -35,13 +34,14 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.setWindowTitle("TorchBudget — will it fit, how fast can it run?")
         self.settings = settings or Settings()
-        self.cache = TraceCache(maxsize=96)
+        self.cache = backend.trace_cache()
         self.file_cache = backend.file_model_cache()
         self.runner = JobRunner(self)
         self.model_runner = ModelProcessRunner(self)
         if model_timeout_s is not None:
             self.model_runner.timeout_s = model_timeout_s
         self.evaluation = None        # latest backend.Evaluation shown
+        self.busy = False
         self.comparison = None
         self.batch_sweep = None
         self.resolution_sweep = None
@@ -259,6 +259,7 @@ class MainWindow(QMainWindow):
         self.progress_label.setText("Error: " + message)
 
     def _on_busy(self, busy: bool):
+        self.busy = busy
         self.progress_bar.setVisible(busy)
         self.cancel_button.setVisible(busy)
 

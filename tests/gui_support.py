@@ -36,3 +36,8 @@ def wait_for_plans(qtbot, window, predicate=lambda ev: True, timeout=WAIT_MS):
         assert ev is not None and ev.result is not None and not ev.interpolated and predicate(ev)
     qtbot.waitUntil(ready, timeout=timeout)
     return window.evaluation
+
+
+def wait_idle(qtbot, window, timeout=WAIT_MS):
+    """Wait until every stage (sweeps, comparison) is done: nothing traces in the background any more."""
+    qtbot.waitUntil(lambda: not window.busy and window.comparison is not None, timeout=timeout)

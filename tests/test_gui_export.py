@@ -14,7 +14,7 @@ from engine.inputs import parse_inputs
 from engine.results import TraceOptions
 from engine.workload import Workload
 from gui import export
-from tests.gui_support import close_window, make_window, wait_for_plans
+from tests.gui_support import close_window, make_window, wait_for_plans, wait_idle
 
 GPU = "A100 SXM 80GB"
 WORKLOAD = Workload("resnet18", parse_inputs("2x3x64x64"), TraceOptions(optimizer=None))
@@ -32,6 +32,7 @@ def window(qtbot, tmp_path, monkeypatch):
     w = make_window(qtbot, tmp_path, monkeypatch, workload=WORKLOAD)
     w.hardware_panel.select(GPU)
     wait_for_plans(qtbot, w, lambda ev: ev.plans[0].gpu.name == GPU and ev.plans[0].max_batch is not None)
+    wait_idle(qtbot, w)   # the CLI traces below must not run while the window traces (see gui.backend)
     yield w
     close_window(w)
 
