@@ -94,3 +94,33 @@ def test_output_shapes_equal_a_real_cpu_forward(name, shape):
                   if result.module(path).output_shapes != (out,)}
     assert not mismatched
     assert len(seen) == len(leaves)
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("r3d_18", {}),
+    ("quantized_resnet18", {"quantize": False}),
+    pytest.param("raft_small", {}, marks=pytest.mark.slow),
+])
+def test_other_families_at_their_default_inputs(name, extra):
+    result = analyze(name)
+    with torch.device("meta"):
+        reference = tvm.get_model(name, weights=None, **extra)
+    assert result.totals.params == sum(p.numel() for p in reference.parameters())
+    matmul_macs = sum(op.macs for op in result.ops if op.matmul_like)
+    assert 2 * matmul_macs == _torch_matmul_flops(reference, [s.shape for s in result.inputs])
+
+
+def test_detection_runs_under_the_documented_worst_case_policy():
+    name = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    result = analyze(name)
+    with torch.device("meta"):
+        reference = tvm.get_model(name, weights=None, weights_backbone=None)
+    assert result.totals.params == sum(p.numel() for p in reference.parameters())
+    # data-dependent ops (proposal filtering, NMS) have no data on meta: the trace assumes the worst case
+    # and says so; with every box kept the model returns its cap of detections per image
+    assert any("nms" in policy for policy in result.policies)
+    assert any("nonzero" in policy for policy in result.policies)
+    cap = reference.roi_heads.detections_per_img
+    assert result.module("").output_shapes[0] == (cap, 4)
+    assert result.module("backbone").macs > 0 and result.totals.macs > result.module("backbone").macs
+    assert all(op.calls > 0 and op.modules for op in result.uncounted_ops)  # reported, never silently zero
