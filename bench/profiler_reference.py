@@ -4,7 +4,7 @@ The workload is the one the trace models: eval + no_grad for inference; for trai
 loss ``sum(out.float().sum())``, backward, and one step of the real optimizer with foreach=True, starting
 from no gradients and no optimizer state (iteration 1). The peak is the bytes alive before the step
 (parameters, buffers, inputs: distinct storages) plus the largest running sum of the profiler's
-allocation events (each carries +size or -size), in time order."""
+allocation events (each carries +size or -size), in time order, by default without CPU-kernel scratch."""
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +12,9 @@ import contextlib
 import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
+from torch.profiler._memory_profiler import OpTree
 
-from engine.tracing.training import make_optimizer, scalar_loss
+from engine.tracing.training import checkpointed_view, make_optimizer, scalar_loss
 
 
 def _storage_bytes(tensors) -> int:
@@ -24,18 +25,30 @@ def _storage_bytes(tensors) -> int:
     return sum(seen.values())
 
 
-def _allocation_deltas(prof) -> list[int]:
-    events, stack = [], list(reversed(prof.profiler.kineto_results.experimental_event_tree()))
-    while stack:  # pre-order walk, then a stable sort by start time
-        event = stack.pop()
-        if event.typed[0] == _EventType.Allocation and event.typed[1].device.type == "cpu":
-            events.append((event.start_time_ns, len(events), event.typed[1].alloc_size))
-        stack.extend(reversed(event.children))
-    return [size for _, _, size in sorted(events)]
+def _allocation_deltas(prof, exclude_kernel_scratch: bool) -> list[int]:
+    """+size / -size of every CPU allocation event in time order. Optionally without kernel scratch:
+    an allocation freed inside the same op call that made it (oneDNN reorders, im2col columns) is
+    private to a CPU kernel; no aten op returns it and the GPU's counterpart is the cuDNN/cuBLAS
+    workspace, which the planner models separately."""
+    events = [e for e in OpTree(prof.profiler.kineto_results).sorted_nodes
+              if e.typed[0] == _EventType.Allocation and e.typed[1].device.type == "cpu"]
+    scratch: set[int] = set()
+    if exclude_kernel_scratch:
+        open_by_ptr: dict[int, object] = {}
+        for event in events:
+            fields = event.typed[1]
+            if fields.alloc_size > 0:
+                open_by_ptr[fields.ptr] = event
+            else:
+                alloc = open_by_ptr.pop(fields.ptr, None)
+                if alloc is not None and alloc.parent is not None and alloc.parent is event.parent:
+                    scratch.update((id(alloc), id(event)))
+    return [e.typed[1].alloc_size for e in events if id(e) not in scratch]
 
 
 def profiled_peak_bytes(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *, mode: str = "infer",
-                        optimizer: str | None = "adamw", autocast_dtype: torch.dtype | None = None) -> int:
+                        optimizer: str | None = "adamw", autocast_dtype: torch.dtype | None = None,
+                        checkpointing: bool = False, exclude_kernel_scratch: bool = True) -> int:
     """Largest live CPU bytes during one real step, pre-existing tensors (weights, inputs) included."""
     train = mode == "train"
     model.train(train)
@@ -44,11 +57,12 @@ def profiled_peak_bytes(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
     opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad]) if train and optimizer \
         else None
     amp = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    runnable = checkpointed_view(model) if train and checkpointing else model
     baseline = _storage_bytes([*model.parameters(), *model.buffers(), *inputs])
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         if train:
             with amp:
-                output = model(*inputs)
+                output = runnable(*inputs)
             scalar_loss(output).backward()
             if opt is not None:
                 opt.step()
@@ -56,7 +70,7 @@ def profiled_peak_bytes(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
             with torch.no_grad(), amp:
                 model(*inputs)
     live = peak = 0
-    for delta in _allocation_deltas(prof):
+    for delta in _allocation_deltas(prof, exclude_kernel_scratch):
         live += delta
         peak = max(peak, live)
     return baseline + peak

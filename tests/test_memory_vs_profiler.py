@@ -1,5 +1,6 @@
-"""Predicted peaks equal torch.profiler's memory timeline of a real CPU run (within 2%), like for like:
-the trace's own peak, without GPU overheads or allocator rounding. Big models: bench/bench_planner.py."""
+"""Predicted peaks equal torch.profiler's allocation events of a real CPU run (within 2%), like for like:
+the trace's own peak, without GPU overheads or allocator rounding, and the profiler's peak without
+CPU-kernel scratch (bench/profiler_reference.py). Big models: bench/bench_planner.py."""
 import pytest
 import torch
 import torchvision
@@ -13,13 +14,13 @@ from engine.results import MemoryCategory as C
 
 pytestmark = pytest.mark.slow
 
-CASES = [  # model, input, mode, optimizer, precision
-    ("resnet18", "1x3x128x128", "train", "adamw", "fp32"),     # peak in the optimizer step
-    ("resnet18", "4x3x112x112", "train", "sgd", "fp32"),       # peak in backward
-    ("resnet18", "4x3x96x96", "train", "adam", "bf16-amp"),    # autocast, fp32 master weights
-    ("resnet18", "2x3x160x160", "infer", None, "fp32"),
-    ("tiny_vit", "4x3x32x32", "train", "adamw", "fp32"),
-    ("tiny_vit", "4x3x32x32", "infer", None, "fp32"),
+CASES = [  # model, input, mode, optimizer, precision, checkpointing
+    ("resnet18", "1x3x128x128", "train", "adamw", "fp32", False),     # peak in the optimizer step
+    ("resnet18", "4x3x112x112", "train", "sgd", "fp32", True),        # checkpointing; peak in backward
+    ("resnet18", "4x3x96x96", "train", "adam", "bf16-amp", False),    # autocast, fp32 master weights
+    ("resnet18", "2x3x160x160", "infer", None, "fp32", False),
+    ("tiny_vit", "4x3x32x32", "train", "adamw", "fp32", False),
+    ("tiny_vit", "4x3x32x32", "infer", None, "fp32", False),
 ]
 
 
@@ -31,14 +32,16 @@ def build(name: str) -> torch.nn.Module:
     return getattr(torchvision.models, name)(weights=None)
 
 
-@pytest.mark.parametrize("name,shape,mode,optimizer,precision", CASES)
-def test_trace_peak_matches_real_cpu_run(name, shape, mode, optimizer, precision):
+@pytest.mark.parametrize("name,shape,mode,optimizer,precision,checkpointing", CASES)
+def test_trace_peak_matches_real_cpu_run(name, shape, mode, optimizer, precision, checkpointing):
     model = build(name)
-    result = analyze(model, shape, mode=mode, optimizer=optimizer or "adamw", precision=precision)
+    result = analyze(model, shape, mode=mode, optimizer=optimizer or "adamw", precision=precision,
+                     checkpointing=checkpointing)
     predicted = simulate_memory(result, Overheads.none()).trace_peak_bytes
     inputs = (torch.randn(tuple(int(d) for d in shape.split("x"))),)
     measured = profiled_peak_bytes(model, inputs, mode=mode, optimizer=optimizer,
-                                   autocast_dtype=torch.bfloat16 if precision == "bf16-amp" else None)
+                                   autocast_dtype=torch.bfloat16 if precision == "bf16-amp" else None,
+                                   checkpointing=checkpointing)
     assert predicted == pytest.approx(measured, rel=0.02)
 
 
