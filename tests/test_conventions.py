@@ -59,9 +59,10 @@ def test_thop_preset_reproduces_seed_alexnet(shape, thop_0_0_31):
 
 
 def test_default_alexnet_macs_are_conv_plus_linear():
-    model = torchvision.models.alexnet(weights=None)
-    expected, size = 0, 224
-    x = torch.randn(1, 3, size, size)
+    with torch.device("meta"):
+        model = torchvision.models.alexnet(weights=None)
+        x = torch.empty(1, 3, 224, 224)
+    expected = 0
     for layer in model.features:
         y = layer(x)
         if isinstance(layer, nn.Conv2d):
@@ -123,14 +124,14 @@ def test_conventions_doc_lists_every_registered_op():
     assert not missing, f"docs/conventions.md does not list {missing[:10]}"
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "vit_b_16", "swin_t", "densenet121",
-                                  "efficientnet_b0", "lraspp_mobilenet_v3_large", "fcn_resnet50"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "vit_b_16", "swin_t", "efficientnet_b0",
+                                  "lraspp_mobilenet_v3_large"])
 def test_torchvision_training_step_has_no_uncounted_ops(name):
     seg = name in torchvision.models.list_models(module=torchvision.models.segmentation)
     with torch.device("meta"):
         kwargs = {"weights": None, **({"weights_backbone": None} if seg else {})}
         model = torchvision.models.get_model(name, **kwargs)
-        x = torch.randn(2, 3, 224, 224) if name in ("vit_b_16", "swin_t") else torch.randn(2, 3, 96, 96)
+        x = torch.randn(1, 3, 224, 224) if name == "vit_b_16" else torch.randn(2, 3, 64, 64)
         optimizer = torch.optim.AdamW(model.parameters(), foreach=True)
 
     def step():
