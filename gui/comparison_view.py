@@ -10,8 +10,13 @@ from gui.colors import VERDICT_TEXT, plot_colors, series_color
 from gui.layer_model import SORT_ROLE
 from gui.plots import GIB, make_plot
 
-HEADERS = ("GPU", "Verdict", "Needs", "Usable", "Headroom", "Largest batch", "Latency bound", "Latency estimate",
-           "Throughput (samples/s)")
+HEADERS = ("GPU", "Verdict", "Needs", "Usable", "Headroom", "Max batch", "Bound", "Estimate", "Samples/s")
+HEADER_TIPS = (
+    "GPU name", "Fits / tight (under 10 % to spare) / does not fit", "Peak memory the workload needs, with overheads",
+    "Memory a workload can use on this GPU", "Usable minus needed (negative: short by this much)",
+    "Largest batch that fits", "Roofline lower bound on the step latency (datasheet peaks, perfect overlap)",
+    "Latency estimate with efficiency factors and kernel-launch overhead", "Throughput at the estimated latency",
+)
 
 
 class ComparisonModel(QAbstractTableModel):
@@ -33,6 +38,8 @@ class ComparisonModel(QAbstractTableModel):
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
             return HEADERS[section]
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole:
+            return HEADER_TIPS[section]
         return None
 
     def raw(self, row, column):

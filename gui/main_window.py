@@ -42,6 +42,7 @@ class MainWindow(QMainWindow):
             self.model_runner.timeout_s = model_timeout_s
         self.evaluation = None        # latest backend.Evaluation shown
         self.busy = False
+        self._restoring = True
         self.comparison = None
         self.batch_sweep = None
         self.resolution_sweep = None
@@ -50,9 +51,12 @@ class MainWindow(QMainWindow):
         self._connect()
         from gui.export import install_actions
         install_actions(self)
+        # restore hardware before the workload: the first request saves both back to the settings
+        self._restoring = True
+        ticked, primary = self.settings.ticked_gpus(), self.settings.primary_gpu()
+        self.hardware_panel.reload(ticked=ticked, primary=primary or backend.default_gpu_name())
         self.workload_panel.set_workload(self.settings.last_workload() or DEFAULT_WORKLOAD)
-        ticked = self.settings.ticked_gpus()
-        self.hardware_panel.reload(ticked=ticked, primary=self.settings.primary_gpu() or backend.default_gpu_name())
+        self._restoring = False
         if self.settings.geometry() is not None:
             self.restoreGeometry(self.settings.geometry())
         else:
@@ -70,7 +74,7 @@ class MainWindow(QMainWindow):
         scroll = QScrollArea()
         scroll.setWidget(left)
         scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(420)
+        scroll.setMinimumWidth(440)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
         self.verdict = VerdictWidget()
@@ -125,7 +129,7 @@ class MainWindow(QMainWindow):
         splitter.addWidget(self.verdict)
         splitter.addWidget(self.tabs)
         splitter.setStretchFactor(2, 1)
-        splitter.setSizes([430, 330, 680])
+        splitter.setSizes([460, 320, 820])
         self.setCentralWidget(splitter)
 
         self.progress_label = QLabel("")
@@ -164,6 +168,8 @@ class MainWindow(QMainWindow):
 
     def request(self, immediate: bool = False):
         """Re-analyse for the current fields (debounced unless ``immediate`` or the trace is cached)."""
+        if self._restoring:
+            return
         workload, gpus = self.current_workload(), tuple(self.hardware_panel.ticked())
         if workload is None or not gpus:
             return
@@ -240,6 +246,8 @@ class MainWindow(QMainWindow):
                        for path, m in evaluation.plans[0].latency.per_module.items()}
             self.layer_model.set_result(evaluation.result, latency)
             self.layer_view.expandToDepth(0)
+            for column in range(self.layer_model.columnCount()):
+                self.layer_view.resizeColumnToContents(column)
             self.coverage_label.setText(f"{evaluation.result.coverage:.0%} of ops counted")
             self.coverage_label.setToolTip("Share of ops with a FLOP formula or known to do no arithmetic; "
                                            "the rest are listed with ⚠ and not counted.")

@@ -2,6 +2,8 @@
 latency and throughput vs batch, memory vs resolution. Fed by ``engine.solver.sweep``; units on every axis."""
 from __future__ import annotations
 
+import math
+
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
 
@@ -10,7 +12,8 @@ from gui.colors import plot_colors, series_color
 GIB = 2**30
 
 
-def make_plot(title: str, x_label: str, y_label: str, *, log_x: bool = False) -> pg.PlotWidget:
+def make_plot(title: str, x_label: str, y_label: str, *, log_x: bool = False,
+              legend_offset: tuple[int, int] = (-10, 10)) -> pg.PlotWidget:
     background, foreground = plot_colors()
     widget = pg.PlotWidget(background=background)
     item = widget.getPlotItem()
@@ -23,7 +26,7 @@ def make_plot(title: str, x_label: str, y_label: str, *, log_x: bool = False) ->
         axis.setTextPen(foreground)
     item.showGrid(x=True, y=True, alpha=0.25)
     item.setLogMode(x=log_x, y=False)
-    legend = item.addLegend(offset=(-10, 10), labelTextColor=foreground.name())
+    legend = item.addLegend(offset=legend_offset, labelTextColor=foreground.name())
     legend.setBrush(pg.mkBrush(background.red(), background.green(), background.blue(), 200))
     return widget
 
@@ -37,13 +40,13 @@ class SweepPlots:
 
     def __init__(self):
         self.memory_vs_batch = make_plot("Peak memory vs batch size", "Batch size (samples, log scale)",
-                                         "Peak memory (GiB)", log_x=True)
+                                         "Peak memory (GiB)", log_x=True, legend_offset=(70, 10))
         self.latency_vs_batch = make_plot("Latency per step vs batch size", "Batch size (samples, log scale)",
                                           "Latency (ms)", log_x=True)
         self.throughput_vs_batch = make_plot("Throughput vs batch size", "Batch size (samples, log scale)",
                                              "Throughput (samples/s)", log_x=True)
         self.memory_vs_resolution = make_plot("Peak memory vs resolution", "Resolution (px, height = width)",
-                                              "Peak memory (GiB)")
+                                              "Peak memory (GiB)", legend_offset=(70, 10))
         self.memory_vs_batch.setToolTip("Peak memory (tensors at the peak plus CUDA context, workspaces and allocator "
                                         "slack) against batch size. Dashed lines: each ticked GPU's usable memory; "
                                         "triangles: the largest batch that fits.")
@@ -81,12 +84,15 @@ class SweepPlots:
             latency.plot(xs, bound, pen=_pen(i, dashed=True), name=f"{gpu.gpu_name} bound")
             throughput.plot(xs, [p.per_gpu[i].throughput_samples_per_s for p in result.points], pen=_pen(i),
                             symbol="o", symbolSize=4, symbolBrush=series_color(i), name=gpu.gpu_name)
+        _leave_room_for_legend(memory, [p.peak_bytes / GIB for p in result.points],
+                               [g.capacity_bytes / GIB for g in result.gpus])
+        ticks = [[(math.log10(b), str(b)) for b in xs if b & (b - 1) == 0]]   # powers of two only: no clutter
+        for w in (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch):
+            w.getPlotItem().getAxis("bottom").setTicks(ticks)
         self.mark_batch(current_batch)
 
     def mark_batch(self, batch: int):
         """Move the 'current batch' marker (cheap: no re-sweep)."""
-        import math
-
         for line in self._current_lines:
             line.getViewBox() and line.getViewBox().removeItem(line)
         self._current_lines = []
@@ -94,7 +100,7 @@ class SweepPlots:
         for w in (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch):
             line = pg.InfiniteLine(pos=math.log10(batch), angle=90,
                                    pen=pg.mkPen(foreground, width=1, style=Qt.PenStyle.DotLine),
-                                   label=f"batch {batch}", labelOpts={"position": 0.92, "color": foreground})
+                                   label=f"batch {batch}", labelOpts={"position": 0.6, "color": foreground})
             w.getPlotItem().addItem(line, ignoreBounds=True)
             self._current_lines.append(line)
 
@@ -109,6 +115,8 @@ class SweepPlots:
                   symbol="o", symbolSize=5, name="peak memory")
         for i, gpu in enumerate(result.gpus):
             self._capacity_line(item, gpu.capacity_bytes / GIB, gpu.gpu_name, i)
+        _leave_room_for_legend(item, [p.peak_bytes / GIB for p in result.points],
+                               [g.capacity_bytes / GIB for g in result.gpus])
         if current_resolution:
             _, foreground = plot_colors()
             item.addItem(pg.InfiniteLine(pos=current_resolution, angle=90,
@@ -121,8 +129,14 @@ class SweepPlots:
     def _capacity_line(item, capacity_gib: float, name: str, i: int):
         line = pg.InfiniteLine(pos=capacity_gib, angle=0, pen=_pen(i, dashed=True),
                                label=f"{name} usable {capacity_gib:.1f} GiB",
-                               labelOpts={"position": 0.05, "color": series_color(i), "anchors": [(0, 1), (0, 1)]})
+                               labelOpts={"position": 0.3 + 0.12 * i, "color": series_color(i), "anchors": [(0, 1), (0, 1)]})
         item.addItem(line)
+
+
+def _leave_room_for_legend(item, values, lines):
+    """Y from 0 to well above the highest curve or capacity line, so the legend covers neither."""
+    top = max([*values, *lines, 1e-3])
+    item.setYRange(0, top * (1.2 + 0.07 * (len(lines) + 1)), padding=0)
 
 
 def _interpolate(xs, ys, x):

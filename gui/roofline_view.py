@@ -33,7 +33,7 @@ def layer_points(latency) -> list[tuple[str, float, float, float]]:
 class RooflineView:
     def __init__(self):
         self.widget = make_plot("Roofline (forward pass, per layer)", "Arithmetic intensity (FLOP/byte, log scale)",
-                                "Performance (TFLOP/s, log scale)")
+                                "Performance (TFLOP/s, log scale)", legend_offset=(-10, -40))
         self.widget.getPlotItem().setLogMode(x=True, y=True)
         self.widget.setToolTip("Each point is a layer: FLOPs ÷ bytes it moves (x) and the FLOP rate its roofline "
                                "bound allows (y). Below the slanted part a layer is memory-bound, under the flat "

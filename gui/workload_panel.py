@@ -77,6 +77,8 @@ class WorkloadPanel(QGroupBox):
         completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
         completer.setCompletionMode(QCompleter.CompletionMode.PopupCompletion)
         self.model_combo.setCompleter(completer)
+        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_combo.setMinimumContentsLength(12)
         self.open_py_button = QPushButton("Open .py…")
         self.open_py_button.setToolTip("Use a model defined in your own Python file (it runs in a separate process)")
         row = QHBoxLayout()

@@ -1,0 +1,113 @@
+"""GUI responsiveness: launch → verdict in a fresh process, and batch change → updated verdict (resnet50).
+Targets: verdict ≤ 3 s after launch; batch change ≤ 200 ms."""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+STARTUP_TARGET_S = 3.0
+BATCH_TARGET_MS = 200.0
+
+CHILD = textwrap.dedent("""
+    import os, sys, time
+    t0 = float(os.environ["BENCH_T0"])
+    from gui.app import Startup, make_app
+    app = make_app([])
+    marks = {}
+    def ready(window):
+        marks["window"] = time.time() - t0
+        def poll():
+            if window.evaluation is not None and "marks" not in marks:
+                marks["verdict"] = time.time() - t0
+                print(f"placeholder {marks['placeholder']:.3f} window {marks['window']:.3f} "
+                      f"verdict {marks['verdict']:.3f}", flush=True)
+                window.close()
+                app.quit()
+        from PySide6.QtCore import QTimer
+        timer = QTimer(window)
+        timer.timeout.connect(poll)
+        timer.start(5)
+    startup = Startup(app, on_ready=ready)
+    app.processEvents()
+    marks["placeholder"] = time.time() - t0
+    app.exec()
+""")
+
+
+def _env(tmp: str) -> dict:
+    env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"),
+               TORCHBUDGET_SETTINGS=os.path.join(tmp, "settings.ini"), TORCHBUDGET_CONFIG_DIR=tmp)
+    return env
+
+
+def startup_times(runs: int = 2) -> list[dict]:
+    out = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            env = _env(tmp)
+            env["BENCH_T0"] = repr(time.time())
+            done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,
+                                  timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            line = [l for l in done.stdout.splitlines() if l.startswith("placeholder")]
+            if not line:
+                raise RuntimeError(f"startup bench child failed: {done.stderr[-2000:]}")
+            parts = line[-1].split()
+            out.append(dict(zip(parts[::2], map(float, parts[1::2]))))
+    return out
+
+
+def batch_change_ms(batches=(2, 4, 8, 16, 32, 48, 64, 96, 128, 256)) -> tuple[list[float], list[float]]:
+    """(first visit of each batch, revisit) latencies from setValue to the updated verdict on screen."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    tmp = tempfile.mkdtemp()
+    os.environ.update(TORCHBUDGET_SETTINGS=os.path.join(tmp, "settings.ini"), TORCHBUDGET_CONFIG_DIR=tmp)
+    from gui.app import make_app
+    from gui.main_window import MainWindow
+
+    app = make_app([])
+    window = MainWindow()
+    window.show()
+
+    def wait(predicate, timeout=300.0):
+        deadline = time.perf_counter() + timeout
+        while not predicate():
+            app.processEvents()
+            time.sleep(0.001)
+            if time.perf_counter() > deadline:
+                raise RuntimeError("timed out waiting for the window")
+
+    wait(lambda: window.evaluation is not None and not window.busy and window.comparison is not None)
+    first, again = [], []
+    for sample in (first, again):
+        for batch in batches:
+            start = time.perf_counter()
+            window.workload_panel.batch_spin.setValue(batch)
+            wait(lambda: window.evaluation.workload.batch_size == batch)
+            sample.append((time.perf_counter() - start) * 1000)
+            wait(lambda: not window.busy)   # let the exact trace and sweeps finish before the next move
+        window.workload_panel.batch_spin.setValue(1)
+        wait(lambda: window.evaluation.workload.batch_size == 1 and not window.busy)
+    window.close()
+    return first, again
+
+
+def run() -> list[str]:
+    lines = []
+    starts = startup_times()
+    for i, s in enumerate(starts, 1):
+        lines.append(f"launch run {i}: placeholder {s['placeholder']:.2f} s, main window {s['window']:.2f} s, "
+                     f"verdict {s['verdict']:.2f} s (target ≤ {STARTUP_TARGET_S:g} s)")
+    first, again = batch_change_ms()
+    for label, sample in (("new batch (affine scaling of cached traces)", first), ("revisited batch (cached)", again)):
+        lines.append(f"batch change → verdict, {label}: median {statistics.median(sample):.0f} ms, "
+                     f"max {max(sample):.0f} ms over {len(sample)} (target ≤ {BATCH_TARGET_MS:g} ms)")
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(run()))

@@ -1,0 +1,111 @@
+"""Render each view to PNG: ``python -m gui.screenshots docs/screenshots`` (``make screenshots``).
+Uses a temporary settings file and hardware directory, so the user's own are never touched."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+WORKLOAD_JSON = """{"format": "torchbudget-workload/1", "model": "resnet50", "inputs": ["64x3x224x224"],
+ "mode": "train", "precision": "bf16-amp", "optimizer": "adamw", "checkpointing": false}"""
+PRIMARY, TICKED = "RTX 4090", ("A100 SXM 80GB", "L4", "T4")
+SIZE = (1600, 1000)
+TIMEOUT_S = 600
+
+
+def _dark_palette():
+    from PySide6.QtGui import QColor, QPalette
+
+    palette = QPalette()
+    for role, color in ((QPalette.ColorRole.Window, "#2b2b2b"), (QPalette.ColorRole.WindowText, "#e6e6e6"),
+                        (QPalette.ColorRole.Base, "#1e1e1e"), (QPalette.ColorRole.AlternateBase, "#2f2f2f"),
+                        (QPalette.ColorRole.Text, "#e6e6e6"), (QPalette.ColorRole.Button, "#3a3a3a"),
+                        (QPalette.ColorRole.ButtonText, "#e6e6e6"), (QPalette.ColorRole.Highlight, "#3d7bd9"),
+                        (QPalette.ColorRole.HighlightedText, "#ffffff"), (QPalette.ColorRole.Link, "#6fb1ff"),
+                        (QPalette.ColorRole.Mid, "#555555"), (QPalette.ColorRole.ToolTipBase, "#333333"),
+                        (QPalette.ColorRole.ToolTipText, "#e6e6e6")):
+        palette.setColor(role, QColor(color))
+    return palette
+
+
+def _open_window(app, tmp: Path):
+    from engine.workload import Workload
+    from gui.main_window import MainWindow
+    from gui.settings import Settings
+
+    settings = Settings(str(tmp / f"settings-{time.monotonic_ns()}.ini"))
+    settings.set_last_workload(Workload.from_json(WORKLOAD_JSON))
+    settings.set_ticked_gpus(list(TICKED))
+    settings.set_primary_gpu(PRIMARY)
+    window = MainWindow(settings=settings)
+    window.resize(*SIZE)
+    window.show()
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        app.processEvents()
+        done = (window.evaluation is not None and not window.evaluation.interpolated and not window.busy
+                and window.comparison is not None and window.resolution_sweep is not None)
+        if done:
+            break
+        time.sleep(0.02)
+    else:
+        raise SystemExit("the analysis did not finish in time; no screenshots written")
+    window.layer_view.expandToDepth(0)
+    app.processEvents()
+    return window
+
+
+def _show_tab(app, window, title: str):
+    for i in range(window.tabs.count()):
+        if window.tabs.tabText(i) == title:
+            window.tabs.setCurrentIndex(i)
+    for _ in range(5):
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def render(out_dir: str) -> list[Path]:
+    from gui.app import make_app
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="torchbudget-shots-"))
+    os.environ["TORCHBUDGET_CONFIG_DIR"] = str(tmp / "config")
+    app = make_app([])
+    app.setStyle("Fusion")
+    written = []
+    window = _open_window(app, tmp)
+    shots = (("main_window.png", "Layers", None), ("layer_tree.png", "Layers", "tabs"),
+             ("memory_vs_batch.png", "Memory vs batch", "tabs"), ("latency_vs_batch.png", "Latency vs batch", "tabs"),
+             ("memory_vs_resolution.png", "Memory vs resolution", "tabs"), ("roofline.png", "Roofline", "tabs"),
+             ("comparison.png", "Comparison", "tabs"))
+    for name, tab, part in shots:
+        _show_tab(app, window, tab)
+        widget = window.tabs if part == "tabs" else window
+        path = out / name
+        widget.grab().save(str(path), "PNG")
+        written.append(path)
+    window.close()
+    app.setPalette(_dark_palette())          # the same window under a dark system palette
+    dark = _open_window(app, tmp)
+    _show_tab(app, dark, "Memory vs batch")
+    path = out / "main_window_dark.png"
+    dark.grab().save(str(path), "PNG")
+    written.append(path)
+    dark.close()
+    return written
+
+
+def main(argv: list[str]) -> int:
+    out_dir = argv[0] if argv else "docs/screenshots"
+    for path in render(out_dir):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
