@@ -130,3 +130,32 @@ def test_thop_preset_conv_transpose_counts_output_elements(k, s, size, bias):
     default = capture(layer, x)
     assert default.macs == size * size * 4 * 6 * k * k
     assert math.isclose(thop.macs / max(default.macs, 1), (out_size / size) ** 2 * (1 + bias / (4 * k * k)))
+
+
+@settings(max_examples=10, deadline=None)
+@given(batch=st.integers(1, 2), length=st.integers(1, 6), heads=st.sampled_from([1, 2, 4]),
+       head_dim=st.integers(1, 4), ffn=st.integers(1, 24))
+def test_mha_and_encoder_fast_paths(batch, length, heads, head_dim, ffn):
+    """Eval + no_grad on CPU takes the fused fast paths where torch allows (FlopCounterMode counts them
+    as 0); other shapes take the decomposed path. Both must give the closed form."""
+    e = heads * head_dim
+    x = torch.randn(batch, length, e)
+    attention = 4 * batch * length * e * e + 2 * batch * length * length * e  # 4 projections, Q·Kᵀ, P·V
+    mha = nn.MultiheadAttention(e, heads, batch_first=True).eval()
+    enc = nn.TransformerEncoderLayer(e, heads, ffn, batch_first=True).eval()
+    with torch.no_grad():
+        mha_counts = capture(lambda: mha(x, x, x, need_weights=False))
+        enc_counts = capture(lambda: enc(x))
+    assert mha_counts.macs == attention
+    assert enc_counts.macs == attention + 2 * batch * length * e * ffn
+    assert not (mha_counts.uncounted or enc_counts.uncounted)
+
+
+def test_fast_paths_are_the_fused_ops():
+    x = torch.randn(2, 5, 16)
+    mha = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    enc = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True).eval()
+    with torch.no_grad():
+        assert [n for n, _, _ in capture(lambda: mha(x, x, x, need_weights=False)).calls] == \
+            ["aten._native_multi_head_attention"]
+        assert [n for n, _, _ in capture(lambda: enc(x)).calls] == ["aten._transformer_encoder_layer_fwd"]
