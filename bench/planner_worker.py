@@ -71,8 +71,11 @@ def case_llm7b_plan() -> dict:
     model = build_on_meta()
     start = time.perf_counter()
     result = analyze(model, "1x2048:int64", mode="train", optimizer="adamw", precision="bf16-amp")
+    traced = time.perf_counter()
     p = plan_result(result, _h100())
-    return {"seconds": time.perf_counter() - start, "trace_seconds": result.trace_seconds,
+    end = time.perf_counter()
+    return {"seconds": end - start, "planner_only_seconds": end - traced, "trace_seconds": result.trace_seconds,
+            "ops": len(result.ops), "events": len(result.storage_events),
             "peak_gib": p.memory.peak_bytes / 2**30, "verdict": p.verdict.value}
 
 
@@ -80,17 +83,23 @@ def case_resnet50_sweep() -> dict:
     from engine.cache import TraceCache
     from engine.solver import sweep
 
-    calls = []
     from engine.api import analyze_workload
+
+    calls, trace_seconds = [], []
 
     def counted(workload):
         calls.append(workload.batch_size)
-        return analyze_workload(workload)
+        t = time.perf_counter()
+        result = analyze_workload(workload)
+        trace_seconds.append(time.perf_counter() - t)
+        return result
 
     start = time.perf_counter()
     s = sweep(_resnet50_workload(), [_h100()], batches=[1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256],
               cache=TraceCache(analyzer=counted))
-    return {"seconds": time.perf_counter() - start, "traces": len(calls), "traced_batches": calls,
+    total = time.perf_counter() - start
+    return {"seconds": total, "planner_only_seconds": total - sum(trace_seconds),
+            "trace_seconds_each": [round(t, 2) for t in trace_seconds], "traces": len(calls), "traced_batches": calls,
             "max_batch": s.gpus[0].max_batch, "interpolated_points": sum(p.interpolated for p in s.points)}
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from engine.memory import required_bytes, uses_cudnn
+import numpy as np
+
+from engine.latency import phase_totals, report_from_phases
+from engine.memory import required_bytes, simulate_memory, uses_cudnn
 from engine.overheads import Overheads
-from engine.results import AnalysisResult, TensorMeta
+from engine.results import AnalysisResult, OpRecord, StorageEvent
 
 
 def _same_structure(a: AnalysisResult, b: AnalysisResult) -> bool:
@@ -28,10 +31,11 @@ class AffineTrace:
         span = self.batch_b - self.batch_a
         self._span = span
         self._has_conv = uses_cudnn(a)
-        sa = [e.nbytes for e in a.storage_events]
-        sb = [e.nbytes for e in b.storage_events]
+        sa = np.fromiter((e.nbytes for e in a.storage_events), np.int64, len(a.storage_events))
+        sb = np.fromiter((e.nbytes for e in b.storage_events), np.int64, len(b.storage_events))
         self._size_base = sa
-        self._size_delta = [y - x for x, y in zip(sa, sb)]
+        self._size_delta = sb - sa
+        self._op_counts = None
 
     @classmethod
     def fit(cls, a: AnalysisResult, b: AnalysisResult) -> "AffineTrace | None":
@@ -43,21 +47,46 @@ class AffineTrace:
     def _scale(self, base: int, delta: int, batch: int) -> int:
         return max(0, base + (delta * (batch - self.batch_a)) // self._span)
 
-    def sizes_at(self, batch: int) -> list[int]:
-        return [self._scale(x, d, batch) for x, d in zip(self._size_base, self._size_delta)]
+    def sizes_at(self, batch: int) -> np.ndarray:
+        return np.maximum(self._size_base + (self._size_delta * (batch - self.batch_a)) // self._span, 0)
+
+    def matches(self, exact: AnalysisResult) -> bool:
+        """True when the model predicts every storage size of the exact trace ``exact`` byte for byte."""
+        return _same_structure(self.a, exact) and np.array_equal(
+            self.sizes_at(exact.batch_size), [e.nbytes for e in exact.storage_events])
 
     def required_bytes(self, batch: int, overheads: Overheads) -> int:
         return required_bytes(self.a.storage_events, overheads, has_conv=self._has_conv, sizes=self.sizes_at(batch))
+
+    def memory_at(self, batch: int, overheads: Overheads):
+        """simulate_memory of the predicted trace at ``batch``."""
+        return simulate_memory(self.a, overheads, sizes=self.sizes_at(batch))
+
+    def latency_at(self, batch: int, gpu, efficiency):
+        """The roofline totals (no per-op detail) of the predicted trace at ``batch``."""
+        if self._op_counts is None:
+            flops = np.array([[x.flops, y.flops] for x, y in zip(self.a.ops, self.b.ops)], np.int64).reshape(-1, 2)
+            moved = np.array([[x.bytes_read + x.bytes_written, y.bytes_read + y.bytes_written]
+                              for x, y in zip(self.a.ops, self.b.ops)], np.int64).reshape(-1, 2)
+            self._op_counts = (flops, moved)
+        flops, moved = self._op_counts
+        step = batch - self.batch_a
+        flops_at = np.maximum(flops[:, 0] + ((flops[:, 1] - flops[:, 0]) * step) // self._span, 0).tolist()
+        moved_at = np.maximum(moved[:, 0] + ((moved[:, 1] - moved[:, 0]) * step) // self._span, 0).tolist()
+        phases = phase_totals(zip(self.a.ops, flops_at, moved_at), gpu, tf32=self.a.options.precision == "tf32",
+                              efficiency=efficiency)
+        return report_from_phases(phases, gpu, batch, efficiency)
 
     def result_at(self, batch: int) -> AnalysisResult:
         """A synthetic trace at ``batch``: sizes, FLOPs and bytes interpolated (for sweeps and plots)."""
         def lin(x: int, y: int) -> int:
             return self._scale(x, y - x, batch)
 
-        events = tuple(replace(e, nbytes=n) for e, n in zip(self.a.storage_events, self.sizes_at(batch)))
-        ops = tuple(replace(x, macs=lin(x.macs, y.macs), flops=lin(x.flops, y.flops),
-                            bytes_read=lin(x.bytes_read, y.bytes_read),
-                            bytes_written=lin(x.bytes_written, y.bytes_written), inputs=(), outputs=())
+        events = tuple(StorageEvent(e.op_index, e.kind, e.storage_id, int(n), e.category, e.phase)
+                       for e, n in zip(self.a.storage_events, self.sizes_at(batch).tolist()))
+        ops = tuple(OpRecord(x.index, x.op, x.module_path, x.phase, (), (), lin(x.bytes_read, y.bytes_read),
+                             lin(x.bytes_written, y.bytes_written), lin(x.macs, y.macs), lin(x.flops, y.flops),
+                             x.status, x.matmul_like, x.compute_dtype)
                     for x, y in zip(self.a.ops, self.b.ops))
         return replace(self.a, inputs=tuple(s.with_batch(batch) for s in self.a.inputs), ops=ops,
                        storage_events=events, modules=(), warnings=self.a.warnings + (

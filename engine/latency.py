@@ -96,23 +96,67 @@ def _prefixes(path: str):
             yield ".".join(parts[:i])
 
 
-def roofline(result: AnalysisResult, gpu: GpuSpec, efficiency: Efficiency = Efficiency()) -> LatencyReport:
+def _op_time(op: OpRecord, flops: int, moved: int, gpu: GpuSpec, tf32: bool, efficiency: Efficiency):
+    """(peak FLOP/s, compute s at peak, memory s at full bandwidth, bound ms, estimate ms) of one kernel."""
+    peak = gpu.peak_flops_per_s(op.compute_dtype, tensor_core=op.matmul_like, tf32=tf32)
     bandwidth = gpu.bandwidth_bytes_per_s
+    compute_s = flops / peak if peak > 0 and flops else 0.0
+    memory_s = moved / bandwidth if bandwidth > 0 else 0.0
+    bound_ms = max(compute_s, memory_s) * 1000.0
+    estimate_ms = (max(compute_s / _efficiency_for(op, efficiency), memory_s / efficiency.bandwidth_fraction) * 1000.0
+                   + efficiency.kernel_launch_overhead_us / 1000.0)
+    return peak, compute_s, memory_s, bound_ms, estimate_ms
+
+
+def phase_totals(counted_ops, gpu: GpuSpec, *, tf32: bool, efficiency: Efficiency = Efficiency()) -> dict:
+    """{phase: [bound ms, estimate ms]} from ``(op, flops, bytes moved)`` triples: the cheap path for
+    sweeps, where the counts come from the affine batch model instead of an op record."""
+    phases = {p: [0.0, 0.0] for p in Phase}
+    for op, flops, moved in counted_ops:
+        if launches_kernel(op.op):
+            _, _, _, bound_ms, estimate_ms = _op_time(op, flops, moved, gpu, tf32, efficiency)
+            phases[op.phase][0] += bound_ms
+            phases[op.phase][1] += estimate_ms
+    return phases
+
+
+def report_from_phases(phases: dict, gpu: GpuSpec, batch: int, efficiency: Efficiency, per_module=None,
+                       per_op=()) -> LatencyReport:
+    lower = sum(v[0] for v in phases.values())
+    estimate = sum(v[1] for v in phases.values())
+    return LatencyReport(
+        gpu_name=gpu.name,
+        lower_bound_ms=lower,
+        estimate_ms=estimate,
+        forward=PhaseLatency(*phases[Phase.FORWARD]),
+        backward=PhaseLatency(*phases[Phase.BACKWARD]),
+        optimizer=PhaseLatency(*phases[Phase.OPTIMIZER]),
+        per_module=frozen_map(per_module),
+        per_op=tuple(per_op),
+        batch_size=batch,
+        throughput_samples_per_s=batch / (estimate / 1000.0) if estimate > 0 else 0.0,
+        max_throughput_samples_per_s=batch / (lower / 1000.0) if lower > 0 else 0.0,
+        efficiency=efficiency,
+    )
+
+
+def roofline(result: AnalysisResult, gpu: GpuSpec, efficiency: Efficiency = Efficiency(), *,
+             detail: bool = True) -> LatencyReport:
+    """The roofline report; ``detail=False`` leaves out per-op points and per-module sums (faster)."""
     tf32 = result.options.precision == "tf32"
-    launch_ms = efficiency.kernel_launch_overhead_us / 1000.0
+    if not detail:
+        phases = phase_totals(((op, op.flops, op.bytes_read + op.bytes_written) for op in result.ops), gpu,
+                              tf32=tf32, efficiency=efficiency)
+        return report_from_phases(phases, gpu, result.batch_size, efficiency)
+    bandwidth = gpu.bandwidth_bytes_per_s
     points: list[OpPoint] = []
     phases = {p: [0.0, 0.0] for p in Phase}
     modules: dict[str, list[float]] = {}   # path -> [bound, estimate, compute, memory]
     for op in result.ops:
         if not launches_kernel(op.op):
             continue
-        peak = gpu.peak_flops_per_s(op.compute_dtype, tensor_core=op.matmul_like, tf32=tf32)
         moved = op.bytes_read + op.bytes_written
-        compute_s = op.flops / peak if peak > 0 and op.flops else 0.0
-        memory_s = moved / bandwidth if bandwidth > 0 else 0.0
-        bound_ms = max(compute_s, memory_s) * 1000.0
-        estimate_ms = max(compute_s / _efficiency_for(op, efficiency),
-                          memory_s / efficiency.bandwidth_fraction) * 1000.0 + launch_ms
+        peak, compute_s, memory_s, bound_ms, estimate_ms = _op_time(op, op.flops, moved, gpu, tf32, efficiency)
         intensity = op.flops / moved if moved else 0.0
         attainable = min(peak, intensity * bandwidth) if moved else peak
         points.append(OpPoint(op.index, op.op, op.module_path, op.phase, op.flops, moved, intensity, attainable,
@@ -126,20 +170,4 @@ def roofline(result: AnalysisResult, gpu: GpuSpec, efficiency: Efficiency = Effi
             acc[2] += compute_s * 1000.0
             acc[3] += memory_s * 1000.0
     per_module = {path: ModuleLatency(path, b, e, c, m, c >= m) for path, (b, e, c, m) in modules.items()}
-    lower = sum(v[0] for v in phases.values())
-    estimate = sum(v[1] for v in phases.values())
-    batch = result.batch_size
-    return LatencyReport(
-        gpu_name=gpu.name,
-        lower_bound_ms=lower,
-        estimate_ms=estimate,
-        forward=PhaseLatency(*phases[Phase.FORWARD]),
-        backward=PhaseLatency(*phases[Phase.BACKWARD]),
-        optimizer=PhaseLatency(*phases[Phase.OPTIMIZER]),
-        per_module=frozen_map(per_module),
-        per_op=tuple(points),
-        batch_size=batch,
-        throughput_samples_per_s=batch / (estimate / 1000.0) if estimate > 0 else 0.0,
-        max_throughput_samples_per_s=batch / (lower / 1000.0) if lower > 0 else 0.0,
-        efficiency=efficiency,
-    )
+    return report_from_phases(phases, gpu, result.batch_size, efficiency, per_module, points)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+import numpy as np
+
 from engine.overheads import Overheads
 from engine.results import AnalysisResult, MemoryCategory, Phase, frozen_map
 
@@ -42,52 +44,76 @@ class MemoryProfile:
         return max(self.iteration1_peak_bytes, self.steady_state_peak_bytes)
 
 
-def _round_up(n: int, block: int) -> int:
-    return -(-n // block) * block if n > 0 else 0
+class _Events:
+    """The storage events as arrays (built once per trace): kind, category, op index, and for each free
+    the position of its allocation, so the replay is a cumulative sum."""
+
+    def __init__(self, events):
+        self.events = events
+        n = len(events)
+        self.is_alloc = np.fromiter((e.kind == "alloc" for e in events), bool, n)
+        self.category = np.fromiter((_CATEGORY_INDEX[e.category] for e in events), np.int64, n)
+        self.op_index = np.fromiter((e.op_index for e in events), np.int64, n)
+        self.nbytes = np.fromiter((e.nbytes for e in events), np.int64, n)
+        position: dict[int, int] = {}
+        alloc_of = np.full(n, -1, np.int64)
+        for i, e in enumerate(events):
+            if e.kind == "alloc":
+                position[e.storage_id] = i
+                alloc_of[i] = i
+            else:
+                alloc_of[i] = position.pop(e.storage_id, -1)
+        self.alloc_of = alloc_of
+        self.is_state_alloc = self.is_alloc & (self.category == _CATEGORY_INDEX[MemoryCategory.OPTIMIZER_STATE])
+
+    def deltas(self, sizes, block: int) -> np.ndarray:
+        """+bytes at each allocation, -bytes (of its allocation) at each free; rounded up to ``block``."""
+        sizes = self.nbytes if sizes is None else np.asarray(sizes, np.int64)
+        sizes = np.maximum(sizes, 0)
+        if block > 1:
+            sizes = -(-sizes // block) * block
+        freed = np.where(self.alloc_of >= 0, sizes[np.maximum(self.alloc_of, 0)], 0)
+        return np.where(self.is_alloc, sizes, -freed)
 
 
-def _replay(events, block: int, *, sizes=None, optimizer_state_upfront: int = 0):
-    """Replay events in order. Returns (peak rounded bytes, raw bytes per category at the peak,
-    peak op index, timeline {op index: largest rounded live bytes during it}).
+_CATEGORY_INDEX = {c: i for i, c in enumerate(TRACE_CATEGORIES)}
+_cache: dict[int, _Events] = {}
 
-    ``optimizer_state_upfront``: rounded bytes of optimizer state alive from the start (steady state);
-    each optimizer-state allocation then only claims back what was already counted for it.
+
+def _events_of(events) -> _Events:
+    cached = _cache.get(id(events))
+    if cached is None or cached.events is not events:
+        if len(_cache) > 64:
+            _cache.clear()
+        cached = _cache[id(events)] = _Events(events)
+    return cached
+
+
+def _peak(live: np.ndarray, start: int = 0) -> tuple[int, int]:
+    """(largest live bytes, event position; -1 = before the first event)."""
+    if len(live) == 0:
+        return start, -1
+    i = int(np.argmax(live))
+    return (int(live[i]), i) if live[i] > start else (start, -1)
+
+
+def _peaks(arrays: _Events, sizes, block: int):
+    """Rounded live bytes after each event for iteration 1 and for the steady state (optimizer state
+    alive from the start: its total is live up front and each state allocation just claims its share)."""
+    rounded = arrays.deltas(sizes, block)
+    live = np.cumsum(rounded)
+    state_total = int(rounded[arrays.is_state_alloc].sum())
+    steady = live + state_total - np.cumsum(np.where(arrays.is_state_alloc, rounded, 0)) if state_total else live
+    return live, steady, state_total
+
+
+def required_bytes(events, overheads: Overheads, *, has_conv: bool, sizes=None) -> int:
+    """simulate_memory(...).required_bytes without the breakdown or timeline: what the solvers compare
+    with ``GpuSpec.usable_memory_bytes`` (the CUDA context is not included: usable memory is net of it).
     ``sizes``: per-event byte counts replacing ``event.nbytes`` (the affine batch model uses it)."""
-    opt = MemoryCategory.OPTIMIZER_STATE
-    raw = {c: 0 for c in TRACE_CATEGORIES}
-    raw[opt] = optimizer_state_upfront
-    upfront_left = optimizer_state_upfront
-    counted: dict[int, tuple[int, int]] = {}   # storage id -> (raw bytes, rounded bytes) still counted
-    total = optimizer_state_upfront          # rounded live bytes
-    peak, peak_raw, peak_op = total, dict(raw), -1
-    timeline: dict[int, int] = {-1: total}
-    for i, ev in enumerate(events):
-        if ev.kind == "alloc":
-            nbytes = ev.nbytes if sizes is None else sizes[i]
-            rounded = _round_up(nbytes, block)
-            if ev.category is opt and upfront_left:
-                taken = min(rounded, upfront_left)
-                upfront_left -= taken
-                raw[opt] -= taken
-                total -= taken
-            counted[ev.storage_id] = (nbytes, rounded)
-            raw[ev.category] += nbytes
-            total += rounded
-            if total > peak:
-                peak, peak_raw, peak_op = total, dict(raw), ev.op_index
-        else:
-            nbytes, rounded = counted.pop(ev.storage_id, (0, 0))
-            raw[ev.category] -= nbytes
-            total -= rounded
-        if total > timeline.get(ev.op_index, -1):
-            timeline[ev.op_index] = total
-    return peak, peak_raw, peak_op, timeline
-
-
-def _state_bytes(events, block: int, sizes=None) -> int:
-    opt = MemoryCategory.OPTIMIZER_STATE
-    return sum(_round_up(ev.nbytes if sizes is None else sizes[i], block)
-               for i, ev in enumerate(events) if ev.kind == "alloc" and ev.category is opt)
+    live, steady, state_total = _peaks(_events_of(events), sizes, overheads.allocator_block_bytes)
+    peak = max(_peak(live)[0], _peak(steady, state_total)[0])
+    return peak + int(peak * overheads.allocator_reserve_fraction) + workspace_bytes(overheads, has_conv)
 
 
 def uses_cudnn(result: AnalysisResult) -> bool:
@@ -98,48 +124,55 @@ def workspace_bytes(overheads: Overheads, has_conv: bool) -> int:
     return overheads.cublas_workspace_bytes + (overheads.cudnn_workspace_bytes if has_conv else 0)
 
 
-def required_bytes(events, overheads: Overheads, *, has_conv: bool, sizes=None) -> int:
-    """simulate_memory(...).required_bytes without the breakdown or timeline: what the solvers compare
-    with ``GpuSpec.usable_memory_bytes`` (the CUDA context is not included: usable memory is net of it)."""
-    block = overheads.allocator_block_bytes
-    peak = _replay(events, block, sizes=sizes)[0]
-    state = _state_bytes(events, block, sizes)
-    if state:
-        peak = max(peak, _replay(events, block, sizes=sizes, optimizer_state_upfront=state)[0])
-    return peak + int(peak * overheads.allocator_reserve_fraction) + workspace_bytes(overheads, has_conv)
+def _raw_by_category(arrays: _Events, raw: np.ndarray, position: int) -> dict:
+    totals = np.zeros(len(TRACE_CATEGORIES), np.int64)
+    if position >= 0:
+        np.add.at(totals, arrays.category[:position + 1], raw[:position + 1])
+    return {c: int(totals[i]) for i, c in enumerate(TRACE_CATEGORIES)}
 
 
-def simulate_memory(result: AnalysisResult, overheads: Overheads = Overheads()) -> MemoryProfile:
-    events = result.storage_events
-    raw_peak = _replay(events, 1)[0]
-    block = overheads.allocator_block_bytes
-    peak1, live1, op1, timeline = _replay(events, block)
-    state_bytes = _state_bytes(events, block)
-    if state_bytes:
-        peak_ss, live_ss, op_ss, _ = _replay(events, block, optimizer_state_upfront=state_bytes)
-    else:
-        peak_ss, live_ss, op_ss = peak1, live1, op1
-    if peak_ss > peak1:
-        tensor_peak, live_at_peak, peak_op = peak_ss, live_ss, op_ss
-    else:
-        tensor_peak, live_at_peak, peak_op = peak1, live1, op1
+def _timeline(arrays: _Events, live: np.ndarray) -> tuple[tuple[int, int], ...]:
+    if len(live) == 0:
+        return ((-1, 0),)
+    slots = arrays.op_index + 1
+    largest = np.full(int(slots.max()) + 1, -1, np.int64)
+    np.maximum.at(largest, slots, live)
+    largest[0] = max(largest[0], 0)
+    return tuple((i - 1, int(v)) for i, v in enumerate(largest.tolist()) if v >= 0)
 
-    by_category = {c: int(live_at_peak[c]) for c in TRACE_CATEGORIES}
+
+def simulate_memory(result: AnalysisResult, overheads: Overheads = Overheads(), *, sizes=None) -> MemoryProfile:
+    """The peak profile of ``result``. ``sizes``: per-event byte counts replacing ``event.nbytes``
+    (the affine batch model's prediction for another batch size)."""
+    arrays = _events_of(result.storage_events)
+    raw = arrays.deltas(sizes, 1)
+    trace_peak = _peak(np.cumsum(raw))[0]
+    live, steady, state_total = _peaks(arrays, sizes, overheads.allocator_block_bytes)
+    peak1, at1 = _peak(live)
+    peak_ss, at_ss = _peak(steady, state_total)
+    steady_wins = peak_ss > peak1
+    tensor_peak, position = (peak_ss, at_ss) if steady_wins else (peak1, at1)
+
+    by_category = _raw_by_category(arrays, raw, position)
+    if steady_wins:  # the state not yet allocated at the peak is alive already
+        state_so_far = int(np.where(arrays.is_state_alloc, arrays.deltas(sizes, overheads.allocator_block_bytes),
+                                    0)[:position + 1].sum()) if position >= 0 else 0
+        by_category[MemoryCategory.OPTIMIZER_STATE] += state_total - state_so_far
     rounding = tensor_peak - sum(by_category.values())
     by_category[MemoryCategory.WORKSPACE] = workspace_bytes(overheads, uses_cudnn(result))
     by_category[MemoryCategory.CUDA_CONTEXT] = overheads.cuda_context_bytes
     by_category[MemoryCategory.ALLOCATOR] = rounding + int(tensor_peak * overheads.allocator_reserve_fraction)
-    peak_bytes = sum(by_category.values())
 
+    peak_op = int(arrays.op_index[position]) if position >= 0 else -1
     ops = result.ops
     peak_op_record = ops[peak_op] if 0 <= peak_op < len(ops) else None
     return MemoryProfile(
-        peak_bytes=peak_bytes,
+        peak_bytes=sum(by_category.values()),
         by_category=frozen_map(by_category),
-        trace_peak_bytes=raw_peak,
+        trace_peak_bytes=trace_peak,
         iteration1_peak_bytes=peak1,
         steady_state_peak_bytes=peak_ss,
-        timeline=tuple(sorted(timeline.items())),
+        timeline=_timeline(arrays, live),
         peak_op_index=peak_op,
         peak_module=peak_op_record.module_path if peak_op_record else "",
         peak_phase=peak_op_record.phase if peak_op_record else None,

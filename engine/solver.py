@@ -190,17 +190,18 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
             if solve_max_batch else {}
         traces = _batch_traces(workload, values, cache)
     points = []
-    for value, (result, interpolated) in zip(values, traces):
-        memory = simulate_memory(result, overheads)
-        per_gpu = []
-        for gpu in gpus:
-            latency = roofline(result, gpu, efficiency)
-            per_gpu.append(SweepGpuPoint(gpu.name, memory.required_bytes <= gpu.usable_memory_bytes,
-                                         latency.lower_bound_ms, latency.estimate_ms,
-                                         latency.throughput_samples_per_s))
-        points.append(SweepPoint(value, result.batch_size, memory.peak_bytes, memory.required_bytes,
-                                 memory.tensor_peak_bytes,
-                                 interpolated, tuple(per_gpu)))
+    for value, (source, interpolated) in zip(values, traces):
+        if interpolated:  # source is the affine model
+            memory, batch = source.memory_at(value, overheads), value
+            latencies = [source.latency_at(value, gpu, efficiency) for gpu in gpus]
+        else:
+            memory, batch = simulate_memory(source, overheads), source.batch_size
+            latencies = [roofline(source, gpu, efficiency, detail=False) for gpu in gpus]
+        per_gpu = tuple(SweepGpuPoint(gpu.name, memory.required_bytes <= gpu.usable_memory_bytes,
+                                      lat.lower_bound_ms, lat.estimate_ms, lat.throughput_samples_per_s)
+                        for gpu, lat in zip(gpus, latencies))
+        points.append(SweepPoint(value, batch, memory.peak_bytes, memory.required_bytes, memory.tensor_peak_bytes,
+                                 interpolated, per_gpu))
     summaries = tuple(SweepGpu(g.name, g.usable_memory_bytes, best.get(g.name) if axis == "batch" else None)
                       for g in gpus)
     return Sweep(axis, tuple(points), summaries)
@@ -222,8 +223,7 @@ def _batch_traces(workload: Workload, values: tuple[int, ...], cache: TraceCache
         cached = [b for b in cache.batches_of(workload) if b > model.batch_b]
         check = max(cached or [v for v in values if v > model.batch_b], default=None)
         if check is not None:
-            far = cache.get(workload.with_batch(check))
-            if model.sizes_at(check) != [e.nbytes for e in far.storage_events]:
+            if not model.matches(cache.get(workload.with_batch(check))):
                 model = None
     out = []
     for v in values:
@@ -231,5 +231,5 @@ def _batch_traces(workload: Workload, values: tuple[int, ...], cache: TraceCache
         if model is None or key in cache:
             out.append((cache.get(key), False))
         else:
-            out.append((model.result_at(v), True))
+            out.append((model, True))
     return out

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.cache import TraceCache
+from engine.latency import roofline
 from engine.memory import simulate_memory
 from engine.overheads import Overheads
 from engine.solver import largest_true, max_batch, sweep
@@ -62,8 +63,13 @@ def test_batch_sweep_interpolates_between_exact_traces_and_agrees_with_them():
     assert [p.value for p in result.points][:3] == [1, 2, 4]
     assert any(p.interpolated for p in result.points)
     for point in result.points:
+        exact = fake_training_trace(point.value)
         assert point.peak_bytes == peak(point.value)
         assert [g.fits for g in point.per_gpu] == [peak(point.value) <= g.usable_memory_bytes for g in gpus]
+        for measured, gpu in zip(point.per_gpu, gpus):
+            reference = roofline(exact, gpu)
+            assert measured.lower_bound_ms == pytest.approx(reference.lower_bound_ms, rel=1e-12)
+            assert measured.estimate_ms == pytest.approx(reference.estimate_ms, rel=1e-12)
     for summary, gpu in zip(result.gpus, gpus):
         assert peak(summary.max_batch) <= gpu.usable_memory_bytes < peak(summary.max_batch + 1)
     assert analyzer.calls < 12
