@@ -142,3 +142,14 @@ def test_torchvision_training_step_has_no_uncounted_ops(name):
     counts = capture(step)
     assert not counts.uncounted
     assert counts.flops_by_op["aten._foreach_lerp_"] == 3 * sum(p.numel() for p in model.parameters())
+
+
+def test_trace_of_vit_training_step_is_fully_counted():
+    """Through the real trace (fake CPU in training): the CPU flash kernel and its backward."""
+    result = analyze("vit_b_16", "1x3x224x224", mode="train")
+    assert result.uncounted_ops == ()
+    tokens, heads, head_dim, layers = 197, 12, 64, 12
+    forward = heads * tokens * tokens * 2 * head_dim  # Q·Kᵀ + P·V per layer
+    attention = [op for op in result.ops if "flash_attention_for_cpu" in op.op]
+    assert sum(op.macs for op in attention if "backward" not in op.op) == layers * forward
+    assert sum(op.macs for op in attention if "backward" in op.op) == layers * forward * 5 // 2
