@@ -153,3 +153,9 @@ def test_trace_of_vit_training_step_is_fully_counted():
     attention = [op for op in result.ops if "flash_attention_for_cpu" in op.op]
     assert sum(op.macs for op in attention if "backward" not in op.op) == layers * forward
     assert sum(op.macs for op in attention if "backward" in op.op) == layers * forward * 5 // 2
+
+
+def test_a_formula_that_cannot_read_a_call_reports_it_uncounted():
+    # a conv call with arguments the formula cannot interpret (no weight tensor) must not crash a trace
+    odd = registry.count(torch.ops.aten.convolution.default, (None, None), {}, None)
+    assert odd.status is OpStatus.UNCOUNTED

@@ -88,7 +88,11 @@ def count(op, args: tuple, kwargs: dict, out, convention: str = "default") -> Op
     entry = lookup(op, convention)
     if entry is None:
         return ZERO if is_known_zero(op) else UNCOUNTED
-    value = int(entry.formula(args, kwargs or {}, out))
+    try:
+        value = int(entry.formula(args, kwargs or {}, out))
+    except (TypeError, ValueError, IndexError, AttributeError, KeyError):
+        # an overload whose arguments the formula cannot read: reported, never a failed trace
+        return UNCOUNTED
     if entry.kind == "macs":
         return OpCount(value, 2 * value, OpStatus.COUNTED, entry.matmul_like)
     return OpCount(0, value, OpStatus.COUNTED, entry.matmul_like)
