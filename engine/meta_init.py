@@ -32,13 +32,34 @@ def empty_weights() -> Iterator[None]:
             tensor = tensor.to(META)
         original_buffer(module, name, tensor, persistent=persistent)
 
+    original_inits = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
     nn.Module.register_parameter = register_parameter
     nn.Module.register_buffer = register_buffer
+    for name, original in original_inits.items():
+        setattr(nn.init, name, _skip_on_meta(original))
     try:
         yield
     finally:
         nn.Module.register_parameter = original_parameter
         nn.Module.register_buffer = original_buffer
+        for name, original in original_inits.items():
+            setattr(nn.init, name, original)
+
+
+# Initialising a meta tensor computes nothing but still runs torch's Python decompositions
+# (~1 ms per call: most of a resnet50 build); skip it for meta tensors only.
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+                   "sparse_")
+
+
+def _skip_on_meta(init_function):
+    def initialise(tensor, *args, **kwargs):
+        if isinstance(tensor, torch.Tensor) and tensor.device == META:
+            return tensor
+        return init_function(tensor, *args, **kwargs)
+
+    return initialise
 
 
 def _param_on_meta(param: nn.Parameter) -> nn.Parameter:

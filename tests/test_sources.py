@@ -157,3 +157,18 @@ def test_missing_file_and_bad_kwargs(tmp_path):
         load_model(f"{tmp_path}/nope.py:Net")
     with pytest.raises(ModelLoadError, match="TypeError"):
         load_model(f"{FUSIONNET}:FusionNet", {"colour": "red"})
+
+
+def test_initialisers_skip_meta_tensors_only_during_construction():
+    """nn.init is bypassed for meta tensors while building (nothing to fill) and restored afterwards."""
+    from engine.meta_init import empty_weights
+
+    original = nn.init.kaiming_uniform_
+    with empty_weights():
+        assert nn.init.kaiming_uniform_ is not original
+        real = torch.zeros(4, 4)
+        nn.init.constant_(real, 3.0)  # real tensors are still initialised
+        assert torch.equal(real, torch.full((4, 4), 3.0))
+        layer = nn.Linear(4, 4)
+        assert layer.weight.device.type == "meta"
+    assert nn.init.kaiming_uniform_ is original
