@@ -159,3 +159,20 @@ def test_fast_paths_are_the_fused_ops():
         assert [n for n, _, _ in capture(lambda: mha(x, x, x, need_weights=False)).calls] == \
             ["aten._native_multi_head_attention"]
         assert [n for n, _, _ in capture(lambda: enc(x)).calls] == ["aten._transformer_encoder_layer_fwd"]
+
+
+def test_backend_specific_conv_ops_share_the_formula():
+    """The backend ops a CPU trace can reach directly, called on tiny CPU tensors."""
+    aten = torch.ops.aten
+    x, w = torch.randn(2, 4, 7, 7), torch.randn(6, 4, 3, 3)
+    regular = 2 * 6 * 5 * 5 * 4 * 3 * 3  # B · Cout · Hout·Wout · Cin · k²
+    calls = {
+        "mkldnn_convolution": lambda: aten.mkldnn_convolution(x, w, None, [0, 0], [1, 1], [1, 1], 1),
+        "_slow_conv2d_forward": lambda: aten._slow_conv2d_forward(x, w, [3, 3], None, [1, 1], [0, 0]),
+        "slow_conv_dilated2d": lambda: aten.slow_conv_dilated2d(x, w, [3, 3], None, [1, 1], [0, 0], [1, 1]),
+    }
+    for name, call in calls.items():
+        assert capture(call).macs == regular, name
+    wt = torch.randn(4, 6, 3, 3)  # transposed: [Cin, Cout, k, k]
+    transposed = capture(lambda: aten.slow_conv_transpose2d(x, wt, [3, 3], None, [2, 2], [0, 0], [0, 0], [1, 1]))
+    assert transposed.macs == 2 * 7 * 7 * 4 * 6 * 3 * 3  # B · input positions · Cin · Cout · k²
