@@ -61,3 +61,13 @@ def test_top_level_layout_and_optional_ops():
 def test_malformed_data_is_a_user_error(bad):
     with pytest.raises(ResultFormatError):
         result_from_dict(bad)
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_a_real_trace_round_trips_exactly(mode):
+    from engine.api import analyze
+
+    result = analyze("resnet18", "2x3x32x32", mode=mode, optimizer="adamw")
+    assert result.ops and result.storage_events
+    back = result_from_dict(json.loads(json.dumps(result_to_dict(result))))
+    assert back == result
