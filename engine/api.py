@@ -12,15 +12,18 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from engine import trace
 from engine.errors import InputSpecError, UserError
 from engine.inputs import InputSpec, dtype_name, parse_inputs
 from engine.results import AnalysisResult, TraceOptions
-from engine.sources import LoadedModel, _file_default_inputs, load_model
+from engine.sources import LoadedModel, guess_default_inputs, load_model
+from engine.tracing import training
 from engine.workload import Workload
 
-MODES = ("infer", "train")
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp16-amp", "bf16-amp")
-OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw", None)
+# the trace owns what it can run; the API only checks early, with the field named
+MODES = trace.MODES
+PRECISIONS = tuple(trace.PRECISIONS)
+OPTIMIZERS = (*training.OPTIMIZERS, None)
 CONVENTIONS = ("default", "thop")
 _PRECISION_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 
@@ -41,7 +44,7 @@ def analyze(model: str | nn.Module, inputs: InputsLike = None, *, dtype: str = "
         if model_kwargs:
             raise UserError("model_kwargs only apply when the model is given by name or file", field="model")
         name = type(model).__name__
-        defaults = _file_default_inputs(model, getattr(model, "example_input_shapes", None))
+        defaults = guess_default_inputs(model, getattr(model, "example_input_shapes", None))
         return _trace(model, _resolve_inputs(inputs, defaults, name), options, name)
     if not isinstance(model, str):
         raise UserError(f"model must be a name, a path/to/file.py:Name or an nn.Module, not {type(model).__name__}",
@@ -129,6 +132,4 @@ def _trace_loaded(loaded: LoadedModel, inputs: tuple[InputSpec, ...], options: T
 
 
 def _trace(module: nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, name: str) -> AnalysisResult:
-    from engine.trace import trace_model  # imported late: the trace pulls in every formula module
-
-    return trace_model(module, inputs, options, model_name=name)
+    return trace.trace_model(module, inputs, options, model_name=name)

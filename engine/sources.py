@@ -204,14 +204,14 @@ def _load_from_file(spec: str, kwargs: dict) -> LoadedModel:
     if not isinstance(module, nn.Module):
         raise ModelLoadError(f"{path.name}:{attribute} returned a {type(module).__name__}, not a torch.nn.Module")
     declared = getattr(module, "example_input_shapes", None) or getattr(user_module, "EXAMPLE_INPUTS", None)
-    return LoadedModel(module, attribute, _file_default_inputs(module, declared), "file", kwargs)
+    return LoadedModel(module, attribute, guess_default_inputs(module, declared), "file", kwargs)
 
 
 _CONV_SPATIAL = ((nn.Conv1d, (224,)), (nn.Conv2d, (224, 224)), (nn.Conv3d, (16, 112, 112)),
                  (nn.ConvTranspose2d, (32, 32)))
 
 
-def _file_default_inputs(module: nn.Module, declared) -> tuple[InputSpec, ...]:
+def guess_default_inputs(module: nn.Module, declared) -> tuple[InputSpec, ...]:
     """A file may declare ``EXAMPLE_INPUTS = "1x3x224x224"``; otherwise guess from the first layer."""
     from engine.inputs import parse_inputs
 
