@@ -1,0 +1,33 @@
+"""validate's CPU-checkable pieces: the real model and inputs it would put on the GPU, and the
+predicted-vs-measured arithmetic. (The CUDA run itself is only exercised on a GPU machine.)"""
+import pytest
+import torch
+
+from engine.api import make_options
+from engine.inputs import InputSpec
+from engine.validate import ValidationRow, _real_inputs, _real_model
+from engine.workload import Workload
+
+
+def test_real_model_has_materialised_finite_weights_of_the_requested_dtype():
+    workload = Workload("resnet18", (), make_options())
+    model = _real_model(workload, torch.device("cpu"), torch.bfloat16)
+    params = list(model.parameters())
+    assert sum(p.numel() for p in params) == 11_689_512  # torchvision resnet18
+    assert all(p.device.type == "cpu" and p.dtype == torch.bfloat16 for p in params)
+    assert all(torch.isfinite(p.float()).all() for p in params)
+
+
+def test_real_inputs_follow_the_specs():
+    specs = (InputSpec((2, 8), "int64", "ids"), InputSpec((2, 8), "float32", "mask"))
+    args, kwargs = _real_inputs(specs, torch.device("cpu"), torch.float16)
+    assert args == () and set(kwargs) == {"ids", "mask"}
+    assert kwargs["ids"].dtype == torch.int64 and bool((kwargs["ids"] == 1).all())
+    assert kwargs["mask"].dtype == torch.float16 and kwargs["mask"].shape == (2, 8)
+    args, kwargs = _real_inputs((InputSpec((1, 3, 4, 4)),), torch.device("cpu"), torch.float32)
+    assert kwargs == {} and args[0].shape == (1, 3, 4, 4)
+
+
+def test_error_fraction_is_relative_to_the_measurement():
+    assert ValidationRow("x", 110.0, 100.0, "bytes").error_fraction == pytest.approx(0.10)
+    assert ValidationRow("x", 90.0, None, "bytes").error_fraction is None
