@@ -4,14 +4,14 @@ process: their trace comes from gui.model_process and goes into a cache that ref
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from engine.affine import AffineTrace
 from engine.cache import TraceCache
 from engine.compare import Comparison, compare
 from engine.errors import ModelLoadError, UnknownGpuError, UserError
-from engine.planner import Plan, plan, plan_result
+from engine.planner import Plan, plan_result
 from engine.results import AnalysisResult
 from engine.solver import Sweep, max_batch, sweep
 from engine.workload import Workload
@@ -57,6 +57,30 @@ def file_model_cache() -> TraceCache:
 
 
 # -- analysis and plans ---------------------------------------------------------------------------
+# The largest batch does not depend on the batch asked about, so it is solved once per (workload without
+# its batch, GPU) from the batch-1/2 anchors and remembered: moving the batch slider then traces nothing.
+_max_batch_memo: dict[tuple, int] = {}
+_memo_lock = threading.Lock()
+
+
+def _memo_key(workload: Workload, gpu: GpuSpec) -> tuple:
+    return workload.with_batch(1).key(), gpu.name, gpu.usable_memory_bytes
+
+
+def known_max_batch(workload: Workload, gpu: GpuSpec) -> int | None:
+    with _memo_lock:
+        return _max_batch_memo.get(_memo_key(workload, gpu))
+
+
+def solve_max_batch(workload: Workload, gpu: GpuSpec, cache: TraceCache) -> int:
+    best = known_max_batch(workload, gpu)
+    if best is None:
+        best = max_batch(workload.with_batch(1), gpu, cache=cache)   # anchors at batches 1 and 2
+        with _memo_lock:
+            _max_batch_memo[_memo_key(workload, gpu)] = best
+    return best
+
+
 def quick_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> Evaluation | None:
     """Plans without tracing, when possible: the exact trace is cached, or batches 1 and 2 of the same
     workload are (then the affine batch model predicts this batch). None when a trace is needed."""
@@ -64,49 +88,51 @@ def quick_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCa
         return None
     if workload in cache:
         result = cache.get(workload)
-        return Evaluation(workload, result, _plans(result, workload, gpus, cache, solve=_solved(workload, cache)), False)
+        return Evaluation(workload, result, _plans(result, workload, gpus), False)
     one, two = workload.with_batch(1), workload.with_batch(2)
     if workload.batch_size > 2 and one in cache and two in cache:
         model = AffineTrace.fit(cache.get(one), cache.get(two))
         if model is not None:
-            estimate = model.result_at(workload.batch_size)
-            return Evaluation(workload, None, _plans(estimate, workload, gpus, cache, solve=True), True)
+            return Evaluation(workload, None, _plans(model.result_at(workload.batch_size), workload, gpus), True)
     return None
 
 
-def _solved(workload: Workload, cache: TraceCache) -> bool:
-    """Max-batch solving only costs cache lookups once batches 1 and 2 are traced."""
-    return workload.with_batch(1) in cache and workload.with_batch(2) in cache
-
-
-def _plans(result, workload, gpus, cache, *, solve: bool) -> tuple[Plan, ...]:
-    plans = []
-    for gpu in gpus:
-        best = max_batch(workload, gpu, cache=cache) if solve else None
-        plans.append(plan_result(result, gpu, workload=workload, max_batch=best))
-    return tuple(plans)
+def _plans(result, workload, gpus) -> tuple[Plan, ...]:
+    return tuple(plan_result(result, gpu, workload=workload, max_batch=known_max_batch(workload, gpu))
+                 for gpu in gpus)
 
 
 def full_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *,
                     solve_max_batch: bool = True) -> Evaluation:
     result = cache.get(workload)
-    plans = tuple(plan(workload, gpu, cache=cache, solve_max_batch=solve_max_batch) for gpu in gpus)
-    return Evaluation(workload, result, plans, False)
+    plans = []
+    for gpu in gpus:
+        best = solve_max_batch_for(workload, gpu, cache) if solve_max_batch else known_max_batch(workload, gpu)
+        plans.append(plan_result(result, gpu, workload=workload, max_batch=best))
+    return Evaluation(workload, result, tuple(plans), False)
+
+
+def solve_max_batch_for(workload: Workload, gpu: GpuSpec, cache: TraceCache) -> int | None:
+    return solve_max_batch(workload, gpu, cache) if workload.inputs else None
 
 
 def sweep_batches(current_batch: int, max_batches: Sequence[int | None]) -> tuple[int, ...]:
-    """Powers of two up to past the largest interesting batch, plus the current batch."""
+    """Powers of two up to past the current batch and every largest batch (a marker shows the current one)."""
     top = max([current_batch, 8, *[(b or 0) + 1 for b in max_batches]])
     values, b = [], 1
     while b < top * 2 and b <= MAX_SWEEP_BATCH:
         values.append(b)
         b *= 2
-    return tuple(sorted(set(values) | {current_batch}))
+    return tuple(values)
 
 
 def batch_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache,
                 max_batches: Sequence[int | None] = ()) -> Sweep:
-    return sweep(workload, gpus, batches=sweep_batches(workload.batch_size, max_batches), cache=cache)
+    # anchored at batch 1 (the affine model's cached traces), so a new current batch traces nothing new
+    result = sweep(workload.with_batch(1), gpus, batches=sweep_batches(workload.batch_size, max_batches),
+                   cache=cache, solve_max_batch=False)
+    return replace(result, gpus=tuple(replace(g, max_batch=known_max_batch(workload, gpu))
+                                      for g, gpu in zip(result.gpus, gpus)))
 
 
 def sweep_resolutions(current: int) -> tuple[int, ...]:
@@ -122,7 +148,11 @@ def resolution_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCa
 
 
 def comparison(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *, solve: bool = True) -> Comparison:
-    return compare(workload, gpus, cache=cache, solve_max_batch_=solve)
+    result = compare(workload, gpus, cache=cache, solve_max_batch_=False)
+    if not solve:
+        return result
+    return replace(result, rows=tuple(replace(row, max_batch=solve_max_batch_for(workload, gpu, cache))
+                                      for row, gpu in zip(result.rows, gpus)))
 
 
 def model_names() -> list[str]:

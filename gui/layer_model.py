@@ -58,13 +58,6 @@ class LayerTreeModel(QAbstractItemModel):
                 self._uncounted.setdefault(path, []).append(op.op)
         self.endResetModel()
 
-    def set_latency(self, latency: Mapping[str, ModuleLatency]):
-        self._latency = dict(latency)
-        if self._nodes:
-            top_left = self.index(0, COLUMNS.index("Latency bound"))
-            self.dataChanged.emit(top_left, top_left)  # views repaint; sorting re-reads SORT_ROLE
-            self.layoutChanged.emit()
-
     def node(self, index: QModelIndex) -> ModuleNode | None:
         return self._nodes.get(index.internalPointer()) if index.isValid() else None
 

@@ -224,6 +224,7 @@ class MainWindow(QMainWindow):
             self._show_evaluation(payload)
         elif key == "batch_sweep":
             self._sweep_keys["batch"], self.batch_sweep = payload
+            self.plots.restore_titles()
             self.plots.show_batch_sweep(self.batch_sweep, self.evaluation.workload.batch_size)
         elif key == "resolution_sweep":
             self._sweep_keys["resolution"], self.resolution_sweep = payload
@@ -252,7 +253,11 @@ class MainWindow(QMainWindow):
             self.coverage_label.setToolTip("Share of ops with a FLOP formula or known to do no arithmetic; "
                                            "the rest are listed with ⚠ and not counted.")
             self.roofline.show(list(evaluation.plans), evaluation.workload.options.precision)
-            if not backend.is_file_model(evaluation.workload.model):
+            if backend.is_file_model(evaluation.workload.model):
+                self._sweep_keys = {"batch": None, "resolution": None}
+                self.batch_sweep = self.resolution_sweep = None
+                self.plots.show_unavailable("Sweeps need in-process traces; not available for models from .py files")
+            else:
                 self.settings.add_recent_model(evaluation.workload.model)
 
     def _on_failed(self, error):

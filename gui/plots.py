@@ -54,17 +54,29 @@ class SweepPlots:
         self.throughput_vs_batch.setToolTip("Samples per second at the estimated latency.")
         self.memory_vs_resolution.setToolTip("Peak memory at the current batch against square input resolution.")
         self._current_lines: list[pg.InfiniteLine] = []
+        self._titles = {w: w.getPlotItem().titleLabel.text for w in self.widgets()}
+
+    def restore_titles(self):
+        _, foreground = plot_colors()
+        for w, title in self._titles.items():
+            w.getPlotItem().setTitle(title, color=foreground.name())
 
     def widgets(self):
         return (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch, self.memory_vs_resolution)
 
-    def clear(self):
+    def show_unavailable(self, reason: str):
+        """Empty every sweep plot and say why in its title (e.g. models from .py files)."""
+        _, foreground = plot_colors()
         for w in self.widgets():
-            w.getPlotItem().clear()
+            item = w.getPlotItem()
+            item.clear()
+            item.setTitle(f"{reason}", color=foreground.name())
+        self._current_lines = []
 
     def show_batch_sweep(self, result, current_batch: int):
         for w in (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch):
             w.getPlotItem().clear()
+        self._current_lines = []
         xs = [p.value for p in result.points]
         memory = self.memory_vs_batch.getPlotItem()
         memory.plot(xs, [p.peak_bytes / GIB for p in result.points], pen=pg.mkPen(pg.mkColor(plot_colors()[1]), width=2),
@@ -94,7 +106,8 @@ class SweepPlots:
     def mark_batch(self, batch: int):
         """Move the 'current batch' marker (cheap: no re-sweep)."""
         for line in self._current_lines:
-            line.getViewBox() and line.getViewBox().removeItem(line)
+            if line.scene() is not None:   # PlotItem.clear() may have removed it already
+                line.scene().removeItem(line)
         self._current_lines = []
         _, foreground = plot_colors()
         for w in (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch):
@@ -110,6 +123,7 @@ class SweepPlots:
         if result is None:
             item.setTitle("Peak memory vs resolution (the model has no image input)")
             return
+        item.setTitle(self._titles[self.memory_vs_resolution], color=plot_colors()[1].name())
         xs = [p.value for p in result.points]
         item.plot(xs, [p.peak_bytes / GIB for p in result.points], pen=pg.mkPen(plot_colors()[1], width=2),
                   symbol="o", symbolSize=5, name="peak memory")

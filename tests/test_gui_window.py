@@ -63,13 +63,14 @@ def test_ticking_a_smaller_gpu_flips_the_verdict(qtbot, tmp_path, monkeypatch):
     assert plan(workload, small, cache=cache, solve_max_batch=False).verdict is Verdict.DOES_NOT_FIT
     window = make_window(qtbot, tmp_path, monkeypatch, workload=workload)
     try:
-        window.hardware_panel.select(big.name)
-        wait_for_plans(qtbot, window, lambda ev: ev.plans[0].gpu.name == big.name)
-        assert "Fits" in window.verdict.verdict_text() or "Tight" in window.verdict.verdict_text()
-        row = window.hardware_panel._row_of(small.name)
         from PySide6.QtCore import Qt
 
-        window.hardware_panel.items.item(row).setCheckState(Qt.CheckState.Checked)
+        window.hardware_panel.set_ticked([])
+        panel = window.hardware_panel
+        panel.items.item(panel._row_of(big.name)).setCheckState(Qt.CheckState.Checked)   # tick → also primary
+        wait_for_plans(qtbot, window, lambda ev: ev.plans[0].gpu.name == big.name)
+        assert "Fits" in window.verdict.verdict_text() or "Tight" in window.verdict.verdict_text()
+        panel.items.item(panel._row_of(small.name)).setCheckState(Qt.CheckState.Checked)
         evaluation = wait_for_plans(qtbot, window, lambda ev: ev.plans[0].gpu.name == small.name)
         assert evaluation.plans[0].verdict is Verdict.DOES_NOT_FIT
         assert "Does not fit" in window.verdict.verdict_text()
