@@ -12,21 +12,22 @@ from __future__ import annotations
 import math
 
 from engine.ops.registry import register
-from engine.ops.shapes import expand_ints, numel, ops, out_numel
+from engine.ops.shapes import expand_ints, first_tensor, numel, ops, out_numel
 
 
-def _pool(spatial: int):
+def _pool(spatial: int, backward: bool = False):
     def formula(args, kwargs, out) -> int:
-        kernel = expand_ints(args[1], spatial)
-        return math.prod(kernel) * out_numel(out)
-    formula.__doc__ = "prod(kernel) × output elements"
+        if backward:  # (grad_output, self, kernel_size, ...): taps per grad_output element
+            return math.prod(expand_ints(args[2], spatial)) * numel(args[0])
+        return math.prod(expand_ints(args[1], spatial)) * out_numel(out)
+    formula.__doc__ = "prod(kernel) × " + ("grad_output elements" if backward else "output elements")
     return formula
 
 
 for _dims in (1, 2, 3):
     register(*ops(f"max_pool{_dims}d", f"max_pool{_dims}d_with_indices", f"avg_pool{_dims}d",
                   f"mkldnn_max_pool{_dims}d", f"quantized_max_pool{_dims}d"))(_pool(_dims))
-    register(*ops(f"avg_pool{_dims}d_backward"))(_pool(_dims))
+    register(*ops(f"avg_pool{_dims}d_backward"))(_pool(_dims, backward=True))
 
 
 @register(*ops("max_pool2d_with_indices_backward", "max_pool3d_with_indices_backward",
@@ -52,7 +53,7 @@ def _adaptive(dims: int, backward: bool = False):
     def formula(args, kwargs, out) -> int:
         if backward:  # (grad_output, self): same taps as forward, grad_output has the pooled shape
             return adaptive_pool_flops(args[1].shape, args[0].shape, dims)
-        return adaptive_pool_flops(args[0].shape, out.shape if not isinstance(out, tuple) else out[0].shape, dims)
+        return adaptive_pool_flops(args[0].shape, first_tensor(out).shape, dims)
     formula.__doc__ = "exact sum of adaptive window sizes (≈ in/out taps per output element)"
     return formula
 
