@@ -19,7 +19,7 @@ from engine.inputs import InputSpec
 from engine.meta_params import make_stand_ins, names_for
 from engine.results import AnalysisResult, Phase, TraceOptions
 from engine.tracing import assemble, training
-from engine.tracing.errors import shape_text
+from engine.tracing.errors import looks_like_shapes, shape_text
 from engine.tracing.modules import ModuleStack
 from engine.tracing.recorder import Recorder
 
@@ -167,7 +167,7 @@ def _forward_error(exc: Exception, stack: ModuleStack) -> UserError:
     module = stack.module_at(path)
     where = f"{path or 'the top level'} ({type(module).__name__})" if module is not None else (path or "the model")
     message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if isinstance(exc, (RuntimeError, ValueError, IndexError, AssertionError)):
+    if isinstance(exc, (RuntimeError, ValueError, IndexError, AssertionError)) and looks_like_shapes(message):
         return ShapeMismatchError(f"shapes broke at {where}: {type(exc).__name__}: {message}")
     return TraceError(f"tracing failed in {where}: {type(exc).__name__}: {message}")
 

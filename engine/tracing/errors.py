@@ -9,6 +9,10 @@ _SHAPE_WORDS = ("size", "shape", "dim", "channels", "mat1 and mat2", "must match
 _DATA_DEPENDENT = ("DataDependentOutputException", "DynamicOutputShapeException", "data-dependent")
 
 
+def looks_like_shapes(message: str) -> bool:
+    return any(word in message.lower() for word in _SHAPE_WORDS)
+
+
 def shape_text(shape) -> str:
     return "x".join(str(int(d)) for d in shape) or "scalar"
 
@@ -30,7 +34,7 @@ def translate_op_error(exc: Exception, func, args, path: str, modules) -> UserEr
         return TraceError(f"{op} in {where(path, modules)} cannot run without data (no meta/fake kernel): "
                           f"{first_line}")
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    if isinstance(exc, (RuntimeError, ValueError, IndexError)) and any(w in first_line.lower() for w in _SHAPE_WORDS):
+    if isinstance(exc, (RuntimeError, ValueError, IndexError)) and looks_like_shapes(first_line):
         return ShapeMismatchError(_shape_message(func, tensors, path, modules, first_line))
     return TraceError(f"{op} failed in {where(path, modules)}: {kind}: {first_line}")
 

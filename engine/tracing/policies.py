@@ -14,7 +14,11 @@ aten = torch.ops.aten
 NONZERO = "nonzero/argwhere: every element assumed nonzero -> output (numel, ndim)"
 MASKED_SELECT = "masked_select: every mask element assumed true -> output (broadcast numel,)"
 BOOL_INDEX = "boolean-mask indexing x[mask]: every mask element assumed true"
-UNIQUE = "unique: every element assumed distinct -> output (numel,)"
+# One group, not numel groups: code loops over the distinct values (torchvision's per-class NMS) and
+# selects each group with nonzero/where, which the nonzero policy makes select every element, so one
+# iteration already does the all-elements worst case; numel iterations would multiply it (and hang).
+UNIQUE = ("unique: a single distinct value assumed -> output (1,), counts (1,) (group-selection ops "
+          "then take every element, so a loop over groups does the full work once)")
 NMS = "torchvision nms: every box assumed kept -> output (num_boxes,)"
 SCALAR = ".item()/bool()/int() of a data-less tensor: assumed False for bool, 1 for integers, 1.0 for floats"
 
@@ -60,18 +64,15 @@ class DataDependentPolicies:
     @staticmethod
     def _unique(func, x, args, kwargs):
         packet = func.overloadpacket
-        if packet is aten.unique_dim:
-            dim = args[1]
-            rows = x.shape[dim]
-            out = x.new_empty(x.shape)
-            inverse, counts = _long(x, (rows,)), _long(x, (rows,))
-            return out, inverse, counts
-        n = x.numel()
-        out = x.new_empty((n,))
+        if packet is aten.unique_dim or (packet is aten.unique_consecutive and kwargs.get("dim") is not None):
+            dim = args[1] if packet is aten.unique_dim else kwargs["dim"]
+            shape = list(x.shape)
+            rows, shape[dim] = shape[dim], 1
+            return x.new_empty(shape), _long(x, (rows,)), _long(x, (1,))
+        out = x.new_empty((1,) if x.numel() else (0,))
         if packet is aten._unique:
             return out, _long(x, x.shape)
-        inverse, counts = _long(x, x.shape), _long(x, (n,))
-        return out, inverse, counts
+        return out, _long(x, x.shape), _long(x, out.shape)
 
 
 def _has_bool_index(indices) -> bool:
