@@ -153,4 +153,8 @@ def render(plan) -> str:
                  + (f" ({parts})" if parts else ""))
     lines.append(f"throughput: {latency.throughput_samples_per_s:,.1f} samples/s estimated, "
                  f"at most {latency.max_throughput_samples_per_s:,.1f} samples/s (roofline bound)")
+    uncounted = sum(op.calls for op in plan.result.uncounted_ops) if plan.result else 0
+    if uncounted:
+        lines.append(f"note: {uncounted} op calls have no FLOP formula (see analyze); their arithmetic is not in "
+                     "the latency figures, only their memory traffic")
     return "\n".join(lines)
