@@ -31,6 +31,10 @@ def _long(like: torch.Tensor, shape) -> torch.Tensor:
     return like.new_empty(tuple(shape), dtype=torch.long)
 
 
+_PACKETS = {aten.nonzero, aten.argwhere, aten.masked_select, aten._local_scalar_dense, aten._unique2,
+            aten.unique_dim, aten.unique_consecutive, aten._unique, aten.index}
+
+
 class DataDependentPolicies:
     def __init__(self):
         self.applied: dict[str, None] = {}   # ordered set of policy texts
@@ -38,7 +42,7 @@ class DataDependentPolicies:
     def maybe_run(self, func, args, kwargs):
         """The policy's output, or NotImplemented when the op is not data-dependent here."""
         packet = func.overloadpacket
-        if not args or not _no_data(args[0]):
+        if (packet not in _PACKETS and func.namespace != "torchvision") or not args or not _no_data(args[0]):
             return NotImplemented
         x = args[0]
         if packet in (aten.nonzero, aten.argwhere):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from engine.errors import UserError
 from engine.inputs import dtype_name
@@ -20,6 +19,16 @@ aten = torch.ops.aten
 # Metadata queries, not kernels: prim.device/prim.layout answer "which device?" with no tensor out, and
 # aten.sym_* read sizes. They are run but not recorded (they would only inflate bytes_read).
 _METADATA_OPS = {aten.sym_size, aten.sym_stride, aten.sym_numel, aten.sym_storage_offset}
+
+
+def _collect_tensors(items, found: list) -> list:
+    """Tensors in op arguments/results (flat values or lists/tuples of them); faster than pytree."""
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif isinstance(item, (list, tuple)):
+            _collect_tensors(item, found)
+    return found
 
 
 def tensor_meta(t: torch.Tensor) -> TensorMeta:
@@ -65,6 +74,8 @@ class Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func.namespace == "prim" or func.overloadpacket in _METADATA_OPS:
+            return func(*args, **kwargs)
         path = self._module_path()
         try:
             out = self.policies.maybe_run(func, args, kwargs)
@@ -74,16 +85,16 @@ class Recorder(TorchDispatchMode):
             raise
         except Exception as exc:  # noqa: BLE001  (every op failure becomes a named user error)
             raise translate_op_error(exc, func, args, path, self.modules) from exc
-        if func.namespace == "prim" or func.overloadpacket in _METADATA_OPS:
-            return out
         if self.phase is Phase.FORWARD:
             self.nodes.note_forward(path)
         self._record(func, args, kwargs, out, path)
         return out
 
     def _record(self, func, args, kwargs, out, path: str) -> None:
-        inputs = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
-        outputs = [o for o in tree_leaves(out) if isinstance(o, torch.Tensor)]
+        inputs = _collect_tensors(args, [])
+        if kwargs:
+            _collect_tensors(kwargs.values(), inputs)
+        outputs = _collect_tensors((out,), [])
         index = len(self.ops)
         name = str(func)
         try:
