@@ -85,3 +85,14 @@ def test_estimate_is_never_below_the_bound(ops, efficiency):
     assert all(m.estimate_ms >= m.bound_ms * (1 - 1e-12) for m in report.per_module.values())
     for phase in (report.forward, report.backward, report.optimizer):
         assert phase.estimate_ms >= phase.bound_ms
+
+
+def test_traced_bf16_linear_8192_gives_exactly_the_matmul_bound():
+    import torch
+
+    from engine.api import analyze
+
+    result = analyze(torch.nn.Linear(N, N, bias=False), f"{N}x{N}", precision="bf16")
+    report = roofline(result, h100_like())
+    assert report.lower_bound_ms == pytest.approx(2 * N**3 / 989.4e12 * 1e3, rel=1e-12)
+    assert [p.op for p in report.per_op] == ["aten.mm.default"]  # the weight's transpose is a view: free
