@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from engine.inputs import InputSpec
-from engine.results import MemoryCategory, OpStatus, Phase
+from engine.results import MemoryCategory, OpStatus, Phase, TraceOptions
 from engine.trace import trace_model
 
 
@@ -93,3 +93,32 @@ def test_resnet18_matches_flop_counter():
     # FlopCounterMode ignores the bias add of addmm; ours folds it (MACs = out × K)
     assert conv_mm == counter.get_total_flops()
     assert r.totals.params == sum(p.numel() for p in model.parameters())
+
+
+class Reused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(8, 8)
+        self.alias = self.shared          # the same module under a second name
+
+    def forward(self, ids, mask):
+        x = ids.float() * mask
+        return self.alias(self.shared(x))
+
+
+def test_named_inputs_and_reused_module():
+    r = trace_model(Reused(), [InputSpec((3, 8), "int64", "ids"), InputSpec((3, 8), "float32", "mask")])
+    assert [m.path for m in r.modules] == ["", "shared"]     # one node per module object
+    shared = r.module("shared")
+    assert shared.calls == 2 and shared.output_shapes == ((3, 8),)
+    assert shared.macs == 2 * 3 * 8 * 8
+    assert shared.activation_bytes == 2 * 3 * 8 * 4           # both calls' outputs
+    assert r.totals.input_bytes == 3 * 8 * 8 + 3 * 8 * 4      # int64 ids stay int64
+    assert r.modules[0].children == ("shared",) and shared.parent == "" and shared.depth == 1
+
+
+def test_precision_casts_float_inputs_and_params():
+    r = trace_model(ConvNet(), [InputSpec((1, 3, 16, 16))], TraceOptions(precision="fp16"))
+    assert dict(r.totals.param_bytes_by_dtype) == {"float16": 2 * r.totals.params}
+    conv = next(op for op in r.ops if op.op == "aten.convolution.default")
+    assert conv.compute_dtype == "float16" and conv.inputs[0].nbytes == 3 * 16 * 16 * 2
