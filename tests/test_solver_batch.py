@@ -88,3 +88,28 @@ def test_trace_cache_traces_each_workload_once_across_threads():
     for batch in range(1, 6):
         cache.get(fake_workload(batch))
     assert len(cache) == 4 and workload not in cache
+
+
+def test_max_batch_on_a_traced_training_step_is_exact():
+    import torch
+
+    from engine.api import analyze
+    from engine.inputs import InputSpec
+    from engine.results import TraceOptions
+    from engine.workload import Workload
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 16 * 16, 10))
+    workload = Workload("seq", (InputSpec((4, 3, 16, 16)),), TraceOptions(mode="train", optimizer="adam"))
+
+    def trace(w):
+        return analyze(model, w.inputs, mode="train", optimizer="adam")
+
+    def required(batch):
+        return simulate_memory(trace(workload.with_batch(batch)), NONE).required_bytes
+
+    capacity = required(300) + 12345
+    best = max_batch(workload, small_gpu(capacity), cache=TraceCache(analyzer=trace), overheads=NONE)
+    assert required(best) <= capacity < required(best + 1)
+    assert best >= 300
