@@ -121,7 +121,7 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001  (raised outside any op: Python code in forward)
-            raise _forward_error(exc, stack) from exc
+            raise _forward_error(exc, stack, recorder) from exc
         finally:
             recorder.storage.close()
     ops = recorder.ops
@@ -162,7 +162,12 @@ def _training_step(recorder: Recorder, roles: assemble.StorageRoles, stand_ins, 
     return optimizer
 
 
-def _forward_error(exc: Exception, stack: ModuleStack) -> UserError:
+def _forward_error(exc: Exception, stack: ModuleStack, recorder: Recorder) -> UserError:
+    cause: BaseException | None = exc
+    while cause is not None:   # an op failed: the recorder translated it where it happened
+        if recorder.failure is not None and recorder.failure[0] is cause:
+            return recorder.failure[1]
+        cause = cause.__cause__ or cause.__context__
     path = stack.failure_path or ""
     module = stack.module_at(path)
     where = f"{path or 'the top level'} ({type(module).__name__})" if module is not None else (path or "the model")

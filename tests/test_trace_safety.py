@@ -169,3 +169,20 @@ def test_bad_options_and_inputs():
         trace_model(nn.Linear(2, 2), [InputSpec((1, 2))], TraceOptions(mode="train", optimizer="lion"))
     with pytest.raises(InputSpecError):
         trace_model(nn.Linear(2, 2), [InputSpec((1, 2))], input_names=True)
+
+
+class Fallback(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x):
+        try:
+            return self.proj(x.view(3, 5))      # fails: the model catches it and falls back
+        except RuntimeError:
+            return self.proj(x)
+
+
+def test_op_errors_the_model_catches_stay_catchable():
+    r = trace_model(Fallback(), [InputSpec((2, 4))])
+    assert r.module("proj").output_shapes == ((2, 4),)

@@ -39,6 +39,7 @@ class ModuleStack:
             self.paths[id(module)] = path
             self._by_path[path] = module
         self._handles = []
+        self._handling_at_entry: list[BaseException | None] = []
 
     @property
     def current(self) -> str | None:
@@ -73,12 +74,15 @@ class ModuleStack:
         self.stack.append(self._path_of(module))
         first = args[0] if args else None
         self.input_shapes.append(tuple(first.shape) if isinstance(first, torch.Tensor) else None)
+        self._handling_at_entry.append(sys.exc_info()[1])  # forward may run inside an except block
 
     def _post(self, module, args, output) -> None:
         path = self.stack.pop() if self.stack else self._path_of(module)
         if self.input_shapes:
             self.input_shapes.pop()
-        if sys.exc_info()[1] is not None:  # always_call hooks run while the forward's error propagates
+        handling_at_entry = self._handling_at_entry.pop() if self._handling_at_entry else None
+        raised = sys.exc_info()[1]
+        if raised is not None and raised is not handling_at_entry:  # always_call: forward raised
             if self.failure_path is None:
                 self.failure_path = path
             return

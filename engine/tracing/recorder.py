@@ -55,6 +55,9 @@ class Recorder(TorchDispatchMode):
         self.policies = DataDependentPolicies()
         self.ops: list[OpRecord] = []
         self.formula_errors: dict[str, str] = {}
+        # the last op failure, translated while its module is still running; the original exception
+        # propagates untouched (the model may catch it), trace_model reports the translation
+        self.failure: tuple[BaseException, UserError] | None = None
 
     @property
     def phase(self) -> Phase:
@@ -81,10 +84,10 @@ class Recorder(TorchDispatchMode):
             out = self.policies.maybe_run(func, args, kwargs)
             if out is NotImplemented:
                 out = func(*args, **kwargs)
-        except UserError:
+        except Exception as exc:
+            if not isinstance(exc, UserError):
+                self.failure = (exc, translate_op_error(exc, func, args, path, self.modules))
             raise
-        except Exception as exc:  # noqa: BLE001  (every op failure becomes a named user error)
-            raise translate_op_error(exc, func, args, path, self.modules) from exc
         if self.phase is Phase.FORWARD:
             self.nodes.note_forward(path)
         self._record(func, args, kwargs, out, path)
