@@ -1,6 +1,8 @@
 """Predicted peaks equal torch.profiler's allocation events of a real CPU run (within 2%), like for like:
 the trace's own peak, without GPU overheads or allocator rounding, and the profiler's peak without
 CPU-kernel scratch (bench/profiler_reference.py). Big models: bench/bench_planner.py."""
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -18,6 +20,7 @@ CASES = [  # model, input, mode, optimizer, precision, checkpointing
     ("resnet18", "1x3x128x128", "train", "adamw", "fp32", False),     # peak in the optimizer step
     ("resnet18", "4x3x112x112", "train", "sgd", "fp32", True),        # checkpointing; peak in backward
     ("resnet18", "4x3x96x96", "train", "adam", "bf16-amp", False),    # autocast, fp32 master weights
+    ("resnet18", "4x3x96x96", "train", "adamw", "bf16", False),       # pure bf16 weights and state
     ("resnet18", "2x3x160x160", "infer", None, "fp32", False),
     ("tiny_vit", "4x3x32x32", "train", "adamw", "fp32", False),
     ("tiny_vit", "4x3x32x32", "infer", None, "fp32", False),
@@ -38,8 +41,10 @@ def test_trace_peak_matches_real_cpu_run(name, shape, mode, optimizer, precision
     result = analyze(model, shape, mode=mode, optimizer=optimizer or "adamw", precision=precision,
                      checkpointing=checkpointing)
     predicted = simulate_memory(result, Overheads.none()).trace_peak_bytes
-    inputs = (torch.randn(tuple(int(d) for d in shape.split("x"))),)
-    measured = profiled_peak_bytes(model, inputs, mode=mode, optimizer=optimizer,
+    pure = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    real_model = copy.deepcopy(model).to(pure) if pure is not torch.float32 else model
+    inputs = (torch.randn(tuple(int(d) for d in shape.split("x")), dtype=pure),)
+    measured = profiled_peak_bytes(real_model, inputs, mode=mode, optimizer=optimizer,
                                    autocast_dtype=torch.bfloat16 if precision == "bf16-amp" else None,
                                    checkpointing=checkpointing)
     assert predicted == pytest.approx(measured, rel=0.02)
