@@ -86,6 +86,7 @@ def plan_to_dict(plan) -> dict:
         "headroom_fraction": plan.headroom_fraction,
         "dominant_category": plan.dominant_category.value,
         "max_batch": plan.max_batch,
+        "notes": list(plan.notes),
         "memory": {
             "peak_bytes": memory.peak_bytes,
             "trace_peak_bytes": memory.trace_peak_bytes,
@@ -153,6 +154,7 @@ def render(plan) -> str:
                  + (f" ({parts})" if parts else ""))
     lines.append(f"throughput: {latency.throughput_samples_per_s:,.1f} samples/s estimated, "
                  f"at most {latency.max_throughput_samples_per_s:,.1f} samples/s (roofline bound)")
+    lines += [f"note: {note}" for note in plan.notes]
     uncounted = sum(op.calls for op in plan.result.uncounted_ops) if plan.result else 0
     if uncounted:
         lines.append(f"note: {uncounted} op calls have no FLOP formula (see analyze); their arithmetic is not in "

@@ -2,10 +2,11 @@
 Pure arithmetic on a trace and a GpuSpec."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from engine.cache import TraceCache
+from engine.errors import UserError
 from engine.latency import LatencyReport, roofline
 from engine.memory import MemoryProfile, simulate_memory
 from engine.overheads import Efficiency, Overheads
@@ -34,6 +35,7 @@ class Plan:
     latency: LatencyReport
     throughput_samples_per_s: float
     result: AnalysisResult | None = None
+    notes: tuple[str, ...] = ()      # e.g. why the largest batch could not be solved
 
     @property
     def fits(self) -> bool:
@@ -79,9 +81,13 @@ def plan(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = None, s
          overheads: Overheads = Overheads(), efficiency: Efficiency = Efficiency()) -> Plan:
     cache = cache if cache is not None else TraceCache()
     result = cache.get(workload)
-    best = None
+    best, notes = None, ()
     if solve_max_batch:
         from engine.solver import max_batch  # imported late: the solver builds on this module's pieces
 
-        best = max_batch(workload, gpu, cache=cache, overheads=overheads)
-    return plan_result(result, gpu, overheads=overheads, efficiency=efficiency, workload=workload, max_batch=best)
+        try:
+            best = max_batch(workload, gpu, cache=cache, overheads=overheads)
+        except UserError as exc:  # e.g. a model that only accepts its own batch size: still plan that one
+            notes = (f"largest batch not solved: {exc}",)
+    planned = plan_result(result, gpu, overheads=overheads, efficiency=efficiency, workload=workload, max_batch=best)
+    return replace(planned, notes=notes) if notes else planned

@@ -85,3 +85,16 @@ def test_max_resolution_fits_and_the_next_step_does_not():
     assert required(best) <= capacity < required(best + 32)
     tokens = Workload("tiny", (InputSpec((2, 16), "int64"),), options)
     assert max_resolution(tokens, small_gpu(capacity), cache=TraceCache(analyzer=CountingAnalyzer())) is None
+
+
+def test_plan_still_plans_the_given_batch_when_other_batches_cannot_be_traced():
+    from engine.errors import ShapeMismatchError
+
+    def only_batch_8(workload):
+        if workload.batch_size != 8:
+            raise ShapeMismatchError(f"view of a batch-8 tensor at batch {workload.batch_size}")
+        return fake_training_trace(8)
+
+    p = plan(fake_workload(8), small_gpu(10**8), cache=TraceCache(analyzer=only_batch_8), overheads=NONE)
+    assert p.max_batch is None and p.fits
+    assert "largest batch not solved" in p.notes[0] and "batch 9" in p.notes[0]
