@@ -172,6 +172,8 @@ def _forward_error(exc: Exception, stack: ModuleStack, recorder: Recorder) -> Us
     module = stack.module_at(path)
     where = f"{path or 'the top level'} ({type(module).__name__})" if module is not None else (path or "the model")
     message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, TypeError) and "forward()" in message and "argument" in message:
+        return InputSpecError(f"{where} does not accept these inputs: {message}")
     if isinstance(exc, (RuntimeError, ValueError, IndexError, AssertionError)) and looks_like_shapes(message):
         return ShapeMismatchError(f"shapes broke at {where}: {type(exc).__name__}: {message}")
     return TraceError(f"tracing failed in {where}: {type(exc).__name__}: {message}")

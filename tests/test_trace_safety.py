@@ -186,3 +186,8 @@ class Fallback(nn.Module):
 def test_op_errors_the_model_catches_stay_catchable():
     r = trace_model(Fallback(), [InputSpec((2, 4))])
     assert r.module("proj").output_shapes == ((2, 4),)
+
+
+def test_inputs_the_forward_does_not_accept():
+    with pytest.raises(InputSpecError, match=r"does not accept these inputs.*forward\(\)"):
+        trace_model(nn.Linear(2, 2), [InputSpec((1, 2)), InputSpec((1, 2))])
