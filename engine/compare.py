@@ -1,13 +1,13 @@
 """One workload on N GPUs: one trace, one plan per GPU."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from engine.cache import TraceCache
 from engine.overheads import Efficiency, Overheads
 from engine.planner import Plan, Verdict, plan_result
-from engine.solver import max_batch as solve_max_batch
+from engine.solver import try_max_batch
 from engine.workload import Workload
 from hardware.spec import GpuSpec
 
@@ -45,9 +45,10 @@ def compare(workload: Workload, gpus: Sequence[GpuSpec], *, cache: TraceCache | 
     result = cache.get(workload)
     rows = []
     for gpu in gpus:
-        best = (solve_max_batch(workload, gpu, cache=cache, overheads=overheads)
-                if solve_max_batch_ else None)
+        best, why = try_max_batch(workload, gpu, cache=cache, overheads=overheads) if solve_max_batch_ else (None, None)
         p = plan_result(result, gpu, overheads=overheads, efficiency=efficiency, workload=workload, max_batch=best)
+        if why:
+            p = replace(p, notes=(why,))
         rows.append(ComparisonRow(gpu.name, p.verdict, p.fits, p.capacity_bytes, p.required_bytes,
                                   p.headroom_bytes, p.headroom_fraction, best, p.latency.lower_bound_ms,
                                   p.latency.estimate_ms, p.throughput_samples_per_s, p))

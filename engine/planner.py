@@ -6,7 +6,6 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from engine.cache import TraceCache
-from engine.errors import UserError
 from engine.latency import LatencyReport, roofline
 from engine.memory import MemoryProfile, simulate_memory
 from engine.overheads import Efficiency, Overheads
@@ -83,11 +82,9 @@ def plan(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = None, s
     result = cache.get(workload)
     best, notes = None, ()
     if solve_max_batch:
-        from engine.solver import max_batch  # imported late: the solver builds on this module's pieces
+        from engine.solver import try_max_batch  # imported late: the solver builds on this module's pieces
 
-        try:
-            best = max_batch(workload, gpu, cache=cache, overheads=overheads)
-        except UserError as exc:  # e.g. a model that only accepts its own batch size: still plan that one
-            notes = (f"largest batch not solved: {exc}",)
+        best, why = try_max_batch(workload, gpu, cache=cache, overheads=overheads)
+        notes = (why,) if why else ()
     planned = plan_result(result, gpu, overheads=overheads, efficiency=efficiency, workload=workload, max_batch=best)
     return replace(planned, notes=notes) if notes else planned

@@ -103,6 +103,16 @@ def max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = No
         top, step = probe, step * 2
 
 
+def try_max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache, overheads: Overheads = Overheads()
+                  ) -> tuple[int | None, str | None]:
+    """max_batch, or (None, why) when a batch size the search needs cannot be traced (e.g. a model that
+    only accepts its own batch size): the caller still plans the batch it was given."""
+    try:
+        return max_batch(workload, gpu, cache=cache, overheads=overheads), None
+    except UserError as exc:
+        return None, f"largest batch not solved: {exc}"
+
+
 def _spatial(workload: Workload) -> tuple[int, int]:
     images = [s for s in workload.inputs if len(s.shape) >= 4 and s.is_floating]
     if not images:
@@ -186,7 +196,7 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
         traces = [(cache.get(workload.with_resolution(v, v)), False) for v in values]
     else:
         axis, values = "batch", _checked(batches or DEFAULT_SWEEP_BATCHES, "batch size")
-        best = {g.name: max_batch(workload, g, cache=cache, overheads=overheads) for g in gpus} \
+        best = {g.name: try_max_batch(workload, g, cache=cache, overheads=overheads)[0] for g in gpus} \
             if solve_max_batch else {}
         traces = _batch_traces(workload, values, cache)
     points = []
