@@ -19,7 +19,7 @@ class ModuleLatency:
     limiter: str            # "compute" | "memory"
 
 
-COLUMNS = ("Module", "Type", "Output shape", "Params", "MACs", "FLOPs", "Activations", "Latency bound", "Bound by")
+COLUMNS = ("Module", "Type", "Output shape", "Params", "MACs", "FLOPs", "Activations", "Time bound", "Limit")
 COLUMN_TIPS = (
     "Module path inside the model; ⚠ marks modules with ops that have no FLOP formula (not counted).",
     "The module's class.",
@@ -28,9 +28,10 @@ COLUMN_TIPS = (
     "Multiply-accumulates in the forward pass (1 MAC = one multiply + one add), inclusive of children.",
     "Floating-point operations in the forward pass; for matmul/conv FLOPs = 2 × MACs.",
     "Bytes of this module's forward outputs (what it contributes to activation memory).",
-    "Roofline lower bound on the GPU: max(FLOPs / peak FLOP/s, bytes moved / bandwidth) per op, summed. "
-    "Assumes perfect overlap and no launch overhead, so real kernels are slower.",
-    "Whether the bound comes from arithmetic (compute) or from memory traffic (memory) for most of the time.",
+    "Roofline lower bound on the selected GPU: max(FLOPs / peak FLOP/s, bytes moved / bandwidth) per op, summed "
+    "over the module's ops (forward, plus backward and optimizer in training). Assumes datasheet peaks, perfect "
+    "overlap and no launch overhead, so real kernels are slower.",
+    "compute: arithmetic time exceeds memory-traffic time at the peaks; memory: the other way round.",
 )
 
 

@@ -43,6 +43,7 @@ class MainWindow(QMainWindow):
         self.evaluation = None        # latest backend.Evaluation shown
         self.busy = False
         self._restoring = True
+        self._sized_for = None
         self.comparison = None
         self.batch_sweep = None
         self.resolution_sweep = None
@@ -247,8 +248,10 @@ class MainWindow(QMainWindow):
                        for path, m in evaluation.plans[0].latency.per_module.items()}
             self.layer_model.set_result(evaluation.result, latency)
             self.layer_view.expandToDepth(0)
-            for column in range(self.layer_model.columnCount()):
-                self.layer_view.resizeColumnToContents(column)
+            if self._sized_for != evaluation.result.model_name:   # once per model: resizing is not free
+                self._sized_for = evaluation.result.model_name
+                for column in range(self.layer_model.columnCount()):
+                    self.layer_view.resizeColumnToContents(column)
             self.coverage_label.setText(f"{evaluation.result.coverage:.0%} of ops counted")
             self.coverage_label.setToolTip("Share of ops with a FLOP formula or known to do no arithmetic; "
                                            "the rest are listed with ⚠ and not counted.")

@@ -42,9 +42,10 @@ class SweepPlots:
         self.memory_vs_batch = make_plot("Peak memory vs batch size", "Batch size (samples, log scale)",
                                          "Peak memory (GiB)", log_x=True, legend_offset=(70, 10))
         self.latency_vs_batch = make_plot("Latency per step vs batch size", "Batch size (samples, log scale)",
-                                          "Latency (ms)", log_x=True)
+                                          "Latency per step (ms, log scale)", log_x=True, legend_offset=(70, 10))
+        self.latency_vs_batch.getPlotItem().setLogMode(x=True, y=True)
         self.throughput_vs_batch = make_plot("Throughput vs batch size", "Batch size (samples, log scale)",
-                                             "Throughput (samples/s)", log_x=True)
+                                             "Throughput (samples/s)", log_x=True, legend_offset=(-10, -40))
         self.memory_vs_resolution = make_plot("Peak memory vs resolution", "Resolution (px, height = width)",
                                               "Peak memory (GiB)", legend_offset=(70, 10))
         self.memory_vs_batch.setToolTip("Peak memory (tensors at the peak plus CUDA context, workspaces and allocator "
@@ -143,7 +144,8 @@ class SweepPlots:
     def _capacity_line(item, capacity_gib: float, name: str, i: int):
         line = pg.InfiniteLine(pos=capacity_gib, angle=0, pen=_pen(i, dashed=True),
                                label=f"{name} usable {capacity_gib:.1f} GiB",
-                               labelOpts={"position": 0.3 + 0.12 * i, "color": series_color(i), "anchors": [(0, 1), (0, 1)]})
+                               labelOpts={"position": min(0.05 + 0.18 * i, 0.8), "color": series_color(i),
+                                          "anchors": [(0, 1), (0, 1)]})
         item.addItem(line)
 
 

@@ -131,3 +131,31 @@ def test_python_file_entries_lists_without_running(tmp_path):
     (tmp_path / "bad.py").write_text("def broken(:\n")
     with pytest.raises(Exception, match="syntax error on line 1"):
         python_file_entries(str(tmp_path / "bad.py"))
+
+
+def test_custom_gpu_editor_writes_the_user_file(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHBUDGET_CONFIG_DIR", str(tmp_path))
+    from hardware import catalog
+    from gui.gpu_editor import GpuEditorDialog
+    from gui.hardware_panel import HardwarePanel
+
+    catalog.reload()
+    panel = HardwarePanel()
+    qtbot.addWidget(panel)
+    dialog = GpuEditorDialog(base=catalog.resolve_gpu("T4"))
+    dialog.name_edit.setText("Lab card 7")
+    dialog.memory.setValue(20.0)
+    from gui import backend
+
+    backend.save_user_gpu(dialog.spec())
+    try:
+        panel.reload(primary="Lab card 7")
+        spec = panel.primary()
+        assert spec.name == "Lab card 7" and spec.origin == "user" and spec.memory_bytes == 20 * 2**30
+        assert spec.peak_tflops["fp16"] == catalog.resolve_gpu("T4").peak_tflops["fp16"]
+        assert (tmp_path / "gpus.toml").exists()
+        backend.remove_user_gpu("Lab card 7")
+        panel.reload()
+        assert panel._row_of("Lab card 7") == -1
+    finally:
+        catalog.reload()
