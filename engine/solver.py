@@ -1,7 +1,8 @@
 """Largest batch / resolution that fits, exact against the memory simulation, and sweeps for plots.
 
 Peak memory is assumed monotone in batch and resolution. Search: exponential then binary. For batch,
-the affine model from two traces (batch 1 and 2) predicts the boundary; exact traces confirm it."""
+the affine model from two traces (the workload's batch b and b + 1) predicts the boundary; exact
+traces at the answer and answer + 1 confirm it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
