@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
 def result_dict(result) -> dict:
     return {"workload": result.workload.to_dict(), "device": result.measurement.device_name,
             "measurement": result.measurement, "measured_context_bytes": result.measured_context_bytes,
+            "calibrated_efficiency": result.calibrated_efficiency,
             "rows": [{"quantity": r.quantity, "predicted": r.predicted, "measured": r.measured, "unit": r.unit,
                       "error_fraction": r.error_fraction} for r in result.rows]}
 
@@ -52,4 +53,9 @@ def render(result) -> str:
     if result.measured_context_bytes is not None:
         lines.append(f"measured CUDA context + non-allocator memory: {human_bytes(result.measured_context_bytes)} "
                      "(use it for Overheads.cuda_context_bytes)")
+    e = result.calibrated_efficiency
+    if e is not None:
+        lines.append(f"calibrated Efficiency (estimate = measured): matmul {e.matmul_fraction_of_peak:.3f}, "
+                     f"conv {e.conv_fraction_of_peak:.3f}, other {e.other_fraction_of_peak:.3f}, "
+                     f"bandwidth {e.bandwidth_fraction:.3f} of peak")
     return "\n".join(lines)

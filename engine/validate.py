@@ -49,6 +49,39 @@ class Validation:
     measurement: Measurement
     rows: tuple[ValidationRow, ...]
     measured_context_bytes: int | None      # NVML delta - reserved: what Overheads.cuda_context_bytes should be
+    calibrated_efficiency: object = None    # engine.overheads.Efficiency reproducing the measured median
+
+
+def calibrate_efficiency(result, gpu, measured_ms: float, base=None, *, tolerance: float = 1e-6):
+    """The Efficiency whose estimate equals ``measured_ms``: every fraction of ``base`` scaled by one
+    common factor (found by bisection; the estimate falls as the factor grows). Factors stay <= 1, so a
+    run faster than ``base`` allows gives the fastest permitted Efficiency instead."""
+    from dataclasses import replace
+
+    from engine.latency import roofline
+    from engine.overheads import Efficiency
+
+    base = base or Efficiency()
+    fractions = ("matmul_fraction_of_peak", "conv_fraction_of_peak", "other_fraction_of_peak", "bandwidth_fraction")
+    ceiling = 1.0 / max(getattr(base, f) for f in fractions)
+
+    def scaled(factor: float) -> Efficiency:
+        return replace(base, source=f"calibrated on {gpu.name}",
+                       **{f: min(1.0, getattr(base, f) * factor) for f in fractions})
+
+    def estimate(factor: float) -> float:
+        return roofline(result, gpu, scaled(factor), detail=False).estimate_ms
+
+    lo, hi = 1e-6, ceiling   # estimate(lo) is huge; estimate(hi) is the fastest allowed
+    if estimate(hi) >= measured_ms:
+        return scaled(hi)
+    while hi - lo > tolerance * hi:
+        mid = (lo + hi) / 2
+        if estimate(mid) > measured_ms:
+            lo = mid
+        else:
+            hi = mid
+    return scaled(hi)
 
 
 def require_cuda():
@@ -192,4 +225,5 @@ def validate(workload: Workload, *, warmup: int = 3, iterations: int = 10, devic
         ValidationRow("step latency, estimate (CUDA events, median)", latency.estimate_ms, m.median_ms, "ms"),
     )
     context = (m.nvml_used_delta_bytes - m.max_reserved_bytes) if m.nvml_used_delta_bytes is not None else None
-    return Validation(workload, predicted, m, rows, context)
+    calibrated = calibrate_efficiency(cache.get(workload), gpu, m.median_ms, latency.efficiency)
+    return Validation(workload, predicted, m, rows, context, calibrated)

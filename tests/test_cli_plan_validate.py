@@ -31,3 +31,20 @@ def test_real_inputs_follow_the_specs():
 def test_error_fraction_is_relative_to_the_measurement():
     assert ValidationRow("x", 110.0, 100.0, "bytes").error_fraction == pytest.approx(0.10)
     assert ValidationRow("x", 90.0, None, "bytes").error_fraction is None
+
+
+def test_calibrated_efficiency_reproduces_the_measured_time():
+    from engine.latency import roofline
+    from engine.validate import calibrate_efficiency
+    from tests.planner_fakes import fake_training_trace, h100_like
+
+    trace, gpu = fake_training_trace(1024), h100_like()
+    default = roofline(trace, gpu)
+    slower = calibrate_efficiency(trace, gpu, default.estimate_ms * 1.5)
+    assert roofline(trace, gpu, slower).estimate_ms == pytest.approx(default.estimate_ms * 1.5, rel=1e-4)
+    assert slower.matmul_fraction_of_peak < 0.70 and slower.source.startswith("calibrated")
+    # faster than any permitted efficiency: the fastest one allowed (a fraction reaches 1), never above
+    fastest = calibrate_efficiency(trace, gpu, default.lower_bound_ms / 2)
+    fractions = (fastest.matmul_fraction_of_peak, fastest.conv_fraction_of_peak, fastest.other_fraction_of_peak,
+                 fastest.bandwidth_fraction)
+    assert max(fractions) == pytest.approx(1.0) and all(f <= 1.0 for f in fractions)
