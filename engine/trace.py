@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -16,7 +17,7 @@ from torch.utils._pytree import tree_leaves
 
 from engine.errors import InputSpecError, ShapeMismatchError, TraceError, UserError
 from engine.inputs import InputSpec
-from engine.meta_params import make_stand_ins, names_for
+from engine.meta_params import StandIns, make_stand_ins, names_for
 from engine.results import AnalysisResult, Phase, TraceOptions
 from engine.tracing import assemble, training
 from engine.tracing.errors import looks_like_shapes, shape_text
@@ -70,6 +71,18 @@ def _restored_state(model: torch.nn.Module):
             module.training = flag
 
 
+@dataclass
+class _Run:
+    """What one traced step leaves behind for the assembly."""
+
+    stack: ModuleStack
+    recorder: Recorder
+    roles: assemble.StorageRoles
+    stand_ins: StandIns
+    input_bytes: int = 0
+    output_bytes: int = 0
+
+
 def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: TraceOptions = TraceOptions(),
                 *, model_name: str = "", input_names: bool | None = None) -> AnalysisResult:
     validate_options(options)
@@ -80,64 +93,70 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
     if use_names and not all(spec.name for spec in inputs):
         raise InputSpecError("input_names=True needs a name on every input")
     started = time.perf_counter()
-    train = options.mode == "train"
-    param_dtype, autocast_dtype = PRECISIONS[options.precision]
     # Fake CPU tensors (meta storage, CPU dispatch) for every trace, inference included: on plain meta
     # tensors SDPA takes the math path (materializing the score matrix) and autocast does nothing, while
     # CPU — like a GPU — picks the flash kernel; one choice everywhere keeps infer and train consistent.
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    device = "cpu"
-    buffer_dtype = _cast(param_dtype) if autocast_dtype is None else (lambda d: d)
-    stack = ModuleStack(model)
-    recorder = Recorder(stack, options.convention)
-    roles = assemble.StorageRoles()
-    with _restored_state(model), fake_mode:
-        model.train(train)
-        stand_ins = make_stand_ins(model, device=device, param_dtype=_cast(param_dtype),
-                                   buffer_dtype=buffer_dtype, requires_grad=train)
-        tensors = [torch.empty(s.shape, dtype=param_dtype if s.is_floating else s.torch_dtype, device=device)
-                   for s in inputs]
-        for ids, group in ((roles.weights, [p for _, p, _ in stand_ins.params]),
-                           (roles.buffers, [b for _, b in stand_ins.buffers]), (roles.inputs, tensors)):
-            for t in group:
-                if recorder.storage.track(t, -1):
-                    ids.add(recorder.storage.storage_id(t))
-        recorder.nodes.leaf_owner = {id(p): name.rpartition(".")[0] for name, p, _ in stand_ins.params}
-        runnable = training.checkpointed_view(model) if train and options.checkpointing else model
-        args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
-        autocast = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-        try:
-            with stack, recorder, (contextlib.nullcontext() if train else torch.no_grad()):
-                with autocast:
-                    output = torch.func.functional_call(runnable, names_for(runnable, stand_ins), args, kwargs,
-                                                        tie_weights=True, strict=False)
-                roles.forward_end_seq = recorder.storage.seq
-                stack.recording = False
-                output_tensors = [t for t in tree_leaves(output) if isinstance(t, torch.Tensor)]
-                output_bytes = sum(t.numel() * t.element_size() for t in output_tensors)
-                if train:  # the optimizer (and its state) must outlive the recording
-                    optimizer = _training_step(recorder, roles, stand_ins, output, options.optimizer)
-                    del output, output_tensors
-        except UserError:
-            raise
-        except Exception as exc:  # noqa: BLE001  (raised outside any op: Python code in forward)
-            raise _forward_error(exc, stack, recorder) from exc
-        finally:
-            recorder.storage.close()
-    ops = recorder.ops
+    with _restored_state(model), FakeTensorMode(allow_non_fake_inputs=True):
+        model.train(options.mode == "train")
+        run = _run_step(model, inputs, options, use_names)
+    ops = run.recorder.ops
     first_owner = {id(p): name.rpartition(".")[0] for name, p in model.named_parameters()}
-    nodes = assemble.module_nodes(model, model_name, ops, stack, first_owner)
+    nodes = assemble.module_nodes(model, model_name, ops, run.stack, first_owner)
     uncounted, coverage = assemble.uncounted(ops)
     warnings = tuple(f"formula for {op} failed ({why}); counted as uncounted"
-                     for op, why in recorder.formula_errors.items())
+                     for op, why in run.recorder.formula_errors.items())
     return AnalysisResult(
         model_name=model_name or type(model).__name__, inputs=inputs, options=options,
-        totals=assemble.totals(ops, nodes, stand_ins.params, stand_ins.buffers,
-                               sum(t.numel() * t.element_size() for t in tensors), output_bytes),
-        modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(recorder.storage.lives, roles),
+        totals=assemble.totals(ops, nodes, run.stand_ins.params, run.stand_ins.buffers,
+                               run.input_bytes, run.output_bytes),
+        modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(run.recorder.storage.lives, run.roles),
         uncounted_ops=uncounted, coverage=coverage, warnings=warnings,
-        policies=tuple(recorder.policies.applied), trace_seconds=time.perf_counter() - started,
+        policies=tuple(run.recorder.policies.applied), trace_seconds=time.perf_counter() - started,
     )
+
+
+def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, use_names: bool) -> _Run:
+    """Forward (and for training: loss, backward, optimizer step) under the recorder. Call inside the
+    FakeTensorMode: every tensor made here is a fake CPU tensor."""
+    train = options.mode == "train"
+    param_dtype, autocast_dtype = PRECISIONS[options.precision]
+    stand_ins = make_stand_ins(model, device="cpu", param_dtype=_cast(param_dtype),
+                               buffer_dtype=_cast(param_dtype) if autocast_dtype is None else (lambda d: d),
+                               requires_grad=train)
+    tensors = [torch.empty(s.shape, dtype=param_dtype if s.is_floating else s.torch_dtype) for s in inputs]
+    stack = ModuleStack(model)
+    run = _Run(stack, Recorder(stack, options.convention), assemble.StorageRoles(), stand_ins,
+               input_bytes=sum(t.numel() * t.element_size() for t in tensors))
+    recorder, roles = run.recorder, run.roles
+    for ids, group in ((roles.weights, [p for _, p, _ in stand_ins.params]),
+                       (roles.buffers, [b for _, b in stand_ins.buffers]), (roles.inputs, tensors)):
+        for t in group:
+            if recorder.storage.track(t, -1):
+                ids.add(recorder.storage.storage_id(t))
+    recorder.nodes.leaf_owner = {id(p): name.rpartition(".")[0] for name, p, _ in stand_ins.params}
+    runnable = training.checkpointed_view(model) if train and options.checkpointing else model
+    args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
+    autocast = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    try:
+        with stack, recorder, (contextlib.nullcontext() if train else torch.no_grad()):
+            with autocast:
+                output = torch.func.functional_call(runnable, names_for(runnable, stand_ins), args, kwargs,
+                                                    tie_weights=True, strict=False)
+            roles.forward_end_seq = recorder.storage.seq
+            stack.recording = False
+            run.output_bytes = sum(t.numel() * t.element_size() for t in tree_leaves(output)
+                                   if isinstance(t, torch.Tensor))
+            if train:
+                # kept in a local: its state must stay alive until the recording closes
+                optimizer = _training_step(recorder, roles, stand_ins, output, options.optimizer)  # noqa: F841
+                del output
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (an op failed, or Python code in forward raised)
+        raise _forward_error(exc, stack, recorder) from exc
+    finally:
+        recorder.storage.close()   # storages dying after this point (the optimizer's too) are not events
+    return run
 
 
 def _training_step(recorder: Recorder, roles: assemble.StorageRoles, stand_ins, output,
