@@ -137,41 +137,52 @@ def _real_inputs(specs, device, param_dtype):
     return tuple(tensors), {}
 
 
-def measure(workload: Workload, result, *, warmup: int = 3, iterations: int = 10, device_index: int = 0) -> Measurement:
-    """Run ``workload`` (inputs as resolved by its trace ``result``) for real on cuda:device_index."""
-    torch = require_cuda()
+def build_step(workload: Workload, result, device):
+    """(step, model, optimizer): one real step of ``workload`` on ``device`` — inference under no_grad,
+    or forward (autocast for -amp), the trace's scalar loss, backward, optimizer step, grads set to None."""
+    import torch
+
     from engine.trace import PRECISIONS
     from engine.tracing import training
 
-    used_before = _nvml_used(device_index)
-    device = torch.device("cuda", device_index)
     options = workload.options
     param_dtype, autocast_dtype = PRECISIONS[options.precision]
-    tf32 = options.precision == "tf32"
+    model = _real_model(workload, device, param_dtype)
+    args, kwargs = _real_inputs(result.inputs, device, param_dtype)
+    train = options.mode == "train"
+    model.train(train)
+    runnable = training.checkpointed_view(model) if train and options.checkpointing else model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = training.make_optimizer(options.optimizer, trainable) if train and options.optimizer else None
+    amp = ((lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype
+           else contextlib.nullcontext)
+
+    def step():
+        if train:
+            with amp():
+                output = runnable(*args, **kwargs)
+            training.scalar_loss(output).backward()
+            if optimizer is not None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad(), amp():
+                runnable(*args, **kwargs)
+
+    return step, model, optimizer
+
+
+def measure(workload: Workload, result, *, warmup: int = 3, iterations: int = 10, device_index: int = 0) -> Measurement:
+    """Run ``workload`` (inputs as resolved by its trace ``result``) for real on cuda:device_index."""
+    torch = require_cuda()
+
+    used_before = _nvml_used(device_index)
+    device = torch.device("cuda", device_index)
+    tf32 = workload.options.precision == "tf32"
     saved_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     try:
-        model = _real_model(workload, device, param_dtype)
-        args, kwargs = _real_inputs(result.inputs, device, param_dtype)
-        train = options.mode == "train"
-        model.train(train)
-        runnable = training.checkpointed_view(model) if train and options.checkpointing else model
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = training.make_optimizer(options.optimizer, trainable) if train and options.optimizer else None
-        amp = (lambda: torch.autocast("cuda", dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
-
-        def step():
-            if train:
-                with amp():
-                    output = runnable(*args, **kwargs)
-                training.scalar_loss(output).backward()
-                if optimizer is not None:
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-            else:
-                with torch.no_grad(), amp():
-                    runnable(*args, **kwargs)
-
+        step, _, _ = build_step(workload, result, device)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         step()

@@ -48,3 +48,17 @@ def test_calibrated_efficiency_reproduces_the_measured_time():
     fractions = (fastest.matmul_fraction_of_peak, fastest.conv_fraction_of_peak, fastest.other_fraction_of_peak,
                  fastest.bandwidth_fraction)
     assert max(fractions) == pytest.approx(1.0) and all(f <= 1.0 for f in fractions)
+
+
+def test_the_real_step_trains_like_the_trace_on_cpu():
+    from engine.api import analyze_workload
+    from engine.validate import build_step
+
+    workload = Workload("resnet18", (InputSpec((2, 3, 32, 32)),), make_options(mode="train", optimizer="adam"))
+    step, model, optimizer = build_step(workload, analyze_workload(workload), torch.device("cpu"))
+    before = [p.detach().clone() for p in model.parameters()]
+    step()
+    assert all(p.grad is None for p in model.parameters())             # set to None after the step
+    state = [v for s in optimizer.state.values() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq")]
+    assert sum(t.numel() * t.element_size() for t in state) == 2 * sum(t.numel() * 4 for t in before)
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # weights moved
