@@ -74,7 +74,7 @@ class ComparisonModel(QAbstractTableModel):
 
 class ComparisonCharts:
     def __init__(self):
-        self.memory = make_plot("Memory needed vs usable", "Memory (GiB)", "")
+        self.memory = make_plot("Memory needed vs usable", "Memory (GiB)", "", legend_offset=(-10, -40))
         self.throughput = make_plot("Estimated throughput", "Throughput (samples/s)", "")
         self.memory.setToolTip("Filled bar: peak memory the workload needs; outline: the GPU's usable memory.")
         self.throughput.setToolTip("Samples per second at the estimated latency on each GPU.")
@@ -93,10 +93,11 @@ class ComparisonCharts:
         ys = list(range(len(rows)))
         self.memory.getPlotItem().addItem(pg.BarGraphItem(
             x0=0, y=ys, height=0.6, width=[r.capacity_bytes / GIB for r in rows], brush=None,
-            pen=pg.mkPen(foreground, width=1.5)))
+            pen=pg.mkPen(foreground, width=1.5), name="usable (outline)"))
         self.memory.getPlotItem().addItem(pg.BarGraphItem(
             x0=0, y=ys, height=0.4, width=[r.required_bytes / GIB for r in rows],
-            brushes=[series_color(5) if not r.fits else series_color(2) for r in rows], pen=None))
+            brushes=[series_color(5) if not r.fits else series_color(2) for r in rows], pen=None,
+            name="needed (green fits, red does not)"))
         self.throughput.getPlotItem().addItem(pg.BarGraphItem(
             x0=0, y=ys, height=0.6, width=[r.throughput_samples_per_s if r.fits else 0 for r in rows],
             brushes=[series_color(i) for i in ys], pen=None))

@@ -122,7 +122,7 @@ class MainWindow(QMainWindow):
         charts = QSplitter(Qt.Orientation.Horizontal)
         charts.addWidget(self.comparison_charts.memory)
         charts.addWidget(self.comparison_charts.throughput)
-        compare_layout.addWidget(charts, 2)
+        compare_layout.addWidget(charts, 3)
         self.tabs.addTab(compare_page, "Comparison")
 
         splitter = QSplitter(Qt.Orientation.Horizontal)

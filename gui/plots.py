@@ -144,7 +144,7 @@ class SweepPlots:
     def _capacity_line(item, capacity_gib: float, name: str, i: int):
         line = pg.InfiniteLine(pos=capacity_gib, angle=0, pen=_pen(i, dashed=True),
                                label=f"{name} usable {capacity_gib:.1f} GiB",
-                               labelOpts={"position": min(0.05 + 0.18 * i, 0.8), "color": series_color(i),
+                               labelOpts={"position": min(0.02 + 0.16 * i, 0.5), "color": series_color(i),
                                           "anchors": [(0, 1), (0, 1)]})
         item.addItem(line)
 

@@ -27,7 +27,7 @@ def _dark_palette():
                         (QPalette.ColorRole.ButtonText, "#e6e6e6"), (QPalette.ColorRole.Highlight, "#3d7bd9"),
                         (QPalette.ColorRole.HighlightedText, "#ffffff"), (QPalette.ColorRole.Link, "#6fb1ff"),
                         (QPalette.ColorRole.Mid, "#555555"), (QPalette.ColorRole.ToolTipBase, "#333333"),
-                        (QPalette.ColorRole.ToolTipText, "#e6e6e6")):
+                        (QPalette.ColorRole.ToolTipText, "#e6e6e6"), (QPalette.ColorRole.PlaceholderText, "#9a9a9a")):
         palette.setColor(role, QColor(color))
     return palette
 

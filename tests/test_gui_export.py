@@ -73,6 +73,10 @@ def test_markdown_report_has_figures_and_plots(qtbot, window, tmp_path):
     for png in written[1:]:
         assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 1000
         assert f"report_files/{png.name}" in text
+    html = export.export_report(window, str(tmp_path / "page.html"))[0].read_text()
+    assert "<img" in html and "page_files/roofline.png" in html
+    with pytest.raises(Exception, match="use .json, .csv, .md or .html"):
+        export.export_to(window, str(tmp_path / "out.xlsx"))
 
 
 def test_workload_file_round_trip_and_settings_persist(qtbot, window, tmp_path, monkeypatch):

@@ -92,3 +92,39 @@ def test_bad_input_shows_next_to_the_field_and_keeps_the_text(qtbot, window):
     qtbot.waitUntil(lambda: bool(window.workload_panel.errors["model"].message), timeout=30_000)
     assert "no_such_model_xyz" in window.workload_panel.errors["model"].message
     assert window.workload_panel.model_combo.currentText() == "no_such_model_xyz"
+
+
+def test_startup_shows_a_placeholder_then_the_main_window(qtbot, qapp, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHBUDGET_SETTINGS", str(tmp_path / "settings.ini"))
+    monkeypatch.setenv("TORCHBUDGET_CONFIG_DIR", str(tmp_path))
+    from gui.app import Startup
+
+    opened = []
+    startup = Startup(qapp, on_ready=opened.append)
+    assert startup.placeholder.isVisible()
+    qtbot.waitUntil(lambda: bool(opened), timeout=60_000)
+    try:
+        assert opened[0] is startup.window and startup.window.isVisible()
+        assert not startup.placeholder.isVisible()
+    finally:
+        close_window(startup.window)
+
+
+def test_detected_gpu_shows_live_free_memory(qtbot, monkeypatch):
+    from dataclasses import replace
+
+    from gui import backend
+    from gui.hardware_panel import HardwarePanel
+    from hardware import nvml
+
+    live = replace(resolve_gpu("RTX 4090"), origin="live", local_index=0)
+    readings = iter([6, 5, 4, 3, 2, 1, 1, 1, 1, 1])
+    monkeypatch.setattr(backend, "local_gpus", lambda: [live])
+    monkeypatch.setattr(nvml, "refresh_memory", lambda index: nvml.MemoryReading(
+        total_bytes=24 * 2**30, free_bytes=next(readings) * 2**30, used_bytes=0))
+    panel = HardwarePanel()
+    qtbot.addWidget(panel)
+    assert "RTX 4090: 6.00 GiB free of 24.00 GiB" in panel.live_label.text()
+    assert panel._row_of(live.name) == 0 and "(this machine)" in panel.items.item(0).text()
+    panel._poll.setInterval(20)
+    qtbot.waitUntil(lambda: "4.00 GiB free" in panel.live_label.text(), timeout=5000)   # polled, not fixed
