@@ -17,6 +17,8 @@ CASES = [  # case, target seconds (None: no target), target RSS MiB
     ("resnet50_sweep", 2.0, None),
     ("profiler_resnet50", None, None),
     ("profiler_vit_b_16", None, None),
+    ("profiler_resnet50_infer", None, None),
+    ("profiler_vit_b_16_infer", None, None),
 ]
 
 

@@ -103,7 +103,7 @@ def case_resnet50_sweep() -> dict:
             "max_batch": s.gpus[0].max_batch, "interpolated_points": sum(p.interpolated for p in s.points)}
 
 
-def _profiler_case(name: str, shape: str) -> dict:
+def _profiler_case(name: str, shape: str, mode: str = "train") -> dict:
     import torch
     import torchvision
 
@@ -114,10 +114,10 @@ def _profiler_case(name: str, shape: str) -> dict:
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None)
-    result = analyze(model, shape, mode="train", optimizer="adamw")
+    result = analyze(model, shape, mode=mode, optimizer="adamw")
     predicted = simulate_memory(result, Overheads.none()).trace_peak_bytes
     start = time.perf_counter()
-    measured = profiled_peak_bytes(model, (torch.randn(tuple(int(d) for d in shape.split("x"))),), mode="train",
+    measured = profiled_peak_bytes(model, (torch.randn(tuple(int(d) for d in shape.split("x"))),), mode=mode,
                                    optimizer="adamw")
     return {"seconds": time.perf_counter() - start, "predicted": predicted, "measured": measured,
             "rel_error": (predicted - measured) / measured}
@@ -129,6 +129,14 @@ def case_profiler_resnet50() -> dict:
 
 def case_profiler_vit_b_16() -> dict:
     return _profiler_case("vit_b_16", "1x3x224x224")
+
+
+def case_profiler_resnet50_infer() -> dict:
+    return _profiler_case("resnet50", "4x3x224x224", "infer")
+
+
+def case_profiler_vit_b_16_infer() -> dict:
+    return _profiler_case("vit_b_16", "4x3x224x224", "infer")
 
 
 if __name__ == "__main__":
