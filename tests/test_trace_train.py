@@ -99,3 +99,26 @@ def test_backward_ops_attributed_to_modules():
     backward_mm = {op.module_path for op in r.ops if op.phase is Phase.BACKWARD and op.op == "aten.mm.default"}
     assert backward_mm == {"0", "2", "4"}
     assert r.module("").backward_flops == r.totals.backward_flops
+
+
+class DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.logits = nn.Linear(16, 50)
+        self.value = nn.Linear(16, 1)
+
+    def forward(self, ids, scale):
+        h = self.embed(ids) * scale
+        logits = self.logits(h)
+        return {"logits": logits, "value": self.value(h), "argmax": logits.argmax(-1)}
+
+
+def test_dict_output_loss_sums_every_floating_output():
+    r = trace_model(DictOut(), [InputSpec((2, 7), "int64", "ids"), InputSpec((2, 7, 1), "float32", "scale")],
+                    TraceOptions(mode="train", optimizer=None))
+    backward_mm = {op.module_path for op in r.ops if op.phase is Phase.BACKWARD and op.op == "aten.mm.default"}
+    assert backward_mm == {"logits", "value"}          # both floating outputs got a gradient
+    assert allocated(r, C.GRADIENTS) == 4 * (50 * 16 + 16 * 50 + 50 + 16 + 1)
+    sums = [op for op in r.ops if op.op == "aten.sum.default" and op.module_path == ""]
+    assert {op.phase for op in sums} == {Phase.BACKWARD} and len(sums) == 2   # the loss seeds backward
