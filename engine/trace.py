@@ -20,7 +20,7 @@ from engine.inputs import InputSpec
 from engine.meta_params import StandIns, make_stand_ins, names_for
 from engine.results import AnalysisResult, Phase, TraceOptions
 from engine.tracing import assemble, training
-from engine.tracing.errors import looks_like_shapes, shape_text
+from engine.tracing.errors import looks_like_shapes
 from engine.tracing.modules import ModuleStack
 from engine.tracing.recorder import Recorder
 
@@ -198,4 +198,4 @@ def _forward_error(exc: Exception, stack: ModuleStack, recorder: Recorder) -> Us
     return TraceError(f"tracing failed in {where}: {type(exc).__name__}: {message}")
 
 
-__all__ = ["trace_model", "validate_options", "PRECISIONS", "MODES", "shape_text"]
+__all__ = ["trace_model", "validate_options", "PRECISIONS", "MODES"]

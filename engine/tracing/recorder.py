@@ -7,7 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from engine.errors import UserError
 from engine.inputs import dtype_name
 from engine.ops import registry
-from engine.results import OpRecord, OpStatus, Phase, TensorMeta
+from engine.results import OpRecord, Phase, TensorMeta
 from engine.tracing.errors import translate_op_error
 from engine.tracing.modules import ForwardNodeMap, ModuleStack
 from engine.tracing.policies import DataDependentPolicies
@@ -119,4 +119,4 @@ class Recorder(TorchDispatchMode):
             self.storage.track(t, index)
 
 
-__all__ = ["Recorder", "tensor_meta", "OpStatus"]
+__all__ = ["Recorder", "tensor_meta"]
