@@ -10,8 +10,13 @@ def main(argv: list[str] | None = None) -> int:
         from gui.app import run_app
 
         return run_app()
+    import signal
+
     from cli import run_cli
 
+    if hasattr(signal, "SIGPIPE"):
+        # `torchbudget analyze ... | head` should stop quietly, not raise BrokenPipeError
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     return run_cli(argv)
 
 
