@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -47,6 +48,10 @@ def validate_options(options: TraceOptions) -> None:
 def _cast(dtype: torch.dtype):
     return lambda original: dtype if original.is_floating_point else original
 
+
+# Module hooks, the MHA fast-path switch and the logger level are process-wide: traces from several
+# threads (the GUI's pool) run one at a time.
+_TRACE_LOCK = threading.Lock()
 
 # FakeTensorMode logs a traceback for every failing meta kernel; the failure reaches the user as a
 # ShapeMismatchError/TraceError instead, so that logger is quieted for the trace.
@@ -96,7 +101,7 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
     # Fake CPU tensors (meta storage, CPU dispatch) for every trace, inference included: on plain meta
     # tensors SDPA takes the math path (materializing the score matrix) and autocast does nothing, while
     # CPU — like a GPU — picks the flash kernel; one choice everywhere keeps infer and train consistent.
-    with _restored_state(model), FakeTensorMode(allow_non_fake_inputs=True):
+    with _TRACE_LOCK, _restored_state(model), FakeTensorMode(allow_non_fake_inputs=True):
         model.train(options.mode == "train")
         run = _run_step(model, inputs, options, use_names)
     ops = run.recorder.ops

@@ -191,3 +191,14 @@ def test_op_errors_the_model_catches_stay_catchable():
 def test_inputs_the_forward_does_not_accept():
     with pytest.raises(InputSpecError, match=r"does not accept these inputs.*forward\(\)"):
         trace_model(nn.Linear(2, 2), [InputSpec((1, 2)), InputSpec((1, 2))])
+
+
+def test_concurrent_traces_from_threads_do_not_mix():
+    from concurrent.futures import ThreadPoolExecutor
+    models = [live_model() for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda m: trace_model(m, [InputSpec((2, 3, 8, 8))]), models))
+    single = trace_model(live_model(), [InputSpec((2, 3, 8, 8))])
+    for r in results:
+        assert [(op.op, op.module_path) for op in r.ops] == [(op.op, op.module_path) for op in single.ops]
+    assert torch.backends.mha.get_fastpath_enabled()
