@@ -155,12 +155,6 @@ def comparison(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *
                                       for row, gpu in zip(result.rows, gpus)))
 
 
-def model_names() -> list[str]:
-    from engine.sources import list_model_names
-
-    return list(list_model_names())
-
-
 # -- hardware ----------------------------------------------------------------------------------
 def database_gpus() -> list[GpuSpec]:
     from hardware.catalog import database

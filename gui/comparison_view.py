@@ -74,7 +74,7 @@ class ComparisonModel(QAbstractTableModel):
 
 class ComparisonCharts:
     def __init__(self):
-        self.memory = make_plot("Memory needed vs usable", "Memory (GiB)", "", legend_offset=(-10, -40))
+        self.memory = make_plot("Needed (filled) vs usable (outline)", "Memory (GiB)", "")
         self.throughput = make_plot("Estimated throughput", "Throughput (samples/s)", "")
         self.memory.setToolTip("Filled bar: peak memory the workload needs; outline: the GPU's usable memory.")
         self.throughput.setToolTip("Samples per second at the estimated latency on each GPU.")
@@ -93,13 +93,15 @@ class ComparisonCharts:
         ys = list(range(len(rows)))
         self.memory.getPlotItem().addItem(pg.BarGraphItem(
             x0=0, y=ys, height=0.6, width=[r.capacity_bytes / GIB for r in rows], brush=None,
-            pen=pg.mkPen(foreground, width=1.5), name="usable (outline)"))
+            pen=pg.mkPen(foreground, width=1.5)))
         self.memory.getPlotItem().addItem(pg.BarGraphItem(
             x0=0, y=ys, height=0.4, width=[r.required_bytes / GIB for r in rows],
-            brushes=[series_color(5) if not r.fits else series_color(2) for r in rows], pen=None,
-            name="needed (green fits, red does not)"))
+            brushes=[series_color(5) if not r.fits else series_color(2) for r in rows], pen=None))
         self.throughput.getPlotItem().addItem(pg.BarGraphItem(
             x0=0, y=ys, height=0.6, width=[r.throughput_samples_per_s if r.fits else 0 for r in rows],
             brushes=[series_color(i) for i in ys], pen=None))
-        for widget in (self.memory, self.throughput):
-            widget.getPlotItem().getViewBox().autoRange()
+        top_gib = max(max(r.capacity_bytes, r.required_bytes) for r in rows) / GIB
+        top_rate = max([r.throughput_samples_per_s for r in rows if r.fits] or [1.0])
+        for widget, top in ((self.memory, top_gib), (self.throughput, top_rate)):
+            widget.getPlotItem().setXRange(0, top * 1.05, padding=0)
+            widget.getPlotItem().setYRange(-0.6, len(rows) - 0.4, padding=0)

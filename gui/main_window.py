@@ -3,7 +3,6 @@ Every input change asks the JobRunner for a new analysis; results arrive stage b
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QHeaderView, QLabel, QLineEdit, QMainWindow, QProgressBar, QPushButton, QCheckBox, QScrollArea, QSplitter,
     QTableView, QTabWidget, QTreeView, QVBoxLayout, QHBoxLayout, QWidget,
@@ -75,11 +74,11 @@ class MainWindow(QMainWindow):
         scroll = QScrollArea()
         scroll.setWidget(left)
         scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(440)
+        scroll.setMinimumWidth(420)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
         self.verdict = VerdictWidget()
-        self.verdict.setMinimumWidth(330)
+        self.verdict.setMinimumWidth(290)
         self.tabs = QTabWidget()
         self.layer_model = LayerTreeModel(self)
         self.layer_proxy = LayerFilterProxy(self)
@@ -130,7 +129,7 @@ class MainWindow(QMainWindow):
         splitter.addWidget(self.verdict)
         splitter.addWidget(self.tabs)
         splitter.setStretchFactor(2, 1)
-        splitter.setSizes([460, 320, 820])
+        splitter.setSizes([440, 300, 860])
         self.setCentralWidget(splitter)
 
         self.progress_label = QLabel("")

@@ -45,7 +45,7 @@ class SweepPlots:
                                           "Latency per step (ms, log scale)", log_x=True, legend_offset=(70, 10))
         self.latency_vs_batch.getPlotItem().setLogMode(x=True, y=True)
         self.throughput_vs_batch = make_plot("Throughput vs batch size", "Batch size (samples, log scale)",
-                                             "Throughput (samples/s)", log_x=True, legend_offset=(-10, -40))
+                                             "Throughput (samples/s)", log_x=True, legend_offset=(70, 10))
         self.memory_vs_resolution = make_plot("Peak memory vs resolution", "Resolution (px, height = width)",
                                               "Peak memory (GiB)", legend_offset=(70, 10))
         self.memory_vs_batch.setToolTip("Peak memory (tensors at the peak plus CUDA context, workspaces and allocator "

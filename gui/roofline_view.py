@@ -7,7 +7,6 @@ from collections import defaultdict
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
 
 from engine.results import Phase
 from gui.colors import plot_colors, series_color

@@ -81,6 +81,7 @@ def render(out_dir: str) -> list[Path]:
     window = _open_window(app, tmp)
     shots = (("main_window.png", "Layers", None), ("layer_tree.png", "Layers", "tabs"),
              ("memory_vs_batch.png", "Memory vs batch", "tabs"), ("latency_vs_batch.png", "Latency vs batch", "tabs"),
+             ("throughput_vs_batch.png", "Throughput vs batch", "tabs"),
              ("memory_vs_resolution.png", "Memory vs resolution", "tabs"), ("roofline.png", "Roofline", "tabs"),
              ("comparison.png", "Comparison", "tabs"))
     for name, tab, part in shots:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from PySide6.QtCore import QSignalBlocker, QSortFilterProxyModel, Qt, Signal
+from PySide6.QtCore import QSignalBlocker, Qt, Signal
 from PySide6.QtGui import QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QCompleter, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLabel,
-    QLineEdit, QPushButton, QSlider, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox, QComboBox, QCompleter, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLineEdit,
+    QPushButton, QSlider, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from engine.errors import UserError
@@ -57,7 +57,6 @@ def python_file_entries(path: str) -> list[str]:
 
 class WorkloadPanel(QGroupBox):
     workloadChanged = Signal(object)    # Workload
-    invalid = Signal(object)            # UserError from a field
 
     def __init__(self, recent_models: list[str] | None = None, parent=None):
         super().__init__("Workload", parent)
@@ -293,8 +292,6 @@ class WorkloadPanel(QGroupBox):
         if label is None:
             return False
         label.show_message(str(error))
-        if error.field == "input" or error.field not in self.errors:
-            self.invalid.emit(error)
         return True
 
     def clear_errors(self):

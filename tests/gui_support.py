@@ -1,8 +1,6 @@
 """Shared helpers for the GUI tests: a main window with temporary settings and hardware file."""
 from __future__ import annotations
 
-import os
-
 from PySide6.QtCore import QThreadPool
 
 WAIT_MS = 60_000

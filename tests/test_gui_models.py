@@ -7,7 +7,6 @@ import time
 from dataclasses import replace
 
 import pytest
-import torch
 from torch import nn
 
 from engine.api import analyze

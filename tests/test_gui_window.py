@@ -2,8 +2,6 @@
 Expected verdicts come from the planner's own arithmetic (engine.planner.plan), not from the GUI."""
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from engine.cache import TraceCache
