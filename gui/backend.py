@@ -28,20 +28,9 @@ class Evaluation:
     interpolated: bool                 # plans come from the batch-affine model, the exact trace follows
 
 
-# Two traces running at once in different threads corrupt each other's module attribution (seen with
-# torch's process-wide module hooks), so the GUI traces one workload at a time; cache hits stay concurrent.
-_TRACE_LOCK = threading.Lock()
-
-
-def serialized_analyze(workload: Workload) -> AnalysisResult:
-    from engine.api import analyze_workload
-
-    with _TRACE_LOCK:
-        return analyze_workload(workload)
-
-
 def trace_cache(maxsize: int = 96) -> TraceCache:
-    return TraceCache(maxsize=maxsize, analyzer=serialized_analyze)
+    """The window's trace cache (engine.trace serializes concurrent traces itself)."""
+    return TraceCache(maxsize=maxsize)
 
 
 def is_file_model(model: str) -> bool:

@@ -32,7 +32,7 @@ def window(qtbot, tmp_path, monkeypatch):
     w = make_window(qtbot, tmp_path, monkeypatch, workload=WORKLOAD)
     w.hardware_panel.select(GPU)
     wait_for_plans(qtbot, w, lambda ev: ev.plans[0].gpu.name == GPU and ev.plans[0].max_batch is not None)
-    wait_idle(qtbot, w)   # the CLI traces below must not run while the window traces (see gui.backend)
+    wait_idle(qtbot, w)   # nothing left tracing in the background while the CLI runs
     yield w
     close_window(w)
 
