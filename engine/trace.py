@@ -179,6 +179,7 @@ def _training_step(recorder: Recorder, roles: assemble.StorageRoles, stand_ins, 
     if optimizer_name is None:
         return None
     recorder.phase = Phase.OPTIMIZER
+    recorder.policies.reporting = False
     optimizer = training.make_optimizer(optimizer_name, trainable)
     optimizer.step()
     for t in training.optimizer_state_tensors(optimizer):

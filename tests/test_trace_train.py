@@ -122,3 +122,8 @@ def test_dict_output_loss_sums_every_floating_output():
     assert allocated(r, C.GRADIENTS) == 4 * (50 * 16 + 16 * 50 + 50 + 16 + 1)
     sums = [op for op in r.ops if op.op == "aten.sum.default" and op.module_path == ""]
     assert {op.phase for op in sums} == {Phase.BACKWARD} and len(sums) == 2   # the loss seeds backward
+
+
+def test_optimizer_step_reports_no_policy():
+    r = trace_model(mlp(), [InputSpec((4, 32))], TraceOptions(mode="train", optimizer="adamw"))
+    assert r.policies == ()

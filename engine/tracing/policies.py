@@ -38,6 +38,9 @@ _PACKETS = {aten.nonzero, aten.argwhere, aten.masked_select, aten._local_scalar_
 class DataDependentPolicies:
     def __init__(self):
         self.applied: dict[str, None] = {}   # ordered set of policy texts
+        # off for our own optimizer step: Adam reads its step counter with .item() (1 = the first step
+        # is exact), which is no assumption about the user's model
+        self.reporting = True
 
     def maybe_run(self, func, args, kwargs):
         """The policy's output, or NotImplemented when the op is not data-dependent here."""
@@ -62,7 +65,8 @@ class DataDependentPolicies:
         return NotImplemented
 
     def _use(self, policy: str, out):
-        self.applied[policy] = None
+        if self.reporting:
+            self.applied[policy] = None
         return out
 
     @staticmethod
