@@ -93,7 +93,10 @@ class HardwarePanel(QGroupBox):
         self.refresh_live_memory()
         if self._live:
             self._poll.start()
-        self.select(primary or backend.default_gpu_name())
+        fallback = backend.default_gpu_name()
+        if not self.select(primary or fallback):
+            self.select(fallback)
+            self.error.show_message(f"GPU {primary!r} is not in the database any more; showing {fallback}")
 
     def refresh_live_memory(self):
         lines = []

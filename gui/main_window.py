@@ -36,6 +36,7 @@ class MainWindow(QMainWindow):
         self.cache = backend.trace_cache()
         self.file_cache = backend.file_model_cache()
         self.runner = JobRunner(self)
+        self.defaults_runner = JobRunner(self, debounce_ms=0)   # a model's default input shape
         self.model_runner = ModelProcessRunner(self)
         if model_timeout_s is not None:
             self.model_runner.timeout_s = model_timeout_s
@@ -146,6 +147,9 @@ class MainWindow(QMainWindow):
     def _connect(self):
         self.workload_panel.workloadChanged.connect(lambda _w: self.request())
         self.workload_panel.workloadChanged.connect(self._on_batch_preview)
+        self.workload_panel.modelChanged.connect(self._fetch_default_inputs)
+        self.defaults_runner.finished.connect(lambda pair: self.workload_panel.apply_default_inputs(*pair))
+        self.defaults_runner.failed.connect(self._on_failed)
         self.hardware_panel.tickedChanged.connect(lambda _g: self.request())
         self.layer_search.textChanged.connect(self.layer_proxy.set_search)
         self.only_uncounted.toggled.connect(self.layer_proxy.set_only_uncounted)
@@ -189,6 +193,13 @@ class MainWindow(QMainWindow):
         cached = workload in self.cache or (workload.with_batch(1) in self.cache and workload.with_batch(2) in self.cache)
         self._submit(Request(workload, gpus, self.cache, True, self._sweep_keys["batch"],
                              self._sweep_keys["resolution"]), immediate=immediate or cached)
+
+    def _fetch_default_inputs(self, model: str):
+        def job(ctx):
+            from engine.api import default_inputs
+
+            return model, default_inputs(model)
+        self.defaults_runner.submit(job, immediate=True)
 
     def _submit(self, request: Request, immediate: bool):
         if not immediate:

@@ -57,6 +57,7 @@ def python_file_entries(path: str) -> list[str]:
 
 class WorkloadPanel(QGroupBox):
     workloadChanged = Signal(object)    # Workload
+    modelChanged = Signal(str)          # a known torchvision name: the window fetches its default input
 
     def __init__(self, recent_models: list[str] | None = None, parent=None):
         super().__init__("Workload", parent)
@@ -155,7 +156,7 @@ class WorkloadPanel(QGroupBox):
         return box
 
     def _connect(self):
-        self.model_combo.currentTextChanged.connect(self._emit)
+        self.model_combo.currentTextChanged.connect(self._on_model_text)
         self.open_py_button.clicked.connect(self.open_python_file)
         self.inputs_edit.textEdited.connect(self._on_inputs_edited)
         self.batch_slider.valueChanged.connect(lambda v: self.batch_spin.setValue(v))
@@ -173,6 +174,7 @@ class WorkloadPanel(QGroupBox):
         with QSignalBlocker(self.model_combo):
             self._model_items.clear()
             names = model_names()
+            self._known_models = set(names)
             for name in recent:
                 item = QStandardItem(name)
                 item.setToolTip("recently used")
@@ -274,6 +276,20 @@ class WorkloadPanel(QGroupBox):
         self.checkpoint_box.setChecked(o.checkpointing)
         del blockers
         self._sync_training_widgets()
+        self._on_inputs_edited()
+
+    def _on_model_text(self, text: str):
+        if text.strip() in self._known_models:
+            self.modelChanged.emit(text.strip())   # analysed once its own input shape is in the field
+        else:
+            self._emit()
+
+    def apply_default_inputs(self, model: str, specs) -> None:
+        """Fill the input field with ``model``'s default input, keeping the batch size the user chose."""
+        if self.model_combo.currentText().strip() != model or not specs:
+            return   # the user moved on to another model meanwhile
+        batch = self.batch_spin.value()
+        self.inputs_edit.setText(", ".join(s.with_batch(batch).text() for s in specs))
         self._on_inputs_edited()
 
     def _emit(self, *_):

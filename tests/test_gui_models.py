@@ -158,3 +158,15 @@ def test_custom_gpu_editor_writes_the_user_file(qtbot, tmp_path, monkeypatch):
         assert panel._row_of("Lab card 7") == -1
     finally:
         catalog.reload()
+
+
+def test_unknown_gpu_from_last_session_falls_back_with_a_message(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHBUDGET_CONFIG_DIR", str(tmp_path))
+    from gui import backend
+    from gui.hardware_panel import HardwarePanel
+
+    panel = HardwarePanel()
+    qtbot.addWidget(panel)
+    panel.reload(primary="Imaginary GPU 9000")
+    assert panel.primary().name == backend.default_gpu_name()
+    assert "Imaginary GPU 9000" in panel.error.message

@@ -126,3 +126,17 @@ def test_detected_gpu_shows_live_free_memory(qtbot, monkeypatch):
     assert panel._row_of(live.name) == 0 and "(this machine)" in panel.items.item(0).text()
     panel._poll.setInterval(20)
     qtbot.waitUntil(lambda: "4.00 GiB free" in panel.live_label.text(), timeout=5000)   # polled, not fixed
+
+
+def test_choosing_a_model_uses_its_default_input_and_keeps_the_batch(qtbot, window):
+    from engine.api import default_inputs
+
+    wait_for_plans(qtbot, window)
+    panel = window.workload_panel
+    panel.batch_spin.setValue(3)
+    panel.model_combo.setCurrentText("inception_v3")
+    expected = default_inputs("inception_v3")[0].shape[1:]        # the engine's own default (3x299x299)
+    qtbot.waitUntil(lambda: panel.inputs_edit.text() == "3x" + "x".join(map(str, expected)), timeout=30_000)
+    evaluation = wait_for_plans(qtbot, window, lambda ev: ev.workload.model == "inception_v3")
+    assert evaluation.workload.inputs[0].shape == (3, *expected)
+    assert panel.resolution_spin.value() == expected[-1]
