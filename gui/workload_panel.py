@@ -157,6 +157,7 @@ class WorkloadPanel(QGroupBox):
 
     def _connect(self):
         self.model_combo.currentTextChanged.connect(self._on_model_text)
+        self.model_combo.lineEdit().editingFinished.connect(self._on_model_typed)
         self.open_py_button.clicked.connect(self.open_python_file)
         self.inputs_edit.textEdited.connect(self._on_inputs_edited)
         self.batch_slider.valueChanged.connect(lambda v: self.batch_spin.setValue(v))
@@ -281,8 +282,13 @@ class WorkloadPanel(QGroupBox):
     def _on_model_text(self, text: str):
         if text.strip() in self._known_models:
             self.modelChanged.emit(text.strip())   # analysed once its own input shape is in the field
-        else:
+        elif ".py" in text:
             self._emit()
+        # anything else is still being typed: checked when editing finishes (Enter or focus out)
+
+    def _on_model_typed(self):
+        if self.model_combo.currentText().strip() not in self._known_models:
+            self._emit()   # an unknown name gets its error now, not on every keystroke
 
     def apply_default_inputs(self, model: str, specs) -> None:
         """Fill the input field with ``model``'s default input, keeping the batch size the user chose."""

@@ -9,6 +9,8 @@ from dataclasses import replace
 import pytest
 from torch import nn
 
+from PySide6.QtCore import Qt
+
 from engine.api import analyze
 from engine.results import UncountedOp
 from gui.layer_model import COLUMNS, LayerFilterProxy, LayerTreeModel, SORT_ROLE
@@ -68,7 +70,7 @@ def test_search_keeps_ancestors_and_sort_orders_by_number(qapp, tiny):
     assert proxy.rowCount(features) == 2                            # its two convolutions, not the ReLU
     proxy.set_search("")
     macs_col = COLUMNS.index("MACs")
-    proxy.sort(macs_col, __import__("PySide6.QtCore").QtCore.Qt.SortOrder.DescendingOrder)
+    proxy.sort(macs_col, Qt.SortOrder.DescendingOrder)
     root = proxy.index(0, 0)
     values = [proxy.index(r, macs_col, root).data(SORT_ROLE) for r in range(proxy.rowCount(root))]
     assert values == sorted(values, reverse=True) and values[0] > 0
@@ -84,7 +86,7 @@ def test_uncounted_ops_are_flagged(qapp, tiny):
     head_row = [model.node(model.index(r, 0, root)).path for r in range(model.rowCount(root))].index("head")
     head = model.index(head_row, 0, root)
     assert head.data().startswith("⚠")
-    assert "aten.fancy.default" in head.data(__import__("PySide6.QtCore").QtCore.Qt.ItemDataRole.ToolTipRole)
+    assert "aten.fancy.default" in head.data(Qt.ItemDataRole.ToolTipRole)
     proxy.set_only_uncounted(True)
     assert proxy.rowCount(proxy.index(0, 0)) == 1
 
@@ -121,6 +123,14 @@ def test_workload_panel_batch_and_errors(qtbot):
     assert panel.inputs_edit.text() == "16x3x320x320x"   # nothing the user typed is lost
     panel.mode_combo.setCurrentIndex(panel.mode_combo.findData("infer"))
     assert emitted[-1].options.optimizer is None          # inference carries no optimizer, as on the CLI
+    panel.inputs_edit.setText("2x3x32x32")
+    panel._on_inputs_edited()
+    count = len(emitted)
+    panel.model_combo.lineEdit().clear()
+    qtbot.keyClicks(panel.model_combo.lineEdit(), "my_net")
+    assert len(emitted) == count                          # no analysis per keystroke of an unknown name
+    qtbot.keyClick(panel.model_combo.lineEdit(), Qt.Key.Key_Return)
+    assert emitted[-1].model == "my_net"
 
 
 def test_python_file_entries_lists_without_running(tmp_path):

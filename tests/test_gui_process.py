@@ -1,5 +1,6 @@
 """User .py models run in a separate process: one that works loads; one that raises, one that calls
-os.abort() and one that loops forever each give an error in the window, which stays responsive."""
+os.abort(), one that asks for 64 GiB and one that loops forever each give an error in the window, which
+stays responsive."""
 from __future__ import annotations
 
 import textwrap
@@ -31,6 +32,8 @@ BROKEN = {
                "        raise ValueError('the weights file is missing')\n", "weights file is missing"),
     "aborts": ("import os, torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        os.abort()\n",
                "crashed"),
+    "blows_up": ("import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                 "        self.blob = bytearray(64 * 2**30)\n", "MemoryError"),   # the child's address-space cap
     "hangs": ("import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        while True:\n"
               "            pass\n", "longer than"),
 }
