@@ -7,9 +7,8 @@ import time
 from dataclasses import replace
 
 import pytest
-from torch import nn
-
 from PySide6.QtCore import Qt
+from torch import nn
 
 from engine.api import analyze
 from engine.results import UncountedOp

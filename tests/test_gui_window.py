@@ -33,6 +33,13 @@ def test_default_workload_shows_the_planners_verdict(qtbot, window):
     words = {"fits": "Fits", "tight": "Tight", "does_not_fit": "Does not fit"}[expected.verdict.value]
     assert words in window.verdict.verdict_text()            # text, not colour alone
     assert window.layer_model.rowCount() == 1                 # the layer tree is filled
+    import pyqtgraph as pg
+
+    scatter = [i for i in window.roofline.widget.getPlotItem().items if isinstance(i, pg.ScatterPlotItem)][0]
+    spot = scatter.points()[0]
+    tip = scatter.opts["tip"](spot.pos().x(), spot.pos().y(), spot.data())
+    assert tip.split("\n")[0] in {m.path for m in evaluation.result.modules}   # hover names the layer
+    assert window.roofline.points_shown == len(scatter.points()) > 10
     qtbot.waitUntil(lambda: window.batch_sweep is not None, timeout=60_000)
     assert window.plots.memory_vs_batch.getPlotItem().listDataItems()
 
