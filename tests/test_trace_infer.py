@@ -122,3 +122,26 @@ def test_precision_casts_float_inputs_and_params():
     assert dict(r.totals.param_bytes_by_dtype) == {"float16": 2 * r.totals.params}
     conv = next(op for op in r.ops if op.op == "aten.convolution.default")
     assert conv.compute_dtype == "float16" and conv.inputs[0].nbytes == 3 * 16 * 16 * 2
+
+
+class ViewsAndInPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x):
+        y = self.fc(x.view(4, 16))          # a view of the input: no allocation
+        y.relu_()                           # in place: no allocation
+        return y.t().reshape(-1)[:8]        # views of y: the output shares y's storage
+
+
+def test_views_and_in_place_ops_allocate_nothing_and_output_is_an_activation():
+    r = trace_model(ViewsAndInPlace(), [InputSpec((2, 2, 16))])
+    allocs = [e for e in r.storage_events if e.kind == "alloc" and e.op_index >= 0]
+    # only addmm and the copy that reshape makes of a transposed view create storages
+    assert [(r.ops[e.op_index].op, e.nbytes) for e in allocs] == [("aten.addmm.default", 256),
+                                                                  ("aten.clone.default", 256)]
+    freed = {e.storage_id: e for e in r.storage_events if e.kind == "free"}
+    hidden, output = allocs
+    assert hidden.storage_id in freed and hidden.category is MemoryCategory.TEMPORARIES
+    assert output.storage_id not in freed and output.category is MemoryCategory.ACTIVATIONS
