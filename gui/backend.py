@@ -61,6 +61,12 @@ def known_max_batch(workload: Workload, gpu: GpuSpec) -> int | None:
         return _max_batch_memo.get(_memo_key(workload, gpu))
 
 
+def remember_max_batch(workload: Workload, gpu: GpuSpec, best: int) -> None:
+    """For answers solved elsewhere (the model process of a .py model)."""
+    with _memo_lock:
+        _max_batch_memo[_memo_key(workload, gpu)] = best
+
+
 def solve_max_batch(workload: Workload, gpu: GpuSpec, cache: TraceCache) -> int:
     best = known_max_batch(workload, gpu)
     if best is None:

@@ -44,7 +44,8 @@ CATEGORY_TIPS = {
     MemoryCategory.GRADIENTS: "Parameter gradients (.grad).",
     MemoryCategory.OPTIMIZER_STATE: "Optimizer state, e.g. Adam's two moments per parameter.",
     MemoryCategory.WORKSPACE: "cuBLAS/cuDNN scratch space.",
-    MemoryCategory.CUDA_CONTEXT: "Memory the CUDA driver and PyTorch kernels hold once CUDA starts.",
+    MemoryCategory.CUDA_CONTEXT: "Memory the CUDA driver and PyTorch kernels hold once CUDA starts; already "
+                                 "subtracted from the GPU's usable memory, so not in the bar.",
     MemoryCategory.ALLOCATOR: "Caching-allocator rounding and reserved-but-unused segments.",
 }
 

@@ -12,7 +12,7 @@ from gui.plots import GIB, make_plot
 
 HEADERS = ("GPU", "Verdict", "Needs", "Usable", "Headroom", "Max batch", "Bound", "Estimate", "Samples/s")
 HEADER_TIPS = (
-    "GPU name", "Fits / tight (under 10 % to spare) / does not fit", "Peak memory the workload needs, with overheads",
+    "GPU name", "Fits / tight (under 10 % to spare) / does not fit", "Memory the workload needs at its peak, with workspaces and allocator slack",
     "Memory a workload can use on this GPU", "Usable minus needed (negative: short by this much)",
     "Largest batch that fits", "Roofline lower bound on the step latency (datasheet peaks, perfect overlap)",
     "Latency estimate with efficiency factors and kernel-launch overhead", "Throughput at the estimated latency",

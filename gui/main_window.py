@@ -44,6 +44,8 @@ class MainWindow(QMainWindow):
         self.busy = False
         self._restoring = True
         self._sized_for = None
+        self._file_pending = None       # (workload, gpus) sent to the model process
+        self._file_sweeps_for = None    # (workload key, GPU names) of the sweeps shown for a .py model
         self.comparison = None
         self.batch_sweep = None
         self.resolution_sweep = None
@@ -182,12 +184,16 @@ class MainWindow(QMainWindow):
         self.settings.set_primary_gpu(gpus[0].name)
         if backend.is_file_model(workload.model):
             self.runner.cancel()
-            if workload in self.file_cache:
+            cached = workload in self.file_cache
+            if cached:   # the verdict at once; sweeps for a new set of GPUs come from the model's process
                 self._submit(Request(workload, gpus, self.file_cache, in_process=False), immediate=True)
-            else:
-                self.verdict.set_busy(f"Analysing {workload.model.rsplit('/', 1)[-1]} in a separate process…")
+            if not cached or self._file_sweeps_for != (workload.key(), tuple(g.name for g in gpus)):
+                if not cached:
+                    self.verdict.set_busy(f"Analysing {workload.model.rsplit('/', 1)[-1]} in a separate process…")
+                self.plots.show_unavailable("Sweeping in the model's own process…")
                 self._on_busy(True)
-                self.model_runner.start(workload)
+                self._file_pending = (workload, gpus)
+                self.model_runner.start(workload, gpus)
             return
         self.model_runner.cancel()
         cached = workload in self.cache or (workload.with_batch(1) in self.cache and workload.with_batch(2) in self.cache)
@@ -217,6 +223,7 @@ class MainWindow(QMainWindow):
         if workload is not None:
             self.file_cache.clear()
             self._sweep_keys = {"batch": None, "resolution": None}
+            self._file_sweeps_for = None
         self.request(immediate=True)
 
     # -- results ----------------------------------------------------------------------------------
@@ -224,11 +231,36 @@ class MainWindow(QMainWindow):
         if self.batch_sweep is not None:
             self.plots.mark_batch(workload.batch_size)   # instant, before any computation
 
-    def _on_file_model_result(self, workload, result):
+    def _on_file_model_result(self, workload, result, sweeps):
         self.file_cache.put(workload, result)
         self.settings.add_recent_model(workload.model)
+        gpus = self._file_pending[1] if self._file_pending and self._file_pending[0] == workload else ()
+        if sweeps and gpus:
+            self._show_child_sweeps(workload, gpus, sweeps)
         self._submit(Request(workload, tuple(self.hardware_panel.ticked()), self.file_cache, in_process=False),
                      immediate=True)
+
+    def _show_child_sweeps(self, workload, gpus, sweeps: dict):
+        """Largest batches and sweeps a .py model's own process computed (gui.child_sweeps)."""
+        from gui.child_sweeps import sweep_from_dict
+
+        for gpu, best in zip(gpus, sweeps.get("max_batches") or ()):
+            if best is not None:
+                backend.remember_max_batch(workload, gpu, best)
+        self._file_sweeps_for = (workload.key(), tuple(g.name for g in gpus))
+        self._sweep_keys = {"batch": None, "resolution": None}   # the in-process sweeps are off screen now
+        self.plots.restore_titles()
+        self.batch_sweep = sweep_from_dict(sweeps.get("batch_sweep"))
+        if self.batch_sweep is not None:
+            self.plots.show_batch_sweep(self.batch_sweep, workload.batch_size)
+        else:
+            self.plots.show_unavailable(f"No batch sweep:<br>{sweeps.get('batch_error', '')}", "batch")
+        self.resolution_sweep = sweep_from_dict(sweeps.get("resolution_sweep"))
+        if self.resolution_sweep is None and sweeps.get("resolution_error"):
+            self.plots.show_unavailable(f"No resolution sweep:<br>{sweeps['resolution_error']}", "resolution")
+        else:
+            images = [s for s in workload.inputs if len(s.shape) >= 4]
+            self.plots.show_resolution_sweep(self.resolution_sweep, images[0].shape[-1] if images else None)
 
     def _on_partial(self, key: str, payload):
         if key == "evaluation":
@@ -266,11 +298,7 @@ class MainWindow(QMainWindow):
             self.coverage_label.setToolTip("Share of ops with a FLOP formula or known to do no arithmetic; "
                                            "the rest are listed with ⚠ and not counted.")
             self.roofline.show(list(evaluation.plans), evaluation.workload.options.precision)
-            if backend.is_file_model(evaluation.workload.model):
-                self._sweep_keys = {"batch": None, "resolution": None}
-                self.batch_sweep = self.resolution_sweep = None
-                self.plots.show_unavailable("Sweeps need in-process traces; not available for models from .py files")
-            else:
+            if not backend.is_file_model(evaluation.workload.model):
                 self.settings.add_recent_model(evaluation.workload.model)
 
     def _on_failed(self, error):

@@ -2,9 +2,10 @@
 blow-up in their code cannot take the window down.
 
 ``python -m gui.model_process '<workload json>'`` analyses that workload. ``--serve-one`` imports PyTorch
-first, prints ``READY``, then reads one workload JSON line from stdin (the GUI keeps such a warm process
-in standby, so the user does not wait for the imports). Either way the last stdout line is JSON:
-``{"ok": true, "result": result_to_dict(...)}`` or ``{"ok": false, "error": ..., "field": ...}``."""
+first, prints ``READY``, then reads one JSON line from stdin: a workload, or ``{"workload": ..., "gpus":
+[GpuSpec dicts]}`` to get the largest batches and sweeps too (the GUI keeps such a warm process in
+standby, so the user does not wait for the imports). Either way the last stdout line is JSON:
+``{"ok": true, "result": result_to_dict(...), "sweeps": ...}`` or ``{"ok": false, "error": ..., "field": ...}``."""
 from __future__ import annotations
 
 import contextlib
@@ -32,21 +33,31 @@ def _limit_memory() -> None:
         pass  # not available on this platform: the GUI's timeout still protects the window
 
 
-def analyse(workload_json: str) -> dict:
+def analyse(request_json: str) -> dict:
     from engine.errors import UserError
 
     try:
-        from engine.api import analyze_workload
+        from engine.cache import TraceCache
         from engine.serialize import result_to_dict
         from engine.workload import Workload
+        from gui.child_sweeps import gpu_from_dict, sweeps_for
 
-        workload = Workload.from_json(workload_json)
+        request = json.loads(request_json)
+        if "workload" not in request:
+            request = {"workload": request, "gpus": []}
+        workload = Workload.from_dict(request["workload"])
+        gpus = [gpu_from_dict(g) for g in request.get("gpus") or []]
         _limit_memory()
+        cache = TraceCache()   # this process may trace the user's code as often as the sweeps need
         with contextlib.redirect_stdout(sys.stderr):  # the user's prints must not corrupt our JSON line
-            result = analyze_workload(workload)
-        return {"ok": True, "result": result_to_dict(result, include_ops=True, include_events=True)}
+            result = cache.get(workload)
+            sweeps = sweeps_for(workload, gpus, cache) if gpus else None
+        return {"ok": True, "result": result_to_dict(result, include_ops=True, include_events=True),
+                "sweeps": sweeps}
     except UserError as exc:
         return {"ok": False, "error": str(exc), "field": exc.field}
+    except json.JSONDecodeError as exc:
+        return {"ok": False, "error": f"malformed request: {exc}", "field": None}
     except MemoryError:
         return {"ok": False, "error": "the model ran out of memory while loading or tracing", "field": "model"}
     except BaseException as exc:  # noqa: BLE001 - whatever user code raises becomes a message
@@ -62,7 +73,7 @@ def _reply(reply: dict) -> None:
 def main(argv: list[str]) -> int:
     if argv == ["--serve-one"]:
         import engine.api  # noqa: F401 - the slow imports happen before the GUI needs us
-        import engine.serialize  # noqa: F401
+        import gui.backend  # noqa: F401
 
         sys.stdout.write(READY + "\n")
         sys.stdout.flush()

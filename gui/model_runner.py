@@ -45,7 +45,7 @@ class _Child:
 
 
 class ModelProcessRunner(QObject):
-    finished = Signal(object, object)   # (workload, AnalysisResult)
+    finished = Signal(object, object, object)   # (workload, AnalysisResult, sweeps dict or None)
     failed = Signal(object, object)     # (workload, UserError)
 
     def __init__(self, parent=None, timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -70,7 +70,10 @@ class ModelProcessRunner(QObject):
         if self._standby is None:
             self._standby = _Child(self, self.memory_limit_bytes)
 
-    def start(self, workload: Workload) -> None:
+    def start(self, workload: Workload, gpus=()) -> None:
+        """Analyse ``workload``; with ``gpus`` also solve the largest batch and sweep (gui.child_sweeps)."""
+        from gui.child_sweeps import gpu_to_dict
+
         self.cancel()
         self.warm_up()
         child, self._standby = self._standby, None
@@ -78,7 +81,8 @@ class ModelProcessRunner(QObject):
         child.process.readyReadStandardOutput.connect(lambda c=child: self._on_output(c))
         child.process.finished.connect(lambda code, status, c=child: self._on_finished(c, code, status))
         child.process.errorOccurred.connect(lambda err, c=child: self._on_error(c, err))
-        child.process.write((workload.to_json().replace("\n", " ") + "\n").encode("utf-8"))
+        request = {"workload": workload.to_dict(), "gpus": [gpu_to_dict(g) for g in gpus]}
+        child.process.write((json.dumps(request) + "\n").encode("utf-8"))
         child.read()
         self._timer.start(int((self.timeout_s if child.ready else STARTUP_TIMEOUT_S) * 1000))
 
@@ -138,7 +142,7 @@ class ModelProcessRunner(QObject):
             return
         workload = self._workload
         self._cleanup()
-        self.finished.emit(workload, result)
+        self.finished.emit(workload, result, reply.get("sweeps"))
 
     def _fail(self, error):
         workload = self._workload

@@ -39,21 +39,22 @@ class SweepPlots:
     """Owns the four sweep PlotWidgets and redraws them from Sweep results."""
 
     def __init__(self):
-        self.memory_vs_batch = make_plot("Peak memory vs batch size", "Batch size (samples, log scale)",
-                                         "Peak memory (GiB)", log_x=True, legend_offset=(70, 10))
+        self.memory_vs_batch = make_plot("Memory needed vs batch size", "Batch size (samples, log scale)",
+                                         "Memory needed (GiB)", log_x=True, legend_offset=(70, 10))
         self.latency_vs_batch = make_plot("Latency per step vs batch size", "Batch size (samples, log scale)",
                                           "Latency per step (ms, log scale)", log_x=True, legend_offset=(70, 10))
         self.latency_vs_batch.getPlotItem().setLogMode(x=True, y=True)
         self.throughput_vs_batch = make_plot("Throughput vs batch size", "Batch size (samples, log scale)",
                                              "Throughput (samples/s)", log_x=True, legend_offset=(70, 10))
-        self.memory_vs_resolution = make_plot("Peak memory vs resolution", "Resolution (px, height = width)",
-                                              "Peak memory (GiB)", legend_offset=(70, 10))
-        self.memory_vs_batch.setToolTip("Peak memory (tensors at the peak plus CUDA context, workspaces and allocator "
-                                        "slack) against batch size. Dashed lines: each ticked GPU's usable memory; "
-                                        "triangles: the largest batch that fits.")
+        self.memory_vs_resolution = make_plot("Memory needed vs resolution", "Resolution (px, height = width)",
+                                              "Memory needed (GiB)", legend_offset=(70, 10))
+        self.memory_vs_batch.setToolTip(
+            "Memory needed at the peak (tensors plus workspaces and allocator slack; the CUDA context is already "
+            "outside usable memory) against batch size. Dashed lines: each ticked GPU's usable memory; triangles: "
+            "the largest batch that fits.")
         self.latency_vs_batch.setToolTip("Per-step latency: solid = estimate, dashed = roofline lower bound.")
         self.throughput_vs_batch.setToolTip("Samples per second at the estimated latency.")
-        self.memory_vs_resolution.setToolTip("Peak memory at the current batch against square input resolution.")
+        self.memory_vs_resolution.setToolTip("Memory needed at the current batch against square input resolution.")
         self._current_lines: list[pg.InfiniteLine] = []
         self._titles = {w: w.getPlotItem().titleLabel.text for w in self.widgets()}
 
@@ -65,10 +66,11 @@ class SweepPlots:
     def widgets(self):
         return (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch, self.memory_vs_resolution)
 
-    def show_unavailable(self, reason: str):
-        """Empty every sweep plot and say why in its title (e.g. models from .py files)."""
+    def show_unavailable(self, reason: str, which: str = "all"):
+        """Empty the batch plots, the resolution plot or all of them, saying why in the title."""
         _, foreground = plot_colors()
-        for w in self.widgets():
+        widgets = {"batch": self.widgets()[:3], "resolution": self.widgets()[3:]}.get(which, self.widgets())
+        for w in widgets:
             item = w.getPlotItem()
             item.clear()
             item.setTitle(f"{reason}", color=foreground.name())
@@ -80,12 +82,12 @@ class SweepPlots:
         self._current_lines = []
         xs = [p.value for p in result.points]
         memory = self.memory_vs_batch.getPlotItem()
-        memory.plot(xs, [p.peak_bytes / GIB for p in result.points], pen=pg.mkPen(pg.mkColor(plot_colors()[1]), width=2),
-                    symbol="o", symbolSize=5, name="peak memory")
+        memory.plot(xs, [p.required_bytes / GIB for p in result.points], pen=pg.mkPen(plot_colors()[1], width=2),
+                    symbol="o", symbolSize=5, name="memory needed")
         for i, gpu in enumerate(result.gpus):
             self._capacity_line(memory, gpu.capacity_bytes / GIB, gpu.gpu_name, i)
             if gpu.max_batch:
-                peak_at = _interpolate(xs, [p.peak_bytes for p in result.points], gpu.max_batch) / GIB
+                peak_at = _interpolate(xs, [p.required_bytes for p in result.points], gpu.max_batch) / GIB
                 memory.plot([gpu.max_batch], [peak_at], pen=None, symbol="t", symbolSize=12,
                             symbolBrush=series_color(i), name=f"largest batch on {gpu.gpu_name}: {gpu.max_batch}")
         latency = self.latency_vs_batch.getPlotItem()
@@ -97,7 +99,7 @@ class SweepPlots:
             latency.plot(xs, bound, pen=_pen(i, dashed=True), name=f"{gpu.gpu_name} bound")
             throughput.plot(xs, [p.per_gpu[i].throughput_samples_per_s for p in result.points], pen=_pen(i),
                             symbol="o", symbolSize=4, symbolBrush=series_color(i), name=gpu.gpu_name)
-        _leave_room_for_legend(memory, [p.peak_bytes / GIB for p in result.points],
+        _leave_room_for_legend(memory, [p.required_bytes / GIB for p in result.points],
                                [g.capacity_bytes / GIB for g in result.gpus])
         ticks = [[(math.log10(b), str(b)) for b in xs if b & (b - 1) == 0]]   # powers of two only: no clutter
         for w in (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch):
@@ -122,15 +124,15 @@ class SweepPlots:
         item = self.memory_vs_resolution.getPlotItem()
         item.clear()
         if result is None:
-            item.setTitle("Peak memory vs resolution (the model has no image input)")
+            item.setTitle("Memory needed vs resolution (the model has no image input)")
             return
         item.setTitle(self._titles[self.memory_vs_resolution], color=plot_colors()[1].name())
         xs = [p.value for p in result.points]
-        item.plot(xs, [p.peak_bytes / GIB for p in result.points], pen=pg.mkPen(plot_colors()[1], width=2),
-                  symbol="o", symbolSize=5, name="peak memory")
+        item.plot(xs, [p.required_bytes / GIB for p in result.points], pen=pg.mkPen(plot_colors()[1], width=2),
+                  symbol="o", symbolSize=5, name="memory needed")
         for i, gpu in enumerate(result.gpus):
             self._capacity_line(item, gpu.capacity_bytes / GIB, gpu.gpu_name, i)
-        _leave_room_for_legend(item, [p.peak_bytes / GIB for p in result.points],
+        _leave_room_for_legend(item, [p.required_bytes / GIB for p in result.points],
                                [g.capacity_bytes / GIB for g in result.gpus])
         if current_resolution:
             _, foreground = plot_colors()

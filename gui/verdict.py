@@ -7,6 +7,7 @@ from PySide6.QtGui import QColor, QPainter, QPalette, QPen
 from PySide6.QtWidgets import QFormLayout, QFrame, QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from cli.format import human_bytes, human_ms
+from engine.results import MemoryCategory
 from gui.colors import CATEGORY_COLORS, CATEGORY_LABELS, CATEGORY_TIPS, VERDICT_COLORS, VERDICT_TEXT, contrast_text
 
 
@@ -139,7 +140,9 @@ class VerdictWidget(QWidget):
         self.summary.setText(f"Needs {human_bytes(need)} of {human_bytes(cap)} usable "
                              f"({human_bytes(abs(plan.headroom_bytes))} {spare}); largest share: "
                              f"{CATEGORY_LABELS[plan.dominant_category].lower()}.")
-        segments = [(CATEGORY_LABELS[c], n, CATEGORY_COLORS[c]) for c, n in plan.memory.by_category.items()]
+        # the CUDA context is already outside "usable" memory, so the bar shows what must fit inside it
+        segments = [(CATEGORY_LABELS[c], n, CATEGORY_COLORS[c]) for c, n in plan.memory.by_category.items()
+                    if c is not MemoryCategory.CUDA_CONTEXT]
         self.bar.set_data(segments, cap)
         self._fill_legend(plan.memory.by_category)
         self.max_batch.setText("—" if plan.max_batch is None else
@@ -162,7 +165,8 @@ class VerdictWidget(QWidget):
         for i, (category, nbytes) in enumerate(shown):
             row, col = i, 0
             swatch = Swatch(CATEGORY_COLORS[category])
-            text = QLabel(f"{CATEGORY_LABELS[category]} {human_bytes(nbytes)}")
+            outside = " (outside usable)" if category is MemoryCategory.CUDA_CONTEXT else ""
+            text = QLabel(f"{CATEGORY_LABELS[category]} {human_bytes(nbytes)}{outside}")
             text.setToolTip(CATEGORY_TIPS[category])
             self.legend.addWidget(swatch, row, col * 2)
             self.legend.addWidget(text, row, col * 2 + 1)

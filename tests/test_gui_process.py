@@ -73,6 +73,14 @@ def test_a_python_model_file_loads(qtbot, window, tmp_path):
     assert root.params == (3 * 4 * 9 + 4) + (4 * 36 * 5 + 5)      # closed form: conv + linear
     assert window.layer_model.rowCount() == 1
     assert window.verdict.verdict_text().strip()[0] in "✓!✗"
+    # sweeps and the largest batch come from the model's own process
+    qtbot.waitUntil(lambda: window.batch_sweep is not None and bool(window.evaluation.plans[0].max_batch),
+                    timeout=30_000)
+    assert [p.value for p in window.batch_sweep.points][:3] == [1, 2, 4]
+    assert window.batch_sweep.points[0].required_bytes < window.batch_sweep.points[-1].required_bytes
+    # a fixed-size Linear cannot take other resolutions: the plot says why instead of showing nothing
+    assert "No resolution sweep" in window.plots.memory_vs_resolution.getPlotItem().titleLabel.text
+    assert "fc" in window.plots.memory_vs_resolution.getPlotItem().titleLabel.text
 
 
 @pytest.mark.parametrize("kind", sorted(BROKEN))
