@@ -6,6 +6,7 @@ formula registry) and every storage's lifetime. The user's module is run through
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import threading
 import time
@@ -60,16 +61,20 @@ _FAKE_LOG = logging.getLogger("torch._subclasses.fake_tensor")
 
 @contextlib.contextmanager
 def _restored_state(model: torch.nn.Module):
-    """Train/eval flags of every submodule, the MHA fast-path switch and the fake-tensor logger level
-    come back as they were."""
+    """Train/eval flags of every submodule, the MHA fast-path switch, the fake-tensor logger level and
+    the garbage collector come back as they were."""
     flags = [(m, m.training) for m in model.modules()]
     fastpath = torch.backends.mha.get_fastpath_enabled()
     log_level = _FAKE_LOG.level
+    gc_was_enabled = gc.isenabled()
     try:
         torch.backends.mha.set_fastpath_enabled(False)  # a GPU would take the same unfused path we count
         _FAKE_LOG.setLevel(logging.CRITICAL)
+        gc.disable()   # frees come from reference counts only: the same event order on every run
         yield
     finally:
+        if gc_was_enabled:
+            gc.enable()
         _FAKE_LOG.setLevel(log_level)
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for module, flag in flags:
