@@ -1,4 +1,6 @@
 """The user's module is left exactly as it was (also when the trace fails); errors name the problem."""
+import gc
+
 import pytest
 import torch
 import torch.nn.modules.module as module_globals
@@ -38,6 +40,7 @@ def snapshot(model):
         "grads": [p.grad for p in model.parameters()],
         "global": [len(getattr(module_globals, name)) for name in GLOBAL_HOOK_DICTS],
         "fastpath": torch.backends.mha.get_fastpath_enabled(),
+        "gc": gc.isenabled(),
     }
 
 
@@ -48,7 +51,7 @@ def assert_unchanged(before, model):
         now = after["state"][key]
         assert (now[1], now[2], now[3]) == (device, dtype, requires_grad), key
         assert torch.equal(now[0], value), key
-    for field in ("training", "hooks", "attrs", "modules", "global", "fastpath"):
+    for field in ("training", "hooks", "attrs", "modules", "global", "fastpath", "gc"):
         assert before[field] == after[field], field
     assert all(g is None for g in after["grads"])
 
