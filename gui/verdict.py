@@ -54,7 +54,7 @@ class MemoryBar(QWidget):
             painter.setPen(QPen(text_color, 2, Qt.PenStyle.DashLine))
             painter.drawLine(int(cx), int(bar.top() - 3), int(cx), int(bar.bottom() + 3))
             painter.setPen(text_color)
-            label = f"capacity {human_bytes(self.capacity_bytes)}"
+            label = f"usable {human_bytes(self.capacity_bytes)}"
             width = painter.fontMetrics().horizontalAdvance(label)
             lx = min(max(cx - width / 2, 0), self.width() - width)
             painter.drawText(QRectF(lx, bar.bottom() + 2, width + 2, 16), Qt.AlignmentFlag.AlignLeft, label)
