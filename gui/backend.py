@@ -61,6 +61,12 @@ def known_max_batch(workload: Workload, gpu: GpuSpec) -> int | None:
         return _max_batch_memo.get(_memo_key(workload, gpu))
 
 
+def forget_max_batches() -> None:
+    """After F5: a user's .py file may have changed since its largest batch was solved."""
+    with _memo_lock:
+        _max_batch_memo.clear()
+
+
 def remember_max_batch(workload: Workload, gpu: GpuSpec, best: int) -> None:
     """For answers solved elsewhere (the model process of a .py model)."""
     with _memo_lock:

@@ -222,6 +222,7 @@ class MainWindow(QMainWindow):
         workload = self.current_workload()
         if workload is not None:
             self.file_cache.clear()
+            backend.forget_max_batches()
             self._sweep_keys = {"batch": None, "resolution": None}
             self._file_sweeps_for = None
         self.request(immediate=True)
