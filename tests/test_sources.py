@@ -172,3 +172,35 @@ def test_initialisers_skip_meta_tensors_only_during_construction():
         layer = nn.Linear(4, 4)
         assert layer.weight.device.type == "meta"
     assert nn.init.kaiming_uniform_ is original
+
+
+def test_building_on_meta_in_one_thread_leaves_other_threads_real():
+    """The GUI builds on meta in worker threads; a real model built meanwhile elsewhere stays real,
+    and overlapping builds leave nn.Module's methods as they were."""
+    import threading
+
+    from torch import nn
+
+    from engine.meta_init import empty_weights
+
+    original = nn.Module.register_parameter
+    inside, release = threading.Event(), threading.Event()
+
+    def worker():
+        with empty_weights():
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    inside.wait(5)
+    try:
+        with empty_weights():
+            meta_layer = nn.Linear(3, 4)
+        real_layer = nn.Linear(3, 4)  # this thread left its block; the worker is still inside its own
+    finally:
+        release.set()
+        thread.join()
+    assert meta_layer.weight.device.type == "meta"
+    assert real_layer.weight.device.type == "cpu"
+    assert nn.Module.register_parameter is original
