@@ -124,6 +124,12 @@ def test_conventions_doc_lists_every_registered_op():
     assert not missing, f"docs/conventions.md does not list {missing[:10]}"
 
 
+def test_conventions_doc_table_is_the_generated_one():
+    from engine.ops.catalog import markdown_table
+    doc = (ROOT / "docs" / "conventions.md").read_text()
+    assert markdown_table() in doc, "regenerate the table: see engine/ops/catalog.py"
+
+
 @pytest.mark.parametrize("name", ["resnet18", "swin_t", "densenet121", "efficientnet_b0",
                                   "lraspp_mobilenet_v3_large"])  # ViT: the trace test below
 def test_torchvision_training_step_has_no_uncounted_ops(name):

@@ -3,7 +3,7 @@
 sum/amax/amin/max/min/prod/argmax/any/all/cumsum: 1 per input element; mean: 1 per input element
 + 1 divide per output element; var/std/norms: 2 per input element (+1 per output element for the
 sqrt/divide); logsumexp: 3 per input element. Scatter-adds (index_add, scatter_add, embedding
-backward, index_put with accumulate): 1 per source element."""
+backward, index_put with accumulate, col2im/fold): 1 per source element."""
 from __future__ import annotations
 
 from engine.ops.registry import register
@@ -53,3 +53,9 @@ def index_put_flops(args, kwargs, out) -> int:
     """1 × value elements when accumulate=True (scatter-add); 0 for a plain indexed write (memory only)"""
     accumulate = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
     return numel(first_tensor(args[2])) if accumulate else 0
+
+
+@register(*ops("col2im"))
+def col2im_flops(args, kwargs, out) -> int:
+    """1 × input (column) elements (overlapping patches summed into the image)"""
+    return numel(args[0])

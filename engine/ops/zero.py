@@ -1,7 +1,7 @@
 """Known-zero ops: no arithmetic. Three kinds, all reported with status ZERO:
 views and metadata (no kernel at all), memory-only kernels (copy / concatenate / gather / pad /
-nearest-upsample / embedding lookup: they move bytes, which the trace still records as
-bytes_read/bytes_written, but do no FLOPs), and allocation / constant fills."""
+nearest-upsample / embedding lookup / sort, topk, unique (comparisons only): they move bytes, which
+the trace still records as bytes_read/bytes_written, but do no FLOPs), and allocation / constant fills."""
 from __future__ import annotations
 
 import torch
@@ -26,6 +26,7 @@ MEMORY_ONLY = [
     "replication_pad1d", "replication_pad2d", "replication_pad3d", "roll", "flip", "repeat", "tile",
     "embedding", "scatter", "scatter_", "masked_scatter", "pixel_shuffle", "pixel_unshuffle",
     "channel_shuffle", "native_channel_shuffle", "im2col", "tril", "triu", "nonzero", "sort", "topk",
+    "_unique2", "_unique", "unique_dim", "unique_consecutive", "unique_dim_consecutive",
     "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
     "_upsample_nearest_exact2d", "_upsample_nearest_exact3d", "upsample_nearest1d_backward",
     "upsample_nearest2d_backward", "upsample_nearest3d_backward", "_upsample_nearest_exact1d_backward",
