@@ -14,6 +14,7 @@ from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 from torch.profiler._memory_profiler import OpTree
 
+from engine.tracing.profiler_check import kernel_scratch_ids
 from engine.tracing.training import checkpointed_view, make_optimizer, scalar_loss
 
 
@@ -26,23 +27,11 @@ def _storage_bytes(tensors) -> int:
 
 
 def _allocation_deltas(prof, exclude_kernel_scratch: bool) -> list[int]:
-    """+size / -size of every CPU allocation event in time order. Optionally without kernel scratch:
-    an allocation freed inside the same op call that made it (oneDNN reorders, im2col columns) is
-    private to a CPU kernel; no aten op returns it and the GPU's counterpart is the cuDNN/cuBLAS
-    workspace, which the planner models separately."""
+    """+size / -size of every CPU allocation event in time order, optionally without kernel scratch
+    (allocations freed inside the op call that made them: see ``kernel_scratch_ids``)."""
     events = [e for e in OpTree(prof.profiler.kineto_results).sorted_nodes
               if e.typed[0] == _EventType.Allocation and e.typed[1].device.type == "cpu"]
-    scratch: set[int] = set()
-    if exclude_kernel_scratch:
-        open_by_ptr: dict[int, object] = {}
-        for event in events:
-            fields = event.typed[1]
-            if fields.alloc_size > 0:
-                open_by_ptr[fields.ptr] = event
-            else:
-                alloc = open_by_ptr.pop(fields.ptr, None)
-                if alloc is not None and alloc.parent is not None and alloc.parent is event.parent:
-                    scratch.update((id(alloc), id(event)))
+    scratch = kernel_scratch_ids(events) if exclude_kernel_scratch else set()
     return [e.typed[1].alloc_size for e in events if id(e) not in scratch]
 
 

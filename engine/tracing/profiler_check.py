@@ -38,7 +38,7 @@ def profiled_peak_bytes(model: torch.nn.Module, inputs: list[torch.Tensor], mode
                 out = model(*inputs)
     allocations = [e for e in OpTree(prof.profiler.kineto_results).sorted_nodes
                    if e.typed[0] == _EventType.Allocation]
-    scratch = _kernel_scratch(allocations)
+    scratch = kernel_scratch_ids(allocations)
     live = peak = 0
     for event in allocations:
         if id(event) not in scratch:
@@ -47,9 +47,11 @@ def profiled_peak_bytes(model: torch.nn.Module, inputs: list[torch.Tensor], mode
     return baseline + peak
 
 
-def _kernel_scratch(allocations) -> set[int]:
-    """Allocations freed inside the same op call that made them (oneDNN weight/layout reorders,
-    im2col columns): kernel-private scratch that no aten op returns and no GPU kernel mirrors."""
+def kernel_scratch_ids(allocations) -> set[int]:
+    """ids of the profiler allocation events (and their frees) that are freed inside the same op call
+    that made them (oneDNN weight/layout reorders, im2col columns): kernel-private scratch that no aten
+    op returns; its GPU counterpart is the cuDNN/cuBLAS workspace, which the planner models separately.
+    ``allocations`` are OpTree allocation nodes in time order (shared with bench/profiler_reference.py)."""
     open_by_ptr: dict[int, object] = {}
     scratch: set[int] = set()
     for event in allocations:
