@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.compare import compare
 
     workload = workload_from_args(args)
-    result = compare(workload, resolve_gpus(args.gpus), cache=TraceCache(), solve_max_batch_=not args.no_max_batch)
+    result = compare(workload, resolve_gpus(args.gpus), cache=TraceCache(), solve_max_batch=not args.no_max_batch)
     if args.json:
         print(dump_json({"workload": workload.to_dict(), "rows": [comparison_row_dict(r) for r in result.rows]}))
     else:

@@ -39,13 +39,17 @@ class Comparison:
 
 
 def compare(workload: Workload, gpus: Sequence[GpuSpec], *, cache: TraceCache | None = None,
-            solve_max_batch_: bool = True, overheads: Overheads = Overheads(),
-            efficiency: Efficiency = Efficiency()) -> Comparison:
+            solve_max_batch: bool = True, overheads: Overheads = Overheads(),
+            efficiency: Efficiency = Efficiency(), solve_max_batch_: bool | None = None) -> Comparison:
+    """``solve_max_batch`` as in ``plan()``; ``solve_max_batch_`` is its old spelling, still accepted
+    until gui/backend.py and tests/test_planner_verdict.py use the new one."""
+    if solve_max_batch_ is not None:
+        solve_max_batch = solve_max_batch_
     cache = cache if cache is not None else TraceCache()
     result = cache.get(workload)
     rows = []
     for gpu in gpus:
-        best, why = try_max_batch(workload, gpu, cache=cache, overheads=overheads) if solve_max_batch_ else (None, None)
+        best, why = try_max_batch(workload, gpu, cache=cache, overheads=overheads) if solve_max_batch else (None, None)
         p = plan_result(result, gpu, overheads=overheads, efficiency=efficiency, workload=workload, max_batch=best)
         if why:
             p = replace(p, notes=(why,))
