@@ -1,8 +1,9 @@
 """Largest batch / resolution that fits, exact against the memory simulation, and sweeps for plots.
 
 Peak memory is assumed monotone in batch and resolution. Search: exponential then binary. For batch,
-the affine model from two traces (the workload's batch b and b + 1) predicts the boundary; exact
-traces at the answer and answer + 1 confirm it."""
+the affine model from two traces (the workload's batch b and b + 1) predicts the boundary; an exact
+trace at the answer confirms that it fits and that the model reproduces it byte for byte (then answer + 1,
+which the model says does not fit, needs no trace of its own); otherwise answer + 1 is traced too."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -69,7 +70,8 @@ def max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = No
     """Largest batch whose simulated requirement fits ``gpu.usable_memory_bytes``; 0 if batch 1 does not fit.
 
     Exact traces: the workload's batch b and b + 1 (the affine model's anchors), then the model's answer
-    and answer + 1; more only where the model was wrong. Starts from batch 1 when b does not fit."""
+    (and answer + 1 only when the answer's trace differs from the model); more where the model was wrong.
+    Starts from batch 1 when b does not fit."""
     cache = cache if cache is not None else TraceCache()
     workload = _require_inputs(workload, cache)
     capacity = gpu.usable_memory_bytes
@@ -92,7 +94,12 @@ def max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = No
         return largest_true(fits, lo, hi, limit)
     guess = largest_true(lambda b: model.required_bytes(b, overheads) <= capacity, lo, hi, limit)
     if fits(guess):
-        if guess == limit or guess + 1 == hi or not fits(guess + 1):
+        if guess == limit or guess + 1 == hi:
+            return guess
+        # The exact trace at the guess fits. If the model reproduced it byte for byte (affine from b to
+        # the guess), its guess + 1, which does not fit by construction, is taken without a fourth trace;
+        # a model wrong only past the guess could under-report, never over-report.
+        if model.matches(cache.get(workload.with_batch(guess))) or not fits(guess + 1):
             return guess
         return largest_true(fits, guess + 1, hi, limit)
     # the model was optimistic: step down exponentially to a batch that fits, then bisect
