@@ -35,14 +35,15 @@ _TWO = ["native_dropout"]  # draw the mask + scale
 _THREE = ["addcmul", "addcmul_", "addcdiv", "addcdiv_", "lerp", "lerp_"]  # t1∘t2, ×value, +self
 
 
-def _per_element(cost: int):
+def per_output_element(cost: int):
+    """A formula of ``cost`` FLOPs per output element (shared with pool.py and the thop preset)."""
     def formula(args, kwargs, out) -> int:
         return cost * out_numel(out)
     formula.__doc__ = f"{cost} × output elements"
     return formula
 
 
-register(*ops(*_ACTIVATIONS))(_per_element(1))
-register(*ops(*_ONE))(_per_element(1))
-register(*ops(*_TWO))(_per_element(2))
-register(*ops(*_THREE))(_per_element(3))
+register(*ops(*_ACTIVATIONS))(per_output_element(1))
+register(*ops(*_ONE))(per_output_element(1))
+register(*ops(*_TWO))(per_output_element(2))
+register(*ops(*_THREE))(per_output_element(3))

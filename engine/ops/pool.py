@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from engine.ops.pointwise import per_output_element
 from engine.ops.registry import register
 from engine.ops.shapes import expand_ints, first_tensor, numel, ops, out_numel
 
@@ -65,14 +66,14 @@ for _dims in (1, 2, 3):
         _adaptive(_dims, backward=True))
 
 
-def _upsample(cost: int, backward: bool = False):
+def _upsample_backward(cost: int):
     def formula(args, kwargs, out) -> int:
-        return cost * (numel(args[0]) if backward else out_numel(out))
-    formula.__doc__ = f"{cost} × output elements" + (" (of grad_output)" if backward else "")
+        return cost * numel(args[0])
+    formula.__doc__ = f"{cost} × output elements (of grad_output)"
     return formula
 
 
 for _name, _cost in (("upsample_linear1d", 3), ("upsample_bilinear2d", 9), ("_upsample_bilinear2d_aa", 9),
                      ("upsample_trilinear3d", 21), ("upsample_bicubic2d", 35), ("_upsample_bicubic2d_aa", 35)):
-    register(*ops(_name))(_upsample(_cost))
-    register(*ops(_name + "_backward"))(_upsample(_cost, backward=True))
+    register(*ops(_name))(per_output_element(_cost))
+    register(*ops(_name + "_backward"))(_upsample_backward(_cost))

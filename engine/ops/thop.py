@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 
+from engine.ops.pointwise import per_output_element
 from engine.ops.registry import counted_packets, register
-from engine.ops.shapes import numel, ops, out_numel
+from engine.ops.shapes import numel, ops
 
 THOP = "thop"
 
@@ -37,17 +38,10 @@ def thop_adaptive_avg_pool_macs(args, kwargs, out) -> int:
     return (math.prod(kernel) + 1) * numel(out)
 
 
-def _per_output_element(cost: int):
-    def formula(args, kwargs, out) -> int:
-        return cost * out_numel(out)
-    formula.__doc__ = f"{cost} × output elements"
-    return formula
-
-
-register(*ops("avg_pool1d", "avg_pool2d", "avg_pool3d"), kind="macs", convention=THOP)(_per_output_element(1))
-register(*ops("upsample_linear1d"), kind="macs", convention=THOP)(_per_output_element(5))
-register(*ops("upsample_bilinear2d"), kind="macs", convention=THOP)(_per_output_element(11))
-register(*ops("upsample_bicubic2d"), kind="macs", convention=THOP)(_per_output_element(259))
+register(*ops("avg_pool1d", "avg_pool2d", "avg_pool3d"), kind="macs", convention=THOP)(per_output_element(1))
+register(*ops("upsample_linear1d"), kind="macs", convention=THOP)(per_output_element(5))
+register(*ops("upsample_bilinear2d"), kind="macs", convention=THOP)(per_output_element(11))
+register(*ops("upsample_bicubic2d"), kind="macs", convention=THOP)(per_output_element(259))
 
 # the default formulas thop agrees with (same count, thop reports it as MACs)
 _SAME_AS_DEFAULT = {"aten.addmm", "aten.mm", "aten.native_batch_norm", "aten._native_batch_norm_legit",
