@@ -1,7 +1,10 @@
 """Entry point of the desktop app: ``run_app()`` (called by ``main.py`` with no arguments).
 
-PyTorch and torchvision take seconds to import, so a small window appears at once and the heavy
-imports run on a background thread; the main window replaces it as soon as they are done."""
+Launch path (the verdict is what the user waits for, docs/gui.md): a ``Preload`` thread starts importing
+PyTorch, torchvision and the engine before Qt is even imported, then traces the workload the window
+opens with into the window's trace cache. Meanwhile the UI thread imports Qt and shows a placeholder;
+it builds the main window once the imports are done (never waiting on an import lock for torch), and the
+window's first request finds that trace cached or in flight (``TraceCache`` traces each key once)."""
 from __future__ import annotations
 
 import importlib
@@ -9,69 +12,114 @@ import sys
 import threading
 import time
 
-from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QApplication, QLabel
+# in this order: torch first (the bulk), then what the first verdict needs (engine.api imports the
+# torchvision model list), then the window's own modules
+HEAVY_MODULES = ("torch", "engine.api", "engine.planner", "gui.backend", "gui.main_window")
 
-HEAVY_MODULES = ("torch", "torchvision", "gui.main_window")
+
+class Preload:
+    """Imports the heavy modules, then traces the first workload, on a background thread."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.imported = threading.Event()
+        self.error: BaseException | None = None
+        self.cache = None            # the TraceCache the main window will use
+        self.first_workload = None   # what was traced ahead of the window (None: nothing)
+        self.timings: dict[str, float] = {}   # seconds since start of each step (bench/bench_gui.py)
+        self._thread = threading.Thread(target=self._run, name="torchbudget-preload", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            for name in HEAVY_MODULES:
+                importlib.import_module(name)
+                self.timings[name] = time.perf_counter() - self.started
+            from gui import backend
+
+            self.cache = backend.trace_cache()
+        except BaseException as exc:  # noqa: BLE001 - shown in the window instead of a traceback
+            self.error = exc
+            self.imported.set()
+            return
+        self.imported.set()
+        self._trace_first_workload()
+
+    def _trace_first_workload(self):
+        from gui import backend
+        from gui.main_window import first_workload
+        from gui.settings import Settings
+
+        try:
+            workload = first_workload(Settings())
+            if workload.inputs and not backend.is_file_model(workload.model):   # user code never runs here
+                self.first_workload = workload
+                self.cache.get(workload)
+                self.timings["first trace"] = time.perf_counter() - self.started
+        except Exception:  # noqa: BLE001 - the window's own request reports the same error in place
+            pass
 
 
-def make_app(argv: list[str] | None = None) -> QApplication:
+def make_app(argv: list[str] | None = None, configure_plots: bool = True):
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QApplication
+
     app = QApplication.instance()
     if app is None:
         QApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
         app = QApplication(argv if argv is not None else sys.argv)
     app.setApplicationName("TorchBudget")
     app.setOrganizationName("TorchBudget")
-    import pyqtgraph as pg
-
-    pg.setConfigOptions(antialias=True)
+    if configure_plots:
+        _configure_plots()
     return app
 
 
-class Startup:
-    """Shows a placeholder, imports the heavy modules off the UI thread, then opens the main window."""
+def _configure_plots():
+    import pyqtgraph as pg
 
-    def __init__(self, app: QApplication, on_ready=None):
+    pg.setConfigOptions(antialias=True)
+
+
+class Startup:
+    """Shows a placeholder until the heavy imports are done, then opens the main window."""
+
+    def __init__(self, app, on_ready=None, preload: Preload | None = None):
+        from PySide6.QtCore import Qt, QTimer
+        from PySide6.QtWidgets import QLabel
+
         self.app, self.on_ready = app, on_ready
+        self.preload = preload or Preload()
         self.window = None
-        self.error: BaseException | None = None
-        self.started = time.perf_counter()
         self.placeholder = QLabel("TorchBudget\n\nLoading PyTorch…")
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.placeholder.setWindowTitle("TorchBudget")
         self.placeholder.resize(420, 200)
         self.placeholder.show()
-        self._thread = threading.Thread(target=self._import, name="torchbudget-imports", daemon=True)
-        self._thread.start()
         self._poll = QTimer()
-        self._poll.setInterval(30)
+        self._poll.setInterval(20)
         self._poll.timeout.connect(self._check)
         self._poll.start()
 
-    def _import(self):
-        try:
-            for name in HEAVY_MODULES:
-                importlib.import_module(name)
-        except BaseException as exc:  # noqa: BLE001 - shown in the window instead of a traceback
-            self.error = exc
-
     def _check(self):
-        if self._thread.is_alive():
+        if not self.preload.imported.is_set():   # polled, not waited: the UI thread never blocks on torch
             return
         self._poll.stop()
-        if self.error is not None:
-            self.placeholder.setText(f"TorchBudget could not start:\n{self.error}")
+        if self.preload.error is not None:
+            self.placeholder.setText(f"TorchBudget could not start:\n{self.preload.error}")
             return
         from gui.main_window import MainWindow
 
-        self.window = MainWindow()
+        _configure_plots()
+        self.window = MainWindow(cache=self.preload.cache)
         self.window.show()
         self.placeholder.close()
         if self.on_ready:
             self.on_ready(self.window)
 
 
-def run_app() -> int:
-    app = make_app()
-    startup = Startup(app)  # noqa: F841 - kept alive until the event loop ends
+def run_app(on_ready=None) -> int:
+    preload = Preload()   # before Qt is imported: PyTorch is the critical path
+    app = make_app(configure_plots=False)   # pyqtgraph loads with the main window
+    startup = Startup(app, on_ready, preload)  # noqa: F841 - kept alive until the event loop ends
     return app.exec()

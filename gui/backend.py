@@ -118,13 +118,16 @@ def solve_max_batch_for(workload: Workload, gpu: GpuSpec, cache: TraceCache) -> 
 
 
 def sweep_batches(current_batch: int, max_batches: Sequence[int | None]) -> tuple[int, ...]:
-    """Powers of two up to past the current batch and every largest batch (a marker shows the current one)."""
+    """Powers of two up to past the current batch and every largest batch (a marker shows the current one),
+    plus each largest batch b and b + 1: the curve then crosses the capacity line between those two
+    points, exactly at the largest-batch marker (a straight segment between powers of two would not)."""
     top = max([current_batch, 8, *[(b or 0) + 1 for b in max_batches]])
-    values, b = [], 1
+    values, b = set(), 1
     while b < top * 2 and b <= MAX_SWEEP_BATCH:
-        values.append(b)
+        values.add(b)
         b *= 2
-    return tuple(values)
+    values.update(v for best in max_batches if best for v in (best, best + 1) if v <= MAX_SWEEP_BATCH)
+    return tuple(sorted(values))
 
 
 def batch_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache,
@@ -157,6 +160,21 @@ def comparison(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *
 
 
 # -- hardware ----------------------------------------------------------------------------------
+_TENSOR_RATE_FOR_PRECISION = {"tf32": "tf32", "fp16": "fp16", "fp16-amp": "fp16", "bf16": "bf16", "bf16-amp": "bf16"}
+
+
+def missing_tensor_rate(gpu: GpuSpec, precision: str) -> str | None:
+    """The tensor rate ("bf16", ...) the precision asks for but the GPU does not list: the roofline then
+    uses the fp32 rate (GpuSpec.peak_flops_per_s falls back silently), e.g. bf16 on a T4."""
+    key = _TENSOR_RATE_FOR_PRECISION.get(precision)
+    return None if key is None or gpu.peak_tflops.get(key) else key
+
+
+def peak_rate_note(gpu: GpuSpec, precision: str) -> str | None:
+    key = missing_tensor_rate(gpu, precision)
+    return f"{gpu.name} has no {key} tensor cores: fp32 rate used" if key else None
+
+
 def database_gpus() -> list[GpuSpec]:
     from hardware.catalog import database
 

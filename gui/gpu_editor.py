@@ -5,10 +5,9 @@ from __future__ import annotations
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QLineEdit
 
 from hardware.spec import GpuSpec
-from hardware.spec_file import CUDA_CONTEXT_RESERVE_BYTES
+from hardware.spec_file import what_if_usable_bytes
 
 GIB = 2**30
-
 
 
 def _spin(maximum: float, suffix: str, decimals: int = 1, tip: str = "") -> QDoubleSpinBox:
@@ -54,7 +53,7 @@ class GpuEditorDialog(QDialog):
         memory = int(self.memory.value() * GIB)
         return GpuSpec(
             name=self.name_edit.text().strip(), vendor=self.vendor_edit.text().strip() or "NVIDIA",
-            memory_bytes=memory, usable_memory_bytes=max(0, memory - CUDA_CONTEXT_RESERVE_BYTES),
+            memory_bytes=memory, usable_memory_bytes=what_if_usable_bytes(memory),   # same rule as database entries
             bandwidth_gbs=self.bandwidth.value(),
             peak_tflops={k: (s.value() or None) for k, s in self.peaks.items()},
             source="user", origin="user",

@@ -28,12 +28,17 @@ from gui.workload_panel import WorkloadPanel
 DEFAULT_WORKLOAD = Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions())
 
 
+def first_workload(settings: Settings) -> Workload:
+    """The workload a new window opens with (gui.app traces it ahead of the window)."""
+    return settings.last_workload() or DEFAULT_WORKLOAD
+
+
 class MainWindow(QMainWindow):
-    def __init__(self, settings: Settings | None = None, model_timeout_s: float | None = None):
+    def __init__(self, settings: Settings | None = None, model_timeout_s: float | None = None, cache=None):
         super().__init__()
         self.setWindowTitle("TorchBudget — will it fit, how fast can it run?")
         self.settings = settings or Settings()
-        self.cache = backend.trace_cache()
+        self.cache = cache if cache is not None else backend.trace_cache()
         self.file_cache = backend.file_model_cache()
         self.runner = JobRunner(self)
         self.defaults_runner = JobRunner(self, debounce_ms=0)   # a model's default input shape
@@ -58,7 +63,7 @@ class MainWindow(QMainWindow):
         self._restoring = True
         ticked, primary = self.settings.ticked_gpus(), self.settings.primary_gpu()
         self.hardware_panel.reload(ticked=ticked, primary=primary or backend.default_gpu_name())
-        self.workload_panel.set_workload(self.settings.last_workload() or DEFAULT_WORKLOAD)
+        self.workload_panel.set_workload(first_workload(self.settings))
         self._restoring = False
         if self.settings.geometry() is not None:
             self.restoreGeometry(self.settings.geometry())

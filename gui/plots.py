@@ -87,8 +87,8 @@ class SweepPlots:
         for i, gpu in enumerate(result.gpus):
             self._capacity_line(memory, gpu.capacity_bytes / GIB, gpu.gpu_name, i)
             if gpu.max_batch:
-                peak_at = _interpolate(xs, [p.required_bytes for p in result.points], gpu.max_batch) / GIB
-                memory.plot([gpu.max_batch], [peak_at], pen=None, symbol="t", symbolSize=12,
+                needed_at = _interpolate(xs, [p.required_bytes for p in result.points], gpu.max_batch) / GIB
+                memory.plot([gpu.max_batch], [needed_at], pen=None, symbol="t", symbolSize=12,
                             symbolBrush=series_color(i), name=f"largest batch on {gpu.gpu_name}: {gpu.max_batch}")
         latency = self.latency_vs_batch.getPlotItem()
         throughput = self.throughput_vs_batch.getPlotItem()

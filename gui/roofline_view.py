@@ -9,6 +9,7 @@ import numpy as np
 import pyqtgraph as pg
 
 from engine.results import Phase
+from gui.backend import missing_tensor_rate, peak_rate_note
 from gui.colors import plot_colors, series_color
 from gui.plots import make_plot
 
@@ -34,9 +35,10 @@ class RooflineView:
         self.widget = make_plot("Roofline (forward pass, per layer)", "Arithmetic intensity (FLOP/byte, log scale)",
                                 "Performance (TFLOP/s, log scale)", legend_offset=(-10, -40))
         self.widget.getPlotItem().setLogMode(x=True, y=True)
-        self.widget.setToolTip("Each point is a layer: FLOPs ÷ bytes it moves (x) and the FLOP rate its roofline "
-                               "bound allows (y). Below the slanted part a layer is memory-bound, under the flat "
-                               "part compute-bound. Peaks are datasheet dense rates for the workload's dtype.")
+        self._tip = ("Each point is a layer: FLOPs ÷ bytes it moves (x) and the FLOP rate its roofline bound "
+                     "allows (y). Below the slanted part a layer is memory-bound, under the flat part "
+                     "compute-bound. Peaks are datasheet dense rates for the workload's dtype.")
+        self.widget.setToolTip(self._tip)
         self.points_shown = 0
 
     def show(self, plans, precision: str):
@@ -51,12 +53,17 @@ class RooflineView:
         xs = np.logspace(np.log10(lo), np.log10(hi), 200)
         dtype = {"fp16": "float16", "bf16": "bfloat16", "fp16-amp": "float16", "bf16-amp": "bfloat16"}.get(precision,
                                                                                                          "float32")
+        notes = []
         for i, plan in enumerate(plans):
             gpu = plan.gpu
             peak = gpu.peak_flops_per_s(dtype, tensor_core=True, tf32=precision == "tf32")
             ys = np.minimum(peak, xs * gpu.bandwidth_bytes_per_s) / TERA
+            missing = missing_tensor_rate(gpu, precision)
+            rate = f" (fp32 rate: no {missing} tensor cores)" if missing else ""
             item.plot(xs, ys, pen=pg.mkPen(series_color(i), width=2),
-                      name=f"{gpu.name}: {peak / TERA:.0f} TFLOP/s, {gpu.bandwidth_gbs:.0f} GB/s")
+                      name=f"{gpu.name}: {peak / TERA:.0f} TFLOP/s{rate}, {gpu.bandwidth_gbs:.0f} GB/s")
+            notes += [peak_rate_note(gpu, precision)] if missing else []
+        self.widget.setToolTip("\n".join([self._tip, *notes]))
         if points:
             _, foreground = plot_colors()
             # items added directly are not log-transformed by the PlotItem: place them in log10 coordinates

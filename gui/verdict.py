@@ -8,6 +8,7 @@ from PySide6.QtWidgets import QFormLayout, QFrame, QGridLayout, QLabel, QSizePol
 
 from cli.format import human_bytes, human_ms
 from engine.results import MemoryCategory
+from gui.backend import peak_rate_note
 from gui.colors import CATEGORY_COLORS, CATEGORY_LABELS, CATEGORY_TIPS, VERDICT_COLORS, VERDICT_TEXT, contrast_text
 
 
@@ -104,6 +105,11 @@ class VerdictWidget(QWidget):
         self.throughput = QLabel("—")
         self.throughput.setToolTip("Samples per second at the estimated latency (batch / estimate); the bound gives "
                                    "the ceiling in brackets.")
+        self.peak_note = QLabel()
+        self.peak_note.setWordWrap(True)
+        self.peak_note.setVisible(False)
+        self.peak_note.setToolTip("The datasheet lists no tensor-core rate for this precision, so matmuls are "
+                                  "bounded at the fp32 rate (latency bound, estimate and roofline)")
         self.others = QLabel()
         self.others.setWordWrap(True)
         self.others.setToolTip("The verdict for each other ticked GPU")
@@ -111,6 +117,8 @@ class VerdictWidget(QWidget):
                             ("Latency estimate", self.estimate), ("Throughput", self.throughput),
                             ("Other GPUs", self.others)):
             figures.addRow(text, label)
+            if label is self.estimate:
+                figures.addRow("", self.peak_note)
         layout.addLayout(figures)
         layout.addStretch(1)
 
@@ -150,6 +158,9 @@ class VerdictWidget(QWidget):
         latency = plan.latency
         self.bound.setText(human_ms(latency.lower_bound_ms))
         self.estimate.setText(human_ms(latency.estimate_ms))
+        note = peak_rate_note(plan.gpu, plan.workload.options.precision) if plan.workload is not None else None
+        self.peak_note.setText(f"⚠ {note}" if note else "")
+        self.peak_note.setVisible(bool(note))
         self.throughput.setText(f"{plan.throughput_samples_per_s:,.0f} samples/s "
                                 f"(≤ {latency.max_throughput_samples_per_s:,.0f})")
         self.others.setText("\n".join(

@@ -151,6 +151,8 @@ def test_custom_gpu_editor_writes_the_user_file(qtbot, tmp_path, monkeypatch):
     panel = HardwarePanel()
     qtbot.addWidget(panel)
     dialog = GpuEditorDialog(base=catalog.resolve_gpu("T4"))
+    # same memory as the database T4: same usable memory (driver reserve and CUDA context both taken off)
+    assert dialog.spec().usable_memory_bytes == catalog.resolve_gpu("T4").usable_memory_bytes
     dialog.name_edit.setText("Lab card 7")
     dialog.memory.setValue(20.0)
     from gui import backend
@@ -179,3 +181,39 @@ def test_unknown_gpu_from_last_session_falls_back_with_a_message(qtbot, tmp_path
     panel.reload(primary="Imaginary GPU 9000")
     assert panel.primary().name == backend.default_gpu_name()
     assert "Imaginary GPU 9000" in panel.error.message
+
+
+def test_missing_tensor_rate_is_said_where_the_peak_is_shown(qtbot):
+    """T4 lists no bf16 tensor rate: the roofline falls back to fp32 (GpuSpec.peak_flops_per_s), and the
+    verdict and the roofline legend say so; a GPU with bf16 tensor cores gets no note."""
+    from engine.cache import TraceCache
+    from engine.inputs import parse_inputs
+    from engine.planner import plan
+    from engine.results import TraceOptions
+    from engine.workload import Workload
+    from gui.backend import peak_rate_note
+    from gui.roofline_view import RooflineView
+    from gui.verdict import VerdictWidget
+    from hardware.catalog import resolve_gpu
+
+    t4, rtx = resolve_gpu("T4"), resolve_gpu("RTX 4090")
+    assert t4.peak_flops_per_s("bfloat16", tensor_core=True) == t4.peak_tflops["fp32"] * 1e12
+    assert peak_rate_note(t4, "bf16-amp") == "T4 has no bf16 tensor cores: fp32 rate used"
+    assert peak_rate_note(t4, "tf32") == "T4 has no tf32 tensor cores: fp32 rate used"
+    assert peak_rate_note(t4, "fp16") is None and peak_rate_note(t4, "fp32") is None
+    assert peak_rate_note(rtx, "bf16") is None
+    workload = Workload("resnet18", parse_inputs("1x3x64x64"), TraceOptions(precision="bf16"))
+    cache = TraceCache()
+    plans = [plan(workload, gpu, cache=cache, solve_max_batch=False) for gpu in (t4, rtx)]
+    verdict = VerdictWidget()
+    qtbot.addWidget(verdict)
+    verdict.set_plans(plans)
+    assert not verdict.peak_note.isHidden() and "T4 has no bf16 tensor cores" in verdict.peak_note.text()
+    verdict.set_plans(plans[::-1])
+    assert verdict.peak_note.isHidden()
+    roofline = RooflineView()
+    roofline.show(plans, "bf16")
+    names = [i.name() for i in roofline.widget.getPlotItem().listDataItems()]
+    assert any(n.startswith("T4: 8 TFLOP/s (fp32 rate: no bf16 tensor cores)") for n in names)
+    assert any(n.startswith("RTX 4090: 165 TFLOP/s,") for n in names)
+    assert "T4 has no bf16 tensor cores" in roofline.widget.toolTip()

@@ -147,3 +147,24 @@ def test_choosing_a_model_uses_its_default_input_and_keeps_the_batch(qtbot, wind
     evaluation = wait_for_plans(qtbot, window, lambda ev: ev.workload.model == "inception_v3")
     assert evaluation.workload.inputs[0].shape == (3, *expected)
     assert panel.resolution_spin.value() == expected[-1]
+
+
+def test_largest_batch_marker_sits_where_memory_needed_crosses_usable_memory(qtbot, window):
+    """Curve, capacity line and marker are all on the 'needed vs usable' scale (the CUDA context is outside
+    usable memory): plotting the peak (with the context) would put the marker above the line."""
+    import pyqtgraph as pg
+
+    gib = 2**30
+    evaluation = wait_for_plans(qtbot, window, lambda ev: ev.plans[0].max_batch is not None)
+    qtbot.waitUntil(lambda: window.batch_sweep is not None and bool(window.batch_sweep.gpus[0].max_batch), timeout=60_000)
+    plan_now, best = evaluation.plans[0], evaluation.plans[0].max_batch
+    usable_gib = plan_now.gpu.usable_memory_bytes / gib
+    item = window.plots.memory_vs_batch.getPlotItem()
+    curve = next(i for i in item.listDataItems() if i.name() == "memory needed")
+    marker = next(i for i in item.listDataItems() if (i.name() or "").startswith("largest batch"))
+    needed = dict(zip(curve.xData.tolist(), curve.yData.tolist()))    # batch -> GiB, before the log x axis
+    assert needed[1] == pytest.approx(plan_now.required_bytes / gib)  # the verdict's own figure at batch 1
+    assert marker.xData[0] == best and marker.yData[0] == pytest.approx(needed[best])
+    assert needed[best] <= usable_gib < needed[best + 1]
+    capacity = [i for i in item.items if isinstance(i, pg.InfiniteLine) and i.angle == 0]
+    assert [line.value() for line in capacity] == [pytest.approx(usable_gib)]
