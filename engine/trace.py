@@ -111,9 +111,9 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
     # Fake CPU tensors (meta storage, CPU dispatch) for every trace, inference included: on plain meta
     # tensors SDPA takes the math path (materializing the score matrix) and autocast does nothing, while
     # CPU — like a GPU — picks the flash kernel; one choice everywhere keeps infer and train consistent.
-    with _TRACE_LOCK, _restored_state(model), FakeTensorMode(allow_non_fake_inputs=True):
+    with _TRACE_LOCK, _restored_state(model), FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
         model.train(options.mode == "train")
-        run = _run_step(model, inputs, options, use_names)
+        run = _run_step(model, inputs, options, use_names, fake_mode)
     ops = run.recorder.ops
     first_owner = {id(p): name.rpartition(".")[0] for name, p in model.named_parameters()}
     nodes = assemble.module_nodes(model, model_name, ops, run.stack, first_owner)
@@ -130,14 +130,15 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
     )
 
 
-def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, use_names: bool) -> _Run:
+def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, use_names: bool,
+              fake_mode: FakeTensorMode) -> _Run:
     """Forward (and for training: loss, backward, optimizer step) under the recorder. Call inside the
     FakeTensorMode: every tensor made here is a fake CPU tensor."""
     train = options.mode == "train"
     param_dtype, autocast_dtype = PRECISIONS[options.precision]
     stand_ins = make_stand_ins(model, device="cpu", param_dtype=_cast(param_dtype),
                                buffer_dtype=_cast(param_dtype) if autocast_dtype is None else (lambda d: d),
-                               requires_grad=train)
+                               requires_grad=train, fake_mode=fake_mode)
     tensors = [torch.empty(s.shape, dtype=param_dtype if s.is_floating else s.torch_dtype) for s in inputs]
     stack = ModuleStack(model)
     run = _Run(stack, Recorder(stack, options.convention), assemble.StorageRoles(), stand_ins,
