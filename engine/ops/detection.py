@@ -6,9 +6,11 @@ interpolation (9 FLOPs: 3 lerps of 3, as ``upsample_bilinear2d``) plus 1 add int
 not added. Samples per bin = sampling_ratio² when sampling_ratio > 0; the adaptive ratio (≤ 0)
 depends on each box's size, so the worst case is taken: a box covering the whole feature map,
 ceil(H / pooled_h) · ceil(W / pooled_w). Backward: the same per grad_output element.
-nms over N boxes: 3 per box (its area) + 13 per IoU pair (4 min/max, 2 widths, 2 clamps, 1 product,
-2 for the union, 1 divide, 1 threshold compare), over all N·(N−1)/2 pairs — the worst case, every
-box kept, which the trace's nms policy assumes. roi_pool's bins are a data-dependent max: uncounted."""
+nms over N boxes: 19 FLOPs per IoU pair over all N·(N−1)/2 pairs, as torchvision's CUDA kernel
+(devIoU: 4 min/max, 2 widths, 2 clamps, 1 product, 6 for the two areas, 2 for the union, 1 divide,
+1 compare) computes every pair whatever is kept; N itself is the trace's worst case (every box
+passes the score filters). The sort by score is not counted (as ``sort``). roi_pool's bins are a
+data-dependent max: uncounted."""
 from __future__ import annotations
 
 import math
@@ -25,8 +27,7 @@ except ImportError:  # no torchvision: nothing to register
 
 vision = torch.ops.torchvision
 BILINEAR_SAMPLE_FLOPS = 10   # 9 for the bilinear interpolation + 1 add into the bin's average
-IOU_PAIR_FLOPS = 13
-BOX_AREA_FLOPS = 3
+IOU_PAIR_FLOPS = 19
 
 
 def samples_per_bin(sampling_ratio: int, feature_hw, pooled_hw) -> int:
@@ -57,11 +58,11 @@ def roi_align_backward_flops(args, kwargs, out) -> int:
     return numel(grad) * samples * BILINEAR_SAMPLE_FLOPS
 
 
-def nms_flops(boxes: int) -> int:
-    return BOX_AREA_FLOPS * boxes + IOU_PAIR_FLOPS * (boxes * (boxes - 1) // 2)
+def all_pairs_nms_flops(boxes: int) -> int:
+    return IOU_PAIR_FLOPS * (boxes * (boxes - 1) // 2)
 
 
 @register(*ops("nms", namespace=vision))
-def nms_formula(args, kwargs, out) -> int:
-    """3 per box + 13 per IoU pair, all N·(N−1)/2 pairs (worst case: every box kept)"""
-    return nms_flops(args[0].shape[0])
+def nms_flops(args, kwargs, out) -> int:
+    """19 per IoU pair, all N·(N−1)/2 pairs (as the CUDA kernel)"""
+    return all_pairs_nms_flops(args[0].shape[0])
