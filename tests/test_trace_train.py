@@ -127,3 +127,20 @@ def test_dict_output_loss_sums_every_floating_output():
 def test_optimizer_step_reports_no_policy():
     r = trace_model(mlp(), [InputSpec((4, 32))], TraceOptions(mode="train", optimizer="adamw"))
     assert r.policies == ()
+
+
+def test_adamw_in_place_foreach_updates_are_recorded_with_their_flops_and_allocate_nothing():
+    # the recorder answers these without the fake kernel; they must still be counted like any op
+    model = mlp()
+    r = trace_model(model, [InputSpec((4, 32))], TraceOptions(mode="train", optimizer="adamw"))
+    n = sum(p.numel() for p in model.parameters())
+    step = [op for op in r.ops if op.phase is Phase.OPTIMIZER]
+    by_name = {}
+    for op in step:
+        by_name.setdefault(op.op.split(".")[1], []).append(op)
+    assert {"_foreach_lerp_", "_foreach_addcmul_", "_foreach_addcdiv_", "_foreach_mul_"} <= set(by_name)
+    for name, per_element in (("_foreach_lerp_", 3), ("_foreach_addcmul_", 3), ("_foreach_addcdiv_", 3)):
+        assert sum(op.flops for op in by_name[name]) == per_element * n
+        assert all(op.outputs == () and op.bytes_written == 0 for op in by_name[name])
+    in_place_ops = {op.index for ops in by_name.values() for op in ops if op.op.split(".")[1].endswith("_")}
+    assert not any(e.kind == "alloc" and e.op_index in in_place_ops for e in r.storage_events)
