@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
-from torch.profiler._memory_profiler import OpTree
 
-from engine.tracing.profiler_check import kernel_scratch_ids
+from engine.tracing.profiler_check import allocation_events, allocation_peak_bytes
 from engine.tracing.training import checkpointed_view, make_optimizer, scalar_loss
 
 
@@ -24,15 +22,6 @@ def _storage_bytes(tensors) -> int:
         storage = t.untyped_storage()
         seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())
-
-
-def _allocation_deltas(prof, exclude_kernel_scratch: bool) -> list[int]:
-    """+size / -size of every CPU allocation event in time order, optionally without kernel scratch
-    (allocations freed inside the op call that made them: see ``kernel_scratch_ids``)."""
-    events = [e for e in OpTree(prof.profiler.kineto_results).sorted_nodes
-              if e.typed[0] == _EventType.Allocation and e.typed[1].device.type == "cpu"]
-    scratch = kernel_scratch_ids(events) if exclude_kernel_scratch else set()
-    return [e.typed[1].alloc_size for e in events if id(e) not in scratch]
 
 
 def profiled_peak_bytes(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *, mode: str = "infer",
@@ -58,8 +47,4 @@ def profiled_peak_bytes(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
         else:
             with torch.no_grad(), amp:
                 model(*inputs)
-    live = peak = 0
-    for delta in _allocation_deltas(prof, exclude_kernel_scratch):
-        live += delta
-        peak = max(peak, live)
-    return baseline + peak
+    return baseline + allocation_peak_bytes(allocation_events(prof, "cpu"), exclude_kernel_scratch)

@@ -36,15 +36,24 @@ def profiled_peak_bytes(model: torch.nn.Module, inputs: list[torch.Tensor], mode
         else:
             with torch.no_grad():
                 out = model(*inputs)
-    allocations = [e for e in OpTree(prof.profiler.kineto_results).sorted_nodes
-                   if e.typed[0] == _EventType.Allocation]
-    scratch = kernel_scratch_ids(allocations)
+    return baseline + allocation_peak_bytes(allocation_events(prof))
+
+
+def allocation_events(prof, device_type: str | None = None) -> list:
+    """The profiler's allocation/free events (OpTree nodes) in time order, optionally of one device type."""
+    return [e for e in OpTree(prof.profiler.kineto_results).sorted_nodes
+            if e.typed[0] == _EventType.Allocation and (device_type is None or e.typed[1].device.type == device_type)]
+
+
+def allocation_peak_bytes(allocations, exclude_kernel_scratch: bool = True) -> int:
+    """Largest running sum of the events' sizes (+size alloc, -size free), kernel scratch left out."""
+    scratch = kernel_scratch_ids(allocations) if exclude_kernel_scratch else set()
     live = peak = 0
     for event in allocations:
         if id(event) not in scratch:
             live += event.typed[1].alloc_size   # negative for a free
             peak = max(peak, live)
-    return baseline + peak
+    return peak
 
 
 def kernel_scratch_ids(allocations) -> set[int]:
