@@ -106,16 +106,11 @@ def test_registry_rejects_duplicates_and_reports_unknown_ops():
 def test_every_registered_op_has_a_formula_or_is_known_zero():
     for convention in ("default", "thop"):
         for name, status in registry.registered_ops(convention).items():
-            packet = _packet_named(name)
+            packet = registry.packet_named(name)
             if status == "counted":
                 assert registry.lookup(packet, convention) is not None, name
             else:
                 assert status == "zero" and registry.is_known_zero(packet), name
-
-
-def _packet_named(name: str):
-    namespace, op = name.split(".", 1)
-    return getattr(getattr(torch.ops, namespace), op)
 
 
 def test_conventions_doc_lists_every_registered_op():

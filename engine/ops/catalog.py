@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from engine.ops import registry
 
 
@@ -19,15 +17,10 @@ class OpRow:
     formula: str
 
 
-def _packet_named(name: str):
-    namespace, op = name.split(".", 1)
-    return getattr(getattr(torch.ops, namespace), op)
-
-
 def op_rows(convention: str = "default") -> tuple[OpRow, ...]:
     rows = []
     for name, status in sorted(registry.registered_ops(convention).items()):
-        entry = registry.lookup(_packet_named(name), convention) if status == "counted" else None
+        entry = registry.lookup(registry.packet_named(name), convention) if status == "counted" else None
         if entry is None:
             rows.append(OpRow(name, "zero", "", False, "0 (no arithmetic)"))
             continue

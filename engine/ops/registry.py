@@ -69,6 +69,12 @@ def register_zero(*ops) -> None:
         _ZERO.add(key)
 
 
+def packet_named(name: str):
+    """The op packet a ``registered_ops()`` name stands for ("aten.mm" -> torch.ops.aten.mm)."""
+    namespace, op = name.split(".", 1)
+    return getattr(getattr(torch.ops, namespace), op)
+
+
 def lookup(op, convention: str = "default") -> _Entry | None:
     key = _packet(op)
     if convention != "default":
