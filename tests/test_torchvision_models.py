@@ -111,12 +111,17 @@ def test_other_families_at_their_default_inputs(name, extra):
     assert result.uncounted_ops == () and result.coverage == 1.0  # raft: grid_sampler_2d
 
 
-def test_detection_runs_under_the_documented_worst_case_policy():
-    name = "fasterrcnn_mobilenet_v3_large_320_fpn"
+def _analyze_detector(name: str):
+    """analyze() at the default input, and torchvision's own meta build with the same parameter count."""
     result = analyze(name)
     with torch.device("meta"):
         reference = tvm.get_model(name, weights=None, weights_backbone=None)
     assert result.totals.params == sum(p.numel() for p in reference.parameters())
+    return result, reference
+
+
+def test_detection_runs_under_the_documented_worst_case_policy():
+    result, reference = _analyze_detector("fasterrcnn_mobilenet_v3_large_320_fpn")
     # data-dependent ops (proposal filtering, NMS) have no data on meta: the trace assumes the worst case
     # and says so; with every box kept the model returns its cap of detections per image
     assert any("nms" in policy for policy in result.policies)
@@ -136,11 +141,7 @@ def test_a_two_stage_detector_with_a_mask_head_is_fully_counted():
     """The mask head adds roi_align calls; the per-class nms sees every proposal of every foreground
     class under the worst-case policy and counts all its pairs. (keypointrcnn_resnet50_fpn, also fully
     counted, takes ~9 s here: measured once, see docs/conventions.md.)"""
-    name = "maskrcnn_resnet50_fpn"
-    result = analyze(name)
-    with torch.device("meta"):
-        reference = tvm.get_model(name, weights=None, weights_backbone=None)
-    assert result.totals.params == sum(p.numel() for p in reference.parameters())
+    result, reference = _analyze_detector("maskrcnn_resnet50_fpn")
     assert result.uncounted_ops == () and result.coverage == 1.0
     classes = reference.roi_heads.box_predictor.cls_score.out_features - 1   # without the background
     boxes = reference.rpn._post_nms_top_n["testing"] * classes
