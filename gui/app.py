@@ -15,6 +15,7 @@ import time
 # in this order: torch first (the bulk), then what the first verdict needs (engine.api imports the
 # torchvision model list), then the window's own modules
 HEAVY_MODULES = ("torch", "engine.api", "engine.planner", "gui.backend", "gui.main_window")
+# the plot tabs (pyqtgraph, numpy) are imported and built by the window once its first verdict is on screen
 
 
 class Preload:
@@ -110,7 +111,6 @@ class Startup:
             return
         from gui.main_window import MainWindow
 
-        _configure_plots()
         self.window = MainWindow(cache=self.preload.cache)
         self.window.show()
         self.placeholder.close()
@@ -120,6 +120,6 @@ class Startup:
 
 def run_app(on_ready=None) -> int:
     preload = Preload()   # before Qt is imported: PyTorch is the critical path
-    app = make_app(configure_plots=False)   # pyqtgraph loads with the main window
+    app = make_app(configure_plots=False)   # pyqtgraph loads after the first verdict
     startup = Startup(app, on_ready, preload)  # noqa: F841 - kept alive until the event loop ends
     return app.exec()

@@ -2,7 +2,10 @@
 Every input change asks the JobRunner for a new analysis; results arrive stage by stage through signals."""
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+import importlib
+import threading
+
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QHeaderView, QLabel, QLineEdit, QMainWindow, QProgressBar, QPushButton, QCheckBox, QScrollArea, QSplitter,
     QTableView, QTabWidget, QTreeView, QVBoxLayout, QHBoxLayout, QWidget,
@@ -14,23 +17,30 @@ from engine.results import TraceOptions
 from engine.workload import Workload
 from gui import backend
 from gui.analysis_job import Request, run_request
-from gui.comparison_view import ComparisonCharts, ComparisonModel
 from gui.hardware_panel import HardwarePanel
 from gui.layer_model import LayerFilterProxy, LayerTreeModel, ModuleLatency
 from gui.model_runner import ModelProcessRunner
-from gui.plots import SweepPlots
-from gui.roofline_view import RooflineView
 from gui.settings import Settings
 from gui.verdict import VerdictWidget
 from gui.workers import JobRunner
-from gui.workload_panel import WorkloadPanel
+from gui.workload_panel import WorkloadPanel, as_shown
 
+VIEW_TABS = ("Memory vs batch", "Latency vs batch", "Throughput vs batch", "Memory vs resolution", "Roofline",
+             "Comparison")
 DEFAULT_WORKLOAD = Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions())
 
 
 def first_workload(settings: Settings) -> Workload:
-    """The workload a new window opens with (gui.app traces it ahead of the window)."""
-    return settings.last_workload() or DEFAULT_WORKLOAD
+    """The workload a new window asks about first (gui.app traces it ahead of the window)."""
+    return as_shown(settings.last_workload() or DEFAULT_WORKLOAD)
+
+
+def _import_view_modules():
+    try:
+        for name in ("pyqtgraph", "gui.plots", "gui.roofline_view", "gui.comparison_view"):
+            importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - _ensure_views imports them again and raises in place
+        pass
 
 
 class MainWindow(QMainWindow):
@@ -112,25 +122,14 @@ class MainWindow(QMainWindow):
         lay.addWidget(self.layer_view)
         self.tabs.addTab(layers, "Layers")
 
-        self.plots = SweepPlots()
-        for widget, title in zip(self.plots.widgets(), ("Memory vs batch", "Latency vs batch", "Throughput vs batch",
-                                                        "Memory vs resolution")):
-            self.tabs.addTab(widget, title)
-        self.roofline = RooflineView()
-        self.tabs.addTab(self.roofline.widget, "Roofline")
-        self.comparison_model = ComparisonModel(self)
-        self.comparison_table = QTableView()
-        self.comparison_table.setModel(self.comparison_model)
-        self.comparison_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.comparison_charts = ComparisonCharts()
-        compare_page = QWidget()
-        compare_layout = QVBoxLayout(compare_page)
-        compare_layout.addWidget(self.comparison_table, 1)
-        charts = QSplitter(Qt.Orientation.Horizontal)
-        charts.addWidget(self.comparison_charts.memory)
-        charts.addWidget(self.comparison_charts.throughput)
-        compare_layout.addWidget(charts, 3)
-        self.tabs.addTab(compare_page, "Comparison")
+        # the plot tabs need pyqtgraph (and numpy): built right after the first verdict, or when first used
+        self._views = None
+        self._view_pages = {}
+        for title in VIEW_TABS:
+            page = QLabel("Loading…")
+            page.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            self._view_pages[title] = page
+            self.tabs.addTab(page, title)
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(scroll)
@@ -168,6 +167,65 @@ class MainWindow(QMainWindow):
         self.cancel_button.clicked.connect(self.cancel)
         self.model_runner.finished.connect(self._on_file_model_result)
         self.model_runner.failed.connect(lambda _w, error: self._on_failed(error))
+
+    def _ensure_views(self):
+        """Builds the plot, roofline and comparison tabs (once) and fills them with what is already known."""
+        if self._views is not None:
+            return self._views
+        import pyqtgraph as pg
+
+        from gui.comparison_view import ComparisonCharts, ComparisonModel
+        from gui.plots import SweepPlots
+        from gui.roofline_view import RooflineView
+
+        pg.setConfigOptions(antialias=True)
+        plots, roofline = SweepPlots(), RooflineView()
+        comparison_model = ComparisonModel(self)
+        table = QTableView()
+        table.setModel(comparison_model)
+        table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        charts = ComparisonCharts()
+        compare_page = QWidget()
+        compare_layout = QVBoxLayout(compare_page)
+        compare_layout.addWidget(table, 1)
+        chart_split = QSplitter(Qt.Orientation.Horizontal)
+        chart_split.addWidget(charts.memory)
+        chart_split.addWidget(charts.throughput)
+        compare_layout.addWidget(chart_split, 3)
+        self._views = dict(plots=plots, roofline=roofline, comparison_model=comparison_model,
+                           comparison_table=table, comparison_charts=charts)
+        current = self.tabs.currentIndex()
+        pages = (*plots.widgets(), roofline.widget, compare_page)
+        for title, page in zip(VIEW_TABS, pages):
+            index = self.tabs.indexOf(self._view_pages.pop(title))
+            self.tabs.removeTab(index)
+            self.tabs.insertTab(index, page, title)
+        self.tabs.setCurrentIndex(current)
+        if self.evaluation is not None and self.evaluation.result is not None:
+            roofline.show(list(self.evaluation.plans), self.evaluation.workload.options.precision)
+        return self._views
+
+    def _load_views_soon(self):
+        """Imports the plot modules off the UI thread, then builds the tabs (unless used before that)."""
+        if getattr(self, "_views_loader", None) is not None:
+            return
+        self._views_loader = threading.Thread(target=_import_view_modules, name="torchbudget-views", daemon=True)
+        self._views_loader.start()
+        poll = QTimer(self)
+        poll.setInterval(20)
+
+        def check():
+            if not self._views_loader.is_alive():
+                poll.stop()
+                self._ensure_views()
+        poll.timeout.connect(check)
+        poll.start()
+
+    plots = property(lambda self: self._ensure_views()["plots"])
+    roofline = property(lambda self: self._ensure_views()["roofline"])
+    comparison_model = property(lambda self: self._ensure_views()["comparison_model"])
+    comparison_table = property(lambda self: self._ensure_views()["comparison_table"])
+    comparison_charts = property(lambda self: self._ensure_views()["comparison_charts"])
 
     # -- requests -------------------------------------------------------------------------------
     def current_workload(self) -> Workload | None:
@@ -289,6 +347,8 @@ class MainWindow(QMainWindow):
         self.workload_panel.clear_errors()
         self.hardware_panel.error.clear_message()
         self.verdict.set_plans(list(evaluation.plans))
+        if self._views is None:
+            self.verdict.repaint()   # the first verdict on screen now, before the layer tree and the plot tabs
         if evaluation.interpolated:
             self.progress_label.setText("Scaled from batches 1 and 2; exact trace follows…")
         if evaluation.result is not None:
@@ -303,7 +363,10 @@ class MainWindow(QMainWindow):
             self.coverage_label.setText(f"{evaluation.result.coverage:.0%} of ops counted")
             self.coverage_label.setToolTip("Share of ops with a FLOP formula or known to do no arithmetic; "
                                            "the rest are listed with ⚠ and not counted.")
-            self.roofline.show(list(evaluation.plans), evaluation.workload.options.precision)
+            if self._views is not None:
+                self.roofline.show(list(evaluation.plans), evaluation.workload.options.precision)
+            else:   # the verdict paints first; the plot tabs follow
+                self._load_views_soon()
             if not backend.is_file_model(evaluation.workload.model):
                 self.settings.add_recent_model(evaluation.workload.model)
 

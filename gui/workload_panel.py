@@ -55,6 +55,16 @@ def python_file_entries(path: str) -> list[str]:
     return names
 
 
+def as_shown(workload: Workload) -> Workload:
+    """The workload ``set_workload(workload)`` then ``workload()`` give back (inference carries no optimizer
+    or checkpointing, as on the CLI; no inputs means the default image), so gui.app can trace it ahead."""
+    o = workload.options
+    training = o.mode == "train"
+    options = TraceOptions(mode=o.mode, precision=o.precision, optimizer=o.optimizer if training else None,
+                           checkpointing=training and o.checkpointing)
+    return Workload(workload.model, workload.inputs or parse_inputs("1x3x224x224"), options)
+
+
 class WorkloadPanel(QGroupBox):
     workloadChanged = Signal(object)    # Workload
     modelChanged = Signal(str)          # a known torchvision name: the window fetches its default input

@@ -217,3 +217,23 @@ def test_missing_tensor_rate_is_said_where_the_peak_is_shown(qtbot):
     assert any(n.startswith("T4: 8 TFLOP/s (fp32 rate: no bf16 tensor cores)") for n in names)
     assert any(n.startswith("RTX 4090: 165 TFLOP/s,") for n in names)
     assert "T4 has no bf16 tensor cores" in roofline.widget.toolTip()
+
+
+def test_as_shown_is_what_the_workload_panel_gives_back(qtbot):
+    """gui.app traces ``as_shown(first workload)`` before the window exists: it must be the panel's own."""
+    from engine.inputs import parse_inputs
+    from engine.results import TraceOptions
+    from engine.workload import Workload
+    from gui.workload_panel import as_shown
+
+    panel = WorkloadPanel([])
+    qtbot.addWidget(panel)
+    for workload in (Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions()),
+                     Workload("vit_b_16", parse_inputs("8x3x224x224"), TraceOptions(precision="bf16-amp",
+                                                                                    checkpointing=True)),
+                     Workload("resnet18", parse_inputs("64x3x128x128"),
+                              TraceOptions(mode="train", precision="fp16-amp", optimizer="sgd", checkpointing=True)),
+                     Workload("resnet18", parse_inputs("2x3x64x64"), TraceOptions(mode="train", optimizer=None)),
+                     Workload("resnet18")):
+        panel.set_workload(workload)
+        assert panel.workload() == as_shown(workload)

@@ -111,6 +111,10 @@ def test_startup_shows_a_placeholder_then_the_main_window(qtbot, qapp, tmp_path,
     try:
         assert opened[0] is startup.window and startup.window.isVisible()
         assert not startup.placeholder.isVisible()
+        # the trace started ahead of the window is the one the window asks about (same cache, same key)
+        evaluation = wait_for_plans(qtbot, startup.window)
+        assert startup.preload.first_workload == evaluation.workload
+        assert startup.window.cache is startup.preload.cache
     finally:
         close_window(startup.window)
 
@@ -168,3 +172,32 @@ def test_largest_batch_marker_sits_where_memory_needed_crosses_usable_memory(qtb
     assert needed[best] <= usable_gib < needed[best + 1]
     capacity = [i for i in item.items if isinstance(i, pg.InfiniteLine) and i.angle == 0]
     assert [line.value() for line in capacity] == [pytest.approx(usable_gib)]
+
+
+def test_first_verdict_is_on_screen_before_the_plotting_modules_load(tmp_path):
+    """Launch path (gui.app): the first verdict needs PyTorch and the engine, not pyqtgraph; the plot tabs
+    are built after it. Run as a fresh process, as a user launches it."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    child = textwrap.dedent("""
+        import sys
+        from gui import app as gui_app
+        def ready(window):
+            from PySide6.QtWidgets import QApplication, QWidget
+            def repaint(widget):
+                QWidget.repaint(widget)
+                if "on " in widget.verdict_text():
+                    print("verdict", "pyqtgraph" in sys.modules, flush=True)
+                    QApplication.instance().quit()
+            type(window.verdict).repaint = repaint
+        gui_app.run_app(on_ready=ready)
+    """)
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", TORCHBUDGET_SETTINGS=str(tmp_path / "settings.ini"),
+               TORCHBUDGET_CONFIG_DIR=str(tmp_path))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", child], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert "verdict False" in done.stdout.splitlines(), done.stderr[-2000:]
