@@ -144,3 +144,22 @@ def test_adamw_in_place_foreach_updates_are_recorded_with_their_flops_and_alloca
         assert all(op.outputs == () and op.bytes_written == 0 for op in by_name[name])
     in_place_ops = {op.index for ops in by_name.values() for op in ops if op.op.split(".")[1].endswith("_")}
     assert not any(e.kind == "alloc" and e.op_index in in_place_ops for e in r.storage_events)
+
+
+def test_in_place_foreach_on_fake_scalars_with_a_value_still_updates_the_value():
+    # Adam's step counters are fake scalars carrying their value; .item() must read 1 after the increment
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from engine.tracing.modules import ModuleStack
+    from engine.tracing.recorder import Recorder
+
+    recorder = Recorder(ModuleStack(nn.Linear(1, 1)))
+    recorder.phase = Phase.OPTIMIZER
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        step, weight = torch.tensor(0.0), torch.empty(3, 2)
+        with recorder:
+            torch._foreach_add_([step], 1)
+            torch._foreach_mul_([weight], 0.5)
+    assert step.constant.item() == 1.0
+    assert [op.op for op in recorder.ops] == ["aten._foreach_add_.Scalar", "aten._foreach_mul_.Scalar"]
+    assert recorder.ops[1].flops == 6

@@ -34,6 +34,10 @@ def _is_inplace_foreach(func) -> bool:
     return known
 
 
+def _has_constants(tensors) -> bool:
+    return any(getattr(t, "constant", None) is not None for t in tensors)
+
+
 def _collect_tensors(items, found: list) -> list:
     """Tensors in op arguments/results (flat values or lists/tuples of them); faster than pytree."""
     for item in items:
@@ -94,9 +98,10 @@ class Recorder(TorchDispatchMode):
             return func(*args, **kwargs)
         path = self._module_path()
         try:
-            if self.phase is Phase.OPTIMIZER and _is_inplace_foreach(func):
+            if self.phase is Phase.OPTIMIZER and _is_inplace_foreach(func) and not _has_constants(args[0]):
                 # torch.optim's in-place foreach updates on fake tensors change no shape, allocate nothing
-                # and return None; the fake kernel would only re-derive that per tensor (~0.15 s per step)
+                # and return None; the fake kernel would only re-derive that per tensor (~0.1 s per step).
+                # Fake scalars that carry a value (Adam's step counters) still go through it.
                 out = None
             else:
                 out = self.policies.maybe_run(func, args, kwargs)
