@@ -49,6 +49,41 @@ CHILD = textwrap.dedent("""
 """)
 
 
+# the floor: what the first verdict cannot do without, in a bare process (no Qt), step by step
+FLOOR = textwrap.dedent("""
+    import time
+    t = [time.perf_counter()]
+    import torch; t.append(time.perf_counter())
+    import engine.api, engine.planner; t.append(time.perf_counter())   # torchvision.models; torch._dynamo
+    from engine.cache import TraceCache
+    from engine.planner import plan_result
+    from gui.main_window import DEFAULT_WORKLOAD
+    from gui.workload_panel import as_shown
+    from hardware.catalog import default_gpu
+    t.append(time.perf_counter())
+    workload = as_shown(DEFAULT_WORKLOAD)
+    result = TraceCache().get(workload); t.append(time.perf_counter())
+    plan_result(result, default_gpu(), workload=workload); t.append(time.perf_counter())
+    steps = ("torch", "torchvision+engine", "window modules", "trace", "plan")
+    print("floor", " ".join(f"{k.replace(' ', '_')} {b - a:.3f}" for k, a, b in zip(steps, t, t[1:])),
+          f"total {t[-1] - t[0]:.3f}", flush=True)
+""")
+
+
+def floor_times(runs: int = 2) -> list[dict]:
+    out = []
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, "-c", FLOOR], capture_output=True, text=True, timeout=300,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
+        line = [l for l in done.stdout.splitlines() if l.startswith("floor")]
+        if not line:
+            raise RuntimeError(f"floor bench child failed: {done.stderr[-2000:]}")
+        parts = line[-1].split()[1:]
+        out.append(dict(zip(parts[::2], map(float, parts[1::2]))))
+    return out
+
+
 def _env(tmp: str) -> dict:
     env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"),
                TORCHBUDGET_SETTINGS=os.path.join(tmp, "settings.ini"), TORCHBUDGET_CONFIG_DIR=tmp)
@@ -110,10 +145,11 @@ def batch_change_ms(batches=(2, 4, 8, 16, 32, 48, 64, 96, 128, 256)) -> tuple[li
 
 def run() -> list[str]:
     lines = []
-    starts = startup_times()
-    for i, s in enumerate(starts, 1):
+    for i in range(1, 4):   # interleaved: the same machine load for the app and its floor
+        s, floor = startup_times(1)[0], floor_times(1)[0]
         lines.append(f"launch run {i}: placeholder {s['placeholder']:.2f} s, main window {s['window']:.2f} s, "
-                     f"verdict {s['verdict']:.2f} s (target ≤ {STARTUP_TARGET_S:g} s)")
+                     f"verdict {s['verdict']:.2f} s (target ≤ {STARTUP_TARGET_S:g} s); bare floor "
+                     + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in floor.items()) + " s")
     first, again = batch_change_ms()
     for label, sample in (("new batch (affine scaling of cached traces)", first), ("revisited batch (cached)", again)):
         lines.append(f"batch change → verdict, {label}: median {statistics.median(sample):.0f} ms, "

@@ -27,7 +27,7 @@ class HardwarePanel(QGroupBox):
     primaryChanged = Signal(object)   # GpuSpec
     tickedChanged = Signal(list)      # list[GpuSpec], primary first
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, load: bool = True):
         super().__init__("Hardware", parent)
         layout = QVBoxLayout(self)
         self.live_label = QLabel()
@@ -71,7 +71,8 @@ class HardwarePanel(QGroupBox):
         self._poll = QTimer(self)
         self._poll.setInterval(POLL_MS)
         self._poll.timeout.connect(self.refresh_live_memory)
-        self.reload()
+        if load:   # the main window loads it once itself, with the GPUs of the last session
+            self.reload()
 
     # -- contents -----------------------------------------------------------------
     def reload(self, ticked: list[str] | None = None, primary: str | None = None):

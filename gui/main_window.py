@@ -84,7 +84,7 @@ class MainWindow(QMainWindow):
     # -- layout ---------------------------------------------------------------------------
     def _build(self):
         self.workload_panel = WorkloadPanel(self.settings.recent_models())
-        self.hardware_panel = HardwarePanel()
+        self.hardware_panel = HardwarePanel(load=False)
         left = QWidget()
         left_layout = QVBoxLayout(left)
         left_layout.addWidget(self.workload_panel)
