@@ -28,6 +28,8 @@ class Preload:
         self.cache = None            # the TraceCache the main window will use
         self.first_workload = None   # what was traced ahead of the window (None: nothing)
         self.timings: dict[str, float] = {}   # seconds since start of each step (bench/bench_gui.py)
+        self._lock = threading.Lock()
+        self._callbacks = []
         self._thread = threading.Thread(target=self._run, name="torchbudget-preload", daemon=True)
         self._thread.start()
 
@@ -41,10 +43,24 @@ class Preload:
             self.cache = backend.trace_cache()
         except BaseException as exc:  # noqa: BLE001 - shown in the window instead of a traceback
             self.error = exc
+        self._set_imported()
+        if self.error is None:
+            self._trace_first_workload()
+
+    def when_imported(self, callback) -> None:
+        """Calls ``callback()`` once the imports are done (at once if they are; else from this thread)."""
+        with self._lock:
+            if not self.imported.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def _set_imported(self):
+        with self._lock:
             self.imported.set()
-            return
-        self.imported.set()
-        self._trace_first_workload()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
     def _trace_first_workload(self):
         from gui import backend
@@ -82,11 +98,19 @@ def _configure_plots():
     pg.setConfigOptions(antialias=True)
 
 
+def _make_notifier():
+    from PySide6.QtCore import QObject, Signal
+
+    class Notifier(QObject):
+        ready = Signal()
+    return Notifier()
+
+
 class Startup:
     """Shows a placeholder until the heavy imports are done, then opens the main window."""
 
     def __init__(self, app, on_ready=None, preload: Preload | None = None):
-        from PySide6.QtCore import Qt, QTimer
+        from PySide6.QtCore import Qt
         from PySide6.QtWidgets import QLabel
 
         self.app, self.on_ready = app, on_ready
@@ -97,15 +121,15 @@ class Startup:
         self.placeholder.setWindowTitle("TorchBudget")
         self.placeholder.resize(420, 200)
         self.placeholder.show()
-        self._poll = QTimer()
-        self._poll.setInterval(20)
-        self._poll.timeout.connect(self._check)
-        self._poll.start()
+        # woken by a queued signal, not a polling timer: a UI thread that wakes up every few ms takes the
+        # GIL from the import thread each time, which costs most on a loaded machine
+        self._notifier = _make_notifier()
+        self._notifier.ready.connect(self._check, Qt.ConnectionType.QueuedConnection)
+        self.preload.when_imported(self._notifier.ready.emit)
 
     def _check(self):
-        if not self.preload.imported.is_set():   # polled, not waited: the UI thread never blocks on torch
+        if self.window is not None:
             return
-        self._poll.stop()
         if self.preload.error is not None:
             self.placeholder.setText(f"TorchBudget could not start:\n{self.preload.error}")
             return
@@ -122,4 +146,10 @@ def run_app(on_ready=None) -> int:
     preload = Preload()   # before Qt is imported: PyTorch is the critical path
     app = make_app(configure_plots=False)   # pyqtgraph loads after the first verdict
     startup = Startup(app, on_ready, preload)  # noqa: F841 - kept alive until the event loop ends
-    return app.exec()
+    code = app.exec()
+    from PySide6.QtCore import QThreadPool
+
+    # closing the window cancelled the analysis; let a running stage stop before the interpreter goes away
+    # (exiting with a thread inside PyTorch can abort the process)
+    QThreadPool.globalInstance().waitForDone(10_000)
+    return code
