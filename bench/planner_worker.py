@@ -140,6 +140,9 @@ def case_profiler_vit_b_16_infer() -> dict:
 
 
 if __name__ == "__main__":
+    from engine.trace import freeze_startup_objects
+
+    freeze_startup_objects()  # as the CLI and the app do once their imports are done
     out = globals()[f"case_{sys.argv[1]}"]()
     out["peak_rss_mib"] = _rss_mib()
     print(json.dumps(out))

@@ -9,6 +9,7 @@ import sys
 from engine.errors import UserError
 
 SUBCOMMANDS = ("analyze", "gpus", "plan", "sweep", "compare", "validate")
+TRACING_SUBCOMMANDS = {"analyze", "plan", "sweep", "compare", "validate"}
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -40,6 +41,10 @@ def run_cli(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = "--debug" in argv
+    if args.command in TRACING_SUBCOMMANDS:
+        from engine.trace import freeze_startup_objects
+
+        freeze_startup_objects()  # this process is ours: see the function's note
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -38,8 +38,10 @@ class Preload:
             for name in HEAVY_MODULES:
                 importlib.import_module(name)
                 self.timings[name] = time.perf_counter() - self.started
+            from engine.trace import freeze_startup_objects
             from gui import backend
 
+            freeze_startup_objects()  # the app owns its process
             self.cache = backend.trace_cache()
         except BaseException as exc:  # noqa: BLE001 - shown in the window instead of a traceback
             self.error = exc
@@ -114,13 +116,13 @@ class Startup:
         from PySide6.QtWidgets import QLabel
 
         self.app, self.on_ready = app, on_ready
-        self.preload = preload or Preload()
         self.window = None
         self.placeholder = QLabel("TorchBudget\n\nLoading PyTorch…")
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.placeholder.setWindowTitle("TorchBudget")
         self.placeholder.resize(420, 200)
         self.placeholder.show()
+        self.preload = preload or Preload()
         # woken by a queued signal, not a polling timer: a UI thread that wakes up every few ms takes the
         # GIL from the import thread each time, which costs most on a loaded machine
         self._notifier = _make_notifier()

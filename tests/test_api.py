@@ -135,3 +135,14 @@ def test_live_module_is_left_exactly_as_found(mode):
         analyze(model, "2x4x16x16", mode=mode)  # wrong channel count: fails inside the trace
     assert _same(before, _snapshot(model))
     handle.remove()
+
+
+def test_importing_the_engine_leaves_the_garbage_collector_alone():
+    """A library must not change the importing process's collector; only our CLI/app freeze objects."""
+    import subprocess
+    import sys
+
+    code = ("import gc, engine.api, engine.planner, engine.trace; "
+            "engine.api.analyze('alexnet', '1x3x64x64'); print(gc.get_freeze_count(), gc.isenabled())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "True"]
