@@ -53,15 +53,15 @@ FLOOR = textwrap.dedent("""
     import torch; t.append(time.perf_counter())
     import engine.api, engine.planner; t.append(time.perf_counter())   # torchvision.models; torch._dynamo
     from engine.cache import TraceCache
+    from engine.inputs import parse_inputs
     from engine.planner import plan_result
-    from gui.main_window import DEFAULT_WORKLOAD
-    from gui.workload_panel import as_shown
+    from engine.results import TraceOptions
+    from engine.workload import Workload
     from hardware.catalog import default_gpu
-    t.append(time.perf_counter())
-    workload = as_shown(DEFAULT_WORKLOAD)
+    workload = Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions(optimizer=None))   # the default
     result = TraceCache().get(workload); t.append(time.perf_counter())
     plan_result(result, default_gpu(), workload=workload); t.append(time.perf_counter())
-    steps = ("torch", "torchvision+engine", "window modules", "trace", "plan")
+    steps = ("torch", "torchvision+engine", "trace", "plan")
     print("floor", " ".join(f"{k.replace(' ', '_')} {b - a:.3f}" for k, a, b in zip(steps, t, t[1:])),
           f"total {t[-1] - t[0]:.3f}", flush=True)
 """)
