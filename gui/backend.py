@@ -152,7 +152,7 @@ def resolution_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCa
 
 
 def comparison(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *, solve: bool = True) -> Comparison:
-    result = compare(workload, gpus, cache=cache, solve_max_batch_=False)
+    result = compare(workload, gpus, cache=cache, solve_max_batch=False)
     if not solve:
         return result
     return replace(result, rows=tuple(replace(row, max_batch=solve_max_batch_for(workload, gpu, cache))
