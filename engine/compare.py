@@ -40,11 +40,8 @@ class Comparison:
 
 def compare(workload: Workload, gpus: Sequence[GpuSpec], *, cache: TraceCache | None = None,
             solve_max_batch: bool = True, overheads: Overheads = Overheads(),
-            efficiency: Efficiency = Efficiency(), solve_max_batch_: bool | None = None) -> Comparison:
-    """``solve_max_batch`` as in ``plan()``; ``solve_max_batch_`` is its old spelling, still accepted
-    until gui/backend.py and tests/test_planner_verdict.py use the new one."""
-    if solve_max_batch_ is not None:
-        solve_max_batch = solve_max_batch_
+            efficiency: Efficiency = Efficiency()) -> Comparison:
+    """One workload on each GPU; ``solve_max_batch`` as in ``plan()``."""
     cache = cache if cache is not None else TraceCache()
     result = cache.get(workload)
     rows = []

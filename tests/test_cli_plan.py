@@ -84,13 +84,3 @@ def test_compare_solves_the_same_max_batch_as_plan(capsys, model_file):
     planned = run_json(capsys, ["plan", model_file, "--input", "2x3x32x32", "--gpu", "T4"])
     assert compared["rows"][0]["max_batch"] == planned["max_batch"] is not None
 
-
-def test_compare_keeps_the_old_keyword_spelling(model_file):
-    from engine.cache import TraceCache
-    from engine.compare import compare
-    from engine.inputs import parse_inputs
-    from engine.workload import Workload
-    workload, cache, gpus = Workload(model_file, parse_inputs("1x3x32x32")), TraceCache(), [resolve_gpu("T4")]
-    old = compare(workload, gpus, cache=cache, solve_max_batch_=False).rows[0]
-    new = compare(workload, gpus, cache=cache, solve_max_batch=False).rows[0]
-    assert old.max_batch is None and (old.required_bytes, old.estimate_ms) == (new.required_bytes, new.estimate_ms)

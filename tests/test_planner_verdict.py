@@ -51,7 +51,7 @@ def test_plan_solves_max_batch_and_reports_latency():
 def test_compare_traces_once_and_orders_gpus_as_given():
     analyzer = CountingAnalyzer()
     gpus = [small_gpu(10**5, "tiny"), small_gpu(10**8, "big")]
-    result = compare(fake_workload(4), gpus, cache=TraceCache(analyzer=analyzer), solve_max_batch_=False,
+    result = compare(fake_workload(4), gpus, cache=TraceCache(analyzer=analyzer), solve_max_batch=False,
                      overheads=NONE)
     assert [r.gpu_name for r in result.rows] == ["tiny", "big"]
     assert [r.fits for r in result.rows] == [False, True]
