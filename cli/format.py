@@ -3,9 +3,8 @@ units labelled MiB/GiB (1 MiB = 2**20 B) so they are never confused with MB."""
 from __future__ import annotations
 
 import json
-from dataclasses import fields, is_dataclass
-from enum import Enum
-from types import MappingProxyType
+
+from engine.serialize import to_plain
 
 
 def human_count(n: float, digits: int = 2) -> str:
@@ -44,16 +43,8 @@ def table(headers: list[str], rows: list[list[str]], right_align_from: int = 1) 
 
 
 def to_jsonable(obj):
-    """Dataclasses, enums, mappings and tuples -> JSON-ready structures."""
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, Enum):
-        return obj.value
-    if isinstance(obj, (dict, MappingProxyType)):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    return obj
+    """Dataclasses, enums, mappings and tuples -> JSON-ready structures (the engine's own encoder)."""
+    return to_plain(obj)
 
 
 def dump_json(obj) -> str:

@@ -27,20 +27,20 @@ def result_to_dict(result: AnalysisResult, *, include_ops: bool = True, include_
     data = {
         "format": ANALYSIS_FORMAT,
         "model": result.model_name,
-        "inputs": [_encode(spec) for spec in result.inputs],
-        "options": _encode(result.options),
-        "totals": _encode(result.totals),
-        "layers": [_encode(node) for node in result.modules],
-        "uncounted_ops": [_encode(op) for op in result.uncounted_ops],
+        "inputs": [to_plain(spec) for spec in result.inputs],
+        "options": to_plain(result.options),
+        "totals": to_plain(result.totals),
+        "layers": [to_plain(node) for node in result.modules],
+        "uncounted_ops": [to_plain(op) for op in result.uncounted_ops],
         "coverage": result.coverage,
         "warnings": list(result.warnings),
         "policies": list(result.policies),
         "trace_seconds": result.trace_seconds,
     }
     if include_ops:
-        data["ops"] = [_encode(op) for op in result.ops]
+        data["ops"] = [to_plain(op) for op in result.ops]
     if include_events:
-        data["storage_events"] = [_encode(event) for event in result.storage_events]
+        data["storage_events"] = [to_plain(event) for event in result.storage_events]
     return data
 
 
@@ -66,15 +66,16 @@ def result_from_dict(data: dict) -> AnalysisResult:
         raise ResultFormatError(f"malformed TorchBudget analysis: {type(exc).__name__}: {exc}") from None
 
 
-def _encode(value):
+def to_plain(value):
+    """Dataclasses, enums, mappings and tuples -> plain dicts, lists and scalars (JSON-ready)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, (dict, MappingProxyType)):
-        return {str(k): _encode(v) for k, v in value.items()}
+        return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
+        return [to_plain(v) for v in value]
     return value
 
 
