@@ -128,6 +128,9 @@ def memory_table(plan) -> str:
     peak = plan.memory.peak_bytes or 1
     rows = [[c.value, human_bytes(n), f"{n:,}", f"{n / peak:.1%}"] for c, n in plan.memory.by_category.items() if n]
     rows.append(["total at peak", human_bytes(plan.memory.peak_bytes), f"{plan.memory.peak_bytes:,}", "100.0%"])
+    # the verdict's "needs" leaves the CUDA context out because the GPU's usable memory already excludes it
+    rows.append(["needs (no context)", human_bytes(plan.required_bytes), f"{plan.required_bytes:,}",
+                 f"{plan.required_bytes / peak:.1%}"])
     return table(["Category", "Size (MiB/GiB)", "Bytes", "Share"], rows)
 
 
