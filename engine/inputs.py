@@ -3,21 +3,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from engine.errors import InputSpecError
 
-DTYPE_ALIASES: dict[str, torch.dtype] = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp64": torch.float64, "float64": torch.float64, "double": torch.float64,
-    "int64": torch.int64, "long": torch.int64, "int32": torch.int32, "int": torch.int32,
-    "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
+# canonical names are torch's attribute names (torch.float32 ...): the tables stay free of torch, so the
+# planner and the GUI's first verdict (from cached traces) never wait for PyTorch to import
+DTYPE_ALIASES: dict[str, str] = {
+    "fp32": "float32", "float32": "float32", "float": "float32",
+    "fp16": "float16", "float16": "float16", "half": "float16",
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp64": "float64", "float64": "float64", "double": "float64",
+    "int64": "int64", "long": "int64", "int32": "int32", "int": "int32",
+    "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool",
 }
+FLOATING_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64"})
 
 
-def dtype_from_name(name: str) -> torch.dtype:
+def canonical_dtype(name: str) -> str:
+    """'fp16' -> 'float16'; an unknown name raises InputSpecError listing the known ones."""
     try:
         return DTYPE_ALIASES[name.strip().lower()]
     except KeyError:
@@ -25,7 +27,14 @@ def dtype_from_name(name: str) -> torch.dtype:
         raise InputSpecError(f"unknown dtype {name!r}; use one of: {known}") from None
 
 
-def dtype_name(dtype: torch.dtype) -> str:
+def dtype_from_name(name: str):
+    """'fp16' -> torch.float16 (imports torch)."""
+    import torch
+
+    return getattr(torch, canonical_dtype(name))
+
+
+def dtype_name(dtype) -> str:
     """torch.float32 -> 'float32'."""
     return str(dtype).removeprefix("torch.")
 
@@ -39,12 +48,12 @@ class InputSpec:
     name: str | None = None
 
     @property
-    def torch_dtype(self) -> torch.dtype:
+    def torch_dtype(self):
         return dtype_from_name(self.dtype)
 
     @property
     def is_floating(self) -> bool:
-        return self.torch_dtype.is_floating_point
+        return canonical_dtype(self.dtype) in FLOATING_DTYPES
 
     def with_batch(self, batch: int) -> "InputSpec":
         return InputSpec((batch, *self.shape[1:]), self.dtype, self.name)
@@ -72,7 +81,7 @@ def parse_input(text: str) -> InputSpec:
     dtype = "float32"
     if ":" in raw:
         raw, dtype_text = raw.split(":", 1)
-        dtype = dtype_name(dtype_from_name(dtype_text))
+        dtype = canonical_dtype(dtype_text)
     parts = raw.lower().replace("×", "x").split("x")
     try:
         shape = tuple(int(p) for p in parts)

@@ -6,32 +6,11 @@ so it is never below the bound."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Mapping
-
-import torch
 
 from engine.overheads import Efficiency
 from engine.results import AnalysisResult, OpRecord, Phase, frozen_map
 from hardware.spec import GpuSpec
-
-# allocation-only ops: no kernel runs, no bytes move
-_NO_KERNEL_PREFIXES = ("aten.empty", "aten.new_empty", "aten.lift_fresh", "aten._local_scalar_dense")
-
-
-@lru_cache(maxsize=None)
-def launches_kernel(op_name: str) -> bool:
-    """False for views/aliases (torch marks them ``is_view``) and bare allocations."""
-    if op_name.startswith(_NO_KERNEL_PREFIXES):
-        return False
-    parts = op_name.split(".")
-    if len(parts) == 3 and parts[0] == "aten":
-        packet = getattr(torch.ops.aten, parts[1], None)
-        overload = getattr(packet, parts[2], None) if packet is not None else None
-        if overload is not None and getattr(overload, "is_view", False):
-            return False
-    return True
-
 
 @dataclass(frozen=True)
 class OpPoint:
@@ -113,7 +92,7 @@ def phase_totals(counted_ops, gpu: GpuSpec, *, tf32: bool, efficiency: Efficienc
     sweeps, where the counts come from the affine batch model instead of an op record."""
     phases = {p: [0.0, 0.0] for p in Phase}
     for op, flops, moved in counted_ops:
-        if launches_kernel(op.op):
+        if op.launches_kernel:
             _, _, _, bound_ms, estimate_ms = _op_time(op, flops, moved, gpu, tf32, efficiency)
             phases[op.phase][0] += bound_ms
             phases[op.phase][1] += estimate_ms
@@ -153,7 +132,7 @@ def roofline(result: AnalysisResult, gpu: GpuSpec, efficiency: Efficiency = Effi
     phases = {p: [0.0, 0.0] for p in Phase}
     modules: dict[str, list[float]] = {}   # path -> [bound, estimate, compute, memory]
     for op in result.ops:
-        if not launches_kernel(op.op):
+        if not op.launches_kernel:
             continue
         moved = op.bytes_read + op.bytes_written
         peak, compute_s, memory_s, bound_ms, estimate_ms = _op_time(op, op.flops, moved, gpu, tf32, efficiency)

@@ -60,6 +60,7 @@ class OpRecord:
     status: OpStatus
     matmul_like: bool        # runs on tensor cores when the dtype allows (conv, mm, bmm, attention)
     compute_dtype: str       # dtype the arithmetic runs in (first floating input), for the peak lookup
+    launches_kernel: bool = True   # False for views/aliases and bare allocations: no kernel, no bytes move
 
 
 @dataclass(frozen=True)

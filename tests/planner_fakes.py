@@ -4,6 +4,7 @@ from __future__ import annotations
 from engine.inputs import InputSpec
 from engine.results import (AnalysisResult, MemoryCategory, OpRecord, OpStatus, Phase, StorageEvent, Totals,
                             TraceOptions)
+from engine.tracing.recorder import launches_kernel
 from engine.workload import Workload
 from hardware.spec import GpuSpec
 
@@ -30,7 +31,7 @@ def op(index: int, name: str = "aten.add.Tensor", *, flops: int = 0, bytes_read:
        matmul_like: bool = False, dtype: str = "float32", phase: Phase = Phase.FORWARD,
        module: str = "") -> OpRecord:
     return OpRecord(index, name, module, phase, (), (), bytes_read, bytes_written, flops // 2 if matmul_like else 0,
-                    flops, OpStatus.COUNTED, matmul_like, dtype)
+                    flops, OpStatus.COUNTED, matmul_like, dtype, launches_kernel(name))
 
 
 def result(ops=(), events=(), *, batch: int = 1, options: TraceOptions = TraceOptions()) -> AnalysisResult:

@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.latency import launches_kernel, roofline
+from engine.latency import roofline
+from engine.tracing.recorder import launches_kernel
 from engine.overheads import Efficiency
 from engine.results import Phase, TraceOptions
 from tests.planner_fakes import h100_like, op, result
@@ -46,6 +47,15 @@ def test_views_launch_no_kernel_and_cost_nothing():
     assert launches_kernel("aten.mm.default")
     view = op(0, "aten.view.default", bytes_read=10**9, bytes_written=10**9)
     assert roofline(result([view]), h100_like()).lower_bound_ms == 0.0
+
+
+def test_a_real_trace_marks_views_and_allocations_as_kernel_free():
+    from engine.api import analyze
+
+    traced = analyze("resnet18", "1x3x64x64")
+    flags = {op.op: op.launches_kernel for op in traced.ops}
+    assert flags["aten.convolution.default"] and flags["aten.addmm.default"]
+    assert not flags["aten.view.default"] and not flags["aten.t.default"]
 
 
 def test_phases_and_modules_sum_to_total():

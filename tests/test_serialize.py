@@ -18,7 +18,7 @@ def _sample_result() -> AnalysisResult:
         OpRecord(0, "aten.convolution.default", "conv", Phase.FORWARD, (conv_in,), (conv_out,), conv_in.nbytes,
                  conv_out.nbytes, 13824, 27648, OpStatus.COUNTED, True, "bfloat16"),
         OpRecord(1, "aten.view.default", "", Phase.BACKWARD, (conv_out,), (conv_out,), 0, 0, 0, 0, OpStatus.ZERO,
-                 False, "float32"),
+                 False, "float32", launches_kernel=False),
         OpRecord(2, "aten.foo.default", "", Phase.OPTIMIZER, (), (TensorMeta((), "int64", 8),), 0, 8, 0, 0,
                  OpStatus.UNCOUNTED, False, "float32"),
     )

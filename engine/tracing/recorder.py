@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import torch
+from functools import lru_cache
+
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.errors import UserError
@@ -135,11 +137,29 @@ class Recorder(TorchDispatchMode):
             inputs=in_metas, outputs=out_metas,
             bytes_read=sum(m.nbytes for m in in_metas), bytes_written=sum(m.nbytes for m in out_metas),
             macs=counted.macs, flops=counted.flops, status=counted.status, matmul_like=counted.matmul_like,
-            compute_dtype=_compute_dtype(inputs, outputs),
+            compute_dtype=_compute_dtype(inputs, outputs), launches_kernel=launches_kernel(name),
         ))
         self.storage.op_index = index
         for t in outputs:
             self.storage.track(t, index)
 
 
-__all__ = ["Recorder", "tensor_meta"]
+# allocation-only ops: no kernel runs, no bytes move
+_NO_KERNEL_PREFIXES = ("aten.empty", "aten.new_empty", "aten.lift_fresh", "aten._local_scalar_dense")
+
+
+@lru_cache(maxsize=None)
+def launches_kernel(op_name: str) -> bool:
+    """False for views/aliases (torch marks them ``is_view``) and bare allocations."""
+    if op_name.startswith(_NO_KERNEL_PREFIXES):
+        return False
+    parts = op_name.split(".")
+    if len(parts) == 3 and parts[0] == "aten":
+        packet = getattr(torch.ops.aten, parts[1], None)
+        overload = getattr(packet, parts[2], None) if packet is not None else None
+        if overload is not None and getattr(overload, "is_view", False):
+            return False
+    return True
+
+
+__all__ = ["Recorder", "launches_kernel", "tensor_meta"]
