@@ -35,8 +35,11 @@ CHILD = textwrap.dedent("""
             QWidget.repaint(widget)
             if "on " in widget.verdict_text() and "verdict" not in marks:
                 marks["verdict"] = time.time() - t0
-                QTimer.singleShot(0, report)   # no polling timer: it would compete with the trace for the GIL
+                marks["torch_loaded"] = float("torch" in sys.modules)
         type(window.verdict).repaint = repaint
+        # stay until the first request is done (sweeps included), as a user's session would: its traces are
+        # then in the store for the next launch
+        window.runner.finished.connect(lambda _result: QTimer.singleShot(0, report))
         def report():
             print(" ".join(f"{k} {v:.3f}" for k, v in marks.items()), flush=True)
             print("preload", window.preload_timings, file=sys.stderr, flush=True)
@@ -83,25 +86,31 @@ def floor_times(runs: int = 2) -> list[dict]:
 
 def _env(tmp: str) -> dict:
     env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"),
-               TORCHBUDGET_SETTINGS=os.path.join(tmp, "settings.ini"), TORCHBUDGET_CONFIG_DIR=tmp)
+               TORCHBUDGET_SETTINGS=os.path.join(tmp, "settings.ini"), TORCHBUDGET_CONFIG_DIR=tmp,
+               TORCHBUDGET_CACHE_DIR=os.path.join(tmp, "traces"))
     return env
 
 
-def startup_times(runs: int = 2) -> list[dict]:
+def _launch(env: dict) -> dict:
+    env = dict(env, BENCH_T0=repr(time.time()))
+    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    line = [l for l in done.stdout.splitlines() if l.startswith("start")]
+    if not line:
+        raise RuntimeError(f"startup bench child failed: {done.stderr[-2000:]}")
+    if os.environ.get("BENCH_VERBOSE"):
+        print(done.stderr.strip().splitlines()[-1])
+    parts = line[-1].split()
+    return dict(zip(parts[::2], map(float, parts[1::2])))
+
+
+def startup_times(runs: int = 2) -> list[tuple[dict, dict]]:
+    """(first launch: empty settings and trace store, next launch: same settings and store) per run."""
     out = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
             env = _env(tmp)
-            env["BENCH_T0"] = repr(time.time())
-            done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,
-                                  timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-            line = [l for l in done.stdout.splitlines() if l.startswith("start")]
-            if not line:
-                raise RuntimeError(f"startup bench child failed: {done.stderr[-2000:]}")
-            parts = line[-1].split()
-            out.append(dict(zip(parts[::2], map(float, parts[1::2]))))
-            if os.environ.get("BENCH_VERBOSE"):
-                print(done.stderr.strip().splitlines()[-1])
+            out.append((_launch(env), _launch(env)))
     return out
 
 
@@ -109,7 +118,8 @@ def batch_change_ms(batches=(2, 4, 8, 16, 32, 48, 64, 96, 128, 256)) -> tuple[li
     """(first visit of each batch, revisit) latencies from setValue to the updated verdict on screen."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     tmp = tempfile.mkdtemp()
-    os.environ.update(TORCHBUDGET_SETTINGS=os.path.join(tmp, "settings.ini"), TORCHBUDGET_CONFIG_DIR=tmp)
+    os.environ.update(TORCHBUDGET_SETTINGS=os.path.join(tmp, "settings.ini"), TORCHBUDGET_CONFIG_DIR=tmp,
+                      TORCHBUDGET_CACHE_DIR=os.path.join(tmp, "traces"))
     from gui.app import make_app
     from gui.main_window import MainWindow
 
@@ -143,9 +153,12 @@ def batch_change_ms(batches=(2, 4, 8, 16, 32, 48, 64, 96, 128, 256)) -> tuple[li
 def run() -> list[str]:
     lines = []
     for i in range(1, 4):   # interleaved: the same machine load for the app and its floor
-        s, floor = startup_times(1)[0], floor_times(1)[0]
-        lines.append(f"launch run {i}: placeholder {s['placeholder']:.2f} s, main window {s['window']:.2f} s, "
-                     f"verdict {s['verdict']:.2f} s (target ≤ {STARTUP_TARGET_S:g} s); bare floor "
+        (cold, warm), floor = startup_times(1)[0], floor_times(1)[0]
+        for label, s in (("first launch (traces)", cold), ("next launch (stored trace)", warm)):
+            lines.append(f"launch run {i}, {label}: placeholder {s['placeholder']:.2f} s, main window "
+                         f"{s['window']:.2f} s, verdict {s['verdict']:.2f} s (target ≤ {STARTUP_TARGET_S:g} s), "
+                         f"PyTorch {'loaded' if s['torch_loaded'] else 'not loaded'} at the verdict")
+        lines.append(f"launch run {i}, bare floor of a first launch (no Qt): "
                      + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in floor.items()) + " s")
     first, again = batch_change_ms()
     for label, sample in (("new batch (affine scaling of cached traces)", first), ("revisited batch (cached)", again)):

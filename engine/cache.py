@@ -1,12 +1,15 @@
 """An LRU cache of traces keyed by ``Workload.key()``, safe to share between threads (the GUI traces
-from worker threads). Two threads asking for the same workload trace it once."""
+from worker threads). Two threads asking for the same workload trace it once. With a ``TraceStore`` a
+miss reads the disk before tracing, and new traces are written there in the background."""
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from engine.results import AnalysisResult
+from engine.trace_store import TraceStore
 from engine.workload import Workload
 
 Analyzer = Callable[[Workload], AnalysisResult]
@@ -19,24 +22,31 @@ def _default_analyzer(workload: Workload) -> AnalysisResult:
 
 
 class TraceCache:
-    def __init__(self, maxsize: int = 64, analyzer: Analyzer | None = None):
+    def __init__(self, maxsize: int = 64, analyzer: Analyzer | None = None, store: TraceStore | None = None):
         if maxsize < 1:
             raise ValueError("maxsize must be >= 1")
         self.maxsize = maxsize
         self._analyze = analyzer or _default_analyzer
+        self.store = store
+        # one writer thread: saving never delays the caller; pending saves finish at interpreter exit
+        self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torchbudget-store") if store else None
         self._entries: OrderedDict[tuple, AnalysisResult] = OrderedDict()
         self._lock = threading.Lock()
         self._in_flight: dict[tuple, threading.Lock] = {}
         self.hits = 0
-        self.misses = 0
+        self.misses = 0          # traced here
+        self.loaded = 0          # read from the store
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
 
     def __contains__(self, workload: Workload) -> bool:
+        """In memory or in the store: ``get`` returns it without tracing."""
         with self._lock:
-            return workload.key() in self._entries
+            if workload.key() in self._entries:
+                return True
+        return self.store is not None and self.store.has(workload)
 
     def _lookup(self, key: tuple) -> AnalysisResult | None:
         with self._lock:
@@ -58,9 +68,15 @@ class TraceCache:
             result = self._lookup(key)
             if result is not None:
                 return result
-            result = self._analyze(workload)
+            stored = self.store.load(workload) if self.store is not None else None
+            result = stored if stored is not None else self._analyze(workload)
+            if stored is None and self.store is not None:
+                self._saver.submit(self.store.save, workload, result)
             with self._lock:
-                self.misses += 1
+                if stored is None:
+                    self.misses += 1
+                else:
+                    self.loaded += 1
                 self._entries[key] = result
                 self._entries.move_to_end(key)
                 while len(self._entries) > self.maxsize:
@@ -88,5 +104,11 @@ class TraceCache:
         return out
 
     def clear(self) -> None:
+        """Forgets what is in memory (the store keeps its entries: they depend on nothing a user edits)."""
         with self._lock:
             self._entries.clear()
+
+    def flush(self) -> None:
+        """Waits for background saves (tests, before a process hands its store to another)."""
+        if self._saver is not None:
+            self._saver.submit(lambda: None).result()

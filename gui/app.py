@@ -1,10 +1,14 @@
 """Entry point of the desktop app: ``run_app()`` (called by ``main.py`` with no arguments).
 
-Launch path (the verdict is what the user waits for, docs/gui.md): a ``Preload`` thread starts importing
-PyTorch, torchvision and the engine before Qt is even imported, then traces the workload the window
-opens with into the window's trace cache. Meanwhile the UI thread imports Qt and shows a placeholder;
-it builds the main window once the imports are done (never waiting on an import lock for torch), and the
-window's first request finds that trace cached or in flight (``TraceCache`` traces each key once)."""
+Launch path (the verdict is what the user waits for, docs/gui.md): a ``Preload`` thread looks up the
+workload the window opens with in the on-disk trace store (engine.trace_store).
+- Stored (every launch after the first for that workload): the trace is loaded into the window's cache and
+  the window opens at once; nothing on the way to its verdict imports PyTorch. PyTorch is imported after
+  that verdict is on screen, ready for the user's first change.
+- Not stored: PyTorch, torchvision and the engine are imported first, then the workload is traced into the
+  window's cache; meanwhile the UI thread imports Qt and shows a placeholder, and builds the main window
+  once the imports are done (never waiting on an import lock for torch). The window's first request finds
+  that trace cached or in flight (``TraceCache`` traces each key once)."""
 from __future__ import annotations
 
 import importlib
@@ -12,45 +16,81 @@ import sys
 import threading
 import time
 
-# in this order: torch first (the bulk), then what the first verdict needs (engine.api imports the
-# torchvision model list), then the window's own modules
+# in this order: torch first (the bulk), then what a trace needs (engine.api imports the torchvision model
+# list), then the window's own modules
 HEAVY_MODULES = ("torch", "engine.api", "engine.planner", "gui.backend", "gui.main_window")
 # the plot tabs (pyqtgraph, numpy) are imported and built by the window once its first verdict is on screen
+VERDICT_WAIT_S = 10.0   # on the stored path, PyTorch is imported after the first verdict or after this long
 
 
 class Preload:
-    """Imports the heavy modules, then traces the first workload, on a background thread."""
+    """Finds or traces the first workload on a background thread, importing PyTorch only when needed."""
 
     def __init__(self):
         self.started = time.perf_counter()
-        self.imported = threading.Event()
+        self.imported = threading.Event()   # the window can open: its cache is ready (loaded, or torch imported)
+        self.verdict_shown = threading.Event()   # set by Startup when the first verdict is on screen
         self.error: BaseException | None = None
         self.cache = None            # the TraceCache the main window will use
-        self.first_workload = None   # what was traced ahead of the window (None: nothing)
+        self.first_workload = None   # what was loaded or traced ahead of the window (None: nothing)
+        self.from_store = False      # True: the first trace came from the on-disk store, without PyTorch
         self.timings: dict[str, float] = {}   # seconds since start of each step (bench/bench_gui.py)
         self._lock = threading.Lock()
         self._callbacks = []
         self._thread = threading.Thread(target=self._run, name="torchbudget-preload", daemon=True)
         self._thread.start()
 
+    def join(self, timeout_s: float) -> None:
+        """Before the interpreter exits: a thread still importing PyTorch at exit can crash the process."""
+        self.verdict_shown.set()
+        self._thread.join(timeout_s)
+
+    def _mark(self, step: str) -> None:
+        self.timings[step] = time.perf_counter() - self.started
+
     def _run(self):
+        try:
+            from gui import backend
+
+            self.cache = backend.trace_cache()
+            self._load_stored_first_workload()
+        except BaseException as exc:  # noqa: BLE001 - shown in the window instead of a traceback
+            self.error = exc
+            self._set_imported()
+            return
+        if self.from_store:
+            self._set_imported()
+            self.verdict_shown.wait(VERDICT_WAIT_S)   # leave the CPU to the window until its verdict shows
         try:
             for name in HEAVY_MODULES:
                 importlib.import_module(name)
-                self.timings[name] = time.perf_counter() - self.started
+                self._mark(name)
             from engine.trace import freeze_startup_objects
-            from gui import backend
 
             freeze_startup_objects()  # the app owns its process
-            self.cache = backend.trace_cache()
         except BaseException as exc:  # noqa: BLE001 - shown in the window instead of a traceback
             self.error = exc
-        self._set_imported()
-        if self.error is None:
-            self._trace_first_workload()
+        if not self.from_store:
+            self._set_imported()
+            if self.error is None:
+                self._trace_first_workload()
+
+    def _load_stored_first_workload(self):
+        from gui import backend
+        from gui.settings import Settings, first_workload
+
+        try:
+            workload = first_workload(Settings())
+        except Exception:  # noqa: BLE001 - the window's own request reports the same error in place
+            return
+        self._mark("settings")
+        if workload.inputs and not backend.is_file_model(workload.model) and workload in self.cache:
+            self.cache.get(workload)   # a load from disk: no PyTorch
+            self.first_workload, self.from_store = workload, True
+            self._mark("stored trace loaded")
 
     def when_imported(self, callback) -> None:
-        """Calls ``callback()`` once the imports are done (at once if they are; else from this thread)."""
+        """Calls ``callback()`` once the window can open (at once if it can; else from this thread)."""
         with self._lock:
             if not self.imported.is_set():
                 self._callbacks.append(callback)
@@ -66,15 +106,14 @@ class Preload:
 
     def _trace_first_workload(self):
         from gui import backend
-        from gui.main_window import first_workload
-        from gui.settings import Settings
+        from gui.settings import Settings, first_workload
 
         try:
             workload = first_workload(Settings())
             if workload.inputs and not backend.is_file_model(workload.model):   # user code never runs here
                 self.first_workload = workload
                 self.cache.get(workload)
-                self.timings["first trace"] = time.perf_counter() - self.started
+                self._mark("first trace")
         except Exception:  # noqa: BLE001 - the window's own request reports the same error in place
             pass
 
@@ -117,7 +156,7 @@ class Startup:
 
         self.app, self.on_ready = app, on_ready
         self.window = None
-        self.placeholder = QLabel("TorchBudget\n\nLoading PyTorch…")
+        self.placeholder = QLabel("TorchBudget\n\nLoading…")
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.placeholder.setWindowTitle("TorchBudget")
         self.placeholder.resize(420, 200)
@@ -138,10 +177,15 @@ class Startup:
         from gui.main_window import MainWindow
 
         self.window = MainWindow(cache=self.preload.cache)
+        self.window.runner.partial.connect(self._on_partial)
         self.window.show()
         self.placeholder.close()
         if self.on_ready:
             self.on_ready(self.window)
+
+    def _on_partial(self, key: str, _payload):
+        if key == "evaluation":
+            self.preload.verdict_shown.set()   # the preload thread may import PyTorch now
 
 
 def run_app(on_ready=None) -> int:
@@ -154,4 +198,5 @@ def run_app(on_ready=None) -> int:
     # closing the window cancelled the analysis; let a running stage stop before the interpreter goes away
     # (exiting with a thread inside PyTorch can abort the process)
     QThreadPool.globalInstance().waitForDone(10_000)
+    preload.join(30.0)
     return code

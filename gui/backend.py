@@ -14,6 +14,7 @@ from engine.errors import ModelLoadError, UnknownGpuError, UserError
 from engine.planner import Plan, plan_result
 from engine.results import AnalysisResult
 from engine.solver import Sweep, max_batch, sweep
+from engine.trace_store import TraceStore
 from engine.workload import Workload
 from hardware.spec import GpuSpec
 
@@ -29,8 +30,9 @@ class Evaluation:
 
 
 def trace_cache(maxsize: int = 96) -> TraceCache:
-    """The window's trace cache (engine.trace serializes concurrent traces itself)."""
-    return TraceCache(maxsize=maxsize)
+    """The window's trace cache (engine.trace serializes concurrent traces itself), backed by the on-disk
+    store: the next launch opens on its workload without tracing."""
+    return TraceCache(maxsize=maxsize, store=TraceStore())
 
 
 def is_file_model(model: str) -> bool:

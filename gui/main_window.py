@@ -12,29 +12,19 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import UserError
-from engine.inputs import parse_inputs
-from engine.results import TraceOptions
 from engine.workload import Workload
 from gui import backend
 from gui.analysis_job import Request, run_request
 from gui.hardware_panel import HardwarePanel
 from gui.layer_model import LayerFilterProxy, LayerTreeModel, ModuleLatency
 from gui.model_runner import ModelProcessRunner
-from gui.settings import Settings
+from gui.settings import Settings, first_workload
 from gui.verdict import VerdictWidget
 from gui.workers import JobRunner
-from gui.workload_panel import WorkloadPanel, as_shown
+from gui.workload_panel import WorkloadPanel
 
 VIEW_TABS = ("Memory vs batch", "Latency vs batch", "Throughput vs batch", "Memory vs resolution", "Roofline",
              "Comparison")
-DEFAULT_WORKLOAD = Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions())
-
-
-def first_workload(settings: Settings) -> Workload:
-    """The workload a new window asks about first (gui.app traces it ahead of the window)."""
-    return as_shown(settings.last_workload() or DEFAULT_WORKLOAD)
-
-
 def _import_view_modules():
     try:
         for name in ("pyqtgraph", "gui.plots", "gui.roofline_view", "gui.comparison_view"):

@@ -75,6 +75,7 @@ def render(out_dir: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="torchbudget-shots-"))
     os.environ["TORCHBUDGET_CONFIG_DIR"] = str(tmp / "config")
+    os.environ["TORCHBUDGET_CACHE_DIR"] = str(tmp / "traces")   # traced afresh: nothing from an earlier run
     app = make_app([])
     app.setStyle("Fusion")
     written = []

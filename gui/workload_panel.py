@@ -34,11 +34,21 @@ MIN_RESOLUTION, MAX_RESOLUTION, RESOLUTION_STEP = 16, 4096, 16
 
 
 def model_names() -> list[str]:
+    """Every torchvision model name. Kept in the trace store: listing them imports torchvision (2.5 s with
+    PyTorch), which a launch whose first trace is stored never needs before its verdict."""
+    from engine.trace_store import TraceStore
+
+    store = TraceStore()
+    names = store.load_fact("model_names")
+    if isinstance(names, list) and names:
+        return [str(n) for n in names]
     try:
         from engine.sources import list_model_names
     except ImportError:
         return ["resnet50"]
-    return list(list_model_names())
+    names = list(list_model_names())
+    store.save_fact("model_names", names)
+    return names
 
 
 def python_file_entries(path: str) -> list[str]:
