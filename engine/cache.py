@@ -15,7 +15,7 @@ from engine.workload import Workload
 Analyzer = Callable[[Workload], AnalysisResult]
 
 
-def _default_analyzer(workload: Workload) -> AnalysisResult:
+def trace_workload(workload: Workload) -> AnalysisResult:
     from engine.api import analyze_workload  # imported late: the api imports model sources
 
     return analyze_workload(workload)
@@ -26,7 +26,7 @@ class TraceCache:
         if maxsize < 1:
             raise ValueError("maxsize must be >= 1")
         self.maxsize = maxsize
-        self._analyze = analyzer or _default_analyzer
+        self._analyze = analyzer or trace_workload
         self.store = store
         # one writer thread: saving never delays the caller; pending saves finish at interpreter exit
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torchbudget-store") if store else None

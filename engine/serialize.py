@@ -86,6 +86,8 @@ def _hints(cls) -> dict:
 
 def _decode(annotation, value):
     """Rebuild a value from its JSON form, guided by the dataclass annotations."""
+    if isinstance(annotation, type) and issubclass(annotation, Enum):   # before is_dataclass: its hasattr
+        return annotation(value)                                        # on an Enum class is slow
     if dataclasses.is_dataclass(annotation):
         hints = _hints(annotation)
         known = {f.name for f in dataclasses.fields(annotation)}
@@ -104,8 +106,6 @@ def _decode(annotation, value):
     if origin in (collections.abc.Mapping, dict) or annotation in (typing.Mapping, dict):
         value_type = args[1] if len(args) == 2 else typing.Any
         return frozen_map({k: _decode(value_type, v) for k, v in value.items()})
-    if isinstance(annotation, type) and issubclass(annotation, Enum):
-        return annotation(value)
     if annotation is float:
         return float(value)
     return value

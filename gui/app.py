@@ -1,17 +1,21 @@
 """Entry point of the desktop app: ``run_app()`` (called by ``main.py`` with no arguments).
 
-Launch path (the verdict is what the user waits for, docs/gui.md): a ``Preload`` thread looks up the
-workload the window opens with in the on-disk trace store (engine.trace_store).
+Launch path (the verdict is what the user waits for, docs/gui.md). A ``Preload`` thread looks up the
+workload the window opens with in the on-disk trace store (engine.trace_store); the window itself imports
+no PyTorch.
 - Stored (every launch after the first for that workload): the trace is loaded into the window's cache and
-  the window opens at once; nothing on the way to its verdict imports PyTorch. PyTorch is imported after
-  that verdict is on screen, ready for the user's first change.
-- Not stored: PyTorch, torchvision and the engine are imported first, then the workload is traced into the
-  window's cache; meanwhile the UI thread imports Qt and shows a placeholder, and builds the main window
-  once the imports are done (never waiting on an import lock for torch). The window's first request finds
-  that trace cached or in flight (``TraceCache`` traces each key once)."""
+  the window opens at once; nothing on the way to its verdict imports PyTorch.
+- Not stored: a second process (gui.prefetch) imports PyTorch and traces the workload on the other core
+  and writes it into the store; the window opens at once, and its cache waits for that trace instead of
+  tracing (in-process PyTorch would hold the GIL against Qt for ~2.5 s).
+- A user's .py model, or no second process: PyTorch is imported and the workload traced on this thread
+  before the window opens (a placeholder shows meanwhile).
+Either way this process imports PyTorch once its first request is done and the second process has ended,
+ready for the user's first change of model or shape (batch changes need no new trace)."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 import time
@@ -20,29 +24,43 @@ import time
 # list), then the window's own modules
 HEAVY_MODULES = ("torch", "engine.api", "engine.planner", "gui.backend", "gui.main_window")
 # the plot tabs (pyqtgraph, numpy) are imported and built by the window once its first verdict is on screen
-VERDICT_WAIT_S = 10.0   # on the stored path, PyTorch is imported after the first verdict or after this long
+# on the stored path PyTorch is imported once the window's first request is done (verdict, tree and plots
+# on screen; importing it holds the GIL against the UI for ~2.5 s), or after this long
+SETTLE_WAIT_S = 10.0
+NO_PREFETCH_ENV = "TORCHBUDGET_NO_PREFETCH"   # "1": trace a first launch in this process (tests, debugging)
 
 
 class Preload:
-    """Finds or traces the first workload on a background thread, importing PyTorch only when needed."""
+    """Finds, prefetches or traces the first workload on a background thread; imports PyTorch after it."""
 
     def __init__(self):
         self.started = time.perf_counter()
         self.imported = threading.Event()   # the window can open: its cache is ready (loaded, or torch imported)
-        self.verdict_shown = threading.Event()   # set by Startup when the first verdict is on screen
+        self.settled = threading.Event()   # set by Startup when the window's first request is done
         self.error: BaseException | None = None
         self.cache = None            # the TraceCache the main window will use
         self.first_workload = None   # what was loaded or traced ahead of the window (None: nothing)
         self.from_store = False      # True: the first trace came from the on-disk store, without PyTorch
+        self.prefetch = None         # gui.prefetch.Prefetch when a second process traces the first workload
         self.timings: dict[str, float] = {}   # seconds since start of each step (bench/bench_gui.py)
         self._lock = threading.Lock()
         self._callbacks = []
+        self._list_callbacks = []
+        # the second process starts importing PyTorch now; if the store has the first workload it is stopped
+        self._spare = self._start_prefetch()
         self._thread = threading.Thread(target=self._run, name="torchbudget-preload", daemon=True)
         self._thread.start()
 
+    @property
+    def window_can_list_models(self) -> bool:
+        """False while PyTorch is not imported and no model list is stored (the window fills it later)."""
+        return not (self.from_store or self.prefetch)
+
     def join(self, timeout_s: float) -> None:
         """Before the interpreter exits: a thread still importing PyTorch at exit can crash the process."""
-        self.verdict_shown.set()
+        self.settled.set()
+        if self._spare is not None:
+            self._spare.stop()
         self._thread.join(timeout_s)
 
     def _mark(self, step: str) -> None:
@@ -50,17 +68,20 @@ class Preload:
 
     def _run(self):
         try:
-            from gui import backend
-
-            self.cache = backend.trace_cache()
-            self._load_stored_first_workload()
+            self._prepare_first_workload()
         except BaseException as exc:  # noqa: BLE001 - shown in the window instead of a traceback
             self.error = exc
             self._set_imported()
             return
-        if self.from_store:
-            self._set_imported()
-            self.verdict_shown.wait(VERDICT_WAIT_S)   # leave the CPU to the window until its verdict shows
+        early = self.from_store or self.prefetch is not None
+        if early:
+            self._set_imported()   # the window opens now, without PyTorch
+            if self.prefetch is not None:
+                self.prefetch.wait()   # leave the CPU to the second process and the window
+                self._mark("second process done")
+                self._models_may_have_changed()   # the second process stored the model list
+            else:
+                self.settled.wait(SETTLE_WAIT_S)   # leave the CPU to the window until it is filled in
         try:
             for name in HEAVY_MODULES:
                 importlib.import_module(name)
@@ -70,24 +91,52 @@ class Preload:
             freeze_startup_objects()  # the app owns its process
         except BaseException as exc:  # noqa: BLE001 - shown in the window instead of a traceback
             self.error = exc
-        if not self.from_store:
+        if not early:
             self._set_imported()
             if self.error is None:
                 self._trace_first_workload()
+        self._models_may_have_changed()   # torchvision is imported: listing is cheap now
 
-    def _load_stored_first_workload(self):
+    def _prepare_first_workload(self):
+        from engine.cache import trace_workload
+        from engine.trace_store import TraceStore
         from gui import backend
         from gui.settings import Settings, first_workload
 
+        store = TraceStore()
         try:
             workload = first_workload(Settings())
         except Exception:  # noqa: BLE001 - the window's own request reports the same error in place
-            return
+            workload = None
         self._mark("settings")
-        if workload.inputs and not backend.is_file_model(workload.model) and workload in self.cache:
+        if workload is None or not workload.inputs or backend.is_file_model(workload.model):
+            self.cache = backend.trace_cache(store=store)   # user code never runs in this process
+        elif store.has(workload):
+            self.cache = backend.trace_cache(store=store)
             self.cache.get(workload)   # a load from disk: no PyTorch
             self.first_workload, self.from_store = workload, True
             self._mark("stored trace loaded")
+        elif self._spare is not None:
+            self.prefetch = self._spare
+            self.prefetch.request(workload)
+            self.cache = backend.trace_cache(store=store, analyzer=self.prefetch.analyzer(trace_workload))
+            self.first_workload = workload
+        else:
+            self.cache = backend.trace_cache(store=store)
+        if self.prefetch is None and self._spare is not None:
+            self._spare.stop()   # not needed: its CPU goes back to this process
+
+    @staticmethod
+    def _start_prefetch():
+        if os.environ.get(NO_PREFETCH_ENV) == "1":
+            return None
+        from engine.trace_store import TraceStore
+        from gui.prefetch import Prefetch
+
+        try:
+            return Prefetch(TraceStore())
+        except OSError:
+            return None   # no second process: traced here
 
     def when_imported(self, callback) -> None:
         """Calls ``callback()`` once the window can open (at once if it can; else from this thread)."""
@@ -101,8 +150,17 @@ class Preload:
         with self._lock:
             self.imported.set()
             callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback()
+        _call_all(callbacks)
+
+    def on_models_may_have_changed(self, callback) -> None:
+        """``callback()`` each time the model list may have become readable (stored, or torchvision imported)."""
+        with self._lock:
+            self._list_callbacks.append(callback)
+
+    def _models_may_have_changed(self):
+        with self._lock:
+            callbacks = list(self._list_callbacks)
+        _call_all(callbacks)
 
     def _trace_first_workload(self):
         from gui import backend
@@ -115,6 +173,14 @@ class Preload:
                 self.cache.get(workload)
                 self._mark("first trace")
         except Exception:  # noqa: BLE001 - the window's own request reports the same error in place
+            pass
+
+
+def _call_all(callbacks) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except RuntimeError:   # a Qt receiver already deleted: the app closed before this thread finished
             pass
 
 
@@ -167,6 +233,9 @@ class Startup:
         self._notifier = _make_notifier()
         self._notifier.ready.connect(self._check, Qt.ConnectionType.QueuedConnection)
         self.preload.when_imported(self._notifier.ready.emit)
+        self._models_notifier = _make_notifier()
+        self._models_notifier.ready.connect(self._reload_models, Qt.ConnectionType.QueuedConnection)
+        self.preload.on_models_may_have_changed(self._models_notifier.ready.emit)
 
     def _check(self):
         if self.window is not None:
@@ -176,16 +245,20 @@ class Startup:
             return
         from gui.main_window import MainWindow
 
-        self.window = MainWindow(cache=self.preload.cache)
-        self.window.runner.partial.connect(self._on_partial)
+        self.window = MainWindow(cache=self.preload.cache, may_list_models=self.preload.window_can_list_models)
+        self.window.runner.finished.connect(self._on_settled)
+        self.window.runner.failed.connect(self._on_settled)
         self.window.show()
         self.placeholder.close()
         if self.on_ready:
             self.on_ready(self.window)
 
-    def _on_partial(self, key: str, _payload):
-        if key == "evaluation":
-            self.preload.verdict_shown.set()   # the preload thread may import PyTorch now
+    def _reload_models(self):
+        if self.window is not None and self.window.workload_panel.model_list_pending:
+            self.window.workload_panel.reload_model_names()
+
+    def _on_settled(self, *_args):
+        self.preload.settled.set()   # the preload thread may import PyTorch now
 
 
 def run_app(on_ready=None) -> int:

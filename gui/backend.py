@@ -29,10 +29,32 @@ class Evaluation:
     interpolated: bool                 # plans come from the batch-affine model, the exact trace follows
 
 
-def trace_cache(maxsize: int = 96) -> TraceCache:
+def trace_cache(maxsize: int = 96, analyzer=None, store: TraceStore | None = None) -> TraceCache:
     """The window's trace cache (engine.trace serializes concurrent traces itself), backed by the on-disk
     store: the next launch opens on its workload without tracing."""
-    return TraceCache(maxsize=maxsize, store=TraceStore())
+    return TraceCache(maxsize=maxsize, analyzer=analyzer, store=store or TraceStore())
+
+
+MODEL_NAMES_FACT = "model_names"
+
+
+def model_names(*, may_import: bool = True) -> list[str] | None:
+    """Every torchvision model name, from the trace store when it knows them: listing them imports
+    torchvision (2.5 s with PyTorch), which a launch never needs before its verdict. Otherwise listed and
+    stored, or None when ``may_import`` is False."""
+    store = TraceStore()
+    names = store.load_fact(MODEL_NAMES_FACT)
+    if isinstance(names, list) and names:
+        return [str(n) for n in names]
+    if not may_import:
+        return None
+    try:
+        from engine.sources import list_model_names
+    except ImportError:
+        return ["resnet50"]
+    names = list(list_model_names())
+    store.save_fact(MODEL_NAMES_FACT, names)
+    return names
 
 
 def is_file_model(model: str) -> bool:

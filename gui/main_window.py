@@ -34,8 +34,10 @@ def _import_view_modules():
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, settings: Settings | None = None, model_timeout_s: float | None = None, cache=None):
+    def __init__(self, settings: Settings | None = None, model_timeout_s: float | None = None, cache=None,
+                 may_list_models: bool = True):
         super().__init__()
+        self._may_list_models = may_list_models   # False on the launch path: gui.app fills the list later
         self.setWindowTitle("TorchBudget — will it fit, how fast can it run?")
         self.settings = settings or Settings()
         self.cache = cache if cache is not None else backend.trace_cache()
@@ -73,7 +75,7 @@ class MainWindow(QMainWindow):
 
     # -- layout ---------------------------------------------------------------------------
     def _build(self):
-        self.workload_panel = WorkloadPanel(self.settings.recent_models())
+        self.workload_panel = WorkloadPanel(self.settings.recent_models(), may_list_models=self._may_list_models)
         self.hardware_panel = HardwarePanel(load=False)
         left = QWidget()
         left_layout = QVBoxLayout(left)

@@ -4,6 +4,7 @@ batch and resolution (slider + spin box), precision, mode, optimizer and checkpo
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 from PySide6.QtCore import QSignalBlocker, Qt, Signal
@@ -17,6 +18,7 @@ from engine.errors import UserError
 from engine.inputs import parse_inputs
 from engine.results import TraceOptions
 from engine.workload import Workload
+from gui.backend import model_names
 from gui.field_error import FieldError
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp16-amp", "bf16-amp")
@@ -31,24 +33,6 @@ PRECISION_TIPS = {
 OPTIMIZERS = ("adamw", "adam", "sgd-momentum", "sgd", "none")
 MAX_BATCH = 4096
 MIN_RESOLUTION, MAX_RESOLUTION, RESOLUTION_STEP = 16, 4096, 16
-
-
-def model_names() -> list[str]:
-    """Every torchvision model name. Kept in the trace store: listing them imports torchvision (2.5 s with
-    PyTorch), which a launch whose first trace is stored never needs before its verdict."""
-    from engine.trace_store import TraceStore
-
-    store = TraceStore()
-    names = store.load_fact("model_names")
-    if isinstance(names, list) and names:
-        return [str(n) for n in names]
-    try:
-        from engine.sources import list_model_names
-    except ImportError:
-        return ["resnet50"]
-    names = list(list_model_names())
-    store.save_fact("model_names", names)
-    return names
 
 
 def python_file_entries(path: str) -> list[str]:
@@ -79,8 +63,11 @@ class WorkloadPanel(QGroupBox):
     workloadChanged = Signal(object)    # Workload
     modelChanged = Signal(str)          # a known torchvision name: the window fetches its default input
 
-    def __init__(self, recent_models: list[str] | None = None, parent=None):
+    def __init__(self, recent_models: list[str] | None = None, parent=None, *, may_list_models: bool = True):
+        """``may_list_models=False``: take the model list from the trace store only, never import torchvision
+        here (the launch path); ``reload_model_names()`` fills it in later."""
         super().__init__("Workload", parent)
+        self._may_list_models = may_list_models
         self.errors: dict[str, FieldError] = {}
         form = QFormLayout(self)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
@@ -191,10 +178,13 @@ class WorkloadPanel(QGroupBox):
 
     # -- model list -----------------------------------------------------------------
     def set_recent_models(self, recent: list[str]):
+        self._recent = list(recent)
         current = self.model_combo.currentText() or "resnet50"
         with QSignalBlocker(self.model_combo):
             self._model_items.clear()
-            names = model_names()
+            names = model_names(may_import=self._may_list_models)
+            self.model_list_pending = names is None
+            names = names or []
             self._known_models = set(names)
             for name in recent:
                 item = QStandardItem(name)
@@ -204,6 +194,11 @@ class WorkloadPanel(QGroupBox):
                 if name not in recent:
                     self._model_items.appendRow(QStandardItem(name))
             self.model_combo.setCurrentText(current)
+
+    def reload_model_names(self) -> None:
+        """After the list was stored, or torchvision imported (listing is cheap then): the full list."""
+        self._may_list_models = "torchvision" in sys.modules
+        self.set_recent_models(self._recent)
 
     def open_python_file(self, path: str | None = None, entry: str | None = None):
         if not path:
