@@ -252,6 +252,8 @@ class MainWindow(QMainWindow):
             return
         self.model_runner.cancel()
         cached = workload in self.cache or (workload.with_batch(1) in self.cache and workload.with_batch(2) in self.cache)
+        if not cached:
+            self.verdict.set_busy()   # a trace is coming: the verdict on screen is not this workload's
         self._submit(Request(workload, gpus, self.cache, True, self._sweep_keys["batch"],
                              self._sweep_keys["resolution"]), immediate=immediate or cached)
 
