@@ -28,19 +28,22 @@ def resolution_key(request: Request, values: tuple[int, ...]) -> tuple:
     return request.workload.key(), tuple(g.name for g in request.gpus), values
 
 
+SHOWN_WAIT_S = 0.5   # a verdict is painted before the next stage competes for the GIL (at most this long)
+
+
 def run_request(request: Request, ctx: JobContext) -> str:
     workload, gpus, cache = request.workload, request.gpus, request.cache
     latest = backend.quick_evaluation(workload, gpus, cache)
     if latest is not None:
-        ctx.partial("evaluation", latest)
+        ctx.partial("evaluation", latest, wait_shown_s=SHOWN_WAIT_S)
     if latest is None or latest.interpolated or latest.plans[0].max_batch is None:
         ctx.progress("Tracing the model…")
         latest = backend.full_evaluation(workload, gpus, cache, solve_max_batch=False)
-        ctx.partial("evaluation", latest)
+        ctx.partial("evaluation", latest, wait_shown_s=SHOWN_WAIT_S)
         if request.in_process:
             ctx.progress("Solving the largest batch…")
             latest = backend.full_evaluation(workload, gpus, cache)
-            ctx.partial("evaluation", latest)
+            ctx.partial("evaluation", latest, wait_shown_s=SHOWN_WAIT_S)
     if not request.in_process:
         ctx.partial("comparison", backend.comparison(workload, gpus, cache, solve=False))
         return "done"

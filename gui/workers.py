@@ -38,7 +38,8 @@ class Generation:
 
 class JobSignals(QObject):
     progress = Signal(int, str)       # generation, stage text
-    partial = Signal(int, str, object)  # generation, stage key, payload (e.g. the verdict before the sweeps)
+    partial = Signal(int, str, object, object)  # generation, stage key, payload (e.g. the verdict before the
+    #                                             sweeps), threading.Event set once the window has shown it
     finished = Signal(int, object)    # generation, payload
     failed = Signal(int, object)      # generation, UserError (or a wrapped unexpected exception)
 
@@ -63,9 +64,14 @@ class JobContext:
         self.check()
         self._signals.progress.emit(self.generation, text)
 
-    def partial(self, key: str, payload) -> None:
+    def partial(self, key: str, payload, *, wait_shown_s: float = 0.0) -> None:
+        """Reports ``payload``; with ``wait_shown_s`` waits (up to that long) until the window has shown it,
+        so the next stage's work does not take the GIL from the UI thread while it paints (the verdict)."""
         self.check()
-        self._signals.partial.emit(self.generation, key, payload)
+        shown = threading.Event() if wait_shown_s > 0 else None
+        self._signals.partial.emit(self.generation, key, payload, shown)
+        if shown is not None:
+            shown.wait(wait_shown_s)
 
 
 class UnexpectedError(UserError):
@@ -159,9 +165,13 @@ class JobRunner(QObject):
         if self._current(generation):
             self.progress.emit(text)
 
-    def _on_partial(self, generation, key, payload):
-        if self._current(generation):
-            self.partial.emit(key, payload)
+    def _on_partial(self, generation, key, payload, shown):
+        try:
+            if self._current(generation):
+                self.partial.emit(key, payload)
+        finally:
+            if shown is not None:   # after the repaint the slot asked for: a 0 ms timer runs once the
+                QTimer.singleShot(0, shown.set)   # posted update requests are processed
 
     def _on_finished(self, generation, payload):
         if self._current(generation):

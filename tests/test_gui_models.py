@@ -108,6 +108,27 @@ def test_job_runner_cancels_and_drops_stale_results(qtbot):
     assert results == ["fresh"]
 
 
+def test_a_job_waits_until_its_verdict_is_shown_before_the_next_stage(qtbot):
+    """The verdict paints before the job's next stage (a trace) competes with the UI thread for the GIL."""
+    runner = JobRunner(debounce_ms=0)
+    order, lock = [], threading.Lock()
+
+    def record(what):
+        with lock:
+            order.append(what)
+
+    def job(ctx):
+        ctx.partial("evaluation", 1, wait_shown_s=5.0)
+        record("next stage")
+        return "done"
+
+    runner.partial.connect(lambda key, _payload: record(f"shown {key}"))
+    runner.finished.connect(lambda _result: record("finished"))
+    runner.submit(job, immediate=True)
+    qtbot.waitUntil(lambda: "finished" in order, timeout=5000)
+    assert order == ["shown evaluation", "next stage", "finished"]
+
+
 def test_workload_panel_batch_and_errors(qtbot):
     panel = WorkloadPanel()
     qtbot.addWidget(panel)
