@@ -179,7 +179,8 @@ def test_first_verdict_needs_neither_plots_nor_pytorch_once_the_trace_is_stored(
     """Launch path (gui.app), as a user launches it (fresh processes). The first launch traces in a second
     process (gui.prefetch) and loads the trace from the store: neither PyTorch nor pyqtgraph is imported in
     the app's process by its first verdict; the plot tabs are built after it. The second launch finds the
-    trace in the on-disk store without any second process, and shows the same verdict."""
+    trace in the on-disk store without any second process, and shows the same verdict; so does a launch that
+    traces in its own process."""
     import os
     import subprocess
     import sys
@@ -207,9 +208,9 @@ def test_first_verdict_needs_neither_plots_nor_pytorch_once_the_trace_is_stored(
                TORCHBUDGET_CONFIG_DIR=str(tmp_path), TORCHBUDGET_CACHE_DIR=str(tmp_path / "traces"))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-    def launch() -> list[str]:
-        done = subprocess.run([sys.executable, "-c", child], env=env, cwd=root, capture_output=True, text=True,
-                              timeout=300)
+    def launch(**extra) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", child], env={**env, **extra}, cwd=root, capture_output=True,
+                              text=True, timeout=300)
         lines = [line.split() for line in done.stdout.splitlines() if line.startswith("verdict")]
         assert lines, done.stderr[-2000:]
         return lines[0]
@@ -220,3 +221,7 @@ def test_first_verdict_needs_neither_plots_nor_pytorch_once_the_trace_is_stored(
     second = launch()
     assert second[1:3] == ["False", "False"]   # from the store: no PyTorch on the way to the verdict
     assert second[3] == first[3]
+    # no second process (TORCHBUDGET_NO_PREFETCH=1, as for a user's .py model) and an empty store: traced in
+    # the app's own process before the window opens, same verdict
+    third = launch(TORCHBUDGET_NO_PREFETCH="1", TORCHBUDGET_CACHE_DIR=str(tmp_path / "other-traces"))
+    assert third[1:] == ["False", "True", first[3]]
