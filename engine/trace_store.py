@@ -5,8 +5,8 @@ An entry is reused only by the same torch, torchvision, Python and engine source
 is part of every entry's name, so upgrading any of them, or editing the engine, starts afresh. Only models
 named from the registry (identifiers such as ``resnet50``) are stored: a user's ``.py`` file can change
 under the same name. Small facts of the same environment (the model list, which needs torchvision) are
-kept beside the traces (``load_fact``). Entries are gzip'd JSON (``engine.serialize``, never pickle); a damaged or foreign
-file reads as a miss. No torch import here."""
+kept beside the traces (``load_fact``). Entries are gzip'd JSON (``engine.serialize``, never pickle); a
+damaged or foreign file reads as a miss. No torch import here."""
 from __future__ import annotations
 
 import gzip
@@ -86,9 +86,7 @@ class TraceStore:
             result = result_from_dict(data["result"])
             os.utime(path)   # recently used: pruned last
             return result
-        except FileNotFoundError:
-            return None
-        except Exception:  # noqa: BLE001 - a damaged entry is a miss, and is replaced by the next save
+        except Exception:  # noqa: BLE001 - missing or damaged: a miss, replaced by the next save
             return None
 
     def save(self, workload: Workload, result: AnalysisResult) -> None:
@@ -109,7 +107,15 @@ class TraceStore:
             return None
 
     def save_fact(self, name: str, value) -> None:
-        self._write(self._fact_path(name), value)
+        """Replaces the fact; the same fact from other environments (older versions) is deleted."""
+        path = self._fact_path(name)
+        if self._write(path, value):
+            try:
+                for other in self.directory.glob(f"{name}-*.json.gz"):
+                    if other != path:
+                        other.unlink(missing_ok=True)
+            except OSError:
+                pass   # left for the next save
 
     def _fact_path(self, name: str) -> Path:
         return self.directory / f"{name}-{environment_fingerprint()}.json.gz"

@@ -117,6 +117,8 @@ def test_facts_are_kept_per_environment(tmp_path, monkeypatch):
     assert store.load_fact("model_names") == ["alexnet", "resnet50"]
     monkeypatch.setattr(trace_store, "environment_fingerprint", lambda: "torchvision-upgraded")
     assert store.load_fact("model_names") is None
+    store.save_fact("model_names", ["alexnet"])   # the older environment's copy goes
+    assert [p.name for p in tmp_path.iterdir()] == ["model_names-torchvision-upgraded.json.gz"]
 
 
 def test_the_default_folder_follows_the_environment_variable(tmp_path, monkeypatch):
