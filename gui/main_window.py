@@ -25,6 +25,8 @@ from gui.workload_panel import WorkloadPanel
 
 VIEW_TABS = ("Memory vs batch", "Latency vs batch", "Throughput vs batch", "Memory vs resolution", "Roofline",
              "Comparison")
+
+
 def _import_view_modules():
     try:
         for name in ("pyqtgraph", "gui.plots", "gui.roofline_view", "gui.comparison_view"):
