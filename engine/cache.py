@@ -41,6 +41,11 @@ class TraceCache:
         with self._lock:
             return len(self._entries)
 
+    def in_memory(self, workload: Workload) -> bool:
+        """``get`` returns it at once (no trace, no read from the store)."""
+        with self._lock:
+            return workload.key() in self._entries
+
     def __contains__(self, workload: Workload) -> bool:
         """In memory or in the store: ``get`` returns it without tracing."""
         with self._lock:

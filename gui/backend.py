@@ -111,14 +111,18 @@ def quick_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCa
     workload are (then the affine batch model predicts this batch). None when a trace is needed."""
     if not gpus or not workload.inputs:
         return None
-    if workload in cache:
-        result = cache.get(workload)
-        return Evaluation(workload, result, _plans(result, workload, gpus), False)
-    one, two = workload.with_batch(1), workload.with_batch(2)
-    if workload.batch_size > 2 and one in cache and two in cache:
-        model = AffineTrace.fit(cache.get(one), cache.get(two))
-        if model is not None:
-            return Evaluation(workload, None, _plans(model.result_at(workload.batch_size), workload, gpus), True)
+    anchors = (workload.with_batch(1), workload.with_batch(2)) if workload.batch_size > 2 else ()
+    # cheapest first: the exact trace in memory, the affine model from anchors in memory (both instant),
+    # then reads from the store: the exact trace (one file) before the two anchors
+    for have in (cache.in_memory, cache.__contains__):
+        if have(workload):
+            result = cache.get(workload)
+            return Evaluation(workload, result, _plans(result, workload, gpus), False)
+        if anchors and all(have(a) for a in anchors):
+            model = AffineTrace.fit(*(cache.get(a) for a in anchors))
+            if model is not None:
+                return Evaluation(workload, None, _plans(model.result_at(workload.batch_size), workload, gpus),
+                                  True)
     return None
 
 

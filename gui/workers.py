@@ -12,6 +12,10 @@ from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
 from engine.errors import UserError
 
 DEBOUNCE_MS = 150
+# A superseded job keeps its thread until its current stage ends (a trace cannot be interrupted, and the
+# first one after launch waits for PyTorch to import). With the default pool size, the core count (2 on
+# the development machine), two such jobs held back every newer one, the slider's instant ones included.
+MIN_POOL_THREADS = 8
 
 
 class Cancelled(Exception):
@@ -122,6 +126,8 @@ class JobRunner(QObject):
         super().__init__(parent)
         self.counter = Generation()
         self.pool = pool or QThreadPool.globalInstance()
+        if self.pool.maxThreadCount() < MIN_POOL_THREADS:
+            self.pool.setMaxThreadCount(MIN_POOL_THREADS)
         self._pending: Callable[[JobContext], object] | None = None
         self._running = 0
         self._debounce = QTimer(self)

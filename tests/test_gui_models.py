@@ -129,6 +129,51 @@ def test_a_job_waits_until_its_verdict_is_shown_before_the_next_stage(qtbot):
     assert order == ["shown evaluation", "next stage", "finished"]
 
 
+def test_stuck_jobs_do_not_hold_back_a_newer_one(qtbot):
+    """Superseded jobs in an uninterruptible stage keep their threads; a new job still runs at once."""
+    runner = JobRunner(debounce_ms=0)
+    release, results = threading.Event(), []
+
+    def stuck(ctx):
+        release.wait(10)   # a trace waiting for PyTorch to import, say
+        return "stale"
+
+    runner.finished.connect(results.append)
+    try:
+        for _ in range(3):
+            runner.submit(stuck, immediate=True)
+        runner.submit(lambda ctx: "instant", immediate=True)
+        qtbot.waitUntil(lambda: results == ["instant"], timeout=3000)
+    finally:
+        release.set()
+
+
+def test_a_new_batch_is_scaled_from_anchors_in_memory_before_a_read_from_the_store(tmp_path):
+    from engine.cache import TraceCache
+    from engine.inputs import parse_inputs
+    from engine.results import TraceOptions
+    from engine.trace_store import TraceStore
+    from engine.workload import Workload
+    from gui import backend
+    from hardware.catalog import resolve_gpu
+
+    workload = Workload("resnet18", parse_inputs("1x3x64x64"), TraceOptions())
+    writer = TraceCache(store=TraceStore(tmp_path))
+    for batch in (1, 2, 5):
+        writer.get(workload.with_batch(batch))
+    writer.flush()
+    gpus = (resolve_gpu("RTX 4090"),)
+
+    cache = TraceCache(store=TraceStore(tmp_path))
+    cold = backend.quick_evaluation(workload.with_batch(5), gpus, cache)   # nothing in memory: read, exact
+    assert not cold.interpolated and cache.loaded == 1
+    warm = TraceCache(store=TraceStore(tmp_path))
+    warm.get(workload.with_batch(1)), warm.get(workload.with_batch(2))
+    scaled = backend.quick_evaluation(workload.with_batch(5), gpus, warm)  # anchors in memory: instant
+    assert scaled.interpolated and warm.loaded == 2   # the two anchors only; batch 5 is read later
+    assert scaled.plans[0].memory.peak_bytes == cold.plans[0].memory.peak_bytes   # inference is affine in batch
+
+
 def test_workload_panel_batch_and_errors(qtbot):
     panel = WorkloadPanel()
     qtbot.addWidget(panel)
