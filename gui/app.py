@@ -98,7 +98,6 @@ class Preload:
         self._models_may_have_changed()   # torchvision is imported: listing is cheap now
 
     def _prepare_first_workload(self):
-        from engine.cache import trace_workload
         from engine.trace_store import TraceStore
         from gui import backend
         from gui.settings import Settings, first_workload
@@ -119,7 +118,7 @@ class Preload:
         elif self._spare is not None:
             self.prefetch = self._spare
             self.prefetch.request(workload)
-            self.cache = backend.trace_cache(store=store, analyzer=self.prefetch.analyzer(trace_workload))
+            self.cache = backend.trace_cache(store=store, analyzer=self.prefetch.analyzer(backend.trace_here))
             self.first_workload = workload
         else:
             self.cache = backend.trace_cache(store=store)

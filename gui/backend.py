@@ -16,6 +16,7 @@ from engine.results import AnalysisResult
 from engine.solver import Sweep, max_batch, sweep
 from engine.trace_store import TraceStore
 from engine.workload import Workload
+from gui.cancel import check_current
 from hardware.spec import GpuSpec
 
 MAX_SWEEP_BATCH = 1 << 15
@@ -29,10 +30,24 @@ class Evaluation:
     interpolated: bool                 # plans come from the batch-affine model, the exact trace follows
 
 
+_trace_gate = threading.Lock()
+
+
+def trace_here(workload: Workload) -> AnalysisResult:
+    """Traces in this process, one trace at a time. A job superseded while it waited for its turn stops
+    before tracing (gui.cancel): dragging the batch slider then traces the batch it stops at, not every
+    batch it passed."""
+    from engine.cache import trace_workload
+
+    with _trace_gate:
+        check_current()
+        return trace_workload(workload)
+
+
 def trace_cache(maxsize: int = 96, analyzer=None, store: TraceStore | None = None) -> TraceCache:
-    """The window's trace cache (engine.trace serializes concurrent traces itself), backed by the on-disk
-    store: the next launch opens on its workload without tracing."""
-    return TraceCache(maxsize=maxsize, analyzer=analyzer, store=store or TraceStore())
+    """The window's trace cache, backed by the on-disk store: the next launch opens on its workload
+    without tracing."""
+    return TraceCache(maxsize=maxsize, analyzer=analyzer or trace_here, store=store or TraceStore())
 
 
 MODEL_NAMES_FACT = "model_names"

@@ -10,6 +10,7 @@ from typing import Callable
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
 
 from engine.errors import UserError
+from gui.cancel import Cancelled, running
 
 DEBOUNCE_MS = 150
 # A superseded job keeps its thread until its current stage ends (a trace cannot be interrupted, and the
@@ -18,8 +19,6 @@ DEBOUNCE_MS = 150
 MIN_POOL_THREADS = 8
 
 
-class Cancelled(Exception):
-    """Raised inside a job when a newer request has superseded it."""
 
 
 class Generation:
@@ -91,7 +90,8 @@ class Job(QRunnable):
     def run(self):
         generation = self._context.generation
         try:
-            payload = self._fn(self._context)
+            with running(self._context.check):
+                payload = self._fn(self._context)
         except Cancelled:
             return
         except UserError as exc:

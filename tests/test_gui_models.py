@@ -303,3 +303,38 @@ def test_as_shown_is_what_the_workload_panel_gives_back(qtbot):
                      Workload("resnet18")):
         panel.set_workload(workload)
         assert panel.workload() == as_shown(workload)
+
+
+def test_a_job_superseded_while_waiting_for_its_trace_does_not_trace(monkeypatch):
+    import engine.cache
+    from engine.inputs import parse_inputs
+    from engine.results import TraceOptions
+    from engine.workload import Workload
+    from gui import backend
+    from gui.cancel import Cancelled, running
+
+    traced, outcome, superseded = [], [], threading.Event()
+    monkeypatch.setattr(engine.cache, "trace_workload", lambda w: traced.append(w.batch_size))
+
+    def check():
+        if superseded.is_set():
+            raise Cancelled()
+
+    def job(batch):
+        try:
+            with running(check):
+                backend.trace_here(Workload("resnet18", parse_inputs(f"{batch}x3x64x64"), TraceOptions()))
+            outcome.append("traced")
+        except Cancelled:
+            outcome.append("stopped")
+
+    with backend._trace_gate:   # another trace is running
+        waiting = threading.Thread(target=job, args=(7,))
+        waiting.start()
+        time.sleep(0.1)
+        superseded.set()        # the user moved on meanwhile
+    waiting.join(5)
+    assert outcome == ["stopped"] and traced == []
+    superseded.clear()
+    job(9)                      # a current job traces
+    assert traced == [9] and outcome[-1] == "traced"
