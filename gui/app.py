@@ -42,6 +42,7 @@ class Preload:
         self.first_workload = None   # what was loaded or traced ahead of the window (None: nothing)
         self.from_store = False      # True: the first trace came from the on-disk store, without PyTorch
         self.prefetch = None         # gui.prefetch.Prefetch when a second process traces the first workload
+        self._to_trace = None        # the first workload when this thread traces it (no second process)
         self.timings: dict[str, float] = {}   # seconds since start of each step (bench/bench_gui.py)
         self._lock = threading.Lock()
         self._callbacks = []
@@ -122,6 +123,7 @@ class Preload:
             self.first_workload = workload
         else:
             self.cache = backend.trace_cache(store=store)
+            self._to_trace = workload   # traced on this thread once PyTorch is imported
         if self.prefetch is None and self._spare is not None:
             self._spare.stop()   # not needed: its CPU goes back to this process
 
@@ -162,15 +164,13 @@ class Preload:
         _call_all(callbacks)
 
     def _trace_first_workload(self):
-        from gui import backend
-        from gui.settings import Settings, first_workload
-
+        workload = self._to_trace
+        if workload is None:
+            return
         try:
-            workload = first_workload(Settings())
-            if workload.inputs and not backend.is_file_model(workload.model):   # user code never runs here
-                self.first_workload = workload
-                self.cache.get(workload)
-                self._mark("first trace")
+            self.first_workload = workload
+            self.cache.get(workload)
+            self._mark("first trace")
         except Exception:  # noqa: BLE001 - the window's own request reports the same error in place
             pass
 
