@@ -32,10 +32,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) -m bench
+	$(PY) -m torchbudget.bench
 
 screenshots: $(STAMP)
-	QT_QPA_PLATFORM=offscreen $(PY) -m gui.screenshots docs/screenshots
+	QT_QPA_PLATFORM=offscreen $(PY) -m torchbudget.gui.screenshots docs/screenshots
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,24 +1,10 @@
-"""TorchBudget: no arguments opens the desktop app; a subcommand runs the CLI (see --help)."""
+"""TorchBudget from a checkout: ``python main.py`` opens the desktop app; ``python main.py COMMAND`` runs
+the CLI (see --help). Installed, the same entry point is the ``torchbudget`` command."""
 from __future__ import annotations
 
 import sys
 
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        from gui.app import run_app
-
-        return run_app()
-    import signal
-
-    from cli import run_cli
-
-    if hasattr(signal, "SIGPIPE"):
-        # `torchbudget analyze ... | head` should stop quietly, not raise BrokenPipeError
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    return run_cli(argv)
-
+from torchbudget.__main__ import main
 
 if __name__ == "__main__":
     sys.exit(main())

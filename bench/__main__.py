@@ -5,7 +5,7 @@ import importlib
 import pkgutil
 import sys
 
-import bench
+from torchbudget import bench
 
 
 def main(argv: list[str]) -> int:
@@ -14,7 +14,7 @@ def main(argv: list[str]) -> int:
         names = [n for n in names if any(a in n for a in argv)]
     for name in names:
         print(f"\n## {name.removeprefix('bench_')}\n", flush=True)
-        module = importlib.import_module(f"bench.{name}")
+        module = importlib.import_module(f"torchbudget.bench.{name}")
         for line in module.run():
             print(line, flush=True)
     return 0

@@ -1,6 +1,6 @@
 """Engine benchmark: ours vs thop, ptflops, torchinfo, fvcore and FlopCounterMode on the same models.
 
-Every counter runs in its own fresh subprocess (``python -m bench.peers``) under a wall-clock timeout
+Every counter runs in its own fresh subprocess (``python -m torchbudget.bench.peers``) under a wall-clock timeout
 and an address-space cap, so a peer that runs out of memory or time is reported, not fatal. Peers
 need real CPU tensors (ours and FlopCounterMode run on meta). Cases whose real weights or
 activations cannot fit the cap are skipped for those peers (documented in docs/benchmarks.md)."""
@@ -30,7 +30,7 @@ def _cap_memory() -> None:
 
 
 def measure(peer: str, model: str, shape: str, warm: bool) -> dict:
-    command = [sys.executable, "-m", "bench.peers", peer, model, shape] + ([] if warm else ["--cold"])
+    command = [sys.executable, "-m", "torchbudget.bench.peers", peer, model, shape] + ([] if warm else ["--cold"])
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PEER_TIMEOUT_S,
                               preexec_fn=_cap_memory)

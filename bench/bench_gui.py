@@ -17,7 +17,7 @@ CHILD = textwrap.dedent("""
     import os, sys, time
     t0 = float(os.environ["BENCH_T0"])
     marks = {"start": time.time() - t0}
-    from gui import app as gui_app
+    from torchbudget.gui import app as gui_app
     original_init = gui_app.Startup.__init__
     def init(self, *args, **kwargs):   # the placeholder is on screen once the constructor returns
         original_init(self, *args, **kwargs)
@@ -54,13 +54,13 @@ FLOOR = textwrap.dedent("""
     import time
     t = [time.perf_counter()]
     import torch; t.append(time.perf_counter())
-    import engine.api, engine.planner; t.append(time.perf_counter())   # torchvision.models; torch._dynamo
-    from engine.cache import TraceCache
-    from engine.inputs import parse_inputs
-    from engine.planner import plan_result
-    from engine.results import TraceOptions
-    from engine.workload import Workload
-    from hardware.catalog import default_gpu
+    import torchbudget.engine.api, torchbudget.engine.planner; t.append(time.perf_counter())   # torchvision.models; torch._dynamo
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.inputs import parse_inputs
+    from torchbudget.engine.planner import plan_result
+    from torchbudget.engine.results import TraceOptions
+    from torchbudget.engine.workload import Workload
+    from torchbudget.hardware.catalog import default_gpu
     workload = Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions(optimizer=None))   # the default
     result = TraceCache().get(workload); t.append(time.perf_counter())
     plan_result(result, default_gpu(), workload=workload); t.append(time.perf_counter())
@@ -120,8 +120,8 @@ def batch_change_ms(batches=(2, 4, 8, 16, 32, 48, 64, 96, 128, 256)) -> tuple[li
     tmp = tempfile.mkdtemp()
     os.environ.update(TORCHBUDGET_SETTINGS=os.path.join(tmp, "settings.ini"), TORCHBUDGET_CONFIG_DIR=tmp,
                       TORCHBUDGET_CACHE_DIR=os.path.join(tmp, "traces"))
-    from gui.app import make_app
-    from gui.main_window import MainWindow
+    from torchbudget.gui.app import make_app
+    from torchbudget.gui.main_window import MainWindow
 
     app = make_app([])
     window = MainWindow()

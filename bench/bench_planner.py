@@ -24,7 +24,7 @@ CASES = [  # case, target seconds (None: no target), target RSS MiB
 
 def measure(case: str) -> dict:
     try:
-        done = subprocess.run([sys.executable, "-m", "bench.planner_worker", case], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "torchbudget.bench.planner_worker", case], capture_output=True, text=True,
                               timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {TIMEOUT_S} s"}

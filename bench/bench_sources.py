@@ -8,7 +8,7 @@ import time
 
 import torchvision.models as tvm
 
-from engine.sources import list_model_names, load_model
+from torchbudget.engine.sources import list_model_names, load_model
 
 CASES = [  # (model, target seconds for our meta construction or None)
     ("resnet50", 0.1),

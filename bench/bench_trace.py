@@ -7,9 +7,9 @@ import time
 
 import torchvision
 
-from engine.inputs import InputSpec
-from engine.results import TraceOptions
-from engine.trace import trace_model
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.results import TraceOptions
+from torchbudget.engine.trace import trace_model
 
 
 def _timed(model, spec, options, repeat: int = 3) -> tuple[float, object]:
@@ -26,7 +26,7 @@ def _rss_mb() -> float:
 
 
 def run() -> list[str]:
-    from bench.llm7b import build_on_meta
+    from torchbudget.bench.llm7b import build_on_meta
     lines = []
     resnet = torchvision.models.resnet50(weights=None)
     trace_model(resnet, [InputSpec((1, 3, 224, 224))])   # warm-up: imports, fake-tensor caches

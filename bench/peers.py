@@ -1,6 +1,6 @@
 """Peer counters (thop, ptflops, torchinfo, fvcore, FlopCounterMode) behind one interface, run in a
-fresh subprocess by bench_engine (``python -m bench.peers PEER MODEL SHAPE``: prints one JSON line),
-plus ``python -m bench.peers reconcile`` (per-layer-type numbers) and ``python -m bench.peers claims``
+fresh subprocess by bench_engine (``python -m torchbudget.bench.peers PEER MODEL SHAPE``: prints one JSON line),
+plus ``python -m torchbudget.bench.peers reconcile`` (per-layer-type numbers) and ``python -m torchbudget.bench.peers claims``
 (the verified peer errors) behind docs/conventions.md."""
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def count_flop_counter_mode(model, x):
 
 
 def count_ours(model, x):
-    from engine.api import analyze
+    from torchbudget.engine.api import analyze
     shape = "x".join(str(d) for d in x.shape)
     return analyze(model, shape + (":int64" if x.dtype == torch.long else "")).totals.macs
 
@@ -75,7 +75,7 @@ def run_peer(peer: str, model_name: str, shape: str, warm: bool = True) -> dict:
     device = "meta" if peer in ("ours", "FlopCounterMode") else "cpu"
     started = time.perf_counter()
     if model_name == "llm7b":
-        from bench.llm7b import build_on_meta
+        from torchbudget.bench.llm7b import build_on_meta
         model, x = build_on_meta(), torch.zeros(dims, dtype=torch.long, device="meta")
     else:
         model, x = build(model_name, device), torch.randn(dims, device=device)
@@ -97,7 +97,7 @@ def _by_module_type(model, per_module: dict) -> dict:
 
 def reconcile(model_name: str) -> None:
     """Per-layer-type MACs of every peer and of ours on one model at 1×3×224²."""
-    from engine.api import analyze
+    from torchbudget.engine.api import analyze
     model, x = build(model_name), torch.randn(1, 3, 224, 224)
     result = analyze(model_name, "1x3x224x224")
     ours = collections.Counter()
@@ -142,7 +142,7 @@ def claims() -> None:
     """The peer errors named in docs/conventions.md, each checked by running the peer."""
     from torch import nn
 
-    from engine.api import analyze
+    from torchbudget.engine.api import analyze
 
     def conv_t():
         return nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1, bias=False)

@@ -1,4 +1,4 @@
-"""One planner benchmark case in a fresh process: ``python -m bench.planner_worker CASE`` prints one JSON
+"""One planner benchmark case in a fresh process: ``python -m torchbudget.bench.planner_worker CASE`` prints one JSON
 line with the timed seconds (imports excluded), peak RSS and the case's own numbers."""
 from __future__ import annotations
 
@@ -13,22 +13,22 @@ def _rss_mib() -> float:
 
 
 def _h100():
-    from hardware.catalog import resolve_gpu
+    from torchbudget.hardware.catalog import resolve_gpu
 
     return resolve_gpu("H100 SXM")
 
 
 def _resnet50_workload(batch: int = 32):
-    from engine.api import make_options
-    from engine.inputs import parse_inputs
-    from engine.workload import Workload
+    from torchbudget.engine.api import make_options
+    from torchbudget.engine.inputs import parse_inputs
+    from torchbudget.engine.workload import Workload
 
     return Workload("resnet50", parse_inputs(f"{batch}x3x224x224"), make_options(mode="train", optimizer="adamw"))
 
 
 def case_resnet50_plan() -> dict:
-    from engine.cache import TraceCache
-    from engine.planner import plan, plan_result
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.planner import plan, plan_result
 
     gpu, workload, cache = _h100(), _resnet50_workload(), TraceCache()
     start = time.perf_counter()
@@ -64,9 +64,9 @@ def case_resnet50_memtracker() -> dict:
 
 
 def case_llm7b_plan() -> dict:
-    from bench.llm7b import build_on_meta
-    from engine.api import analyze
-    from engine.planner import plan_result
+    from torchbudget.bench.llm7b import build_on_meta
+    from torchbudget.engine.api import analyze
+    from torchbudget.engine.planner import plan_result
 
     model = build_on_meta()
     start = time.perf_counter()
@@ -80,10 +80,10 @@ def case_llm7b_plan() -> dict:
 
 
 def case_resnet50_sweep() -> dict:
-    from engine.cache import TraceCache
-    from engine.solver import sweep
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.solver import sweep
 
-    from engine.api import analyze_workload
+    from torchbudget.engine.api import analyze_workload
 
     calls, trace_seconds = [], []
 
@@ -107,10 +107,10 @@ def _profiler_case(name: str, shape: str, mode: str = "train") -> dict:
     import torch
     import torchvision
 
-    from bench.profiler_reference import profiled_peak_bytes
-    from engine.api import analyze
-    from engine.memory import simulate_memory
-    from engine.overheads import Overheads
+    from torchbudget.bench.profiler_reference import profiled_peak_bytes
+    from torchbudget.engine.api import analyze
+    from torchbudget.engine.memory import simulate_memory
+    from torchbudget.engine.overheads import Overheads
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None)
@@ -140,7 +140,7 @@ def case_profiler_vit_b_16_infer() -> dict:
 
 
 if __name__ == "__main__":
-    from engine.trace import freeze_startup_objects
+    from torchbudget.engine.trace import freeze_startup_objects
 
     freeze_startup_objects()  # as the CLI and the app do once their imports are done
     out = globals()[f"case_{sys.argv[1]}"]()

@@ -12,8 +12,8 @@ import contextlib
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from engine.tracing.profiler_check import allocation_events, allocation_peak_bytes
-from engine.tracing.training import checkpointed_view, make_optimizer, scalar_loss
+from torchbudget.engine.tracing.profiler_check import allocation_events, allocation_peak_bytes
+from torchbudget.engine.tracing.training import checkpointed_view, make_optimizer, scalar_loss
 
 
 def _storage_bytes(tensors) -> int:

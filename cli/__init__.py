@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from engine.errors import UserError
+from torchbudget.engine.errors import UserError
 
 SUBCOMMANDS = ("analyze", "gpus", "plan", "sweep", "compare", "validate")
 TRACING_SUBCOMMANDS = {"analyze", "plan", "sweep", "compare", "validate"}
@@ -28,9 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
-            module = importlib.import_module(f"cli.{name}")
+            module = importlib.import_module(f"torchbudget.cli.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"cli.{name}":
+            if exc.name != f"torchbudget.cli.{name}":
                 raise
             continue  # subcommand not built yet
         module.register(subparsers)
@@ -42,7 +42,7 @@ def run_cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     debug = "--debug" in argv
     if args.command in TRACING_SUBCOMMANDS:
-        from engine.trace import freeze_startup_objects
+        from torchbudget.engine.trace import freeze_startup_objects
 
         freeze_startup_objects()  # this process is ours: see the function's note
     try:

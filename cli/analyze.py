@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from cli import common_options
-from cli.format import dump_json, human_bytes, human_count, table
-from engine.errors import UserError
-from engine.results import AnalysisResult, ModuleNode
+from torchbudget.cli import common_options
+from torchbudget.cli.format import dump_json, human_bytes, human_count, table
+from torchbudget.engine.errors import UserError
+from torchbudget.engine.results import AnalysisResult, ModuleNode
 
 LAYER_HEADERS = ["Module", "Type", "Output shape", "Params", "MACs", "FLOPs", "Activations"]
 
@@ -52,8 +52,8 @@ def parse_kwargs(text: str | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.api import analyze  # imported here so `--help` stays fast
-    from engine.sources import list_model_names
+    from torchbudget.engine.api import analyze  # imported here so `--help` stays fast
+    from torchbudget.engine.sources import list_model_names
 
     if args.list:
         print("\n".join(list_model_names()))
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                      checkpointing=args.checkpointing, convention=args.convention,
                      model_kwargs=parse_kwargs(args.kwargs))
     if args.json:
-        from engine.serialize import result_to_dict
+        from torchbudget.engine.serialize import result_to_dict
 
         print(dump_json(result_to_dict(result, include_ops=args.ops, include_events=args.ops)))
     else:

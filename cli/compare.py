@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from cli import common_options
-from cli.format import dump_json, human_bytes, human_ms, table
-from cli.plan import add_workload_arguments, plan_to_dict, resolve_gpus, workload_from_args
+from torchbudget.cli import common_options
+from torchbudget.cli.format import dump_json, human_bytes, human_ms, table
+from torchbudget.cli.plan import add_workload_arguments, plan_to_dict, resolve_gpus, workload_from_args
 
 HEADERS = ["GPU", "Verdict", "Needs", "Usable", "Headroom", "Max batch", "Bound", "Estimate", "Samples/s"]
 
@@ -21,8 +21,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.cache import TraceCache
-    from engine.compare import compare
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.compare import compare
 
     workload = workload_from_args(args)
     result = compare(workload, resolve_gpus(args.gpus), cache=TraceCache(), solve_max_batch=not args.no_max_batch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from engine.serialize import to_plain
+from torchbudget.engine.serialize import to_plain
 
 
 def human_count(n: float, digits: int = 2) -> str:

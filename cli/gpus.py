@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from cli import common_options
-from cli.format import dump_json, human_bytes, table
-from hardware import catalog, nvml
-from hardware.spec import PEAK_DTYPES, GpuSpec
+from torchbudget.cli import common_options
+from torchbudget.cli.format import dump_json, human_bytes, table
+from torchbudget.hardware import catalog, nvml
+from torchbudget.hardware.spec import PEAK_DTYPES, GpuSpec
 
 TABLE_DTYPES = ("fp32", "tf32", "bf16", "fp8")
 
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _user_file_note() -> str:
-    from hardware.user_file import user_file_path
+    from torchbudget.hardware.user_file import user_file_path
 
     path = user_file_path()
     return str(path) if path.exists() else f"none ({path})"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from cli import common_options
-from cli.format import dump_json, human_bytes, human_ms, table, to_jsonable
-from engine.errors import UserError
-from engine.workload import Workload
+from torchbudget.cli import common_options
+from torchbudget.cli.format import dump_json, human_bytes, human_ms, table, to_jsonable
+from torchbudget.engine.errors import UserError
+from torchbudget.engine.workload import Workload
 
 PRECISION_CHOICES = ["fp32", "tf32", "fp16", "bf16", "fp16-amp", "bf16-amp"]
 
@@ -26,9 +26,9 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def workload_from_args(args: argparse.Namespace) -> Workload:
-    from cli.analyze import parse_kwargs
-    from engine.api import make_options
-    from engine.inputs import parse_inputs
+    from torchbudget.cli.analyze import parse_kwargs
+    from torchbudget.engine.api import make_options
+    from torchbudget.engine.inputs import parse_inputs
 
     options = make_options(mode=args.mode, optimizer=args.optimizer if args.mode == "train" else None,
                            precision=args.precision, checkpointing=args.checkpointing)
@@ -40,7 +40,7 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
 
 def resolve_gpus(text: str) -> list:
     """'H100 SXM,RTX 4090' or 'local' -> GpuSpecs (UnknownGpuError names the unknown one)."""
-    from hardware.catalog import resolve_gpu
+    from torchbudget.hardware.catalog import resolve_gpu
 
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
@@ -60,8 +60,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.cache import TraceCache
-    from engine.planner import plan
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.planner import plan
 
     workload = workload_from_args(args)
     gpus = resolve_gpus(args.gpu)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from cli import common_options
-from cli.format import dump_json, human_bytes, human_ms, table
-from cli.plan import add_workload_arguments, resolve_gpus, workload_from_args
-from engine.errors import InputSpecError, UserError
+from torchbudget.cli import common_options
+from torchbudget.cli.format import dump_json, human_bytes, human_ms, table
+from torchbudget.cli.plan import add_workload_arguments, resolve_gpus, workload_from_args
+from torchbudget.engine.errors import InputSpecError, UserError
 
 
 def register(subparsers) -> None:
@@ -34,14 +34,14 @@ def parse_int_list(text: str, what: str) -> list[int]:
 
 
 def default_gpus() -> list:
-    from hardware.catalog import default_gpu
+    from torchbudget.hardware.catalog import default_gpu
 
     return [default_gpu()]
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.cache import TraceCache
-    from engine.solver import sweep
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.solver import sweep
 
     workload = workload_from_args(args)
     gpus = resolve_gpus(args.gpus) if args.gpus else default_gpus()

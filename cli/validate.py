@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from cli import common_options
-from cli.format import dump_json, human_bytes, human_ms, table
-from cli.plan import add_workload_arguments, workload_from_args
+from torchbudget.cli import common_options
+from torchbudget.cli.format import dump_json, human_bytes, human_ms, table
+from torchbudget.cli.plan import add_workload_arguments, workload_from_args
 
 
 def register(subparsers) -> None:
@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.validate import require_cuda, validate
+    from torchbudget.engine.validate import require_cuda, validate
 
     require_cuda()  # fail fast, before loading and tracing the model
     result = validate(workload_from_args(args), warmup=args.warmup, iterations=args.iterations,

@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from engine.latency import phase_totals, report_from_phases
-from engine.memory import required_bytes, simulate_memory, uses_cudnn
-from engine.overheads import Overheads
-from engine.results import AnalysisResult, OpRecord, StorageEvent
+from torchbudget.engine.latency import phase_totals, report_from_phases
+from torchbudget.engine.memory import required_bytes, simulate_memory, uses_cudnn
+from torchbudget.engine.overheads import Overheads
+from torchbudget.engine.results import AnalysisResult, OpRecord, StorageEvent
 
 
 def _same_structure(a: AnalysisResult, b: AnalysisResult) -> bool:

@@ -1,6 +1,6 @@
 """The public entry point, as easy as thop's ``profile``::
 
-    from engine.api import analyze
+    from torchbudget.engine.api import analyze
     result = analyze("resnet50", "8x3x224x224", dtype="bf16")
     result = analyze(my_module, (torch.randn(1, 3, 32, 32),))
 
@@ -12,13 +12,13 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from engine import trace
-from engine.errors import InputSpecError, UserError
-from engine.inputs import InputSpec, dtype_name, parse_inputs
-from engine.results import AnalysisResult, TraceOptions
-from engine.sources import LoadedModel, guess_default_inputs, load_model
-from engine.tracing import training
-from engine.workload import Workload
+from torchbudget.engine import trace
+from torchbudget.engine.errors import InputSpecError, UserError
+from torchbudget.engine.inputs import InputSpec, dtype_name, parse_inputs
+from torchbudget.engine.results import AnalysisResult, TraceOptions
+from torchbudget.engine.sources import LoadedModel, guess_default_inputs, load_model
+from torchbudget.engine.tracing import training
+from torchbudget.engine.workload import Workload
 
 # the trace owns what it can run; the API only checks early, with the field named
 MODES = trace.MODES

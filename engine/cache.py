@@ -8,15 +8,15 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from engine.results import AnalysisResult
-from engine.trace_store import TraceStore
-from engine.workload import Workload
+from torchbudget.engine.results import AnalysisResult
+from torchbudget.engine.trace_store import TraceStore
+from torchbudget.engine.workload import Workload
 
 Analyzer = Callable[[Workload], AnalysisResult]
 
 
 def trace_workload(workload: Workload) -> AnalysisResult:
-    from engine.api import analyze_workload  # imported late: the api imports model sources
+    from torchbudget.engine.api import analyze_workload  # imported late: the api imports model sources
 
     return analyze_workload(workload)
 

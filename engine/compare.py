@@ -4,12 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from engine.cache import TraceCache
-from engine.overheads import Efficiency, Overheads
-from engine.planner import Plan, Verdict, plan_result
-from engine.solver import try_max_batch
-from engine.workload import Workload
-from hardware.spec import GpuSpec
+from torchbudget.engine.cache import TraceCache
+from torchbudget.engine.overheads import Efficiency, Overheads
+from torchbudget.engine.planner import Plan, Verdict, plan_result
+from torchbudget.engine.solver import try_max_batch
+from torchbudget.engine.workload import Workload
+from torchbudget.hardware.spec import GpuSpec
 
 
 @dataclass(frozen=True)

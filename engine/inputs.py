@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.errors import InputSpecError
+from torchbudget.engine.errors import InputSpecError
 
 # canonical names are torch's attribute names (torch.float32 ...): the tables stay free of torch, so the
 # planner and the GUI's first verdict (from cached traces) never wait for PyTorch to import

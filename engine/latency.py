@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from engine.overheads import Efficiency
-from engine.results import AnalysisResult, OpRecord, Phase, frozen_map
-from hardware.spec import GpuSpec
+from torchbudget.engine.overheads import Efficiency
+from torchbudget.engine.results import AnalysisResult, OpRecord, Phase, frozen_map
+from torchbudget.hardware.spec import GpuSpec
 
 @dataclass(frozen=True)
 class OpPoint:

@@ -10,8 +10,8 @@ from typing import Mapping
 
 import numpy as np
 
-from engine.overheads import Overheads
-from engine.results import AnalysisResult, MemoryCategory, Phase, frozen_map
+from torchbudget.engine.overheads import Overheads
+from torchbudget.engine.results import AnalysisResult, MemoryCategory, Phase, frozen_map
 
 TRACE_CATEGORIES = (
     MemoryCategory.WEIGHTS, MemoryCategory.BUFFERS, MemoryCategory.INPUTS, MemoryCategory.ACTIVATIONS,

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from engine.cache import TraceCache
-from engine.latency import LatencyReport, roofline
-from engine.memory import MemoryProfile, simulate_memory
-from engine.overheads import Efficiency, Overheads
-from engine.results import AnalysisResult, MemoryCategory
-from engine.workload import Workload
-from hardware.spec import GpuSpec
+from torchbudget.engine.cache import TraceCache
+from torchbudget.engine.latency import LatencyReport, roofline
+from torchbudget.engine.memory import MemoryProfile, simulate_memory
+from torchbudget.engine.overheads import Efficiency, Overheads
+from torchbudget.engine.results import AnalysisResult, MemoryCategory
+from torchbudget.engine.workload import Workload
+from torchbudget.hardware.spec import GpuSpec
 
 
 class Verdict(str, Enum):
@@ -82,7 +82,7 @@ def plan(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = None, s
     result = cache.get(workload)
     best, notes = None, ()
     if solve_max_batch:
-        from engine.solver import try_max_batch  # imported late: the solver builds on this module's pieces
+        from torchbudget.engine.solver import try_max_batch  # imported late: the solver builds on this module's pieces
 
         best, why = try_max_batch(workload, gpu, cache=cache, overheads=overheads)
         notes = (why,) if why else ()

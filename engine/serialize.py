@@ -11,9 +11,9 @@ from enum import Enum
 from functools import lru_cache
 from types import MappingProxyType, NoneType, UnionType
 
-from engine.errors import UserError
-from engine.inputs import InputSpec
-from engine.results import (AnalysisResult, ModuleNode, OpRecord, StorageEvent, TraceOptions, Totals,
+from torchbudget.engine.errors import UserError
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.results import (AnalysisResult, ModuleNode, OpRecord, StorageEvent, TraceOptions, Totals,
                             UncountedOp, frozen_map)
 
 ANALYSIS_FORMAT = "torchbudget-analysis/1"

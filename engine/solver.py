@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
-from engine.affine import AffineTrace
-from engine.cache import TraceCache
-from engine.errors import InputSpecError, UserError
-from engine.latency import roofline
-from engine.memory import simulate_memory
-from engine.overheads import Efficiency, Overheads
-from engine.workload import Workload
-from hardware.spec import GpuSpec
+from torchbudget.engine.affine import AffineTrace
+from torchbudget.engine.cache import TraceCache
+from torchbudget.engine.errors import InputSpecError, UserError
+from torchbudget.engine.latency import roofline
+from torchbudget.engine.memory import simulate_memory
+from torchbudget.engine.overheads import Efficiency, Overheads
+from torchbudget.engine.workload import Workload
+from torchbudget.hardware.spec import GpuSpec
 
 DEFAULT_BATCH_LIMIT = 1 << 16
 DEFAULT_RESOLUTION_LIMIT = 8192

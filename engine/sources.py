@@ -16,9 +16,9 @@ from typing import Mapping
 import torchvision.models as tvm
 from torch import nn
 
-from engine.errors import ModelLoadError, UnknownModelError
-from engine.inputs import InputSpec
-from engine.meta_init import build_on_meta
+from torchbudget.engine.errors import ModelLoadError, UnknownModelError
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.meta_init import build_on_meta
 
 # torchvision sub-packages and the family their models belong to (classification is the top level)
 _FAMILY_MODULES = (
@@ -213,7 +213,7 @@ _CONV_SPATIAL = ((nn.Conv1d, (224,)), (nn.Conv2d, (224, 224)), (nn.Conv3d, (16, 
 
 def guess_default_inputs(module: nn.Module, declared) -> tuple[InputSpec, ...]:
     """A file may declare ``EXAMPLE_INPUTS = "1x3x224x224"``; otherwise guess from the first layer."""
-    from engine.inputs import parse_inputs
+    from torchbudget.engine.inputs import parse_inputs
 
     if declared:
         return parse_inputs(declared)

@@ -17,14 +17,14 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_leaves
 
-from engine.errors import InputSpecError, ShapeMismatchError, TraceError, UserError
-from engine.inputs import InputSpec
-from engine.meta_params import StandIns, make_stand_ins, names_for
-from engine.results import AnalysisResult, Phase, TraceOptions
-from engine.tracing import assemble, training
-from engine.tracing.errors import looks_like_shapes
-from engine.tracing.modules import ModuleStack
-from engine.tracing.recorder import Recorder
+from torchbudget.engine.errors import InputSpecError, ShapeMismatchError, TraceError, UserError
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.meta_params import StandIns, make_stand_ins, names_for
+from torchbudget.engine.results import AnalysisResult, Phase, TraceOptions
+from torchbudget.engine.tracing import assemble, training
+from torchbudget.engine.tracing.errors import looks_like_shapes
+from torchbudget.engine.tracing.modules import ModuleStack
+from torchbudget.engine.tracing.recorder import Recorder
 
 MODES = ("infer", "train")
 # precision -> (parameter/input dtype, autocast dtype or None)

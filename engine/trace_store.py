@@ -19,9 +19,9 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from engine.results import AnalysisResult
-from engine.serialize import result_from_dict, result_to_dict
-from engine.workload import Workload
+from torchbudget.engine.results import AnalysisResult
+from torchbudget.engine.serialize import result_from_dict, result_to_dict
+from torchbudget.engine.workload import Workload
 
 CACHE_DIR_ENV = "TORCHBUDGET_CACHE_DIR"
 ENTRY_SUFFIX = ".trace.json.gz"

@@ -8,8 +8,8 @@ import contextlib
 import statistics
 from dataclasses import dataclass
 
-from engine.errors import UserError
-from engine.workload import Workload
+from torchbudget.engine.errors import UserError
+from torchbudget.engine.workload import Workload
 
 
 class NoCudaError(UserError):
@@ -58,8 +58,8 @@ def calibrate_efficiency(result, gpu, measured_ms: float, base=None, *, toleranc
     run faster than ``base`` allows gives the fastest permitted Efficiency instead."""
     from dataclasses import replace
 
-    from engine.latency import roofline
-    from engine.overheads import Efficiency
+    from torchbudget.engine.latency import roofline
+    from torchbudget.engine.overheads import Efficiency
 
     base = base or Efficiency()
     fractions = ("matmul_fraction_of_peak", "conv_fraction_of_peak", "other_fraction_of_peak", "bandwidth_fraction")
@@ -110,7 +110,7 @@ def _nvml_used(index: int) -> int | None:
 def _real_model(workload: Workload, device, param_dtype):
     import torch
 
-    from engine.sources import load_model
+    from torchbudget.engine.sources import load_model
 
     module = load_model(workload.model, workload.model_kwargs).module
     module = module.to_empty(device=device)
@@ -142,8 +142,8 @@ def build_step(workload: Workload, result, device):
     or forward (autocast for -amp), the trace's scalar loss, backward, optimizer step, grads set to None."""
     import torch
 
-    from engine.trace import PRECISIONS
-    from engine.tracing import training
+    from torchbudget.engine.trace import PRECISIONS
+    from torchbudget.engine.tracing import training
 
     options = workload.options
     param_dtype, autocast_dtype = PRECISIONS[options.precision]
@@ -213,9 +213,9 @@ def measure(workload: Workload, result, *, warmup: int = 3, iterations: int = 10
 
 def validate(workload: Workload, *, warmup: int = 3, iterations: int = 10, device_index: int = 0) -> Validation:
     require_cuda()
-    from engine.cache import TraceCache
-    from engine.planner import plan
-    from hardware.catalog import resolve_gpu
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.planner import plan
+    from torchbudget.hardware.catalog import resolve_gpu
 
     gpu = resolve_gpu(f"local:{device_index}")
     cache = TraceCache()

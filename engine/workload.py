@@ -6,9 +6,9 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping
 
-from engine.errors import InputSpecError, UserError
-from engine.inputs import InputSpec, parse_input
-from engine.results import TraceOptions
+from torchbudget.engine.errors import InputSpecError, UserError
+from torchbudget.engine.inputs import InputSpec, parse_input
+from torchbudget.engine.results import TraceOptions
 
 WORKLOAD_FORMAT = "torchbudget-workload/1"
 

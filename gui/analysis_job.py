@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.cache import TraceCache
-from engine.workload import Workload
-from gui import backend
-from gui.workers import JobContext
+from torchbudget.engine.cache import TraceCache
+from torchbudget.engine.workload import Workload
+from torchbudget.gui import backend
+from torchbudget.gui.workers import JobContext
 
 
 @dataclass(frozen=True)

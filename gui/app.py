@@ -22,7 +22,8 @@ import time
 
 # in this order: torch first (the bulk), then what a trace needs (engine.api imports the torchvision model
 # list), then the window's own modules
-HEAVY_MODULES = ("torch", "engine.api", "engine.planner", "gui.backend", "gui.main_window")
+HEAVY_MODULES = ("torch", "torchbudget.engine.api", "torchbudget.engine.planner", "torchbudget.gui.backend",
+                 "torchbudget.gui.main_window")
 # the plot tabs (pyqtgraph, numpy) are imported and built by the window once its first verdict is on screen
 # on the stored path PyTorch is imported once the window's first request is done (verdict, tree and plots
 # on screen; importing it holds the GIL against the UI for ~2.5 s), or after this long
@@ -87,7 +88,7 @@ class Preload:
             for name in HEAVY_MODULES:
                 importlib.import_module(name)
                 self._mark(name)
-            from engine.trace import freeze_startup_objects
+            from torchbudget.engine.trace import freeze_startup_objects
 
             freeze_startup_objects()  # the app owns its process
         except BaseException as exc:  # noqa: BLE001 - shown in the window instead of a traceback
@@ -99,9 +100,9 @@ class Preload:
         self._models_may_have_changed()   # torchvision is imported: listing is cheap now
 
     def _prepare_first_workload(self):
-        from engine.trace_store import TraceStore
-        from gui import backend
-        from gui.settings import Settings, first_workload
+        from torchbudget.engine.trace_store import TraceStore
+        from torchbudget.gui import backend
+        from torchbudget.gui.settings import Settings, first_workload
 
         store = TraceStore()
         try:
@@ -131,8 +132,8 @@ class Preload:
     def _start_prefetch():
         if os.environ.get(NO_PREFETCH_ENV) == "1":
             return None
-        from engine.trace_store import TraceStore
-        from gui.prefetch import Prefetch
+        from torchbudget.engine.trace_store import TraceStore
+        from torchbudget.gui.prefetch import Prefetch
 
         try:
             return Prefetch(TraceStore())
@@ -242,7 +243,7 @@ class Startup:
         if self.preload.error is not None:
             self.placeholder.setText(f"TorchBudget could not start:\n{self.preload.error}")
             return
-        from gui.main_window import MainWindow
+        from torchbudget.gui.main_window import MainWindow
 
         self.window = MainWindow(cache=self.preload.cache, may_list_models=self.preload.window_can_list_models)
         self.window.runner.finished.connect(self._on_settled)

@@ -7,17 +7,17 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from engine.affine import AffineTrace
-from engine.cache import TraceCache
-from engine.compare import Comparison, compare
-from engine.errors import ModelLoadError, UnknownGpuError, UserError
-from engine.planner import Plan, plan_result
-from engine.results import AnalysisResult
-from engine.solver import Sweep, max_batch, sweep
-from engine.trace_store import TraceStore
-from engine.workload import Workload
-from gui.cancel import check_current
-from hardware.spec import GpuSpec
+from torchbudget.engine.affine import AffineTrace
+from torchbudget.engine.cache import TraceCache
+from torchbudget.engine.compare import Comparison, compare
+from torchbudget.engine.errors import ModelLoadError, UnknownGpuError, UserError
+from torchbudget.engine.planner import Plan, plan_result
+from torchbudget.engine.results import AnalysisResult
+from torchbudget.engine.solver import Sweep, max_batch, sweep
+from torchbudget.engine.trace_store import TraceStore
+from torchbudget.engine.workload import Workload
+from torchbudget.gui.cancel import check_current
+from torchbudget.hardware.spec import GpuSpec
 
 MAX_SWEEP_BATCH = 1 << 15
 
@@ -37,7 +37,7 @@ def trace_here(workload: Workload) -> AnalysisResult:
     """Traces in this process, one trace at a time. A job superseded while it waited for its turn stops
     before tracing (gui.cancel): dragging the batch slider then traces the batch it stops at, not every
     batch it passed."""
-    from engine.cache import trace_workload
+    from torchbudget.engine.cache import trace_workload
 
     with _trace_gate:
         check_current()
@@ -64,7 +64,7 @@ def model_names(*, may_import: bool = True) -> list[str] | None:
     if not may_import:
         return None
     try:
-        from engine.sources import list_model_names
+        from torchbudget.engine.sources import list_model_names
     except ImportError:
         return ["resnet50"]
     names = list(list_model_names())
@@ -219,14 +219,14 @@ def peak_rate_note(gpu: GpuSpec, precision: str) -> str | None:
 
 
 def database_gpus() -> list[GpuSpec]:
-    from hardware.catalog import database
+    from torchbudget.hardware.catalog import database
 
     return list(database())
 
 
 def local_gpus() -> list[GpuSpec]:
     try:
-        from hardware.catalog import local_gpus as detect
+        from torchbudget.hardware.catalog import local_gpus as detect
 
         return list(detect())
     except (ImportError, OSError, RuntimeError, UserError):
@@ -234,13 +234,13 @@ def local_gpus() -> list[GpuSpec]:
 
 
 def default_gpu_name() -> str:
-    from hardware.catalog import default_gpu
+    from torchbudget.hardware.catalog import default_gpu
 
     return default_gpu().name
 
 
 def resolve_gpu(name: str) -> GpuSpec:
-    from hardware.catalog import resolve_gpu as resolve
+    from torchbudget.hardware.catalog import resolve_gpu as resolve
 
     spec = resolve(name)
     if spec is None:
@@ -252,7 +252,7 @@ def live_memory(spec: GpuSpec) -> tuple[int, int]:
     """(free, total) bytes right now for a detected GPU; the spec's own figures if NVML cannot say."""
     if spec.local_index is not None:
         try:
-            from hardware.nvml import refresh_memory
+            from torchbudget.hardware.nvml import refresh_memory
 
             reading = refresh_memory(spec.local_index)
             if reading is not None:
@@ -263,12 +263,12 @@ def live_memory(spec: GpuSpec) -> tuple[int, int]:
 
 
 def save_user_gpu(spec: GpuSpec) -> None:
-    from hardware.user_file import save_user_gpu as save
+    from torchbudget.hardware.user_file import save_user_gpu as save
 
     save(spec)
 
 
 def remove_user_gpu(name: str) -> None:
-    from hardware.user_file import remove_user_gpu as remove
+    from torchbudget.hardware.user_file import remove_user_gpu as remove
 
     remove(name)

@@ -2,10 +2,10 @@
 back as JSON: GpuSpec and Sweep to plain dicts and back."""
 from __future__ import annotations
 
-from cli.format import to_jsonable
-from engine.errors import UserError
-from engine.solver import Sweep, SweepGpu, SweepGpuPoint, SweepPoint
-from hardware.spec import GpuSpec
+from torchbudget.cli.format import to_jsonable
+from torchbudget.engine.errors import UserError
+from torchbudget.engine.solver import Sweep, SweepGpu, SweepGpuPoint, SweepPoint
+from torchbudget.hardware.spec import GpuSpec
 
 
 def gpu_to_dict(spec: GpuSpec) -> dict:
@@ -32,7 +32,7 @@ def sweep_from_dict(data: dict | None) -> Sweep | None:
 def sweeps_for(workload, gpus: list[GpuSpec], cache) -> dict:
     """Largest batch per GPU and the batch/resolution sweeps, as JSON-ready data (run in the child).
     A sweep the model cannot do (e.g. a fixed-size Linear at other resolutions) comes back as its error."""
-    from gui import backend
+    from torchbudget.gui import backend
 
     out: dict = {"max_batches": [None] * len(gpus), "batch_sweep": None, "resolution_sweep": None}
     try:

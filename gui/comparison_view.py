@@ -5,10 +5,10 @@ from __future__ import annotations
 import pyqtgraph as pg
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
 
-from cli.format import human_bytes, human_ms
-from gui.colors import VERDICT_TEXT, plot_colors, series_color
-from gui.layer_model import SORT_ROLE
-from gui.plots import GIB, make_plot
+from torchbudget.cli.format import human_bytes, human_ms
+from torchbudget.gui.colors import VERDICT_TEXT, plot_colors, series_color
+from torchbudget.gui.layer_model import SORT_ROLE
+from torchbudget.gui.plots import GIB, make_plot
 
 HEADERS = ("GPU", "Verdict", "Needs", "Usable", "Headroom", "Max batch", "Bound", "Estimate", "Samples/s")
 HEADER_TIPS = (

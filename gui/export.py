@@ -10,10 +10,10 @@ from pathlib import Path
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QFileDialog
 
-from cli.format import dump_json, human_bytes, human_count, human_ms
-from engine.errors import UserError
-from engine.workload import Workload
-from gui.colors import CATEGORY_LABELS, VERDICT_TEXT
+from torchbudget.cli.format import dump_json, human_bytes, human_count, human_ms
+from torchbudget.engine.errors import UserError
+from torchbudget.engine.workload import Workload
+from torchbudget.gui.colors import CATEGORY_LABELS, VERDICT_TEXT
 
 CSV_HEADERS = ("module", "type", "output_shape", "params", "macs", "flops", "activation_bytes", "latency_bound_ms",
                "bound_by")
@@ -25,8 +25,8 @@ def json_document(window) -> dict:
     evaluation = window.evaluation
     if evaluation is None or evaluation.result is None:
         raise UserError("nothing to export yet: wait for the analysis to finish", field="file")
-    from cli.plan import plan_to_dict   # the CLI's own serializers, so both write the same schema
-    from engine.serialize import result_to_dict
+    from torchbudget.cli.plan import plan_to_dict   # the CLI's own serializers, so both write the same schema
+    from torchbudget.engine.serialize import result_to_dict
 
     document = plan_to_dict(evaluation.plans[0])
     document["analysis"] = result_to_dict(evaluation.result)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QLineEdit
 
-from hardware.spec import GpuSpec
-from hardware.spec_file import what_if_usable_bytes
+from torchbudget.hardware.spec import GpuSpec
+from torchbudget.hardware.spec_file import what_if_usable_bytes
 
 GIB = 2**30
 

@@ -9,10 +9,10 @@ from PySide6.QtWidgets import (
     QAbstractItemView, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListView, QMessageBox, QPushButton, QVBoxLayout,
 )
 
-from cli.format import human_bytes
-from engine.errors import UserError
-from gui import backend
-from gui.field_error import FieldError
+from torchbudget.cli.format import human_bytes
+from torchbudget.engine.errors import UserError
+from torchbudget.gui import backend
+from torchbudget.gui.field_error import FieldError
 
 SPEC_ROLE = Qt.ItemDataRole.UserRole + 1
 POLL_MS = 2000
@@ -168,7 +168,7 @@ class HardwarePanel(QGroupBox):
             self.tickedChanged.emit(self.ticked())
 
     def edit_custom_gpu(self):
-        from gui.gpu_editor import GpuEditorDialog
+        from torchbudget.gui.gpu_editor import GpuEditorDialog
 
         dialog = GpuEditorDialog(self, base=self.primary())
         if dialog.exec():

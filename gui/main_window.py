@@ -11,17 +11,17 @@ from PySide6.QtWidgets import (
     QTableView, QTabWidget, QTreeView, QVBoxLayout, QHBoxLayout, QWidget,
 )
 
-from engine.errors import UserError
-from engine.workload import Workload
-from gui import backend
-from gui.analysis_job import Request, run_request
-from gui.hardware_panel import HardwarePanel
-from gui.layer_model import LayerFilterProxy, LayerTreeModel, ModuleLatency
-from gui.model_runner import ModelProcessRunner
-from gui.settings import Settings, first_workload
-from gui.verdict import VerdictWidget
-from gui.workers import JobRunner
-from gui.workload_panel import WorkloadPanel
+from torchbudget.engine.errors import UserError
+from torchbudget.engine.workload import Workload
+from torchbudget.gui import backend
+from torchbudget.gui.analysis_job import Request, run_request
+from torchbudget.gui.hardware_panel import HardwarePanel
+from torchbudget.gui.layer_model import LayerFilterProxy, LayerTreeModel, ModuleLatency
+from torchbudget.gui.model_runner import ModelProcessRunner
+from torchbudget.gui.settings import Settings, first_workload
+from torchbudget.gui.verdict import VerdictWidget
+from torchbudget.gui.workers import JobRunner
+from torchbudget.gui.workload_panel import WorkloadPanel
 
 VIEW_TABS = ("Memory vs batch", "Latency vs batch", "Throughput vs batch", "Memory vs resolution", "Roofline",
              "Comparison")
@@ -29,7 +29,7 @@ VIEW_TABS = ("Memory vs batch", "Latency vs batch", "Throughput vs batch", "Memo
 
 def _import_view_modules():
     try:
-        for name in ("pyqtgraph", "gui.plots", "gui.roofline_view", "gui.comparison_view"):
+        for name in ("pyqtgraph", "torchbudget.gui.plots", "torchbudget.gui.roofline_view", "torchbudget.gui.comparison_view"):
             importlib.import_module(name)
     except Exception:  # noqa: BLE001 - _ensure_views imports them again and raises in place
         pass
@@ -61,7 +61,7 @@ class MainWindow(QMainWindow):
         self._sweep_keys: dict[str, tuple | None] = {"batch": None, "resolution": None}
         self._build()
         self._connect()
-        from gui.export import install_actions
+        from torchbudget.gui.export import install_actions
         install_actions(self)
         # restore hardware before the workload: the first request saves both back to the settings
         self._restoring = True
@@ -168,9 +168,9 @@ class MainWindow(QMainWindow):
             return self._views
         import pyqtgraph as pg
 
-        from gui.comparison_view import ComparisonCharts, ComparisonModel
-        from gui.plots import SweepPlots
-        from gui.roofline_view import RooflineView
+        from torchbudget.gui.comparison_view import ComparisonCharts, ComparisonModel
+        from torchbudget.gui.plots import SweepPlots
+        from torchbudget.gui.roofline_view import RooflineView
 
         pg.setConfigOptions(antialias=True)
         plots, roofline = SweepPlots(), RooflineView()
@@ -261,7 +261,7 @@ class MainWindow(QMainWindow):
 
     def _fetch_default_inputs(self, model: str):
         def job(ctx):
-            from engine.api import default_inputs
+            from torchbudget.engine.api import default_inputs
 
             return model, default_inputs(model)
         self.defaults_runner.submit(job, immediate=True)
@@ -302,7 +302,7 @@ class MainWindow(QMainWindow):
 
     def _show_child_sweeps(self, workload, gpus, sweeps: dict):
         """Largest batches and sweeps a .py model's own process computed (gui.child_sweeps)."""
-        from gui.child_sweeps import sweep_from_dict
+        from torchbudget.gui.child_sweeps import sweep_from_dict
 
         for gpu, best in zip(gpus, sweeps.get("max_batches") or ()):
             if best is not None:

@@ -1,7 +1,7 @@
 """Runs one analysis of a user's ``.py`` model in its own process, so that a crash, a hang or a memory
 blow-up in their code cannot take the window down.
 
-``python -m gui.model_process '<workload json>'`` analyses that workload. ``--serve-one`` imports PyTorch
+``python -m torchbudget.gui.model_process '<workload json>'`` analyses that workload. ``--serve-one`` imports PyTorch
 first, prints ``READY``, then reads one JSON line from stdin: a workload, or ``{"workload": ..., "gpus":
 [GpuSpec dicts]}`` to get the largest batches and sweeps too (the GUI keeps such a warm process in
 standby, so the user does not wait for the imports). Either way the last stdout line is JSON:
@@ -34,13 +34,13 @@ def _limit_memory() -> None:
 
 
 def analyse(request_json: str) -> dict:
-    from engine.errors import UserError
+    from torchbudget.engine.errors import UserError
 
     try:
-        from engine.cache import TraceCache
-        from engine.serialize import result_to_dict
-        from engine.workload import Workload
-        from gui.child_sweeps import gpu_from_dict, sweeps_for
+        from torchbudget.engine.cache import TraceCache
+        from torchbudget.engine.serialize import result_to_dict
+        from torchbudget.engine.workload import Workload
+        from torchbudget.gui.child_sweeps import gpu_from_dict, sweeps_for
 
         request = json.loads(request_json)
         if "workload" not in request:
@@ -72,8 +72,8 @@ def _reply(reply: dict) -> None:
 
 def main(argv: list[str]) -> int:
     if argv == ["--serve-one"]:
-        import engine.api  # noqa: F401 - the slow imports happen before the GUI needs us
-        import gui.backend  # noqa: F401
+        import torchbudget.engine.api  # noqa: F401 - the slow imports happen before the GUI needs us
+        import torchbudget.gui.backend  # noqa: F401
 
         sys.stdout.write(READY + "\n")
         sys.stdout.flush()
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
         _reply(analyse(line))
         return 0
     if len(argv) != 1:
-        _reply({"ok": False, "error": "usage: python -m gui.model_process '<workload json>' | --serve-one",
+        _reply({"ok": False, "error": "usage: python -m torchbudget.gui.model_process '<workload json>' | --serve-one",
                 "field": None})
         return 2
     _reply(analyse(argv[0]))

@@ -9,9 +9,9 @@ import sys
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
-from engine.errors import ModelLoadError
-from engine.workload import Workload
-from gui.model_process import MEMORY_LIMIT_ENV, READY
+from torchbudget.engine.errors import ModelLoadError
+from torchbudget.engine.workload import Workload
+from torchbudget.gui.model_process import MEMORY_LIMIT_ENV, READY
 
 DEFAULT_TIMEOUT_S = 120.0
 STARTUP_TIMEOUT_S = 180.0
@@ -30,7 +30,7 @@ class _Child:
         self.process.setProcessEnvironment(env)
         self.stdout = ""
         self.ready = False
-        self.process.start(sys.executable, ["-m", "gui.model_process", "--serve-one"])
+        self.process.start(sys.executable, ["-m", "torchbudget.gui.model_process", "--serve-one"])
 
     def read(self) -> None:
         self.stdout += bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
@@ -72,7 +72,7 @@ class ModelProcessRunner(QObject):
 
     def start(self, workload: Workload, gpus=()) -> None:
         """Analyse ``workload``; with ``gpus`` also solve the largest batch and sweep (gui.child_sweeps)."""
-        from gui.child_sweeps import gpu_to_dict
+        from torchbudget.gui.child_sweeps import gpu_to_dict
 
         self.cancel()
         self.warm_up()
@@ -134,7 +134,7 @@ class ModelProcessRunner(QObject):
             self._fail(error)
             return
         try:
-            from engine.serialize import result_from_dict
+            from torchbudget.engine.serialize import result_from_dict
 
             result = result_from_dict(reply["result"])
         except Exception as exc:  # noqa: BLE001 - a malformed reply is reported, not raised

@@ -7,7 +7,7 @@ import math
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
 
-from gui.colors import plot_colors, series_color
+from torchbudget.gui.colors import plot_colors, series_color
 
 GIB = 2**30
 

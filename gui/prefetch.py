@@ -1,4 +1,4 @@
-"""A first launch's traces, made in a second process: ``python -m gui.prefetch``.
+"""A first launch's traces, made in a second process: ``python -m torchbudget.gui.prefetch``.
 
 On a launch whose workload is not in the trace store yet, PyTorch, torch._dynamo and torchvision take
 ~2.5 s to import on the 2-core machine, and in the app's process that import holds the GIL against Qt.
@@ -17,9 +17,9 @@ import sys
 import threading
 from typing import Callable
 
-from engine.results import AnalysisResult
-from engine.trace_store import CACHE_DIR_ENV, TraceStore
-from engine.workload import Workload
+from torchbudget.engine.results import AnalysisResult
+from torchbudget.engine.trace_store import CACHE_DIR_ENV, TraceStore
+from torchbudget.engine.workload import Workload
 
 WAIT_LIMIT_S = 120.0   # a child that takes longer than this is not waited for: the caller traces itself
 
@@ -46,7 +46,7 @@ class Prefetch:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         env[CACHE_DIR_ENV] = str(store.directory)   # the child writes where this process reads
-        self.process = subprocess.Popen([sys.executable, "-m", "gui.prefetch"], env=env, stdin=subprocess.PIPE,
+        self.process = subprocess.Popen([sys.executable, "-m", "torchbudget.gui.prefetch"], env=env, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         threading.Thread(target=self._read, name="torchbudget-prefetch", daemon=True).start()
 
@@ -102,10 +102,10 @@ class Prefetch:
 
 
 def main() -> int:
-    import engine.api  # noqa: F401 - PyTorch, torchvision and the tracer: the slow part, done while the
-    from engine.cache import TraceCache  # app decides whether it needs this process at all
-    from engine.errors import UserError
-    from engine.trace import freeze_startup_objects
+    import torchbudget.engine.api  # noqa: F401 - PyTorch, torchvision and the tracer: the slow part, done while the
+    from torchbudget.engine.cache import TraceCache  # app decides whether it needs this process at all
+    from torchbudget.engine.errors import UserError
+    from torchbudget.engine.trace import freeze_startup_objects
 
     freeze_startup_objects()   # this process is ours
     line = sys.stdin.readline()
@@ -121,7 +121,7 @@ def main() -> int:
             return 1   # the window's own request reports the error in place
         cache.flush()
         print("stored", store.path_for(item).name, flush=True)
-    from gui.backend import model_names
+    from torchbudget.gui.backend import model_names
 
     model_names()   # listed now that torchvision is imported, and stored for the window
     return 0

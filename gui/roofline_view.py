@@ -8,10 +8,10 @@ from collections import defaultdict
 import numpy as np
 import pyqtgraph as pg
 
-from engine.results import Phase
-from gui.backend import missing_tensor_rate, peak_rate_note
-from gui.colors import plot_colors, series_color
-from gui.plots import make_plot
+from torchbudget.engine.results import Phase
+from torchbudget.gui.backend import missing_tensor_rate, peak_rate_note
+from torchbudget.gui.colors import plot_colors, series_color
+from torchbudget.gui.plots import make_plot
 
 TERA = 1e12
 

@@ -1,4 +1,4 @@
-"""Render each view to PNG: ``python -m gui.screenshots docs/screenshots`` (``make screenshots``).
+"""Render each view to PNG: ``python -m torchbudget.gui.screenshots docs/screenshots`` (``make screenshots``).
 Uses a temporary settings file and hardware directory, so the user's own are never touched."""
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ def _dark_palette():
 
 
 def _open_window(app, tmp: Path):
-    from engine.workload import Workload
-    from gui.main_window import MainWindow
-    from gui.settings import Settings
+    from torchbudget.engine.workload import Workload
+    from torchbudget.gui.main_window import MainWindow
+    from torchbudget.gui.settings import Settings
 
     settings = Settings(str(tmp / f"settings-{time.monotonic_ns()}.ini"))
     settings.set_last_workload(Workload.from_json(WORKLOAD_JSON))
@@ -69,7 +69,7 @@ def _show_tab(app, window, title: str):
 
 
 def render(out_dir: str) -> list[Path]:
-    from gui.app import make_app
+    from torchbudget.gui.app import make_app
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,10 +6,10 @@ import os
 
 from PySide6.QtCore import QSettings
 
-from engine.errors import UserError
-from engine.inputs import parse_inputs
-from engine.results import TraceOptions
-from engine.workload import Workload
+from torchbudget.engine.errors import UserError
+from torchbudget.engine.inputs import parse_inputs
+from torchbudget.engine.results import TraceOptions
+from torchbudget.engine.workload import Workload
 
 RECENT_LIMIT = 8
 DEFAULT_WORKLOAD = Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions())
@@ -17,7 +17,7 @@ DEFAULT_WORKLOAD = Workload("resnet50", parse_inputs("1x3x224x224"), TraceOption
 
 def first_workload(settings: "Settings") -> Workload:
     """The workload a new window asks about first (gui.app looks it up or traces it ahead of the window)."""
-    from gui.workload_panel import as_shown
+    from torchbudget.gui.workload_panel import as_shown
 
     return as_shown(settings.last_workload() or DEFAULT_WORKLOAD)
 

@@ -6,10 +6,10 @@ from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QPainter, QPalette, QPen
 from PySide6.QtWidgets import QFormLayout, QFrame, QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
-from cli.format import human_bytes, human_ms
-from engine.results import MemoryCategory
-from gui.backend import peak_rate_note
-from gui.colors import CATEGORY_COLORS, CATEGORY_LABELS, CATEGORY_TIPS, VERDICT_COLORS, VERDICT_TEXT, contrast_text
+from torchbudget.cli.format import human_bytes, human_ms
+from torchbudget.engine.results import MemoryCategory
+from torchbudget.gui.backend import peak_rate_note
+from torchbudget.gui.colors import CATEGORY_COLORS, CATEGORY_LABELS, CATEGORY_TIPS, VERDICT_COLORS, VERDICT_TEXT, contrast_text
 
 
 class MemoryBar(QWidget):

@@ -9,8 +9,8 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
 
-from engine.errors import UserError
-from gui.cancel import Cancelled, running
+from torchbudget.engine.errors import UserError
+from torchbudget.gui.cancel import Cancelled, running
 
 DEBOUNCE_MS = 150
 # A superseded job keeps its thread until its current stage ends (a trace cannot be interrupted, and the

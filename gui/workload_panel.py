@@ -14,12 +14,12 @@ from PySide6.QtWidgets import (
     QPushButton, QSlider, QSpinBox, QVBoxLayout, QWidget,
 )
 
-from engine.errors import UserError
-from engine.inputs import parse_inputs
-from engine.results import TraceOptions
-from engine.workload import Workload
-from gui.backend import model_names
-from gui.field_error import FieldError
+from torchbudget.engine.errors import UserError
+from torchbudget.engine.inputs import parse_inputs
+from torchbudget.engine.results import TraceOptions
+from torchbudget.engine.workload import Workload
+from torchbudget.gui.backend import model_names
+from torchbudget.gui.field_error import FieldError
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp16-amp", "bf16-amp")
 PRECISION_TIPS = {

@@ -7,12 +7,12 @@ import re
 import threading
 from pathlib import Path
 
-from engine.errors import UnknownGpuError
-from hardware import nvml
-from hardware.local import specs_from_probe
-from hardware.names import name_key, name_tokens
-from hardware.spec import GpuSpec
-from hardware.spec_file import check_unique, load_entries, spec_from_entry
+from torchbudget.engine.errors import UnknownGpuError
+from torchbudget.hardware import nvml
+from torchbudget.hardware.local import specs_from_probe
+from torchbudget.hardware.names import name_key, name_tokens
+from torchbudget.hardware.spec import GpuSpec
+from torchbudget.hardware.spec_file import check_unique, load_entries, spec_from_entry
 
 # What-if GPU when none is detected: a widely rented training GPU.
 DEFAULT_GPU_NAME = "A100 SXM 80GB"
@@ -23,7 +23,7 @@ _database_key: tuple | None = None
 
 
 def builtin_file_path() -> Path:
-    return Path(str(importlib.resources.files("resources") / "gpus.toml"))
+    return Path(str(importlib.resources.files("torchbudget.resources") / "gpus.toml"))
 
 
 def merge_entries(builtin: list[dict], user: list[dict], user_path: Path) -> list[tuple[dict, str]]:
@@ -46,7 +46,7 @@ def database() -> tuple[GpuSpec, ...]:
     """Built-in entries plus the user file's (which override by name). Cached until ``reload()`` or until
     the user file moves or changes."""
     global _database, _database_key
-    from hardware.user_file import load_user_entries, user_file_path
+    from torchbudget.hardware.user_file import load_user_entries, user_file_path
 
     key = _user_file_state(user_file_path())
     with _lock:

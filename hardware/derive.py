@@ -10,7 +10,7 @@ datasheet peaks of the GPUs in resources/gpus.toml to within 10% (checked by tes
 """
 from __future__ import annotations
 
-from hardware.spec import PEAK_DTYPES
+from torchbudget.hardware.spec import PEAK_DTYPES
 
 # compute capability (or AMD gfx target) -> (architecture, {dtype: FLOPs per clock per SM})
 FLOPS_PER_CLOCK_PER_SM: dict[str, tuple[str, dict[str, int]]] = {

@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable
 
-from hardware.derive import architecture_for, derive_peak_tflops, is_half_rate_name
-from hardware.names import name_key
-from hardware.nvml import LocalGpu, MemoryReading, MigInstance, ProbeResult
-from hardware.spec import GpuSpec
-from hardware.spec_file import live_usable_bytes
+from torchbudget.hardware.derive import architecture_for, derive_peak_tflops, is_half_rate_name
+from torchbudget.hardware.names import name_key
+from torchbudget.hardware.nvml import LocalGpu, MemoryReading, MigInstance, ProbeResult
+from torchbudget.hardware.spec import GpuSpec
+from torchbudget.hardware.spec_file import live_usable_bytes
 
 
 def match_device(nvml_name: str, database: Iterable[GpuSpec]) -> GpuSpec | None:

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from hardware.derive import sm_count_from_cores
+from torchbudget.hardware.derive import sm_count_from_cores
 
 try:
     import pynvml

@@ -12,9 +12,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from engine.errors import SpecFileError
-from hardware.names import name_key
-from hardware.spec import GpuSpec
+from torchbudget.engine.errors import SpecFileError
+from torchbudget.hardware.names import name_key
+from torchbudget.hardware.spec import GpuSpec
 
 GIB = 2**30
 # GpuSpec.usable_memory_bytes is net of the CUDA context: the planner compares everything else with it

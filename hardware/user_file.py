@@ -12,10 +12,10 @@ from pathlib import Path
 
 import platformdirs
 
-from engine.errors import SpecFileError
-from hardware.names import name_key
-from hardware.spec import GpuSpec
-from hardware.spec_file import check_entry, dump_entries, entry_from_spec, load_entries
+from torchbudget.engine.errors import SpecFileError
+from torchbudget.hardware.names import name_key
+from torchbudget.hardware.spec import GpuSpec
+from torchbudget.hardware.spec_file import check_entry, dump_entries, entry_from_spec, load_entries
 
 CONFIG_DIR_ENV = "TORCHBUDGET_CONFIG_DIR"
 _HEADER = ("TorchBudget user GPU file: entries here add to or override (by name) the built-in database.\n"
@@ -35,7 +35,7 @@ def load_user_entries() -> list[dict]:
 
 
 def _write(entries: list[dict]) -> None:
-    from hardware import catalog
+    from torchbudget.hardware import catalog
 
     path = user_file_path()
     # the file must still load: valid entries, no name or alias clashing with a built-in GPU

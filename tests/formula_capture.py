@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.ops.registry import count
-from engine.results import OpStatus
+from torchbudget.engine.ops.registry import count
+from torchbudget.engine.results import OpStatus
 
 
 @dataclass

@@ -8,8 +8,8 @@ WAIT_MS = 60_000
 
 def make_window(qtbot, tmp_path, monkeypatch, workload=None, **kwargs):
     monkeypatch.setenv("TORCHBUDGET_CONFIG_DIR", str(tmp_path / "config"))
-    from gui.main_window import MainWindow
-    from gui.settings import Settings
+    from torchbudget.gui.main_window import MainWindow
+    from torchbudget.gui.settings import Settings
 
     settings = Settings(str(tmp_path / "settings.ini"))
     if workload is not None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pynvml as real_pynvml
 import pytest
 
-from hardware import catalog, nvml
+from torchbudget.hardware import catalog, nvml
 
 
 @dataclass

@@ -1,12 +1,12 @@
 """Small hand-built traces and GPUs for the planner's tests (no model, no tracing)."""
 from __future__ import annotations
 
-from engine.inputs import InputSpec
-from engine.results import (AnalysisResult, MemoryCategory, OpRecord, OpStatus, Phase, StorageEvent, Totals,
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.results import (AnalysisResult, MemoryCategory, OpRecord, OpStatus, Phase, StorageEvent, Totals,
                             TraceOptions)
-from engine.tracing.recorder import launches_kernel
-from engine.workload import Workload
-from hardware.spec import GpuSpec
+from torchbudget.engine.tracing.recorder import launches_kernel
+from torchbudget.engine.workload import Workload
+from torchbudget.hardware.spec import GpuSpec
 
 GIB = 2**30
 

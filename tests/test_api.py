@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from engine.api import analyze, analyze_workload, default_inputs
-from engine.errors import InputSpecError, ShapeMismatchError, UnknownModelError, UserError
-from engine.inputs import InputSpec
-from engine.workload import Workload
+from torchbudget.engine.api import analyze, analyze_workload, default_inputs
+from torchbudget.engine.errors import InputSpecError, ShapeMismatchError, UnknownModelError, UserError
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.workload import Workload
 
 
 class TwoInputs(nn.Module):

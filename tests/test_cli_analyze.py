@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cli import run_cli
-from engine.errors import UnknownModelError
+from torchbudget.cli import run_cli
+from torchbudget.engine.errors import UnknownModelError
 
 ROOT = Path(__file__).resolve().parent.parent
 FUSIONNET = ROOT / "tests" / "models" / "fusionnet.py"

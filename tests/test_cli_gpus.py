@@ -10,9 +10,9 @@ from pathlib import Path
 import pynvml as real_pynvml
 import pytest
 
-from cli import run_cli
-from hardware import catalog
-from hardware.spec import PEAK_DTYPES
+from torchbudget.cli import run_cli
+from torchbudget.hardware import catalog
+from torchbudget.hardware.spec import PEAK_DTYPES
 from tests.hardware_fakes import FakeDevice, install_fake, isolated_config, make_fake_pynvml  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent

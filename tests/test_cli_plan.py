@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from cli import run_cli
-from engine.api import analyze
-from engine.memory import simulate_memory
-from engine.results import MemoryCategory
-from hardware.catalog import resolve_gpu
+from torchbudget.cli import run_cli
+from torchbudget.engine.api import analyze
+from torchbudget.engine.memory import simulate_memory
+from torchbudget.engine.results import MemoryCategory
+from torchbudget.hardware.catalog import resolve_gpu
 
 MODEL_SOURCE = '''
 import torch

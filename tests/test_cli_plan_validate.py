@@ -3,10 +3,10 @@ predicted-vs-measured arithmetic. (The CUDA run itself is only exercised on a GP
 import pytest
 import torch
 
-from engine.api import make_options
-from engine.inputs import InputSpec
-from engine.validate import ValidationRow, _real_inputs, _real_model
-from engine.workload import Workload
+from torchbudget.engine.api import make_options
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.validate import ValidationRow, _real_inputs, _real_model
+from torchbudget.engine.workload import Workload
 
 
 def test_real_model_has_materialised_finite_weights_of_the_requested_dtype():
@@ -34,8 +34,8 @@ def test_error_fraction_is_relative_to_the_measurement():
 
 
 def test_calibrated_efficiency_reproduces_the_measured_time():
-    from engine.latency import roofline
-    from engine.validate import calibrate_efficiency
+    from torchbudget.engine.latency import roofline
+    from torchbudget.engine.validate import calibrate_efficiency
     from tests.planner_fakes import fake_training_trace, h100_like
 
     trace, gpu = fake_training_trace(1024), h100_like()
@@ -51,8 +51,8 @@ def test_calibrated_efficiency_reproduces_the_measured_time():
 
 
 def test_the_real_step_trains_like_the_trace_on_cpu():
-    from engine.api import analyze_workload
-    from engine.validate import build_step
+    from torchbudget.engine.api import analyze_workload
+    from torchbudget.engine.validate import build_step
 
     workload = Workload("resnet18", (InputSpec((2, 3, 32, 32)),), make_options(mode="train", optimizer="adam"))
     step, model, optimizer = build_step(workload, analyze_workload(workload), torch.device("cpu"))

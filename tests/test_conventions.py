@@ -11,9 +11,9 @@ import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.api import analyze
-from engine.ops import registry
-from engine.results import OpStatus
+from torchbudget.engine.api import analyze
+from torchbudget.engine.ops import registry
+from torchbudget.engine.results import OpStatus
 from tests.formula_capture import capture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_conventions_doc_lists_every_registered_op():
 
 
 def test_conventions_doc_table_is_the_generated_one():
-    from engine.ops.catalog import markdown_table
+    from torchbudget.engine.ops.catalog import markdown_table
     doc = (ROOT / "docs" / "conventions.md").read_text()
     assert markdown_table() in doc, "regenerate the table: see engine/ops/catalog.py"
 

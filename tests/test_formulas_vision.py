@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from engine.ops.detection import samples_per_bin
-from engine.results import OpStatus
+from torchbudget.engine.ops.detection import samples_per_bin
+from torchbudget.engine.results import OpStatus
 from tests.formula_capture import capture
 
 

@@ -7,11 +7,11 @@ import tomllib
 
 import pytest
 
-from engine.errors import SpecFileError
-from hardware import catalog
-from hardware.derive import FLOPS_PER_CLOCK_PER_SM, derive_peak_tflops
-from hardware.names import name_key
-from hardware.spec_file import WHAT_IF_RESERVE_BYTES, load_entries
+from torchbudget.engine.errors import SpecFileError
+from torchbudget.hardware import catalog
+from torchbudget.hardware.derive import FLOPS_PER_CLOCK_PER_SM, derive_peak_tflops
+from torchbudget.hardware.names import name_key
+from torchbudget.hardware.spec_file import WHAT_IF_RESERVE_BYTES, load_entries
 from tests.hardware_fakes import isolated_config  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("isolated_config")

@@ -9,11 +9,11 @@ import json
 
 import pytest
 
-from cli import run_cli
-from engine.inputs import parse_inputs
-from engine.results import TraceOptions
-from engine.workload import Workload
-from gui import export
+from torchbudget.cli import run_cli
+from torchbudget.engine.inputs import parse_inputs
+from torchbudget.engine.results import TraceOptions
+from torchbudget.engine.workload import Workload
+from torchbudget.gui import export
 from tests.gui_support import close_window, make_window, wait_for_plans, wait_idle
 
 GPU = "A100 SXM 80GB"

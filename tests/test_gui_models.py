@@ -10,11 +10,11 @@ import pytest
 from PySide6.QtCore import Qt
 from torch import nn
 
-from engine.api import analyze
-from engine.results import UncountedOp
-from gui.layer_model import COLUMNS, LayerFilterProxy, LayerTreeModel, SORT_ROLE
-from gui.workers import JobRunner
-from gui.workload_panel import WorkloadPanel, python_file_entries
+from torchbudget.engine.api import analyze
+from torchbudget.engine.results import UncountedOp
+from torchbudget.gui.layer_model import COLUMNS, LayerFilterProxy, LayerTreeModel, SORT_ROLE
+from torchbudget.gui.workers import JobRunner
+from torchbudget.gui.workload_panel import WorkloadPanel, python_file_entries
 
 
 class TinyNet(nn.Module):
@@ -149,13 +149,13 @@ def test_stuck_jobs_do_not_hold_back_a_newer_one(qtbot):
 
 
 def test_a_new_batch_is_scaled_from_anchors_in_memory_before_a_read_from_the_store(tmp_path):
-    from engine.cache import TraceCache
-    from engine.inputs import parse_inputs
-    from engine.results import TraceOptions
-    from engine.trace_store import TraceStore
-    from engine.workload import Workload
-    from gui import backend
-    from hardware.catalog import resolve_gpu
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.inputs import parse_inputs
+    from torchbudget.engine.results import TraceOptions
+    from torchbudget.engine.trace_store import TraceStore
+    from torchbudget.engine.workload import Workload
+    from torchbudget.gui import backend
+    from torchbudget.hardware.catalog import resolve_gpu
 
     workload = Workload("resnet18", parse_inputs("1x3x64x64"), TraceOptions())
     writer = TraceCache(store=TraceStore(tmp_path))
@@ -209,9 +209,9 @@ def test_python_file_entries_lists_without_running(tmp_path):
 
 def test_custom_gpu_editor_writes_the_user_file(qtbot, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHBUDGET_CONFIG_DIR", str(tmp_path))
-    from hardware import catalog
-    from gui.gpu_editor import GpuEditorDialog
-    from gui.hardware_panel import HardwarePanel
+    from torchbudget.hardware import catalog
+    from torchbudget.gui.gpu_editor import GpuEditorDialog
+    from torchbudget.gui.hardware_panel import HardwarePanel
 
     catalog.reload()
     panel = HardwarePanel()
@@ -221,7 +221,7 @@ def test_custom_gpu_editor_writes_the_user_file(qtbot, tmp_path, monkeypatch):
     assert dialog.spec().usable_memory_bytes == catalog.resolve_gpu("T4").usable_memory_bytes
     dialog.name_edit.setText("Lab card 7")
     dialog.memory.setValue(20.0)
-    from gui import backend
+    from torchbudget.gui import backend
 
     backend.save_user_gpu(dialog.spec())
     try:
@@ -239,8 +239,8 @@ def test_custom_gpu_editor_writes_the_user_file(qtbot, tmp_path, monkeypatch):
 
 def test_unknown_gpu_from_last_session_falls_back_with_a_message(qtbot, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHBUDGET_CONFIG_DIR", str(tmp_path))
-    from gui import backend
-    from gui.hardware_panel import HardwarePanel
+    from torchbudget.gui import backend
+    from torchbudget.gui.hardware_panel import HardwarePanel
 
     panel = HardwarePanel()
     qtbot.addWidget(panel)
@@ -252,15 +252,15 @@ def test_unknown_gpu_from_last_session_falls_back_with_a_message(qtbot, tmp_path
 def test_missing_tensor_rate_is_said_where_the_peak_is_shown(qtbot):
     """T4 lists no bf16 tensor rate: the roofline falls back to fp32 (GpuSpec.peak_flops_per_s), and the
     verdict and the roofline legend say so; a GPU with bf16 tensor cores gets no note."""
-    from engine.cache import TraceCache
-    from engine.inputs import parse_inputs
-    from engine.planner import plan
-    from engine.results import TraceOptions
-    from engine.workload import Workload
-    from gui.backend import peak_rate_note
-    from gui.roofline_view import RooflineView
-    from gui.verdict import VerdictWidget
-    from hardware.catalog import resolve_gpu
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.inputs import parse_inputs
+    from torchbudget.engine.planner import plan
+    from torchbudget.engine.results import TraceOptions
+    from torchbudget.engine.workload import Workload
+    from torchbudget.gui.backend import peak_rate_note
+    from torchbudget.gui.roofline_view import RooflineView
+    from torchbudget.gui.verdict import VerdictWidget
+    from torchbudget.hardware.catalog import resolve_gpu
 
     t4, rtx = resolve_gpu("T4"), resolve_gpu("RTX 4090")
     assert t4.peak_flops_per_s("bfloat16", tensor_core=True) == t4.peak_tflops["fp32"] * 1e12
@@ -287,10 +287,10 @@ def test_missing_tensor_rate_is_said_where_the_peak_is_shown(qtbot):
 
 def test_as_shown_is_what_the_workload_panel_gives_back(qtbot):
     """gui.app traces ``as_shown(first workload)`` before the window exists: it must be the panel's own."""
-    from engine.inputs import parse_inputs
-    from engine.results import TraceOptions
-    from engine.workload import Workload
-    from gui.workload_panel import as_shown
+    from torchbudget.engine.inputs import parse_inputs
+    from torchbudget.engine.results import TraceOptions
+    from torchbudget.engine.workload import Workload
+    from torchbudget.gui.workload_panel import as_shown
 
     panel = WorkloadPanel([])
     qtbot.addWidget(panel)
@@ -306,15 +306,15 @@ def test_as_shown_is_what_the_workload_panel_gives_back(qtbot):
 
 
 def test_a_job_superseded_while_waiting_for_its_trace_does_not_trace(monkeypatch):
-    import engine.cache
-    from engine.inputs import parse_inputs
-    from engine.results import TraceOptions
-    from engine.workload import Workload
-    from gui import backend
-    from gui.cancel import Cancelled, running
+    from torchbudget.engine import cache as engine_cache
+    from torchbudget.engine.inputs import parse_inputs
+    from torchbudget.engine.results import TraceOptions
+    from torchbudget.engine.workload import Workload
+    from torchbudget.gui import backend
+    from torchbudget.gui.cancel import Cancelled, running
 
     traced, outcome, superseded = [], [], threading.Event()
-    monkeypatch.setattr(engine.cache, "trace_workload", lambda w: traced.append(w.batch_size))
+    monkeypatch.setattr(engine_cache, "trace_workload", lambda w: traced.append(w.batch_size))
 
     def check():
         if superseded.is_set():

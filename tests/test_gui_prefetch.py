@@ -6,12 +6,12 @@ from dataclasses import replace
 
 import pytest
 
-from engine.api import analyze_workload
-from engine.inputs import parse_inputs
-from engine.results import TraceOptions
-from engine.trace_store import TraceStore
-from engine.workload import Workload
-from gui.prefetch import Prefetch, planned
+from torchbudget.engine.api import analyze_workload
+from torchbudget.engine.inputs import parse_inputs
+from torchbudget.engine.results import TraceOptions
+from torchbudget.engine.trace_store import TraceStore
+from torchbudget.engine.workload import Workload
+from torchbudget.gui.prefetch import Prefetch, planned
 
 SMALL = Workload("resnet18", parse_inputs("4x3x64x64"), TraceOptions())
 

@@ -8,9 +8,9 @@ import textwrap
 import pytest
 from PySide6.QtCore import QTimer
 
-from engine.inputs import parse_inputs
-from engine.results import TraceOptions
-from engine.workload import Workload
+from torchbudget.engine.inputs import parse_inputs
+from torchbudget.engine.results import TraceOptions
+from torchbudget.engine.workload import Workload
 from tests.gui_support import close_window, make_window, wait_for_plans
 
 GOOD = """

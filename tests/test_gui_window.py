@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from engine.cache import TraceCache
-from engine.inputs import parse_inputs
-from engine.planner import Verdict, plan
-from engine.results import TraceOptions
-from engine.workload import Workload
-from hardware.catalog import resolve_gpu
+from torchbudget.engine.cache import TraceCache
+from torchbudget.engine.inputs import parse_inputs
+from torchbudget.engine.planner import Verdict, plan
+from torchbudget.engine.results import TraceOptions
+from torchbudget.engine.workload import Workload
+from torchbudget.hardware.catalog import resolve_gpu
 from tests.gui_support import close_window, make_window, wait_for_plans
 
 SMALL_GPU = "T4"
@@ -102,7 +102,7 @@ def test_bad_input_shows_next_to_the_field_and_keeps_the_text(qtbot, window):
 def test_startup_shows_a_placeholder_then_the_main_window(qtbot, qapp, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHBUDGET_SETTINGS", str(tmp_path / "settings.ini"))
     monkeypatch.setenv("TORCHBUDGET_CONFIG_DIR", str(tmp_path))
-    from gui.app import Startup
+    from torchbudget.gui.app import Startup
 
     opened = []
     startup = Startup(qapp, on_ready=opened.append)
@@ -123,9 +123,9 @@ def test_startup_shows_a_placeholder_then_the_main_window(qtbot, qapp, tmp_path,
 def test_detected_gpu_shows_live_free_memory(qtbot, monkeypatch):
     from dataclasses import replace
 
-    from gui import backend
-    from gui.hardware_panel import HardwarePanel
-    from hardware import nvml
+    from torchbudget.gui import backend
+    from torchbudget.gui.hardware_panel import HardwarePanel
+    from torchbudget.hardware import nvml
 
     live = replace(resolve_gpu("RTX 4090"), origin="live", local_index=0)
     readings = iter([6, 5, 4, 3, 2, 1, 1, 1, 1, 1])
@@ -141,7 +141,7 @@ def test_detected_gpu_shows_live_free_memory(qtbot, monkeypatch):
 
 
 def test_choosing_a_model_uses_its_default_input_and_keeps_the_batch(qtbot, window):
-    from engine.api import default_inputs
+    from torchbudget.engine.api import default_inputs
 
     wait_for_plans(qtbot, window)
     panel = window.workload_panel
@@ -188,7 +188,7 @@ def test_first_verdict_needs_neither_plots_nor_pytorch_once_the_trace_is_stored(
 
     child = textwrap.dedent("""
         import sys
-        from gui import app as gui_app
+        from torchbudget.gui import app as gui_app
         def ready(window):
             from PySide6.QtWidgets import QApplication, QWidget
             def repaint(widget):

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pynvml as real_pynvml
 import pytest
 
-from engine.errors import UnknownGpuError
-from hardware import catalog
-from hardware.local import match_device
-from hardware.spec_file import CUDA_CONTEXT_RESERVE_BYTES
+from torchbudget.engine.errors import UnknownGpuError
+from torchbudget.hardware import catalog
+from torchbudget.hardware.local import match_device
+from torchbudget.hardware.spec_file import CUDA_CONTEXT_RESERVE_BYTES
 from tests.hardware_fakes import FakeDevice, FakeMig, install_fake, isolated_config, make_fake_pynvml  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("isolated_config")

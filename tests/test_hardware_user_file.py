@@ -7,10 +7,10 @@ import tomllib
 
 import pytest
 
-from engine.errors import SpecFileError
-from hardware import catalog
-from hardware.spec import GpuSpec
-from hardware.user_file import remove_user_gpu, save_user_gpu, user_file_path
+from torchbudget.engine.errors import SpecFileError
+from torchbudget.hardware import catalog
+from torchbudget.hardware.spec import GpuSpec
+from torchbudget.hardware.user_file import remove_user_gpu, save_user_gpu, user_file_path
 from tests.hardware_fakes import isolated_config  # noqa: F401
 
 GIB = 2**30
@@ -46,7 +46,7 @@ def test_saved_gpu_joins_the_database_with_every_field(isolated_config):
 
 
 def test_default_usable_memory_is_not_written(isolated_config):
-    from hardware.spec_file import WHAT_IF_RESERVE_BYTES
+    from torchbudget.hardware.spec_file import WHAT_IF_RESERVE_BYTES
 
     save_user_gpu(lab_card(usable_memory_bytes=20 * GIB - WHAT_IF_RESERVE_BYTES))
     assert "usable_memory_gib" not in user_file_path().read_text(encoding="utf-8")

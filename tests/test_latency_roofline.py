@@ -3,10 +3,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.latency import roofline
-from engine.tracing.recorder import launches_kernel
-from engine.overheads import Efficiency
-from engine.results import Phase, TraceOptions
+from torchbudget.engine.latency import roofline
+from torchbudget.engine.tracing.recorder import launches_kernel
+from torchbudget.engine.overheads import Efficiency
+from torchbudget.engine.results import Phase, TraceOptions
 from tests.planner_fakes import h100_like, op, result
 
 N = 8192
@@ -50,7 +50,7 @@ def test_views_launch_no_kernel_and_cost_nothing():
 
 
 def test_a_real_trace_marks_views_and_allocations_as_kernel_free():
-    from engine.api import analyze
+    from torchbudget.engine.api import analyze
 
     traced = analyze("resnet18", "1x3x64x64")
     flags = {op.op: op.launches_kernel for op in traced.ops}
@@ -100,7 +100,7 @@ def test_estimate_is_never_below_the_bound(ops, efficiency):
 def test_traced_bf16_linear_8192_gives_exactly_the_matmul_bound():
     import torch
 
-    from engine.api import analyze
+    from torchbudget.engine.api import analyze
 
     result = analyze(torch.nn.Linear(N, N, bias=False), f"{N}x{N}", precision="bf16")
     report = roofline(result, h100_like())

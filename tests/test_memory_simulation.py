@@ -1,9 +1,9 @@
 """simulate_memory on hand-built traces whose peaks follow from a closed form."""
 import pytest
 
-from engine.memory import required_bytes, simulate_memory, uses_cudnn
-from engine.overheads import Overheads
-from engine.results import MemoryCategory as C
+from torchbudget.engine.memory import required_bytes, simulate_memory, uses_cudnn
+from torchbudget.engine.overheads import Overheads
+from torchbudget.engine.results import MemoryCategory as C
 from tests.planner_fakes import alloc, fake_training_trace, free, op, result
 
 NONE = Overheads.none()

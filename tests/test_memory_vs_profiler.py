@@ -8,11 +8,11 @@ import torch
 import torchvision
 from torchvision.models.vision_transformer import VisionTransformer
 
-from bench.profiler_reference import profiled_peak_bytes
-from engine.api import analyze
-from engine.memory import simulate_memory
-from engine.overheads import Overheads
-from engine.results import MemoryCategory as C
+from torchbudget.bench.profiler_reference import profiled_peak_bytes
+from torchbudget.engine.api import analyze
+from torchbudget.engine.memory import simulate_memory
+from torchbudget.engine.overheads import Overheads
+from torchbudget.engine.results import MemoryCategory as C
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import dataclasses
 import pynvml as real_pynvml
 import pytest
 
-from hardware import nvml
+from torchbudget.hardware import nvml
 from tests.hardware_fakes import FakeDevice, FakeMig, install_fake, isolated_config, make_fake_pynvml  # noqa: F401
 
 NOT_SUPPORTED = real_pynvml.NVML_ERROR_NOT_SUPPORTED

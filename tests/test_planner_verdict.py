@@ -3,17 +3,17 @@ solver on a real (tiny) conv net traced by the engine."""
 import pytest
 import torch
 
-from engine.api import analyze
-from engine.cache import TraceCache
-from engine.compare import compare
-from engine.inputs import InputSpec
-from engine.memory import simulate_memory
-from engine.overheads import Overheads
-from engine.planner import Verdict, plan, plan_result, verdict_for
-from engine.results import MemoryCategory as C
-from engine.results import TraceOptions
-from engine.solver import max_resolution
-from engine.workload import Workload
+from torchbudget.engine.api import analyze
+from torchbudget.engine.cache import TraceCache
+from torchbudget.engine.compare import compare
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.memory import simulate_memory
+from torchbudget.engine.overheads import Overheads
+from torchbudget.engine.planner import Verdict, plan, plan_result, verdict_for
+from torchbudget.engine.results import MemoryCategory as C
+from torchbudget.engine.results import TraceOptions
+from torchbudget.engine.solver import max_resolution
+from torchbudget.engine.workload import Workload
 from tests.planner_fakes import CountingAnalyzer, fake_training_trace, fake_workload, small_gpu
 
 NONE = Overheads.none()
@@ -88,7 +88,7 @@ def test_max_resolution_fits_and_the_next_step_does_not():
 
 
 def test_plan_still_plans_the_given_batch_when_other_batches_cannot_be_traced():
-    from engine.errors import ShapeMismatchError
+    from torchbudget.engine.errors import ShapeMismatchError
 
     def only_batch_8(workload):
         if workload.batch_size != 8:

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from engine.api import analyze
+from torchbudget.engine.api import analyze
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:

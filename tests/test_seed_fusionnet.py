@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.api import analyze
+from torchbudget.engine.api import analyze
 
 MODELS = Path(__file__).parent / "models"
 SPEC = f"{MODELS / 'fusionnet.py'}:FusionNet"

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from engine.inputs import InputSpec
-from engine.results import (AnalysisResult, MemoryCategory, ModuleNode, OpRecord, OpStatus, Phase, StorageEvent,
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.results import (AnalysisResult, MemoryCategory, ModuleNode, OpRecord, OpStatus, Phase, StorageEvent,
                             TensorMeta, Totals, TraceOptions, UncountedOp, frozen_map)
-from engine.serialize import ResultFormatError, result_from_dict, result_to_dict
+from torchbudget.engine.serialize import ResultFormatError, result_from_dict, result_to_dict
 
 
 def _sample_result() -> AnalysisResult:
@@ -65,7 +65,7 @@ def test_malformed_data_is_a_user_error(bad):
 
 @pytest.mark.parametrize("mode", ["infer", "train"])
 def test_a_real_trace_round_trips_exactly(mode):
-    from engine.api import analyze
+    from torchbudget.engine.api import analyze
 
     result = analyze("resnet18", "2x3x32x32", mode=mode, optimizer="adamw")
     assert result.ops and result.storage_events

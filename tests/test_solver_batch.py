@@ -5,11 +5,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.cache import TraceCache
-from engine.latency import roofline
-from engine.memory import simulate_memory
-from engine.overheads import Overheads
-from engine.solver import largest_true, max_batch, sweep
+from torchbudget.engine.cache import TraceCache
+from torchbudget.engine.latency import roofline
+from torchbudget.engine.memory import simulate_memory
+from torchbudget.engine.overheads import Overheads
+from torchbudget.engine.solver import largest_true, max_batch, sweep
 from tests.planner_fakes import CountingAnalyzer, fake_training_trace, fake_workload, small_gpu
 
 NONE = Overheads.none()
@@ -93,10 +93,10 @@ def test_trace_cache_traces_each_workload_once_across_threads():
 def test_max_batch_on_a_traced_training_step_is_exact():
     import torch
 
-    from engine.api import analyze
-    from engine.inputs import InputSpec
-    from engine.results import TraceOptions
-    from engine.workload import Workload
+    from torchbudget.engine.api import analyze
+    from torchbudget.engine.inputs import InputSpec
+    from torchbudget.engine.results import TraceOptions
+    from torchbudget.engine.workload import Workload
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),

@@ -9,8 +9,8 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from engine.errors import ModelLoadError, UnknownModelError
-from engine.sources import list_model_names, load_model
+from torchbudget.engine.errors import ModelLoadError, UnknownModelError
+from torchbudget.engine.sources import list_model_names, load_model
 
 FUSIONNET = Path(__file__).parent / "models" / "fusionnet.py"
 
@@ -161,7 +161,7 @@ def test_missing_file_and_bad_kwargs(tmp_path):
 
 def test_initialisers_skip_meta_tensors_only_during_construction():
     """nn.init is bypassed for meta tensors while building (nothing to fill) and restored afterwards."""
-    from engine.meta_init import empty_weights
+    from torchbudget.engine.meta_init import empty_weights
 
     original = nn.init.kaiming_uniform_
     with empty_weights():
@@ -181,7 +181,7 @@ def test_building_on_meta_in_one_thread_leaves_other_threads_real():
 
     from torch import nn
 
-    from engine.meta_init import empty_weights
+    from torchbudget.engine.meta_init import empty_weights
 
     original = nn.Module.register_parameter
     inside, release = threading.Event(), threading.Event()

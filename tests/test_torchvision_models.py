@@ -12,8 +12,8 @@ import torchvision.models as tvm
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.api import analyze
-from engine.sources import list_model_names, load_model, model_family
+from torchbudget.engine.api import analyze
+from torchbudget.engine.sources import list_model_names, load_model, model_family
 
 FAMILIES = ("classification", "segmentation")
 NAMES = [n for n in list_model_names() if model_family(n) in FAMILIES]

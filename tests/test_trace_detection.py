@@ -2,9 +2,9 @@
 import torch
 from torchvision.models import detection
 
-from engine.inputs import InputSpec
-from engine.trace import trace_model
-from engine.tracing import policies
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.trace import trace_model
+from torchbudget.engine.tracing import policies
 
 
 def test_fasterrcnn_traces_with_worst_case_policies():

@@ -2,9 +2,9 @@
 import torch
 from torch import nn
 
-from engine.inputs import InputSpec
-from engine.results import MemoryCategory, OpStatus, Phase, TraceOptions
-from engine.trace import trace_model
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.results import MemoryCategory, OpStatus, Phase, TraceOptions
+from torchbudget.engine.trace import trace_model
 
 
 class ConvNet(nn.Module):

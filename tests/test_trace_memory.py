@@ -4,11 +4,11 @@ import pytest
 import torch
 from torchvision.models.vision_transformer import VisionTransformer
 
-from engine.inputs import InputSpec
-from engine.results import TraceOptions
-from engine.trace import trace_model
-from engine.tracing.profiler_check import profiled_peak_bytes, replay_peak_bytes
-from engine.tracing.training import make_optimizer
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.results import TraceOptions
+from torchbudget.engine.trace import trace_model
+from torchbudget.engine.tracing.profiler_check import profiled_peak_bytes, replay_peak_bytes
+from torchbudget.engine.tracing.training import make_optimizer
 
 
 def resnet10():

@@ -6,10 +6,10 @@ import torch
 import torch.nn.modules.module as module_globals
 from torch import nn
 
-from engine.errors import InputSpecError, ShapeMismatchError, TraceError, UserError
-from engine.inputs import InputSpec
-from engine.results import TraceOptions
-from engine.trace import trace_model
+from torchbudget.engine.errors import InputSpecError, ShapeMismatchError, TraceError, UserError
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.results import TraceOptions
+from torchbudget.engine.trace import trace_model
 
 GLOBAL_HOOK_DICTS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_forward_hooks_always_called",
                      "_global_forward_hooks_with_kwargs", "_global_backward_hooks", "_global_backward_pre_hooks")
@@ -85,7 +85,7 @@ def test_live_module_unchanged_when_the_trace_fails():
 
 
 def test_trainable_params_and_frozen_weights_get_no_gradient():
-    from engine.results import MemoryCategory
+    from torchbudget.engine.results import MemoryCategory
     model = live_model()
     r = trace_model(model, [InputSpec((2, 3, 8, 8))], TraceOptions(mode="train", optimizer="sgd"))
     grads = sum(e.nbytes for e in r.storage_events if e.kind == "alloc" and e.category is MemoryCategory.GRADIENTS)

@@ -7,13 +7,13 @@ from dataclasses import replace
 
 import pytest
 
-from engine import trace_store
-from engine.api import analyze_workload
-from engine.cache import TraceCache
-from engine.inputs import parse_inputs
-from engine.results import TraceOptions
-from engine.trace_store import TraceStore
-from engine.workload import Workload
+from torchbudget.engine import trace_store
+from torchbudget.engine.api import analyze_workload
+from torchbudget.engine.cache import TraceCache
+from torchbudget.engine.inputs import parse_inputs
+from torchbudget.engine.results import TraceOptions
+from torchbudget.engine.trace_store import TraceStore
+from torchbudget.engine.workload import Workload
 
 SMALL = Workload("resnet18", parse_inputs("1x3x64x64"), TraceOptions())
 

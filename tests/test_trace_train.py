@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine.inputs import InputSpec
-from engine.results import MemoryCategory as C, Phase, TraceOptions
-from engine.trace import trace_model
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.results import MemoryCategory as C, Phase, TraceOptions
+from torchbudget.engine.trace import trace_model
 
 
 def mlp():
@@ -150,8 +150,8 @@ def test_in_place_foreach_on_fake_scalars_with_a_value_still_updates_the_value()
     # Adam's step counters are fake scalars carrying their value; .item() must read 1 after the increment
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from engine.tracing.modules import ModuleStack
-    from engine.tracing.recorder import Recorder
+    from torchbudget.engine.tracing.modules import ModuleStack
+    from torchbudget.engine.tracing.recorder import Recorder
 
     recorder = Recorder(ModuleStack(nn.Linear(1, 1)))
     recorder.phase = Phase.OPTIMIZER

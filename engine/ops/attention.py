@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
-from engine.ops.registry import register
-from engine.ops.shapes import ops
+from torchbudget.engine.ops.registry import register
+from torchbudget.engine.ops.shapes import ops
 
 
 @register(*ops("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.ops import registry
+from torchbudget.engine.ops import registry
 
 
 @dataclass(frozen=True)

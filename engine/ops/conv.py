@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from engine.ops.registry import register
-from engine.ops.shapes import ops
+from torchbudget.engine.ops.registry import register
+from torchbudget.engine.ops.shapes import ops
 
 
 def conv_macs(x_shape, w_shape, out_shape, transposed: bool) -> int:

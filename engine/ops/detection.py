@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from engine.ops.registry import register
-from engine.ops.shapes import numel, ops, out_numel
+from torchbudget.engine.ops.registry import register
+from torchbudget.engine.ops.shapes import numel, ops, out_numel
 
 try:
     import torchvision  # noqa: F401  (loads the torchvision:: ops)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.ops.registry import register
-from engine.ops.shapes import list_numel, ops
+from torchbudget.engine.ops.registry import register
+from torchbudget.engine.ops.shapes import list_numel, ops
 
 
 def _first_list(args) -> list:

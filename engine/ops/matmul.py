@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from engine.ops.registry import register
-from engine.ops.shapes import ops
+from torchbudget.engine.ops.registry import register
+from torchbudget.engine.ops.shapes import ops
 
 
 @register(*ops("mm", "bmm"), kind="macs", matmul_like=True)

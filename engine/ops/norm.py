@@ -7,8 +7,8 @@ Softmax/log-softmax: 5 per element (max, subtract, exp, sum, divide); their back
 Norm backwards: 2 × the forward count per element of grad_input (the usual backward ≈ 2× forward)."""
 from __future__ import annotations
 
-from engine.ops.registry import register
-from engine.ops.shapes import numel, ops, out_numel
+from torchbudget.engine.ops.registry import register
+from torchbudget.engine.ops.shapes import numel, ops, out_numel
 
 
 def _per_input_element(cost: int, input_index: int = 0):

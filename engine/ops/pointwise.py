@@ -5,8 +5,8 @@ Convention: every activation (incl. GELU, SiLU, Mish, ...) and its backward is 1
 (the seed's ReLU C·H·W); comparisons, selects (where, masked_fill) and random draws are 1 too."""
 from __future__ import annotations
 
-from engine.ops.registry import register
-from engine.ops.shapes import ops, out_numel
+from torchbudget.engine.ops.registry import register
+from torchbudget.engine.ops.shapes import ops, out_numel
 
 _ACTIVATIONS = [
     "relu", "relu_", "relu6", "threshold", "threshold_", "threshold_backward",

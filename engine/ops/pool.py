@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 
-from engine.ops.pointwise import per_output_element
-from engine.ops.registry import register
-from engine.ops.shapes import expand_ints, first_tensor, numel, ops, out_numel
+from torchbudget.engine.ops.pointwise import per_output_element
+from torchbudget.engine.ops.registry import register
+from torchbudget.engine.ops.shapes import expand_ints, first_tensor, numel, ops, out_numel
 
 
 def _pool(spatial: int, backward: bool = False):

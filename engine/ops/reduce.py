@@ -6,8 +6,8 @@ sqrt/divide); logsumexp: 3 per input element. Scatter-adds (index_add, scatter_a
 backward, index_put with accumulate, col2im/fold): 1 per source element."""
 from __future__ import annotations
 
-from engine.ops.registry import register
-from engine.ops.shapes import first_tensor, numel, ops, out_numel
+from torchbudget.engine.ops.registry import register
+from torchbudget.engine.ops.shapes import first_tensor, numel, ops, out_numel
 
 
 @register(*ops("sum", "amax", "amin", "max", "min", "prod", "argmax", "argmin", "any", "all",

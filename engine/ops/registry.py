@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from engine.results import OpStatus
+from torchbudget.engine.results import OpStatus
 
 Formula = Callable[[tuple, dict, object], int]
 
@@ -112,7 +112,7 @@ def _ensure_loaded() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        import engine.ops  # noqa: F401  (engine/ops/__init__.py imports every formula module)
+        import torchbudget.engine.ops  # noqa: F401  (engine/ops/__init__.py imports every formula module)
 
 
 def counted_packets(convention: str = "default") -> tuple:

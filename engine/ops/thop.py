@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 
-from engine.ops.pointwise import per_output_element
-from engine.ops.registry import counted_packets, register
-from engine.ops.shapes import numel, ops
+from torchbudget.engine.ops.pointwise import per_output_element
+from torchbudget.engine.ops.registry import counted_packets, register
+from torchbudget.engine.ops.shapes import numel, ops
 
 THOP = "thop"
 
@@ -55,7 +55,7 @@ def _thop_blind(args, kwargs, out) -> int:
 
 
 def _register_thop_defaults() -> None:
-    from engine.ops.registry import lookup
+    from torchbudget.engine.ops.registry import lookup
     for packet in counted_packets("default"):
         if str(packet) in _SAME_AS_DEFAULT:
             entry = lookup(packet)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.ops.registry import register_zero
-from engine.ops.shapes import ops
+from torchbudget.engine.ops.registry import register_zero
+from torchbudget.engine.ops.shapes import ops
 
 VIEWS = [
     "view", "_unsafe_view", "reshape", "_reshape_alias", "as_strided", "as_strided_", "t", "t_", "transpose",

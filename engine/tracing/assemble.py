@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.inputs import dtype_name
-from engine.results import (
+from torchbudget.engine.inputs import dtype_name
+from torchbudget.engine.results import (
     MemoryCategory, ModuleNode, OpRecord, OpStatus, Phase, StorageEvent, Totals, UncountedOp, frozen_map,
 )
-from engine.tracing.modules import ModuleStack
-from engine.tracing.storage import StorageLife
+from torchbudget.engine.tracing.modules import ModuleStack
+from torchbudget.engine.tracing.storage import StorageLife
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.errors import ShapeMismatchError, TraceError, UserError
+from torchbudget.engine.errors import ShapeMismatchError, TraceError, UserError
 
 _SHAPE_WORDS = ("size", "shape", "dim", "channels", "mat1 and mat2", "must match", "broadcast", "expected")
 _DATA_DEPENDENT = ("DataDependentOutputException", "DynamicOutputShapeException", "data-dependent")

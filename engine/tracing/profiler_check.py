@@ -8,7 +8,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.profiler._memory_profiler import OpTree
 from torch.utils._pytree import tree_leaves
 
-from engine.results import AnalysisResult
+from torchbudget.engine.results import AnalysisResult
 
 
 def replay_peak_bytes(result: AnalysisResult) -> int:

@@ -6,14 +6,14 @@ from functools import lru_cache
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.errors import UserError
-from engine.inputs import dtype_name
-from engine.ops import registry
-from engine.results import OpRecord, Phase, TensorMeta
-from engine.tracing.errors import translate_op_error
-from engine.tracing.modules import ForwardNodeMap, ModuleStack
-from engine.tracing.policies import DataDependentPolicies
-from engine.tracing.storage import StorageTracker
+from torchbudget.engine.errors import UserError
+from torchbudget.engine.inputs import dtype_name
+from torchbudget.engine.ops import registry
+from torchbudget.engine.results import OpRecord, Phase, TensorMeta
+from torchbudget.engine.tracing.errors import translate_op_error
+from torchbudget.engine.tracing.modules import ForwardNodeMap, ModuleStack
+from torchbudget.engine.tracing.policies import DataDependentPolicies
+from torchbudget.engine.tracing.storage import StorageTracker
 
 aten = torch.ops.aten
 

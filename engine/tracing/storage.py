@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.results import Phase
+from torchbudget.engine.results import Phase
 
 
 @dataclass

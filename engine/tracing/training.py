@@ -8,7 +8,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import checkpoint
 
-from engine.errors import TraceError
+from torchbudget.engine.errors import TraceError
 
 OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw")
 
