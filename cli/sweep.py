@@ -7,6 +7,7 @@ from torchbudget.cli import common_options
 from torchbudget.cli.format import dump_json, human_bytes, human_ms, table
 from torchbudget.cli.plan import add_workload_arguments, resolve_gpus, workload_from_args
 from torchbudget.engine.errors import InputSpecError, UserError
+from torchbudget.engine.vocab import InputKind
 
 
 def register(subparsers) -> None:
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     gpus = resolve_gpus(args.gpus) if args.gpus else default_gpus()
     batches = parse_int_list(args.batch, "batch") if args.batch else None
     resolutions = parse_int_list(args.resolution, "resolution") if args.resolution else None
-    if resolutions and workload.inputs and not any(len(s.shape) >= 4 for s in workload.inputs):
+    if resolutions and workload.inputs and not any(s.kind is InputKind.IMAGE for s in workload.inputs):
         raise UserError("--resolution needs an image input (N x C x H x W)", field="input")
     result = sweep(workload, gpus, batches=batches, resolutions=resolutions, cache=TraceCache())
     print(dump_json(result) if args.json else render(result))

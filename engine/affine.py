@@ -86,7 +86,7 @@ class AffineTrace:
                        for e, n in zip(self.a.storage_events, self.sizes_at(batch).tolist()))
         ops = tuple(OpRecord(x.index, x.op, x.module_path, x.phase, (), (), lin(x.bytes_read, y.bytes_read),
                              lin(x.bytes_written, y.bytes_written), lin(x.macs, y.macs), lin(x.flops, y.flops),
-                             x.status, x.matmul_like, x.compute_dtype, x.launches_kernel)
+                             x.status, x.kind, x.compute_dtype, x.launches_kernel)
                     for x, y in zip(self.a.ops, self.b.ops))
         return replace(self.a, inputs=tuple(s.with_batch(batch) for s in self.a.inputs), ops=ops,
                        storage_events=events, modules=(), warnings=self.a.warnings + (

@@ -12,34 +12,29 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from torchbudget.engine import trace
+from torchbudget.engine import trace, vocab
 from torchbudget.engine.errors import InputSpecError, UserError
 from torchbudget.engine.inputs import InputSpec, dtype_name, parse_inputs
 from torchbudget.engine.results import AnalysisResult, TraceOptions
 from torchbudget.engine.sources import LoadedModel, guess_default_inputs, load_model
-from torchbudget.engine.tracing import training
 from torchbudget.engine.workload import Workload
-
-# the trace owns what it can run; the API only checks early, with the field named
-MODES = trace.MODES
-PRECISIONS = tuple(trace.PRECISIONS)
-OPTIMIZERS = (*training.OPTIMIZERS, None)
-CONVENTIONS = ("default", "thop")
-_PRECISION_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 
 InputsLike = str | Sequence | Mapping | torch.Tensor | None
 
 
 def analyze(model: str | nn.Module, inputs: InputsLike = None, *, dtype: str = "fp32", mode: str = "infer",
             optimizer: str | None = "adamw", precision: str | None = None, checkpointing: bool = False,
-            convention: str = "default", model_kwargs: Mapping | None = None) -> AnalysisResult:
+            convention: str = "default", model_kwargs: Mapping | None = None, optimizer_impl: str = "auto",
+            attention: str = "auto", target: str | None = None) -> AnalysisResult:
     """Count ``model`` (a torchvision name, ``path/file.py:Name`` or a live ``nn.Module``) at ``inputs``.
 
     ``inputs``: a shape string (``"1x3x224x224"``, ``"ids=1x128:int64,mask=1x128:int64"``), a sequence of
     ``InputSpec``, real tensors or shapes, or a dict name -> tensor/shape; None uses the model's default.
-    ``dtype`` is shorthand for ``precision`` (which also takes tf32 and the ``-amp`` variants)."""
+    ``dtype`` is shorthand for ``precision`` (which also takes tf32 and the ``-amp`` variants). ``target``:
+    whose kernels to model (``"sm90"``, ``"sm75"``, ``"cpu"``; default: engine.vocab.DEFAULT_TARGET)."""
     options = make_options(dtype=dtype, mode=mode, optimizer=optimizer, precision=precision,
-                           checkpointing=checkpointing, convention=convention)
+                           checkpointing=checkpointing, convention=convention, optimizer_impl=optimizer_impl,
+                           attention=attention, target=target)
     if isinstance(model, nn.Module):
         if model_kwargs:
             raise UserError("model_kwargs only apply when the model is given by name or file", field="model")
@@ -55,7 +50,6 @@ def analyze(model: str | nn.Module, inputs: InputsLike = None, *, dtype: str = "
 
 def analyze_workload(workload: Workload) -> AnalysisResult:
     """The planner's and the GUI's entry point: a saved workload -> its analysis."""
-    validate_options(workload.options)
     loaded = load_model(workload.model, workload.model_kwargs)
     inputs = workload.inputs or _resolve_inputs(None, loaded.default_inputs, loaded.name)
     return _trace_loaded(loaded, inputs, workload.options)
@@ -67,22 +61,12 @@ def default_inputs(model: str, model_kwargs: Mapping | None = None) -> tuple[Inp
 
 
 def make_options(*, dtype: str = "fp32", mode: str = "infer", optimizer: str | None = "adamw",
-                 precision: str | None = None, checkpointing: bool = False,
-                 convention: str = "default") -> TraceOptions:
-    chosen = (precision or dtype or "fp32").strip().lower()
-    options = TraceOptions(mode=mode, precision=_PRECISION_ALIASES.get(chosen, chosen), optimizer=optimizer,
-                           checkpointing=bool(checkpointing), convention=convention)
-    validate_options(options)
-    return options
-
-
-def validate_options(options: TraceOptions) -> None:
-    for label, value, allowed in (("mode", options.mode, MODES), ("precision", options.precision, PRECISIONS),
-                                  ("optimizer", options.optimizer, OPTIMIZERS),
-                                  ("convention", options.convention, CONVENTIONS)):
-        if value not in allowed:
-            choices = ", ".join(str(a) for a in allowed if a is not None)
-            raise UserError(f"unknown {label} {value!r}; use one of: {choices}", field=label)
+                 precision: str | None = None, checkpointing: bool = False, convention: str = "default",
+                 optimizer_impl: str = "auto", attention: str = "auto", target: str | None = None) -> TraceOptions:
+    """TraceOptions from keyword spellings (engine.vocab normalises and names the bad field)."""
+    return TraceOptions(mode=mode, precision=precision or dtype or "fp32", optimizer=optimizer,
+                        checkpointing=bool(checkpointing), convention=convention, optimizer_impl=optimizer_impl,
+                        attention=attention, target=target or vocab.DEFAULT_TARGET)
 
 
 def _spec_from(value, name: str | None = None) -> InputSpec:

@@ -2,16 +2,7 @@
 the GUI shows it next to the field named by ``field``."""
 from __future__ import annotations
 
-
-class UserError(Exception):
-    """A problem with what the user asked for, explained in plain words."""
-
-    field: str | None = None  # which input caused it: "model", "input", "gpu", "file", ...
-
-    def __init__(self, message: str, *, field: str | None = None):
-        super().__init__(message)
-        if field is not None:
-            self.field = field
+from torchbudget.errors import UserError
 
 
 class UnknownModelError(UserError):
@@ -38,11 +29,5 @@ class TraceError(UserError):
     field = "model"
 
 
-class UnknownGpuError(UserError):
-    field = "gpu"
-
-
-class SpecFileError(UserError):
-    """A GPU spec file is malformed; the message names file, entry and field."""
-
-    field = "gpu"
+__all__ = ["UserError", "UnknownModelError", "ModelLoadError", "InputSpecError", "ShapeMismatchError",
+           "TraceError"]

@@ -4,28 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torchbudget.engine.errors import InputSpecError
-
-# canonical names are torch's attribute names (torch.float32 ...): the tables stay free of torch, so the
-# planner and the GUI's first verdict (from cached traces) never wait for PyTorch to import
-DTYPE_ALIASES: dict[str, str] = {
-    "fp32": "float32", "float32": "float32", "float": "float32",
-    "fp16": "float16", "float16": "float16", "half": "float16",
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
-    "fp64": "float64", "float64": "float64", "double": "float64",
-    "int64": "int64", "long": "int64", "int32": "int32", "int": "int32",
-    "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool",
-}
-FLOATING_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64"})
-
-
-def canonical_dtype(name: str) -> str:
-    """'fp16' -> 'float16'; an unknown name raises InputSpecError listing the known ones."""
-    try:
-        return DTYPE_ALIASES[name.strip().lower()]
-    except KeyError:
-        known = ", ".join(sorted(DTYPE_ALIASES))
-        raise InputSpecError(f"unknown dtype {name!r}; use one of: {known}") from None
-
+from torchbudget.engine.vocab import DTYPE_ALIASES, FLOATING_DTYPES, canonical_dtype, input_kind  # noqa: F401
 
 def dtype_from_name(name: str):
     """'fp16' -> torch.float16 (imports torch)."""
@@ -54,6 +33,11 @@ class InputSpec:
     @property
     def is_floating(self) -> bool:
         return canonical_dtype(self.dtype) in FLOATING_DTYPES
+
+    @property
+    def kind(self):
+        """engine.vocab.InputKind: image, tokens or generic."""
+        return input_kind(self.shape, self.dtype)
 
     def with_batch(self, batch: int) -> "InputSpec":
         return InputSpec((batch, *self.shape[1:]), self.dtype, self.name)

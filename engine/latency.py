@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from torchbudget.engine.overheads import Efficiency
-from torchbudget.engine.results import AnalysisResult, OpRecord, Phase, frozen_map
+from torchbudget.engine.results import AnalysisResult, OpKind, OpRecord, Phase, frozen_map
 from torchbudget.hardware.spec import GpuSpec
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class LatencyReport:
 
 def _efficiency_for(op: OpRecord, efficiency: Efficiency) -> float:
     if op.matmul_like:
-        return efficiency.conv_fraction_of_peak if "convolution" in op.op else efficiency.matmul_fraction_of_peak
+        return efficiency.conv_fraction_of_peak if op.kind is OpKind.CONV else efficiency.matmul_fraction_of_peak
     return efficiency.other_fraction_of_peak
 
 

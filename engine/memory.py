@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 
 from torchbudget.engine.overheads import Overheads
-from torchbudget.engine.results import AnalysisResult, MemoryCategory, Phase, frozen_map
+from torchbudget.engine.results import AnalysisResult, MemoryCategory, OpKind, Phase, frozen_map
 
 TRACE_CATEGORIES = (
     MemoryCategory.WEIGHTS, MemoryCategory.BUFFERS, MemoryCategory.INPUTS, MemoryCategory.ACTIVATIONS,
@@ -117,7 +117,7 @@ def required_bytes(events, overheads: Overheads, *, has_conv: bool, sizes=None) 
 
 
 def uses_cudnn(result: AnalysisResult) -> bool:
-    return any("convolution" in op.op for op in result.ops)
+    return any(op.kind is OpKind.CONV for op in result.ops)
 
 
 def workspace_bytes(overheads: Overheads, has_conv: bool) -> int:

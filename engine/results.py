@@ -7,6 +7,8 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Mapping
 
+from torchbudget.engine import vocab
+
 
 class Phase(str, Enum):
     FORWARD = "forward"
@@ -18,6 +20,29 @@ class OpStatus(str, Enum):
     COUNTED = "counted"      # a formula gave MACs/FLOPs (possibly 0 for an empty tensor)
     ZERO = "zero"            # known to do no arithmetic: views, reshapes, copies, allocation
     UNCOUNTED = "uncounted"  # no formula: reported, never silently zero
+
+
+class OpKind(str, Enum):
+    """What kind of kernel an op is: a tag each formula registers with (engine/ops), read by the planner
+    (cuDNN workspace, efficiency factor) instead of matching op names."""
+    MATMUL = "matmul"          # GEMMs (cuBLAS)
+    CONV = "conv"              # convolutions (cuDNN)
+    ATTENTION = "attention"    # fused attention kernels (flash, memory-efficient, cuDNN, MHA fast paths)
+    NORM = "norm"              # batch/layer/group/RMS norm, softmax
+    ELEMENTWISE = "elementwise"
+    REDUCTION = "reduction"
+    POOL = "pool"              # pooling and interpolation
+    OPTIMIZER = "optimizer"    # foreach / fused optimizer kernels
+    DETECTION = "detection"    # torchvision ops (NMS, RoI align)
+    VIEW = "view"              # no kernel: views, metadata
+    MEMORY = "memory"          # moves bytes, no arithmetic: copies, cat, gather, pad, sort
+    ALLOCATION = "allocation"  # allocations and constant fills
+    OTHER = "other"            # no formula: uncounted
+
+    @property
+    def matmul_like(self) -> bool:
+        """Runs on tensor cores when the dtype allows."""
+        return self in (OpKind.MATMUL, OpKind.CONV, OpKind.ATTENTION)
 
 
 class MemoryCategory(str, Enum):
@@ -58,9 +83,14 @@ class OpRecord:
     macs: int
     flops: int
     status: OpStatus
-    matmul_like: bool        # runs on tensor cores when the dtype allows (conv, mm, bmm, attention)
+    kind: OpKind             # the registry's tag for this op (OTHER: no formula)
     compute_dtype: str       # dtype the arithmetic runs in (first floating input), for the peak lookup
     launches_kernel: bool = True   # False for views/aliases and bare allocations: no kernel, no bytes move
+
+    @property
+    def matmul_like(self) -> bool:
+        """Runs on tensor cores when the dtype allows (conv, mm, bmm, attention)."""
+        return self.kind.matmul_like
 
 
 @dataclass(frozen=True)
@@ -126,11 +156,37 @@ class Totals:
 
 @dataclass(frozen=True)
 class TraceOptions:
-    mode: str = "infer"               # "infer" | "train"
-    precision: str = "fp32"           # fp32 | tf32 | fp16 | bf16 | fp16-amp | bf16-amp
-    optimizer: str | None = "adamw"   # train only: sgd | sgd-momentum | adam | adamw | None
-    checkpointing: bool = False       # train only: activation checkpointing what-if
-    convention: str = "default"       # "default" | "thop" (the seed's thop 0.0.31 counts)
+    """How the workload runs. Values are the canonical names of engine.vocab (normalised here, so two
+    spellings of one workload are one cache key); options that only training has are cleared for
+    inference (no optimizer, no checkpointing)."""
+
+    mode: str = "infer"               # engine.vocab.MODES
+    precision: str = "fp32"           # engine.vocab.PRECISIONS
+    optimizer: str | None = "adamw"   # training only: engine.vocab.OPTIMIZERS, None = no optimizer step
+    checkpointing: bool = False       # training only: activation checkpointing what-if
+    convention: str = "default"       # engine.vocab.CONVENTIONS
+    optimizer_impl: str = "auto"      # training only: engine.vocab.OPTIMIZER_IMPLS
+    attention: str = "auto"           # engine.vocab.ATTENTION_BACKENDS (auto: the target's own choice)
+    target: str = vocab.DEFAULT_TARGET   # whose kernels the trace models: "sm90", "sm75", "cpu"
+
+    def __post_init__(self):
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
+        put("mode", vocab.normalise_mode(self.mode))
+        put("precision", vocab.normalise_precision(self.precision))
+        put("convention", vocab.normalise_convention(self.convention))
+        put("attention", vocab.normalise_attention(self.attention))
+        put("target", vocab.normalise_target(self.target))
+        # a bogus name is an error even where it would not matter (inference): nothing typed is ignored
+        optimizer = vocab.normalise_optimizer(self.optimizer)
+        optimizer_impl = vocab.normalise_optimizer_impl(self.optimizer_impl)
+        training = vocab.is_training(self.mode)
+        put("optimizer", optimizer if training else None)
+        put("optimizer_impl", optimizer_impl if training else "auto")
+        put("checkpointing", bool(self.checkpointing) and training)
+
+    @property
+    def training(self) -> bool:
+        return vocab.is_training(self.mode)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from torchbudget.engine.memory import simulate_memory
 from torchbudget.engine.overheads import Efficiency, Overheads
 from torchbudget.engine.workload import Workload
 from torchbudget.hardware.spec import GpuSpec
+from torchbudget.engine.vocab import InputKind
 
 DEFAULT_BATCH_LIMIT = 1 << 16
 DEFAULT_RESOLUTION_LIMIT = 8192
@@ -122,7 +123,7 @@ def try_max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache, overhe
 
 
 def _spatial(workload: Workload) -> tuple[int, int]:
-    images = [s for s in workload.inputs if len(s.shape) >= 4 and s.is_floating]
+    images = [s for s in workload.inputs if s.kind is InputKind.IMAGE]
     if not images:
         raise InputSpecError("resolution search needs an image input (N x C x H x W)")
     return images[0].shape[-2], images[0].shape[-1]

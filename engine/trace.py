@@ -17,6 +17,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_leaves
 
+from torchbudget.engine import vocab
 from torchbudget.engine.errors import InputSpecError, ShapeMismatchError, TraceError, UserError
 from torchbudget.engine.inputs import InputSpec
 from torchbudget.engine.meta_params import StandIns, make_stand_ins, names_for
@@ -26,24 +27,10 @@ from torchbudget.engine.tracing.errors import looks_like_shapes
 from torchbudget.engine.tracing.modules import ModuleStack
 from torchbudget.engine.tracing.recorder import Recorder
 
-MODES = ("infer", "train")
-# precision -> (parameter/input dtype, autocast dtype or None)
-PRECISIONS = {
-    "fp32": (torch.float32, None), "tf32": (torch.float32, None),
-    "fp16": (torch.float16, None), "bf16": (torch.bfloat16, None),
-    "fp16-amp": (torch.float32, torch.float16), "bf16-amp": (torch.float32, torch.bfloat16),
-}
-
-
-def validate_options(options: TraceOptions) -> None:
-    if options.mode not in MODES:
-        raise UserError(f"unknown mode {options.mode!r}; use one of: {', '.join(MODES)}", field="mode")
-    if options.precision not in PRECISIONS:
-        raise UserError(f"unknown precision {options.precision!r}; use one of: {', '.join(PRECISIONS)}",
-                        field="precision")
-    if options.mode == "train" and options.optimizer is not None and options.optimizer not in training.OPTIMIZERS:
-        raise UserError(f"unknown optimizer {options.optimizer!r}; use one of: {', '.join(training.OPTIMIZERS)} "
-                        "or none", field="optimizer")
+def precision_dtypes(precision: str) -> tuple[torch.dtype, torch.dtype | None]:
+    """(parameter/input dtype, autocast dtype or None) of an engine.vocab precision."""
+    chosen = vocab.precision(precision)
+    return getattr(torch, chosen.param_dtype), getattr(torch, chosen.autocast_dtype) if chosen.autocast_dtype else None
 
 
 def _cast(dtype: torch.dtype):
@@ -105,7 +92,6 @@ class _Run:
 
 def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: TraceOptions = TraceOptions(),
                 *, model_name: str = "", input_names: bool | None = None) -> AnalysisResult:
-    validate_options(options)
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"expected a torch.nn.Module, got {type(model).__name__}", field="model")
     inputs = tuple(inputs)
@@ -117,7 +103,7 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
     # tensors SDPA takes the math path (materializing the score matrix) and autocast does nothing, while
     # CPU — like a GPU — picks the flash kernel; one choice everywhere keeps infer and train consistent.
     with _TRACE_LOCK, _restored_state(model), FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
-        model.train(options.mode == "train")
+        model.train(options.training)
         run = _run_step(model, inputs, options, use_names, fake_mode)
     ops = run.recorder.ops
     first_owner = {id(p): name.rpartition(".")[0] for name, p in model.named_parameters()}
@@ -139,8 +125,8 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
               fake_mode: FakeTensorMode) -> _Run:
     """Forward (and for training: loss, backward, optimizer step) under the recorder. Call inside the
     FakeTensorMode: every tensor made here is a fake CPU tensor."""
-    train = options.mode == "train"
-    param_dtype, autocast_dtype = PRECISIONS[options.precision]
+    train = options.training
+    param_dtype, autocast_dtype = precision_dtypes(options.precision)
     stand_ins = make_stand_ins(model, device="cpu", param_dtype=_cast(param_dtype),
                                buffer_dtype=_cast(param_dtype) if autocast_dtype is None else (lambda d: d),
                                requires_grad=train, fake_mode=fake_mode)
@@ -169,7 +155,7 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
                                    if isinstance(t, torch.Tensor))
             if train:
                 # kept in a local: its state must stay alive until the recording closes
-                optimizer = _training_step(recorder, roles, stand_ins, output, options.optimizer)  # noqa: F841
+                optimizer = _training_step(recorder, roles, stand_ins, output, options)  # noqa: F841
                 del output
     except UserError:
         raise
@@ -181,7 +167,7 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
 
 
 def _training_step(recorder: Recorder, roles: assemble.StorageRoles, stand_ins, output,
-                   optimizer_name) -> torch.optim.Optimizer | None:
+                   options: TraceOptions) -> torch.optim.Optimizer | None:
     recorder.phase = Phase.BACKWARD   # the loss exists only to seed backward: its ops belong there
     loss = training.scalar_loss(output)
     del output
@@ -192,11 +178,11 @@ def _training_step(recorder: Recorder, roles: assemble.StorageRoles, stand_ins, 
         if p.grad is not None:
             recorder.storage.track(p.grad, recorder.storage.op_index)
             roles.gradients.add(recorder.storage.storage_id(p.grad))
-    if optimizer_name is None:
+    if options.optimizer is None:
         return None
     recorder.phase = Phase.OPTIMIZER
     recorder.policies.reporting = False
-    optimizer = training.make_optimizer(optimizer_name, trainable)
+    optimizer = training.make_optimizer(options.optimizer, trainable, options.optimizer_impl)
     optimizer.step()
     for t in training.optimizer_state_tensors(optimizer):
         roles.optimizer_state.add(recorder.storage.storage_id(t))
@@ -220,4 +206,4 @@ def _forward_error(exc: Exception, stack: ModuleStack, recorder: Recorder) -> Us
     return TraceError(f"tracing failed in {where}: {type(exc).__name__}: {message}")
 
 
-__all__ = ["trace_model", "validate_options", "PRECISIONS", "MODES"]
+__all__ = ["trace_model", "freeze_startup_objects", "precision_dtypes"]

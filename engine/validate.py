@@ -95,16 +95,11 @@ def require_cuda():
 
 
 def _nvml_used(index: int) -> int | None:
-    try:
-        import pynvml
+    """NVML's "used" bytes of the device; None when NVML cannot say (the row is left empty)."""
+    from torchbudget.hardware.nvml import refresh_memory
 
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).used)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # NVML missing or unsupported (e.g. some MIG setups): the row is left empty
-        return None
+    reading = refresh_memory(index)
+    return None if reading is None else reading.used_bytes
 
 
 def _real_model(workload: Workload, device, param_dtype):
@@ -142,18 +137,19 @@ def build_step(workload: Workload, result, device):
     or forward (autocast for -amp), the trace's scalar loss, backward, optimizer step, grads set to None."""
     import torch
 
-    from torchbudget.engine.trace import PRECISIONS
+    from torchbudget.engine.trace import precision_dtypes
     from torchbudget.engine.tracing import training
 
     options = workload.options
-    param_dtype, autocast_dtype = PRECISIONS[options.precision]
+    param_dtype, autocast_dtype = precision_dtypes(options.precision)
     model = _real_model(workload, device, param_dtype)
     args, kwargs = _real_inputs(result.inputs, device, param_dtype)
-    train = options.mode == "train"
+    train = options.training
     model.train(train)
     runnable = training.checkpointed_view(model) if train and options.checkpointing else model
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = training.make_optimizer(options.optimizer, trainable) if train and options.optimizer else None
+    optimizer = (training.make_optimizer(options.optimizer, trainable, options.optimizer_impl)
+                 if train and options.optimizer else None)
     amp = ((lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype
            else contextlib.nullcontext)
 

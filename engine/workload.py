@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Mapping
 
 from torchbudget.engine.errors import InputSpecError, UserError
 from torchbudget.engine.inputs import InputSpec, parse_input
 from torchbudget.engine.results import TraceOptions
+from torchbudget.engine.vocab import InputKind
 
 WORKLOAD_FORMAT = "torchbudget-workload/1"
 
@@ -33,9 +34,15 @@ class Workload:
         return replace(self, inputs=tuple(s.with_batch(batch) for s in self.inputs))
 
     def with_resolution(self, height: int, width: int) -> "Workload":
-        """Resize every input with spatial dimensions (rank >= 3)."""
-        return replace(self, inputs=tuple(s.with_resolution(height, width) if len(s.shape) >= 3 else s
+        """Resize every image input (engine.vocab.InputKind.IMAGE: its last two dimensions)."""
+        return replace(self, inputs=tuple(s.with_resolution(height, width) if s.kind is InputKind.IMAGE else s
                                           for s in self.inputs))
+
+    @property
+    def input_kind(self) -> InputKind:
+        """IMAGE when any input is an image (it has a resolution), else the first input's kind."""
+        kinds = [s.kind for s in self.inputs]
+        return InputKind.IMAGE if InputKind.IMAGE in kinds else (kinds[0] if kinds else InputKind.GENERIC)
 
     def with_options(self, **changes) -> "Workload":
         return replace(self, options=replace(self.options, **changes))
@@ -45,30 +52,46 @@ class Workload:
         return (self.model, self.inputs, self.options, tuple(sorted((k, repr(v)) for k, v in self.model_kwargs.items())))
 
     def to_dict(self) -> dict:
-        o = self.options
-        return {
-            "format": WORKLOAD_FORMAT,
-            "model": self.model,
-            "model_kwargs": dict(self.model_kwargs),
-            "inputs": [s.text() for s in self.inputs],
-            "mode": o.mode, "precision": o.precision, "optimizer": o.optimizer,
-            "checkpointing": o.checkpointing, "convention": o.convention,
-        }
+        """Every field (the options' too, by name): ``from_dict(to_dict(w)) == w`` for every workload."""
+        return {"format": WORKLOAD_FORMAT, "model": self.model, "model_kwargs": dict(self.model_kwargs),
+                "inputs": [s.text() for s in self.inputs],
+                **{f.name: getattr(self.options, f.name) for f in fields(TraceOptions)}}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Workload":
+        """A workload read from a file: every field is type-checked and every value normalised by
+        engine.vocab; a problem is one UserError naming the field (never a silent default)."""
         if not isinstance(data, dict) or data.get("format") != WORKLOAD_FORMAT:
             raise UserError(f"not a TorchBudget workload file (expected format {WORKLOAD_FORMAT!r})", field="file")
+        unknown = sorted(set(data) - _FILE_KEYS)
+        if unknown:
+            raise UserError(f"workload file has unknown field(s) {', '.join(map(repr, unknown))}", field="file")
+        model = data.get("model")
+        if not isinstance(model, str) or not model.strip():
+            raise UserError("workload file: 'model' must be a model name or path/to/file.py:Name", field="file")
+        inputs = data.get("inputs", [])
+        if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
+            raise UserError("workload file: 'inputs' must be a list of shape strings such as \"1x3x224x224\", "
+                            f"not {_short(inputs)}", field="file")
+        model_kwargs = data.get("model_kwargs") or {}
+        if not isinstance(model_kwargs, dict):
+            raise UserError(f"workload file: 'model_kwargs' must be an object such as {{\"num_classes\": 10}}, "
+                            f"not {_short(model_kwargs)}", field="file")
+        values = {}
+        for f in fields(TraceOptions):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            allowed = (bool,) if f.name == "checkpointing" else (str, type(None)) if f.name == "optimizer" else (str,)
+            if not isinstance(value, allowed):
+                raise UserError(f"workload file: {f.name!r} must be "
+                                f"{'true or false' if allowed == (bool,) else 'a string'}, not {_short(value)}",
+                                field="file")
+            values[f.name] = value
         try:
-            options = TraceOptions(
-                mode=data.get("mode", "infer"), precision=data.get("precision", "fp32"),
-                optimizer=data.get("optimizer", "adamw"), checkpointing=bool(data.get("checkpointing", False)),
-                convention=data.get("convention", "default"),
-            )
-            return cls(str(data["model"]), tuple(parse_input(t) for t in data.get("inputs", [])),
-                       options, dict(data.get("model_kwargs") or {}))
-        except KeyError as exc:
-            raise UserError(f"workload file lacks the field {exc.args[0]!r}", field="file") from None
+            return cls(model.strip(), tuple(parse_input(t) for t in inputs), TraceOptions(**values), model_kwargs)
+        except UserError as exc:
+            raise UserError(f"workload file: {exc}", field="file") from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -76,6 +99,17 @@ class Workload:
     @classmethod
     def from_json(cls, text: str) -> "Workload":
         try:
-            return cls.from_dict(json.loads(text))
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(f"workload file is not valid JSON: {exc}", field="file") from None
+        except RecursionError:
+            raise UserError("workload file nests too deeply to be a workload", field="file") from None
+        return cls.from_dict(data)
+
+
+_FILE_KEYS = frozenset({"format", "model", "model_kwargs", "inputs", *(f.name for f in fields(TraceOptions))})
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -8,6 +8,7 @@ from torchbudget.engine.cache import TraceCache
 from torchbudget.engine.workload import Workload
 from torchbudget.gui import backend
 from torchbudget.gui.workers import JobContext
+from torchbudget.engine.vocab import InputKind
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def run_request(request: Request, ctx: JobContext) -> str:
         ctx.partial("batch_sweep", (key, backend.batch_sweep(workload, gpus, cache, max_batches)))
     ctx.progress("Comparing GPUs…")
     ctx.partial("comparison", backend.comparison(workload, gpus, cache))
-    images = [s for s in workload.inputs if len(s.shape) >= 4]
+    images = [s for s in workload.inputs if s.kind is InputKind.IMAGE]
     if images:
         values = backend.sweep_resolutions(images[0].shape[-1])
         key = resolution_key(request, values)

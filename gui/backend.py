@@ -10,7 +10,8 @@ from typing import Sequence
 from torchbudget.engine.affine import AffineTrace
 from torchbudget.engine.cache import TraceCache
 from torchbudget.engine.compare import Comparison, compare
-from torchbudget.engine.errors import ModelLoadError, UnknownGpuError, UserError
+from torchbudget.engine.errors import ModelLoadError, UserError
+from torchbudget.hardware.errors import UnknownGpuError
 from torchbudget.engine.planner import Plan, plan_result
 from torchbudget.engine.results import AnalysisResult
 from torchbudget.engine.solver import Sweep, max_batch, sweep
@@ -18,6 +19,7 @@ from torchbudget.engine.trace_store import TraceStore
 from torchbudget.engine.workload import Workload
 from torchbudget.gui.cancel import check_current
 from torchbudget.hardware.spec import GpuSpec
+from torchbudget.engine.vocab import InputKind
 
 MAX_SWEEP_BATCH = 1 << 15
 
@@ -188,7 +190,7 @@ def sweep_resolutions(current: int) -> tuple[int, ...]:
 
 
 def resolution_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> Sweep | None:
-    images = [s for s in workload.inputs if len(s.shape) >= 4]
+    images = [s for s in workload.inputs if s.kind is InputKind.IMAGE]
     if not images:
         return None
     return sweep(workload, gpus, resolutions=sweep_resolutions(images[0].shape[-1]), cache=cache)

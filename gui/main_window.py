@@ -22,6 +22,7 @@ from torchbudget.gui.settings import Settings, first_workload
 from torchbudget.gui.verdict import VerdictWidget
 from torchbudget.gui.workers import JobRunner
 from torchbudget.gui.workload_panel import WorkloadPanel
+from torchbudget.engine.vocab import InputKind
 
 VIEW_TABS = ("Memory vs batch", "Latency vs batch", "Throughput vs batch", "Memory vs resolution", "Roofline",
              "Comparison")
@@ -319,7 +320,7 @@ class MainWindow(QMainWindow):
         if self.resolution_sweep is None and sweeps.get("resolution_error"):
             self.plots.show_unavailable(f"No resolution sweep:<br>{sweeps['resolution_error']}", "resolution")
         else:
-            images = [s for s in workload.inputs if len(s.shape) >= 4]
+            images = [s for s in workload.inputs if s.kind is InputKind.IMAGE]
             self.plots.show_resolution_sweep(self.resolution_sweep, images[0].shape[-1] if images else None)
 
     def _on_partial(self, key: str, payload):
@@ -331,7 +332,7 @@ class MainWindow(QMainWindow):
             self.plots.show_batch_sweep(self.batch_sweep, self.evaluation.workload.batch_size)
         elif key == "resolution_sweep":
             self._sweep_keys["resolution"], self.resolution_sweep = payload
-            images = [s for s in self.evaluation.workload.inputs if len(s.shape) >= 4]
+            images = [s for s in self.evaluation.workload.inputs if s.kind is InputKind.IMAGE]
             self.plots.show_resolution_sweep(self.resolution_sweep, images[0].shape[-1] if images else None)
         elif key == "comparison":
             self.comparison = payload

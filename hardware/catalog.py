@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import difflib
-import importlib.resources
 import re
 import threading
 from pathlib import Path
 
-from torchbudget.engine.errors import UnknownGpuError
+from torchbudget.hardware.errors import UnknownGpuError
 from torchbudget.hardware import nvml
 from torchbudget.hardware.local import specs_from_probe
 from torchbudget.hardware.names import name_key, name_tokens
 from torchbudget.hardware.spec import GpuSpec
-from torchbudget.hardware.spec_file import check_unique, load_entries, spec_from_entry
+from torchbudget.hardware.spec_file import builtin_file_path, load_entries, merge_entries, spec_from_entry
+from torchbudget.hardware.user_file import load_user_entries, user_file_path
 
 # What-if GPU when none is detected: a widely rented training GPU.
 DEFAULT_GPU_NAME = "A100 SXM 80GB"
@@ -20,19 +20,6 @@ DEFAULT_GPU_NAME = "A100 SXM 80GB"
 _lock = threading.Lock()
 _database: tuple[GpuSpec, ...] | None = None
 _database_key: tuple | None = None
-
-
-def builtin_file_path() -> Path:
-    return Path(str(importlib.resources.files("torchbudget.resources") / "gpus.toml"))
-
-
-def merge_entries(builtin: list[dict], user: list[dict], user_path: Path) -> list[tuple[dict, str]]:
-    """User entries replace built-in ones with the same name; the result must still be unambiguous."""
-    user_keys = {name_key(e["name"]) for e in user}
-    merged = [(e, "database") for e in builtin if name_key(e["name"]) not in user_keys]
-    merged += [(e, "user") for e in user]
-    check_unique(user_path, [e for e, _ in merged])  # a user alias may not steal another GPU's name
-    return merged
 
 
 def _user_file_state(path: Path) -> tuple:
@@ -46,8 +33,6 @@ def database() -> tuple[GpuSpec, ...]:
     """Built-in entries plus the user file's (which override by name). Cached until ``reload()`` or until
     the user file moves or changes."""
     global _database, _database_key
-    from torchbudget.hardware.user_file import load_user_entries, user_file_path
-
     key = _user_file_state(user_file_path())
     with _lock:
         if _database is None or _database_key != key:

@@ -2,6 +2,7 @@
 and writing entries back. Units live in the key names; see the header of resources/gpus.toml."""
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 from pathlib import Path
@@ -12,7 +13,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from torchbudget.engine.errors import SpecFileError
+from torchbudget.hardware.errors import SpecFileError
 from torchbudget.hardware.names import name_key
 from torchbudget.hardware.spec import GpuSpec
 
@@ -154,6 +155,19 @@ def load_entries(path: Path, *, require_source: bool = False) -> list[dict]:
         check_entry(path, index, entry, require_source)
     check_unique(path, entries)
     return entries
+
+
+def builtin_file_path() -> Path:
+    return Path(str(importlib.resources.files("torchbudget.resources") / "gpus.toml"))
+
+
+def merge_entries(builtin: list[dict], user: list[dict], user_path: Path) -> list[tuple[dict, str]]:
+    """User entries replace built-in ones with the same name; the result must still be unambiguous."""
+    user_keys = {name_key(e["name"]) for e in user}
+    merged = [(e, "database") for e in builtin if name_key(e["name"]) not in user_keys]
+    merged += [(e, "user") for e in user]
+    check_unique(user_path, [e for e, _ in merged])  # a user alias may not steal another GPU's name
+    return merged
 
 
 def spec_from_entry(entry: dict, *, origin: str) -> GpuSpec:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import platformdirs
 
-from torchbudget.engine.errors import SpecFileError
+from torchbudget.hardware.errors import SpecFileError
 from torchbudget.hardware.names import name_key
 from torchbudget.hardware.spec import GpuSpec
-from torchbudget.hardware.spec_file import check_entry, dump_entries, entry_from_spec, load_entries
+from torchbudget.hardware.spec_file import (builtin_file_path, check_entry, dump_entries, entry_from_spec, load_entries,
+                                            merge_entries)
 
 CONFIG_DIR_ENV = "TORCHBUDGET_CONFIG_DIR"
 _HEADER = ("TorchBudget user GPU file: entries here add to or override (by name) the built-in database.\n"
@@ -35,17 +36,29 @@ def load_user_entries() -> list[dict]:
 
 
 def _write(entries: list[dict]) -> None:
-    from torchbudget.hardware import catalog
-
+    """The catalogue notices the new file by its modification time (hardware.catalog.database)."""
     path = user_file_path()
     # the file must still load: valid entries, no name or alias clashing with a built-in GPU
-    catalog.merge_entries(load_entries(catalog.builtin_file_path()), entries, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # write a temporary file and rename it, so a crash never leaves half a file
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(dump_entries(entries, _HEADER))
-    os.replace(tmp.name, path)
-    catalog.reload()
+    merge_entries(load_entries(builtin_file_path()), entries, path)
+    text = dump_entries(entries, _HEADER)
+    tmp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # write a temporary file and rename it, so a crash or a full disk never leaves half a file
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            tmp_name = tmp.name
+            tmp.write(text)
+        os.replace(tmp_name, path)
+        tmp_name = None
+    except OSError as exc:
+        raise SpecFileError(f"{path}: could not be written ({exc.strerror or exc}); the file is unchanged",
+                            field="gpu") from None
+    finally:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
 
 
 def save_user_gpu(spec: GpuSpec) -> None:

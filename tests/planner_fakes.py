@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from torchbudget.engine.inputs import InputSpec
-from torchbudget.engine.results import (AnalysisResult, MemoryCategory, OpRecord, OpStatus, Phase, StorageEvent, Totals,
+from torchbudget.engine.results import (AnalysisResult, MemoryCategory, OpKind, OpRecord, OpStatus, Phase, StorageEvent, Totals,
                             TraceOptions)
 from torchbudget.engine.tracing.recorder import launches_kernel
 from torchbudget.engine.workload import Workload
@@ -29,9 +29,11 @@ def totals() -> Totals:
 
 def op(index: int, name: str = "aten.add.Tensor", *, flops: int = 0, bytes_read: int = 0, bytes_written: int = 0,
        matmul_like: bool = False, dtype: str = "float32", phase: Phase = Phase.FORWARD,
-       module: str = "") -> OpRecord:
+       module: str = "", kind: OpKind | None = None) -> OpRecord:
+    if kind is None:
+        kind = (OpKind.CONV if "convolution" in name else OpKind.MATMUL) if matmul_like else OpKind.ELEMENTWISE
     return OpRecord(index, name, module, phase, (), (), bytes_read, bytes_written, flops // 2 if matmul_like else 0,
-                    flops, OpStatus.COUNTED, matmul_like, dtype, launches_kernel(name))
+                    flops, OpStatus.COUNTED, kind, dtype, launches_kernel(name))
 
 
 def result(ops=(), events=(), *, batch: int = 1, options: TraceOptions = TraceOptions()) -> AnalysisResult:

@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from torchbudget.engine.errors import SpecFileError
+from torchbudget.hardware.errors import SpecFileError
 from torchbudget.hardware import catalog
 from torchbudget.hardware.derive import FLOPS_PER_CLOCK_PER_SM, derive_peak_tflops
 from torchbudget.hardware.names import name_key

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pynvml as real_pynvml
 import pytest
 
-from torchbudget.engine.errors import UnknownGpuError
+from torchbudget.hardware.errors import UnknownGpuError
 from torchbudget.hardware import catalog
 from torchbudget.hardware.local import match_device
 from torchbudget.hardware.spec_file import CUDA_CONTEXT_RESERVE_BYTES

@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from torchbudget.engine.errors import SpecFileError
+from torchbudget.hardware.errors import SpecFileError
 from torchbudget.hardware import catalog
 from torchbudget.hardware.spec import GpuSpec
 from torchbudget.hardware.user_file import remove_user_gpu, save_user_gpu, user_file_path

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from torchbudget.engine.inputs import InputSpec
-from torchbudget.engine.results import (AnalysisResult, MemoryCategory, ModuleNode, OpRecord, OpStatus, Phase, StorageEvent,
+from torchbudget.engine.results import (AnalysisResult, MemoryCategory, ModuleNode, OpKind, OpRecord, OpStatus, Phase, StorageEvent,
                             TensorMeta, Totals, TraceOptions, UncountedOp, frozen_map)
 from torchbudget.engine.serialize import ResultFormatError, result_from_dict, result_to_dict
 
@@ -16,11 +16,11 @@ def _sample_result() -> AnalysisResult:
     conv_out = TensorMeta((2, 4, 8, 8), "bfloat16", 2 * 4 * 8 * 8 * 2)
     ops = (
         OpRecord(0, "aten.convolution.default", "conv", Phase.FORWARD, (conv_in,), (conv_out,), conv_in.nbytes,
-                 conv_out.nbytes, 13824, 27648, OpStatus.COUNTED, True, "bfloat16"),
+                 conv_out.nbytes, 13824, 27648, OpStatus.COUNTED, OpKind.CONV, "bfloat16"),
         OpRecord(1, "aten.view.default", "", Phase.BACKWARD, (conv_out,), (conv_out,), 0, 0, 0, 0, OpStatus.ZERO,
-                 False, "float32", launches_kernel=False),
+                 OpKind.VIEW, "float32", launches_kernel=False),
         OpRecord(2, "aten.foo.default", "", Phase.OPTIMIZER, (), (TensorMeta((), "int64", 8),), 0, 8, 0, 0,
-                 OpStatus.UNCOUNTED, False, "float32"),
+                 OpStatus.UNCOUNTED, OpKind.OTHER, "float32"),
     )
     events = (StorageEvent(-1, "alloc", 0, 384, MemoryCategory.WEIGHTS, Phase.FORWARD),
               StorageEvent(2, "free", 7, 1024, MemoryCategory.OPTIMIZER_STATE, Phase.OPTIMIZER))

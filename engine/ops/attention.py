@@ -6,16 +6,21 @@ product, as FlopCounterMode does; the softmax inside a fused kernel is not added
 matmuls' O(S²·d)). The unfused "math" path decomposes into bmm + _softmax/_safe_softmax on dispatch."""
 from __future__ import annotations
 
+from functools import partial
+
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
-from torchbudget.engine.ops.registry import register
+from torchbudget.engine.ops import registry
+from torchbudget.engine.results import OpKind
 from torchbudget.engine.ops.shapes import ops
+
+register = partial(registry.register, op_kind=OpKind.ATTENTION)
 
 
 @register(*ops("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
                "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
                "_scaled_dot_product_fused_attention_overrideable"),
-          kind="macs", matmul_like=True)
+          kind="macs")
 def sdpa_macs(args, kwargs, out) -> int:
     """B·H·Sq·Sk·(Dqk + Dv) (Q·Kᵀ and P·V, causal counted full)."""
     q, k, v = args[0], args[1], args[2]
@@ -27,7 +32,7 @@ def sdpa_macs(args, kwargs, out) -> int:
                "_scaled_dot_product_flash_attention_backward",
                "_scaled_dot_product_cudnn_attention_backward",
                "_scaled_dot_product_fused_attention_overrideable_backward"),
-          kind="macs", matmul_like=True)
+          kind="macs")
 def sdpa_backward_macs(args, kwargs, out) -> int:
     """five Sq×Sk matmuls: recomputed scores, dP, dV, dQ, dK."""
     grad_out, q, k, v = args[0], args[1], args[2], args[3]
@@ -45,13 +50,13 @@ def _mha_macs(query, key, embed_dim: int) -> int:
     return projections + attention
 
 
-@register(*ops("_native_multi_head_attention"), kind="macs", matmul_like=True)
+@register(*ops("_native_multi_head_attention"), kind="macs")
 def native_mha_macs(args, kwargs, out) -> int:
     """B·(2·Lq + 2·Lk)·E² projections + 2·B·Lq·Lk·E attention (nn.MultiheadAttention fast path)."""
     return _mha_macs(args[0], args[1], int(args[3]))
 
 
-@register(*ops("_transformer_encoder_layer_fwd"), kind="macs", matmul_like=True)
+@register(*ops("_transformer_encoder_layer_fwd"), kind="macs")
 def encoder_layer_macs(args, kwargs, out) -> int:
     """self-attention as above + the two FFN linears B·L·E·F·2 (TransformerEncoderLayer fast path)."""
     src, embed_dim, ffn_weight_1 = args[0], int(args[1]), args[14]

@@ -12,6 +12,7 @@ from torchbudget.engine.ops import registry
 class OpRow:
     op: str
     status: str        # "counted" | "zero"
+    kind: str          # the OpKind tag
     unit: str          # "MACs" (FLOPs = 2 × MACs) | "FLOPs" | ""
     matmul_like: bool
     formula: str
@@ -22,16 +23,18 @@ def op_rows(convention: str = "default") -> tuple[OpRow, ...]:
     for name, status in sorted(registry.registered_ops(convention).items()):
         entry = registry.lookup(registry.packet_named(name), convention) if status == "counted" else None
         if entry is None:
-            rows.append(OpRow(name, "zero", "", False, "0 (no arithmetic)"))
+            rows.append(OpRow(name, "zero", registry.kind_of(registry.packet_named(name)).value, "", False,
+                              "0 (no arithmetic)"))
             continue
         doc = (entry.formula.__doc__ or "").strip().splitlines()[0]
-        rows.append(OpRow(name, status, "MACs" if entry.kind == "macs" else "FLOPs", entry.matmul_like, doc))
+        rows.append(OpRow(name, status, entry.op_kind.value, "MACs" if entry.kind == "macs" else "FLOPs",
+                          entry.op_kind.matmul_like, doc))
     return tuple(rows)
 
 
 def markdown_table(convention: str = "default") -> str:
-    lines = ["| op | status | unit | tensor core | formula |", "|---|---|---|---|---|"]
+    lines = ["| op | kind | status | unit | tensor core | formula |", "|---|---|---|---|---|---|"]
     for row in op_rows(convention):
-        lines.append(f"| `{row.op}` | {row.status} | {row.unit} | {'yes' if row.matmul_like else ''} | "
+        lines.append(f"| `{row.op}` | {row.kind} | {row.status} | {row.unit} | {'yes' if row.matmul_like else ''} | "
                      f"{row.formula.replace('|', '/')} |")
     return "\n".join(lines)

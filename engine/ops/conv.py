@@ -6,10 +6,15 @@ multiplied by every kernel tap once; counting output positions (thop, torchinfo)
 about stride². The bias add is folded in (no extra FLOP)."""
 from __future__ import annotations
 
+from functools import partial
+
 import math
 
-from torchbudget.engine.ops.registry import register
+from torchbudget.engine.ops import registry
+from torchbudget.engine.results import OpKind
 from torchbudget.engine.ops.shapes import ops
+
+register = partial(registry.register, op_kind=OpKind.CONV)
 
 
 def conv_macs(x_shape, w_shape, out_shape, transposed: bool) -> int:
@@ -33,18 +38,18 @@ def _forward(transposed_index: int | None, transposed: bool = False):
 
 # aten.convolution & co. carry the `transposed` flag as their 7th argument
 register(*ops("convolution", "_convolution", "convolution_overrideable"),
-         kind="macs", matmul_like=True)(_forward(6))
+         kind="macs")(_forward(6))
 register(*ops("cudnn_convolution", "mkldnn_convolution", "_slow_conv2d_forward", "_conv_depthwise2d",
               "conv_depthwise3d", "slow_conv3d_forward", "slow_conv_dilated2d", "slow_conv_dilated3d",
               "miopen_convolution", "miopen_depthwise_convolution", "_nnpack_spatial_convolution",
               "thnn_conv2d"),
-         kind="macs", matmul_like=True)(_forward(None, transposed=False))
+         kind="macs")(_forward(None, transposed=False))
 register(*ops("cudnn_convolution_transpose", "slow_conv_transpose2d", "slow_conv_transpose3d",
               "miopen_convolution_transpose"),
-         kind="macs", matmul_like=True)(_forward(None, transposed=True))
+         kind="macs")(_forward(None, transposed=True))
 
 
-@register(*ops("convolution_backward", "convolution_backward_overrideable"), kind="macs", matmul_like=True)
+@register(*ops("convolution_backward", "convolution_backward_overrideable"), kind="macs")
 def conv_backward_macs(args, kwargs, out) -> int:
     """forward MACs for grad_input (mask[0]) + forward MACs for grad_weight (mask[1]);
     grad_bias (a sum over grad_output) is folded in like the forward bias."""

@@ -13,12 +13,17 @@ passes the score filters). The sort by score is not counted (as ``sort``). roi_p
 data-dependent max: uncounted."""
 from __future__ import annotations
 
+from functools import partial
+
 import math
 
 import torch
 
-from torchbudget.engine.ops.registry import register
+from torchbudget.engine.ops import registry
+from torchbudget.engine.results import OpKind
 from torchbudget.engine.ops.shapes import numel, ops, out_numel
+
+register = partial(registry.register, op_kind=OpKind.DETECTION)
 
 try:
     import torchvision  # noqa: F401  (loads the torchvision:: ops)

@@ -4,10 +4,15 @@ of their foreach steps per parameter element: AdamW 14 (decay 1, lerp 3, mul 1, 
 div 1, add eps 1, addcdiv 3), Adam 14 (L2 add instead of decay), SGD 2 (4 with momentum)."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
-from torchbudget.engine.ops.registry import register
+from torchbudget.engine.ops import registry
+from torchbudget.engine.results import OpKind
 from torchbudget.engine.ops.shapes import list_numel, ops
+
+register = partial(registry.register, op_kind=OpKind.OPTIMIZER)
 
 
 def _first_list(args) -> list:

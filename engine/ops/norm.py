@@ -7,8 +7,13 @@ Softmax/log-softmax: 5 per element (max, subtract, exp, sum, divide); their back
 Norm backwards: 2 × the forward count per element of grad_input (the usual backward ≈ 2× forward)."""
 from __future__ import annotations
 
-from torchbudget.engine.ops.registry import register
+from functools import partial
+
+from torchbudget.engine.ops import registry
+from torchbudget.engine.results import OpKind
 from torchbudget.engine.ops.shapes import numel, ops, out_numel
+
+register = partial(registry.register, op_kind=OpKind.NORM)
 
 
 def _per_input_element(cost: int, input_index: int = 0):

@@ -5,8 +5,13 @@ Convention: every activation (incl. GELU, SiLU, Mish, ...) and its backward is 1
 (the seed's ReLU C·H·W); comparisons, selects (where, masked_fill) and random draws are 1 too."""
 from __future__ import annotations
 
-from torchbudget.engine.ops.registry import register
+from functools import partial
+
+from torchbudget.engine.ops import registry
+from torchbudget.engine.results import OpKind
 from torchbudget.engine.ops.shapes import ops, out_numel
+
+register = partial(registry.register, op_kind=OpKind.ELEMENTWISE)
 
 _ACTIVATIONS = [
     "relu", "relu_", "relu6", "threshold", "threshold_", "threshold_backward",

@@ -9,11 +9,16 @@ Upsampling (per output element): linear 3, bilinear 9, bicubic 35, trilinear 21 
 7 per cubic tap set); nearest is a gather: known-zero (memory only)."""
 from __future__ import annotations
 
+from functools import partial
+
 import math
 
 from torchbudget.engine.ops.pointwise import per_output_element
-from torchbudget.engine.ops.registry import register
+from torchbudget.engine.ops import registry
+from torchbudget.engine.results import OpKind
 from torchbudget.engine.ops.shapes import expand_ints, first_tensor, numel, ops, out_numel
+
+register = partial(registry.register, op_kind=OpKind.POOL)
 
 
 def _pool(spatial: int, backward: bool = False):

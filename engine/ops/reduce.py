@@ -6,8 +6,13 @@ sqrt/divide); logsumexp: 3 per input element. Scatter-adds (index_add, scatter_a
 backward, index_put with accumulate, col2im/fold): 1 per source element."""
 from __future__ import annotations
 
-from torchbudget.engine.ops.registry import register
+from functools import partial
+
+from torchbudget.engine.ops import registry
+from torchbudget.engine.results import OpKind
 from torchbudget.engine.ops.shapes import first_tensor, numel, ops, out_numel
+
+register = partial(registry.register, op_kind=OpKind.REDUCTION)
 
 
 @register(*ops("sum", "amax", "amin", "max", "min", "prod", "argmax", "argmin", "any", "all",

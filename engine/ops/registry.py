@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from torchbudget.engine.results import OpStatus
+from torchbudget.engine.results import OpKind, OpStatus
 
 Formula = Callable[[tuple, dict, object], int]
 
@@ -21,21 +21,24 @@ class OpCount:
     macs: int
     flops: int
     status: OpStatus
-    matmul_like: bool = False
+    op_kind: OpKind = OpKind.OTHER
+
+    @property
+    def matmul_like(self) -> bool:
+        return self.op_kind.matmul_like
 
 
 @dataclass(frozen=True)
 class _Entry:
     formula: Formula
     kind: str          # "macs": formula returns MACs, FLOPs = 2 * MACs; "flops": formula returns FLOPs
-    matmul_like: bool
+    op_kind: OpKind
 
 
 _FORMULAS: dict[str, dict[object, _Entry]] = {"default": {}}
-_ZERO: set[object] = set()
+_ZERO: dict[object, OpKind] = {}
 
 UNCOUNTED = OpCount(0, 0, OpStatus.UNCOUNTED)
-ZERO = OpCount(0, 0, OpStatus.ZERO)
 
 
 def _packet(op) -> object:
@@ -43,8 +46,9 @@ def _packet(op) -> object:
     return getattr(op, "overloadpacket", op)
 
 
-def register(*ops, kind: str = "flops", matmul_like: bool = False, convention: str = "default"):
-    """Decorator: register one formula for one or more ops. Registering an op twice is an error."""
+def register(*ops, op_kind: OpKind, kind: str = "flops", convention: str = "default"):
+    """Decorator: register one formula for one or more ops, tagged with their ``op_kind``. Registering an
+    op twice is an error."""
     if kind not in ("macs", "flops"):
         raise ValueError(f"kind must be 'macs' or 'flops', not {kind!r}")
 
@@ -54,19 +58,19 @@ def register(*ops, kind: str = "flops", matmul_like: bool = False, convention: s
             key = _packet(op)
             if key in table or (convention == "default" and key in _ZERO):
                 raise ValueError(f"{key} is registered twice (convention {convention!r})")
-            table[key] = _Entry(formula, kind, matmul_like)
+            table[key] = _Entry(formula, kind, op_kind)
         return formula
 
     return decorate
 
 
-def register_zero(*ops) -> None:
-    """Ops that do no arithmetic (views, reshapes, copies, allocation)."""
+def register_zero(*ops, op_kind: OpKind) -> None:
+    """Ops that do no arithmetic: views (VIEW), copies and the like (MEMORY), allocation (ALLOCATION)."""
     for op in ops:
         key = _packet(op)
         if key in _ZERO or key in _FORMULAS["default"]:
             raise ValueError(f"{key} is registered twice")
-        _ZERO.add(key)
+        _ZERO[key] = op_kind
 
 
 def packet_named(name: str):
@@ -89,30 +93,24 @@ def is_known_zero(op) -> bool:
 
 
 def count(op, args: tuple, kwargs: dict, out, convention: str = "default") -> OpCount:
-    """The trace's single entry point: MACs/FLOPs and status of one op call."""
-    _ensure_loaded()
+    """The trace's single entry point: MACs/FLOPs, status and kind of one op call. A formula that raises
+    propagates: the recorder is the one boundary that catches it and reports it (never a silent zero)."""
     entry = lookup(op, convention)
     if entry is None:
-        return ZERO if is_known_zero(op) else UNCOUNTED
-    try:
-        value = int(entry.formula(args, kwargs or {}, out))
-    except (TypeError, ValueError, IndexError, AttributeError, KeyError):
-        # an overload whose arguments the formula cannot read: reported, never a failed trace
-        return UNCOUNTED
+        zero_kind = _ZERO.get(_packet(op))
+        return UNCOUNTED if zero_kind is None else OpCount(0, 0, OpStatus.ZERO, zero_kind)
+    value = int(entry.formula(args, kwargs or {}, out))
     if entry.kind == "macs":
-        return OpCount(value, 2 * value, OpStatus.COUNTED, entry.matmul_like)
-    return OpCount(0, value, OpStatus.COUNTED, entry.matmul_like)
+        return OpCount(value, 2 * value, OpStatus.COUNTED, entry.op_kind)
+    return OpCount(0, value, OpStatus.COUNTED, entry.op_kind)
 
 
-_loaded = False
-
-
-def _ensure_loaded() -> None:
-    """Import the formula modules once (they register themselves)."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        import torchbudget.engine.ops  # noqa: F401  (engine/ops/__init__.py imports every formula module)
+def kind_of(op, convention: str = "default") -> OpKind:
+    """The registered kind of ``op`` (OTHER when it has no formula)."""
+    entry = lookup(op, convention)
+    if entry is not None:
+        return entry.op_kind
+    return _ZERO.get(_packet(op), OpKind.OTHER)
 
 
 def counted_packets(convention: str = "default") -> tuple:
@@ -122,7 +120,6 @@ def counted_packets(convention: str = "default") -> tuple:
 
 def registered_ops(convention: str = "default") -> dict[str, str]:
     """op packet name -> 'counted' | 'zero', for docs and tests."""
-    _ensure_loaded()
     names = {str(k): "counted" for k in _FORMULAS.get(convention, {})}
     names.update({str(k): "zero" for k in _ZERO})
     return names

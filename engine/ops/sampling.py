@@ -6,8 +6,13 @@ coordinate arithmetic, shared by all channels, is not added. Backward: the forwa
 grad_output element for each requested gradient (grad_input, grad_grid), as convolution_backward."""
 from __future__ import annotations
 
-from torchbudget.engine.ops.registry import register
+from functools import partial
+
+from torchbudget.engine.ops import registry
+from torchbudget.engine.results import OpKind
 from torchbudget.engine.ops.shapes import numel, ops, out_numel
+
+register = partial(registry.register, op_kind=OpKind.POOL)
 
 # interpolation_mode: 0 bilinear, 1 nearest, 2 bicubic
 COST_2D = {0: 9, 1: 0, 2: 35}

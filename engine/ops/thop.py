@@ -15,12 +15,13 @@ import math
 
 from torchbudget.engine.ops.pointwise import per_output_element
 from torchbudget.engine.ops.registry import counted_packets, register
+from torchbudget.engine.results import OpKind
 from torchbudget.engine.ops.shapes import numel, ops
 
 THOP = "thop"
 
 
-@register(*ops("convolution", "_convolution", "convolution_overrideable"), kind="macs", matmul_like=True,
+@register(*ops("convolution", "_convolution", "convolution_overrideable"), kind="macs", op_kind=OpKind.CONV,
           convention=THOP)
 def thop_conv_macs(args, kwargs, out) -> int:
     """output elements × (Cin/groups·prod(k) + [bias])"""
@@ -30,7 +31,7 @@ def thop_conv_macs(args, kwargs, out) -> int:
 
 
 @register(*ops("_adaptive_avg_pool1d", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d", "adaptive_avg_pool1d",
-               "adaptive_avg_pool2d", "adaptive_avg_pool3d"), kind="macs", convention=THOP)
+               "adaptive_avg_pool2d", "adaptive_avg_pool3d"), kind="macs", op_kind=OpKind.POOL, convention=THOP)
 def thop_adaptive_avg_pool_macs(args, kwargs, out) -> int:
     """(prod(in // out) + 1) × output elements"""
     dims = len(args[1]) if isinstance(args[1], (list, tuple)) else 1
@@ -38,10 +39,10 @@ def thop_adaptive_avg_pool_macs(args, kwargs, out) -> int:
     return (math.prod(kernel) + 1) * numel(out)
 
 
-register(*ops("avg_pool1d", "avg_pool2d", "avg_pool3d"), kind="macs", convention=THOP)(per_output_element(1))
-register(*ops("upsample_linear1d"), kind="macs", convention=THOP)(per_output_element(5))
-register(*ops("upsample_bilinear2d"), kind="macs", convention=THOP)(per_output_element(11))
-register(*ops("upsample_bicubic2d"), kind="macs", convention=THOP)(per_output_element(259))
+register(*ops("avg_pool1d", "avg_pool2d", "avg_pool3d"), kind="macs", op_kind=OpKind.POOL, convention=THOP)(per_output_element(1))
+register(*ops("upsample_linear1d"), kind="macs", op_kind=OpKind.POOL, convention=THOP)(per_output_element(5))
+register(*ops("upsample_bilinear2d"), kind="macs", op_kind=OpKind.POOL, convention=THOP)(per_output_element(11))
+register(*ops("upsample_bicubic2d"), kind="macs", op_kind=OpKind.POOL, convention=THOP)(per_output_element(259))
 
 # the default formulas thop agrees with (same count, thop reports it as MACs)
 _SAME_AS_DEFAULT = {"aten.addmm", "aten.mm", "aten.native_batch_norm", "aten._native_batch_norm_legit",
@@ -60,9 +61,9 @@ def _register_thop_defaults() -> None:
         if str(packet) in _SAME_AS_DEFAULT:
             entry = lookup(packet)
             # re-registered as MACs: thop calls its count "flops" but it is a MAC count
-            register(packet, kind="macs", matmul_like=entry.matmul_like, convention=THOP)(entry.formula)
+            register(packet, kind="macs", op_kind=entry.op_kind, convention=THOP)(entry.formula)
         elif packet not in counted_packets(THOP):
-            register(packet, kind="macs", convention=THOP)(_thop_blind)
+            register(packet, kind="macs", op_kind=lookup(packet).op_kind, convention=THOP)(_thop_blind)
 
 
 _register_thop_defaults()

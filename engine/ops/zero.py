@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from torchbudget.engine.ops.registry import register_zero
+from torchbudget.engine.results import OpKind
 from torchbudget.engine.ops.shapes import ops
 
 VIEWS = [
@@ -39,8 +40,10 @@ ALLOCATION = [
     "_foreach_zero_", "scalar_tensor", "arange", "linspace", "eye", "_efficientzerotensor", "empty_permuted", "tensor",
 ]
 
-register_zero(*ops(*VIEWS), *ops(*MEMORY_ONLY), *ops(*ALLOCATION))
+register_zero(*ops(*VIEWS), op_kind=OpKind.VIEW)
+register_zero(*ops(*MEMORY_ONLY), op_kind=OpKind.MEMORY)
+register_zero(*ops(*ALLOCATION), op_kind=OpKind.ALLOCATION)
 # profiler markers and device queries seen under a dispatch mode
 register_zero(*ops("_record_function_enter", "_record_function_enter_new", "_record_function_exit",
-                   namespace=torch.ops.profiler))
-register_zero(*ops("device", "layout", "dtype", namespace=torch.ops.prim))
+                   namespace=torch.ops.profiler), op_kind=OpKind.VIEW)
+register_zero(*ops("device", "layout", "dtype", namespace=torch.ops.prim), op_kind=OpKind.VIEW)

@@ -136,7 +136,7 @@ class Recorder(TorchDispatchMode):
             index=index, op=name, module_path=path, phase=self.phase,
             inputs=in_metas, outputs=out_metas,
             bytes_read=sum(m.nbytes for m in in_metas), bytes_written=sum(m.nbytes for m in out_metas),
-            macs=counted.macs, flops=counted.flops, status=counted.status, matmul_like=counted.matmul_like,
+            macs=counted.macs, flops=counted.flops, status=counted.status, kind=counted.op_kind,
             compute_dtype=_compute_dtype(inputs, outputs), launches_kernel=launches_kernel(name),
         ))
         self.storage.op_index = index

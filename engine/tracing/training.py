@@ -8,9 +8,9 @@ import torch
 from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import checkpoint
 
+from torchbudget.engine import vocab
 from torchbudget.engine.errors import TraceError
 
-OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw")
 
 
 def scalar_loss(output) -> torch.Tensor:
@@ -27,18 +27,21 @@ def scalar_loss(output) -> torch.Tensor:
     return loss
 
 
-def make_optimizer(name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    """The real torch.optim class with foreach=True (what CUDA runs by default; on CPU tensors torch
-    would otherwise pick the per-parameter loop)."""
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=1e-3, foreach=True)
-    if name == "sgd-momentum":
-        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=True)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=1e-3, foreach=True)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=1e-3, foreach=True)
-    raise ValueError(name)
+def resolved_impl(impl: str) -> str:
+    """"auto" is what torch.optim picks for CUDA parameters: ``_default_to_fused_or_foreach`` chooses
+    foreach (fused is opt-in in torch 2.14). Fake tensors are not plain Tensors, so torch itself would
+    pick the for-loop for them: the choice is always passed explicitly."""
+    return "foreach" if impl == "auto" else impl
+
+
+def make_optimizer(name: str, params: list[torch.Tensor], impl: str = "auto") -> torch.optim.Optimizer:
+    """The real torch.optim class (engine.vocab.OPTIMIZERS) with the implementation ``impl``
+    (engine.vocab.OPTIMIZER_IMPLS)."""
+    spec = vocab.optimizer(name)
+    impl = resolved_impl(vocab.normalise_optimizer_impl(impl))
+    flags = {"fused": {"fused": True, "foreach": False}, "foreach": {"foreach": True},
+             "for-loop": {"foreach": False}}[impl]
+    return getattr(torch.optim, spec.torch_class)(params, lr=1e-3, **dict(spec.kwargs), **flags)
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:

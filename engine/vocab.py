@@ -1,0 +1,265 @@
+"""The workload's vocabulary, owned here and nowhere else: modes, precisions, optimizers and their
+implementations, attention backends, counting conventions, target devices and input kinds, each with
+its label and tip, and the one place that turns what a user typed into the canonical value.
+
+The CLI's choices, the GUI's combo boxes and the tables in docs/cli.md are generated from these tuples
+(tests/test_vocab.py checks the docs). No torch import: dtypes are torch attribute names."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from torchbudget.engine.errors import InputSpecError
+from torchbudget.errors import UserError
+
+
+@dataclass(frozen=True)
+class Term:
+    """One allowed value: its canonical spelling, a short label and a one-line tip."""
+
+    name: str
+    label: str
+    tip: str
+
+
+def _names(terms: tuple[Term, ...]) -> tuple[str, ...]:
+    return tuple(t.name for t in terms)
+
+
+def _normalise(value, terms: tuple[Term, ...], what: str, field: str, aliases: dict[str, str] | None = None) -> str:
+    text = str(value).strip().lower() if value is not None else ""
+    text = (aliases or {}).get(text, text)
+    if text not in _names(terms):
+        raise UserError(f"unknown {what} {value!r}; use one of: {', '.join(_names(terms))}", field=field)
+    return text
+
+
+# ---------------------------------------------------------------------------------------------- modes
+MODES = (
+    Term("infer", "inference", "Forward only, no gradients."),
+    Term("train", "training", "One training step: forward, backward and the optimizer step."),
+)
+MODE_NAMES = _names(MODES)
+TRAINING_MODES = frozenset({"train"})
+
+
+def normalise_mode(value) -> str:
+    return _normalise(value, MODES, "mode", "mode", {"inference": "infer", "training": "train"})
+
+
+def is_training(mode: str) -> bool:
+    return mode in TRAINING_MODES
+
+
+# ----------------------------------------------------------------------------------------- precisions
+@dataclass(frozen=True)
+class Precision(Term):
+    param_dtype: str = "float32"          # parameters, floating buffers and float inputs
+    autocast_dtype: str | None = None     # autocast's lower precision, None without autocast
+    tensor_rate: str | None = None        # the GpuSpec peak its matmuls run at (None: fp32 CUDA cores)
+    tf32: bool = False                    # fp32 matmuls on tensor cores in TF32
+
+
+PRECISIONS = (
+    Precision("fp32", "fp32", "32-bit floats everywhere; matmuls on CUDA cores (no TF32)."),
+    Precision("tf32", "tf32", "fp32 storage, matmuls and convolutions on tensor cores in TF32.",
+              tensor_rate="tf32", tf32=True),
+    Precision("fp16", "fp16", "Model and inputs cast to float16.", "float16", tensor_rate="fp16"),
+    Precision("bf16", "bf16", "Model and inputs cast to bfloat16.", "bfloat16", tensor_rate="bf16"),
+    Precision("fp16-amp", "fp16 AMP", "Mixed precision: fp32 weights, autocast runs eligible ops in float16.",
+              autocast_dtype="float16", tensor_rate="fp16"),
+    Precision("bf16-amp", "bf16 AMP", "Mixed precision: fp32 weights, autocast runs eligible ops in bfloat16.",
+              autocast_dtype="bfloat16", tensor_rate="bf16"),
+)
+PRECISION_NAMES = _names(PRECISIONS)
+_PRECISION_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
+                      "amp": "fp16-amp", "fp16amp": "fp16-amp", "bf16amp": "bf16-amp"}
+
+
+def normalise_precision(value) -> str:
+    return _normalise(value, PRECISIONS, "precision", "precision", _PRECISION_ALIASES)
+
+
+def precision(name: str) -> Precision:
+    return next(p for p in PRECISIONS if p.name == normalise_precision(name))
+
+
+# ----------------------------------------------------------------------------------------- optimizers
+@dataclass(frozen=True)
+class Optimizer(Term):
+    torch_class: str = ""                 # the torch.optim class
+    kwargs: tuple[tuple[str, object], ...] = ()
+
+
+OPTIMIZERS = (
+    Optimizer("adamw", "AdamW", "Adam with decoupled weight decay: two state tensors per parameter.", "AdamW"),
+    Optimizer("adam", "Adam", "Two state tensors per parameter (exp_avg, exp_avg_sq).", "Adam"),
+    Optimizer("sgd-momentum", "SGD + momentum", "One momentum buffer per parameter (momentum 0.9).", "SGD",
+              (("momentum", 0.9),)),
+    Optimizer("sgd", "SGD", "No optimizer state.", "SGD"),
+)
+OPTIMIZER_NAMES = _names(OPTIMIZERS)
+NO_OPTIMIZER = "none"    # how CLI and GUI spell "no optimizer step" (None in TraceOptions)
+
+
+def normalise_optimizer(value) -> str | None:
+    """Canonical optimizer name, or None for no optimizer step ("none", None, "")."""
+    if value is None or str(value).strip().lower() in (NO_OPTIMIZER, ""):
+        return None
+    return _normalise(value, OPTIMIZERS, "optimizer", "optimizer")
+
+
+def optimizer(name: str) -> Optimizer:
+    return next(o for o in OPTIMIZERS if o.name == name)
+
+
+OPTIMIZER_IMPLS = (
+    Term("auto", "auto", "What torch.optim picks on CUDA: fused where torch defaults to it, else foreach."),
+    Term("foreach", "foreach", "Multi-tensor kernels over lists of parameters: full-size temporaries per step."),
+    Term("fused", "fused", "One fused kernel per parameter group (HF Trainer's adamw_torch_fused): "
+                           "no full-size temporaries."),
+    Term("for-loop", "for-loop", "One parameter at a time: temporaries of one parameter only."),
+)
+OPTIMIZER_IMPL_NAMES = _names(OPTIMIZER_IMPLS)
+
+
+def normalise_optimizer_impl(value) -> str:
+    return _normalise(value if value is not None else "auto", OPTIMIZER_IMPLS, "optimizer implementation",
+                      "optimizer_impl", {"forloop": "for-loop", "for_loop": "for-loop", "loop": "for-loop"})
+
+
+# ------------------------------------------------------------------------------------ attention backends
+ATTENTION_BACKENDS = (
+    Term("auto", "auto", "The kernel PyTorch's CUDA dispatch picks on the target GPU (docs/target.md)."),
+    Term("flash", "flash", "What-if: FlashAttention-2 (saves output + log-sum-exp: memory linear in sequence)."),
+    Term("efficient", "memory-efficient", "What-if: xFormers-style memory-efficient attention."),
+    Term("cudnn", "cuDNN", "What-if: cuDNN's fused attention."),
+    Term("math", "math", "What-if: the unfused math path (scores and probabilities saved: quadratic memory)."),
+)
+ATTENTION_NAMES = _names(ATTENTION_BACKENDS)
+
+
+def normalise_attention(value) -> str:
+    return _normalise(value if value is not None else "auto", ATTENTION_BACKENDS, "attention backend", "attention",
+                      {"mem-efficient": "efficient", "memory-efficient": "efficient", "mem_efficient": "efficient"})
+
+
+# ----------------------------------------------------------------------------------------- conventions
+CONVENTIONS = (
+    Term("default", "default", "TorchBudget's counts: one formula per aten op (docs/conventions.md)."),
+    Term("thop", "thop", "thop 0.0.31's counts (the seed documents' reference numbers)."),
+)
+CONVENTION_NAMES = _names(CONVENTIONS)
+
+
+def normalise_convention(value) -> str:
+    return _normalise(value if value is not None else "default", CONVENTIONS, "convention", "convention")
+
+
+# -------------------------------------------------------------------------------------- target devices
+@dataclass(frozen=True)
+class Target:
+    """The device whose kernel choices the trace models: a CUDA compute capability, or the CPU.
+    Spelled ``sm90`` / ``sm75`` / ``cpu`` in options, files and on the command line."""
+
+    kind: str                                  # "cuda" | "cpu"
+    capability: tuple[int, int] | None = None  # (major, minor) for CUDA
+
+    @property
+    def name(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"sm{self.capability[0]}{self.capability[1]}"
+
+    @property
+    def bf16_tensor_cores(self) -> bool:
+        return self.kind == "cuda" and self.capability >= (8, 0)
+
+
+DEFAULT_TARGET = "sm90"       # without a GPU chosen: a current datacenter GPU (H100 / H200 class)
+DEFAULT_TARGET_LABEL = "sm90, H100/H200 class"
+_TARGET_RE = re.compile(r"(?:sm_?|cuda:?)?(\d{1,2})\.?(\d)")
+
+
+def parse_target(value) -> Target:
+    text = str(value if value is not None else DEFAULT_TARGET).strip().lower()
+    if text == "cpu":
+        return Target("cpu")
+    match = _TARGET_RE.fullmatch(text)
+    if not match:
+        raise UserError(f"unknown target device {value!r}; use a CUDA compute capability such as sm90, sm80, "
+                        "sm75 (or 9.0), or cpu", field="target")
+    major, minor = int(match.group(1)), int(match.group(2))
+    if not 5 <= major <= 12:
+        raise UserError(f"target device {value!r}: compute capability {major}.{minor} is outside what PyTorch "
+                        "supports (5.0 to 12.x)", field="target")
+    return Target("cuda", (major, minor))
+
+
+def normalise_target(value) -> str:
+    return parse_target(value).name
+
+
+def target_for_capability(compute_capability: str | None, vendor: str = "NVIDIA") -> str:
+    """The target a GPU's kernels follow: its compute capability ("8.9" -> "sm89"); the default for a GPU
+    whose capability is unknown; the CPU's rules for other vendors, whose PyTorch backends we do not model."""
+    if vendor != "NVIDIA":
+        return "cpu"
+    if not compute_capability:
+        return DEFAULT_TARGET
+    try:
+        return normalise_target(compute_capability)
+    except UserError:
+        return DEFAULT_TARGET
+
+
+# ---------------------------------------------------------------------------------------------- dtypes
+# canonical names are torch's attribute names (torch.float32 ...): the tables stay free of torch, so the
+# planner and the GUI's first verdict (from cached traces) never wait for PyTorch to import
+DTYPE_ALIASES: dict[str, str] = {
+    "fp32": "float32", "float32": "float32", "float": "float32",
+    "fp16": "float16", "float16": "float16", "half": "float16",
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp64": "float64", "float64": "float64", "double": "float64",
+    "int64": "int64", "long": "int64", "int32": "int32", "int": "int32",
+    "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool",
+}
+FLOATING_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64"})
+
+
+def canonical_dtype(name: str) -> str:
+    """'fp16' -> 'float16'; an unknown name raises InputSpecError listing the known ones."""
+    try:
+        return DTYPE_ALIASES[name.strip().lower()]
+    except KeyError:
+        known = ", ".join(sorted(DTYPE_ALIASES))
+        raise InputSpecError(f"unknown dtype {name!r}; use one of: {known}") from None
+
+
+
+# ---------------------------------------------------------------------------------------- input kinds
+class InputKind(str, Enum):
+    IMAGE = "image"      # floating, N x C x H x W (or N x C x T x H x W): has a resolution
+    TOKENS = "tokens"    # integer ids, N x L: has a sequence length
+    GENERIC = "generic"  # anything else: only a batch size
+
+
+def input_kind(shape: tuple[int, ...], dtype: str) -> InputKind:
+    floating = canonical_dtype(dtype) in FLOATING_DTYPES
+    if floating and len(shape) >= 4:
+        return InputKind.IMAGE
+    if not floating and dtype != "bool" and len(shape) == 2:
+        return InputKind.TOKENS
+    return InputKind.GENERIC
+
+
+# ---------------------------------------------------------------------------------------------- docs
+def markdown_tables() -> str:
+    """The tables docs/cli.md shows (checked by a test, so they never drift from the code)."""
+    out = []
+    for title, terms in (("mode", MODES), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS),
+                         ("optimizer implementation", OPTIMIZER_IMPLS), ("attention backend", ATTENTION_BACKENDS),
+                         ("convention", CONVENTIONS)):
+        out += [f"| {title} | meaning |", "|---|---|"]
+        out += [f"| `{t.name}` | {t.tip} |" for t in terms]
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
