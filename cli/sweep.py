@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 
 from torchbudget.cli import common_options
-from torchbudget.cli.format import dump_json, human_bytes, human_ms, table
-from torchbudget.cli.plan import add_workload_arguments, resolve_gpus, workload_from_args
+from torchbudget.cli.workload_args import add_workload_arguments, resolve_gpus, workload_from_args
 from torchbudget.engine.errors import InputSpecError, UserError
+from torchbudget.engine.report.schema import dump_json
+from torchbudget.engine.report.text import render_sweep
 from torchbudget.engine.vocab import InputKind
 
 
@@ -22,6 +23,9 @@ def register(subparsers) -> None:
     parser.add_argument("--gpus", metavar="NAMES", default=None,
                         help="comma-separated GPU names or 'local' (default: the local GPU, else the default one)")
     parser.set_defaults(func=run)
+
+
+DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -41,8 +45,7 @@ def default_gpus() -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchbudget.engine.cache import TraceCache
-    from torchbudget.engine.solver import sweep
+    from torchbudget.engine.planner import Planner
 
     workload = workload_from_args(args)
     gpus = resolve_gpus(args.gpus) if args.gpus else default_gpus()
@@ -50,27 +53,10 @@ def run(args: argparse.Namespace) -> int:
     resolutions = parse_int_list(args.resolution, "resolution") if args.resolution else None
     if resolutions and workload.inputs and not any(s.kind is InputKind.IMAGE for s in workload.inputs):
         raise UserError("--resolution needs an image input (N x C x H x W)", field="input")
-    result = sweep(workload, gpus, batches=batches, resolutions=resolutions, cache=TraceCache())
-    print(dump_json(result) if args.json else render(result))
+    planner = Planner()
+    if resolutions:
+        result = planner.resolution_sweep(workload, gpus, resolutions)
+    else:
+        result = planner.batch_sweep(workload, gpus, batches or list(DEFAULT_BATCHES))
+    print(dump_json(result) if args.json else render_sweep(result))
     return 0
-
-
-def render(result) -> str:
-    headers = [result.axis, "peak memory", "needs (excl. context)"]
-    for gpu in result.gpus:
-        headers += [f"{gpu.gpu_name}: fits", "bound", "estimate", "samples/s"]
-    rows = []
-    for point in result.points:
-        row = [str(point.value) + (" *" if point.interpolated else ""), human_bytes(point.peak_bytes),
-               human_bytes(point.required_bytes)]
-        for g in point.per_gpu:
-            row += ["yes" if g.fits else "no", human_ms(g.lower_bound_ms), human_ms(g.estimate_ms),
-                    f"{g.throughput_samples_per_s:,.1f}"]
-        rows.append(row)
-    lines = [table(headers, rows)]
-    if any(p.interpolated for p in result.points):
-        lines.append("* from the affine batch model, checked byte for byte against an exact trace at a larger batch")
-    for gpu in result.gpus:
-        solved = f"max batch {gpu.max_batch}" if gpu.max_batch is not None else "max batch not solved"
-        lines.append(f"{gpu.gpu_name}: {human_bytes(gpu.capacity_bytes)} usable, {solved}")
-    return "\n".join(lines)

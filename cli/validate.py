@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 
 from torchbudget.cli import common_options
-from torchbudget.cli.format import dump_json, human_bytes, human_ms, table
-from torchbudget.cli.plan import add_workload_arguments, workload_from_args
+from torchbudget.cli.workload_args import add_workload_arguments, workload_from_args
+from torchbudget.engine.report.schema import dump_json
+from torchbudget.engine.report.units import human_bytes, human_ms, table
 
 
 def register(subparsers) -> None:

@@ -1,56 +1,42 @@
-"""One workload on N GPUs: one trace, one plan per GPU."""
+"""One workload on N GPUs, as rows: one plan per GPU (each traced for its own GPU's kernels; GPUs of one
+compute capability share their trace). Made by ``engine.planner.Planner.compare`` / ``compare``."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torchbudget.engine.cache import TraceCache
-from torchbudget.engine.overheads import Efficiency, Overheads
-from torchbudget.engine.planner import Plan, Verdict, plan_result
-from torchbudget.engine.solver import try_max_batch
-from torchbudget.engine.workload import Workload
-from torchbudget.hardware.spec import GpuSpec
+if TYPE_CHECKING:   # the planner makes comparisons; this module only describes them
+    from torchbudget.engine.planner import Plan, Verdict
+    from torchbudget.engine.workload import Workload
 
 
 @dataclass(frozen=True)
 class ComparisonRow:
     gpu_name: str
-    verdict: Verdict
+    verdict: "Verdict"
     fits: bool
     capacity_bytes: int
     required_bytes: int
     headroom_bytes: int
-    headroom_fraction: float
+    headroom_fraction: float | None
     max_batch: int | None
     lower_bound_ms: float
     estimate_ms: float
     throughput_samples_per_s: float
-    plan: Plan
+    plan: "Plan"
+
+
+def row_of(plan: "Plan") -> ComparisonRow:
+    return ComparisonRow(plan.gpu.name, plan.verdict, plan.fits, plan.capacity_bytes, plan.required_bytes,
+                         plan.headroom_bytes, plan.headroom_fraction, plan.max_batch, plan.latency.lower_bound_ms,
+                         plan.latency.estimate_ms, plan.throughput_samples_per_s, plan)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    workload: Workload
+    workload: "Workload"
     rows: tuple[ComparisonRow, ...]
 
     def fastest(self) -> ComparisonRow | None:
         fitting = [r for r in self.rows if r.fits]
         return min(fitting, key=lambda r: r.estimate_ms) if fitting else None
-
-
-def compare(workload: Workload, gpus: Sequence[GpuSpec], *, cache: TraceCache | None = None,
-            solve_max_batch: bool = True, overheads: Overheads = Overheads(),
-            efficiency: Efficiency = Efficiency()) -> Comparison:
-    """One workload on each GPU; ``solve_max_batch`` as in ``plan()``."""
-    cache = cache if cache is not None else TraceCache()
-    result = cache.get(workload)
-    rows = []
-    for gpu in gpus:
-        best, why = try_max_batch(workload, gpu, cache=cache, overheads=overheads) if solve_max_batch else (None, None)
-        p = plan_result(result, gpu, overheads=overheads, efficiency=efficiency, workload=workload, max_batch=best)
-        if why:
-            p = replace(p, notes=(why,))
-        rows.append(ComparisonRow(gpu.name, p.verdict, p.fits, p.capacity_bytes, p.required_bytes,
-                                  p.headroom_bytes, p.headroom_fraction, best, p.latency.lower_bound_ms,
-                                  p.latency.estimate_ms, p.throughput_samples_per_s, p))
-    return Comparison(workload, tuple(rows))

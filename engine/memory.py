@@ -35,13 +35,24 @@ class MemoryProfile:
 
     @property
     def required_bytes(self) -> int:
-        """What must fit in ``GpuSpec.usable_memory_bytes``, which is already net of the CUDA context."""
-        return self.peak_bytes - self.by_category[MemoryCategory.CUDA_CONTEXT]
+        """What must fit in ``GpuSpec.available_memory_bytes``: the whole footprint, CUDA context included
+        (the device facts subtract nothing; every overhead is the planner's, in engine.overheads)."""
+        return self.peak_bytes
 
     @property
     def tensor_peak_bytes(self) -> int:
         """Rounded tensor bytes at the peak (the figure torch.cuda.max_memory_allocated reports)."""
         return max(self.iteration1_peak_bytes, self.steady_state_peak_bytes)
+
+    @property
+    def allocated_peak_bytes(self) -> int:
+        """torch.cuda.max_memory_allocated's figure: live tensor blocks at the peak."""
+        return self.tensor_peak_bytes
+
+    @property
+    def reserved_peak_bytes(self) -> int:
+        """torch.cuda.max_memory_reserved's figure: the allocator's segments at the peak."""
+        return sum(self.by_category[c] for c in TRACE_CATEGORIES) + self.by_category[MemoryCategory.ALLOCATOR]
 
 
 class _Events:
@@ -109,11 +120,12 @@ def _peaks(arrays: _Events, sizes, block: int):
 
 def required_bytes(events, overheads: Overheads, *, has_conv: bool, sizes=None) -> int:
     """simulate_memory(...).required_bytes without the breakdown or timeline: what the solvers compare
-    with ``GpuSpec.usable_memory_bytes`` (the CUDA context is not included: usable memory is net of it).
+    with ``GpuSpec.available_memory_bytes``.
     ``sizes``: per-event byte counts replacing ``event.nbytes`` (the affine batch model uses it)."""
     live, steady, state_total = _peaks(_events_of(events), sizes, overheads.allocator_block_bytes)
     peak = max(_peak(live)[0], _peak(steady, state_total)[0])
-    return peak + int(peak * overheads.allocator_reserve_fraction) + workspace_bytes(overheads, has_conv)
+    return (peak + int(peak * overheads.allocator_reserve_fraction) + workspace_bytes(overheads, has_conv)
+            + overheads.cuda_context_bytes)
 
 
 def uses_cudnn(result: AnalysisResult) -> bool:

@@ -11,9 +11,9 @@ MIB = 2**20
 
 @dataclass(frozen=True)
 class Overheads:
-    # Memory a process holds once CUDA is initialised (driver context + PyTorch's kernels, lazy loading).
-    # Shown in the breakdown; GpuSpec.usable_memory_bytes is already net of it (hardware reserves the same
-    # 512 MiB), so the fit verdict compares everything else with usable memory.
+    # Memory a process holds once CUDA is initialised (driver context + PyTorch's kernels, lazy loading),
+    # commonly 300-600 MiB by GPU and CUDA version. This is its one owner: GpuSpec.available_memory_bytes is
+    # what the device offers before CUDA starts, and the verdict compares the whole footprint with it.
     cuda_context_bytes: int = 512 * MIB
     # cuBLAS workspace per handle/stream: PyTorch's default is 4096 KiB x 8 = 32 MiB on sm90
     # (CUBLAS_WORKSPACE_CONFIG), about 8 MiB before Hopper; we take the larger.

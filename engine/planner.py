@@ -1,14 +1,22 @@
 """The plan: will this workload fit on this GPU, with what headroom, and how fast can it run.
-Pure arithmetic on a trace and a GpuSpec."""
+
+Pure arithmetic on a trace and a GpuSpec (``plan_result``), plus ``Planner``: the one object that CLI
+and GUI both plan through. It holds the trace cache, the overheads, the remembered largest batches and
+the sweep grids, so both give the same answers and the same notes."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Sequence
 
+from torchbudget.engine import vocab
 from torchbudget.engine.cache import TraceCache
+from torchbudget.engine.compare import Comparison, row_of
 from torchbudget.engine.latency import LatencyReport, roofline
 from torchbudget.engine.memory import MemoryProfile, simulate_memory
 from torchbudget.engine.overheads import Efficiency, Overheads
+from torchbudget.engine.report.units import human_bytes
 from torchbudget.engine.results import AnalysisResult, MemoryCategory
 from torchbudget.engine.workload import Workload
 from torchbudget.hardware.spec import GpuSpec
@@ -26,15 +34,15 @@ class Plan:
     gpu: GpuSpec
     memory: MemoryProfile
     verdict: Verdict
-    capacity_bytes: int              # gpu.usable_memory_bytes (net of the CUDA context)
+    capacity_bytes: int              # gpu.available_memory_bytes: offered before CUDA starts
     headroom_bytes: int              # capacity - required; negative when it does not fit
-    headroom_fraction: float         # headroom / capacity
+    headroom_fraction: float | None  # headroom / capacity; None when the GPU offers nothing
     dominant_category: MemoryCategory
     max_batch: int | None            # None when not solved
     latency: LatencyReport
     throughput_samples_per_s: float
     result: AnalysisResult | None = None
-    notes: tuple[str, ...] = ()      # e.g. why the largest batch could not be solved
+    notes: tuple[str, ...] = ()      # warnings a user should read: tensor-core fallback, unsolved max batch...
 
     @property
     def fits(self) -> bool:
@@ -42,7 +50,7 @@ class Plan:
 
     @property
     def required_bytes(self) -> int:
-        """Peak footprint less the CUDA context: what is compared with usable memory."""
+        """The whole footprint at the peak (CUDA context included): what is compared with capacity."""
         return self.memory.required_bytes
 
 
@@ -55,36 +63,208 @@ def verdict_for(required_bytes: int, capacity_bytes: int, overheads: Overheads) 
 
 
 def fits_in(memory: MemoryProfile, gpu: GpuSpec) -> bool:
-    return memory.required_bytes <= gpu.usable_memory_bytes
+    return memory.required_bytes <= gpu.available_memory_bytes
+
+
+def missing_tensor_rate(gpu: GpuSpec, precision: str) -> str | None:
+    """The tensor rate ("bf16", ...) the precision asks for but the GPU does not list: the roofline then
+    uses the fp32 rate (GpuSpec.peak_flops_per_s falls back), e.g. bf16 on a T4."""
+    key = vocab.precision(precision).tensor_rate
+    return None if key is None or gpu.peak_tflops.get(key) else key
+
+
+def plan_notes(result: AnalysisResult, gpu: GpuSpec, overheads: Overheads) -> tuple[str, ...]:
+    """What a user should know about this plan beyond the numbers."""
+    notes = []
+    key = missing_tensor_rate(gpu, result.options.precision)
+    if key:
+        notes.append(f"{gpu.name} has no {key} tensor cores: its matmuls are timed at the fp32 rate")
+    expected = vocab.target_for_capability(gpu.compute_capability, gpu.vendor)
+    if result.options.target != expected:
+        notes.append(f"traced for {result.options.target} kernels; {gpu.name} runs {expected}'s")
+    if gpu.available_memory_bytes <= overheads.cuda_context_bytes:
+        notes.append(f"{gpu.name} offers {human_bytes(gpu.available_memory_bytes)}, not even the CUDA context "
+                     f"({human_bytes(overheads.cuda_context_bytes)})")
+    uncounted = sum(op.calls for op in result.uncounted_ops)
+    if uncounted:
+        notes.append(f"{uncounted} op calls have no FLOP formula (see analyze); their arithmetic is not in the "
+                     "latency figures, only their memory traffic")
+    return tuple(notes)
 
 
 def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = Overheads(),
                 efficiency: Efficiency = Efficiency(), workload: Workload | None = None,
-                max_batch: int | None = None) -> Plan:
+                max_batch: int | None = None, notes: Sequence[str] = ()) -> Plan:
     memory = simulate_memory(result, overheads)
     latency = roofline(result, gpu, efficiency)
-    capacity = gpu.usable_memory_bytes
+    capacity = gpu.available_memory_bytes
     headroom = capacity - memory.required_bytes
     dominant = max(memory.by_category.items(), key=lambda kv: kv[1])[0]
     return Plan(
         workload=workload, gpu=gpu, memory=memory,
         verdict=verdict_for(memory.required_bytes, capacity, overheads),
         capacity_bytes=capacity, headroom_bytes=headroom,
-        headroom_fraction=headroom / capacity if capacity > 0 else float("-inf"),
+        headroom_fraction=headroom / capacity if capacity > 0 else None,
         dominant_category=dominant, max_batch=max_batch, latency=latency,
         throughput_samples_per_s=latency.throughput_samples_per_s, result=result,
+        notes=tuple(notes) + plan_notes(result, gpu, overheads),
     )
+
+
+MAX_SWEEP_BATCH = 1 << 15
+
+
+def sweep_batches(current_batch: int, max_batches: Sequence[int | None]) -> tuple[int, ...]:
+    """Powers of two up to past the current batch and every largest batch, plus each largest batch b and
+    b + 1: the memory curve then crosses the capacity line between those two points, exactly at the
+    largest-batch marker (a straight segment between powers of two would not)."""
+    top = max([current_batch, 8, *[(b or 0) + 1 for b in max_batches]])
+    values, b = set(), 1
+    while b < top * 2 and b <= MAX_SWEEP_BATCH:
+        values.add(b)
+        b *= 2
+    values.update(v for best in max_batches if best for v in (best, best + 1) if v <= MAX_SWEEP_BATCH)
+    return tuple(sorted(values))
+
+
+def sweep_resolutions(current: int) -> tuple[int, ...]:
+    """Around the current square side: quarter to double, in multiples of 32 (at least 32)."""
+    values = {max(32, int(current * f) // 32 * 32) for f in (0.25, 0.5, 0.75, 1.25, 1.5, 2.0)}
+    return tuple(sorted(values | {current}))
+
+
+class Planner:
+    """Plans, largest batches, comparisons and sweeps over one trace cache and one set of overheads.
+    Thread-safe (the GUI calls it from worker threads). The largest batch does not depend on the batch
+    asked about, so it is solved once per (workload without its batch, GPU) and remembered: moving a
+    batch slider then traces nothing."""
+
+    def __init__(self, cache: TraceCache | None = None, *, overheads: Overheads = Overheads(),
+                 efficiency: Efficiency = Efficiency()):
+        self.cache = cache if cache is not None else TraceCache()
+        self.overheads = overheads
+        self.efficiency = efficiency
+        self._max_batches: dict[tuple, int] = {}
+        self._lock = threading.Lock()
+
+    # -- largest batch ---------------------------------------------------------------------------
+    def _memo_key(self, workload: Workload, gpu: GpuSpec) -> tuple:
+        return (workload.on_gpu(gpu).with_batch(1).key() if workload.inputs else workload.on_gpu(gpu).key(),
+                gpu.name, gpu.available_memory_bytes, self.overheads)
+
+    def known_max_batch(self, workload: Workload, gpu: GpuSpec) -> int | None:
+        with self._lock:
+            return self._max_batches.get(self._memo_key(workload, gpu))
+
+    def remember_max_batch(self, workload: Workload, gpu: GpuSpec, best: int) -> None:
+        """For answers solved elsewhere (the GUI's model process for a user's .py file)."""
+        with self._lock:
+            self._max_batches[self._memo_key(workload, gpu)] = best
+
+    def forget_max_batches(self) -> None:
+        """After a user's .py file may have changed."""
+        with self._lock:
+            self._max_batches.clear()
+
+    def max_batch(self, workload: Workload, gpu: GpuSpec) -> tuple[int | None, str | None]:
+        """(largest batch, None), or (None, why) when a batch the search needs cannot be traced."""
+        from torchbudget.engine.solver import try_max_batch  # the solver builds on this module's pieces
+
+        best = self.known_max_batch(workload, gpu)
+        if best is not None:
+            return best, None
+        # the affine model's anchors: batches 1 and 2 when they are in memory already (a GUI that swept),
+        # else the workload's own batch and the next (its trace is usually done: one trace fewer)
+        on_gpu = workload.on_gpu(gpu)
+        low = on_gpu.with_batch(1) if on_gpu.inputs else on_gpu
+        anchored = low if on_gpu.inputs and self.cache.in_memory(low) and self.cache.in_memory(on_gpu.with_batch(2)) \
+            else on_gpu
+        best, why = try_max_batch(anchored, gpu, cache=self.cache, overheads=self.overheads)
+        if best is not None:
+            self.remember_max_batch(workload, gpu, best)
+        return best, why
+
+    # -- plans -----------------------------------------------------------------------------------
+    def plan(self, workload: Workload, gpu: GpuSpec, *, solve_max_batch: bool = True) -> Plan:
+        on_gpu = workload.on_gpu(gpu)
+        result = self.cache.get(on_gpu)
+        best, why = self.max_batch(on_gpu, gpu) if solve_max_batch else (self.known_max_batch(on_gpu, gpu), None)
+        return plan_result(result, gpu, overheads=self.overheads, efficiency=self.efficiency, workload=on_gpu,
+                           max_batch=best, notes=(why,) if why else ())
+
+    def plans(self, workload: Workload, gpus: Sequence[GpuSpec], *, solve_max_batch: bool = True) -> tuple[Plan, ...]:
+        return tuple(self.plan(workload, gpu, solve_max_batch=solve_max_batch) for gpu in gpus)
+
+    def quick_plans(self, workload: Workload, gpus: Sequence[GpuSpec]) -> tuple[tuple[Plan, ...], bool] | None:
+        """Plans without tracing, when possible: (plans, interpolated). The exact traces are cached, or
+        batches 1 and 2 of the same workload are (the affine batch model predicts this batch). None when
+        a trace is needed."""
+        from torchbudget.engine.affine import AffineTrace
+
+        if not gpus or not workload.inputs:
+            return None
+        plans, interpolated = [], False
+        for gpu in gpus:
+            on_gpu = workload.on_gpu(gpu)
+            anchors = (on_gpu.with_batch(1), on_gpu.with_batch(2)) if on_gpu.batch_size > 2 else ()
+            result = None
+            # cheapest first: in memory (the exact trace, then the anchors), then the store
+            for have in (self.cache.in_memory, self.cache.__contains__):
+                if have(on_gpu):
+                    result = self.cache.get(on_gpu)
+                    break
+                if anchors and all(have(a) for a in anchors):
+                    model = AffineTrace.fit(*(self.cache.get(a) for a in anchors))
+                    if model is not None:
+                        result, interpolated = model.result_at(on_gpu.batch_size), True
+                        break
+            if result is None:
+                return None
+            plans.append(plan_result(result, gpu, overheads=self.overheads, efficiency=self.efficiency,
+                                     workload=on_gpu, max_batch=self.known_max_batch(on_gpu, gpu)))
+        return tuple(plans), interpolated
+
+    def compare(self, workload: Workload, gpus: Sequence[GpuSpec], *, solve_max_batch: bool = True) -> Comparison:
+        return Comparison(workload, tuple(row_of(self.plan(workload, gpu, solve_max_batch=solve_max_batch))
+                                          for gpu in gpus))
+
+    # -- sweeps ----------------------------------------------------------------------------------
+    def batch_sweep(self, workload: Workload, gpus: Sequence[GpuSpec], batches: Sequence[int] | None = None):
+        """Memory and latency against batch. Default grid: ``sweep_batches`` around the current batch and
+        each GPU's largest batch. Anchored at batch 1 (the affine model's cached traces), so a new current
+        batch traces nothing new."""
+        from torchbudget.engine.solver import sweep
+
+        bests = [self.max_batch(workload, gpu)[0] if workload.inputs else None for gpu in gpus]
+        grid = tuple(batches) if batches else sweep_batches(workload.batch_size, bests)
+        anchored = workload.with_batch(1) if workload.inputs else workload
+        result = sweep(anchored, gpus, batches=grid, cache=self.cache, overheads=self.overheads,
+                       efficiency=self.efficiency, solve_max_batch=False)
+        return replace(result, gpus=tuple(replace(g, max_batch=b) for g, b in zip(result.gpus, bests)))
+
+    def resolution_sweep(self, workload: Workload, gpus: Sequence[GpuSpec], resolutions: Sequence[int] | None = None):
+        """Memory and latency against the square side of the image inputs; None without an image input."""
+        from torchbudget.engine.solver import sweep
+        from torchbudget.engine.vocab import InputKind
+
+        images = [s for s in workload.inputs if s.kind is InputKind.IMAGE]
+        if not images:
+            return None
+        grid = tuple(resolutions) if resolutions else sweep_resolutions(images[0].shape[-1])
+        return sweep(workload, gpus, resolutions=grid, cache=self.cache, overheads=self.overheads,
+                     efficiency=self.efficiency)
 
 
 def plan(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = None, solve_max_batch: bool = True,
          overheads: Overheads = Overheads(), efficiency: Efficiency = Efficiency()) -> Plan:
-    cache = cache if cache is not None else TraceCache()
-    result = cache.get(workload)
-    best, notes = None, ()
-    if solve_max_batch:
-        from torchbudget.engine.solver import try_max_batch  # imported late: the solver builds on this module's pieces
+    """One plan (``Planner(cache, ...).plan``): traced for ``gpu``'s kernels."""
+    return Planner(cache, overheads=overheads, efficiency=efficiency).plan(workload, gpu,
+                                                                           solve_max_batch=solve_max_batch)
 
-        best, why = try_max_batch(workload, gpu, cache=cache, overheads=overheads)
-        notes = (why,) if why else ()
-    planned = plan_result(result, gpu, overheads=overheads, efficiency=efficiency, workload=workload, max_batch=best)
-    return replace(planned, notes=notes) if notes else planned
+
+def compare(workload: Workload, gpus: Sequence[GpuSpec], *, cache: TraceCache | None = None,
+            solve_max_batch: bool = True, overheads: Overheads = Overheads(),
+            efficiency: Efficiency = Efficiency()) -> Comparison:
+    """One workload on each GPU (``Planner(cache, ...).compare``)."""
+    return Planner(cache, overheads=overheads, efficiency=efficiency).compare(workload, gpus,
+                                                                              solve_max_batch=solve_max_batch)

@@ -79,6 +79,11 @@ def to_plain(value):
     return value
 
 
+def from_plain(cls, value):
+    """The inverse of ``to_plain`` for a dataclass type (nested dataclasses, enums, tuples, mappings)."""
+    return _decode(cls, value)
+
+
 @lru_cache(maxsize=None)
 def _hints(cls) -> dict:
     return typing.get_type_hints(cls)

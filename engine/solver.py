@@ -68,14 +68,14 @@ def batch_model(workload: Workload, cache: TraceCache, anchor: int | None = None
 
 def max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = None,
               limit: int = DEFAULT_BATCH_LIMIT, overheads: Overheads = Overheads()) -> int:
-    """Largest batch whose simulated requirement fits ``gpu.usable_memory_bytes``; 0 if batch 1 does not fit.
+    """Largest batch whose simulated requirement fits ``gpu.available_memory_bytes``; 0 if batch 1 does not fit.
 
     Exact traces: the workload's batch b and b + 1 (the affine model's anchors), then the model's answer
     (and answer + 1 only when the answer's trace differs from the model); more where the model was wrong.
     Starts from batch 1 when b does not fit."""
     cache = cache if cache is not None else TraceCache()
-    workload = _require_inputs(workload, cache)
-    capacity = gpu.usable_memory_bytes
+    workload = _require_inputs(workload.on_gpu(gpu), cache)
+    capacity = gpu.available_memory_bytes
 
     def fits(batch: int) -> bool:
         return simulate_memory(cache.get(workload.with_batch(batch)), overheads).required_bytes <= capacity
@@ -136,12 +136,12 @@ def max_resolution(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None
     if step < 1:
         raise InputSpecError(f"resolution step must be positive, got {step}")
     cache = cache if cache is not None else TraceCache()
-    workload = _require_inputs(workload, cache)
+    workload = _require_inputs(workload.on_gpu(gpu), cache)
     try:
         _spatial(workload)
     except UserError:
         return None
-    capacity = gpu.usable_memory_bytes
+    capacity = gpu.available_memory_bytes
 
     def fits(k: int) -> bool:
         side = k * step
@@ -155,6 +155,8 @@ def max_resolution(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None
 @dataclass(frozen=True)
 class SweepGpuPoint:
     gpu_name: str
+    required_bytes: int               # the whole footprint at the peak, compared with available memory
+    tensor_peak_bytes: int            # tensors only, rounded
     fits: bool
     lower_bound_ms: float
     estimate_ms: float
@@ -165,9 +167,6 @@ class SweepGpuPoint:
 class SweepPoint:
     value: int                        # the batch size or the (square) resolution
     batch_size: int
-    peak_bytes: int                   # whole footprint, with overheads (simulate_memory().peak_bytes)
-    required_bytes: int               # peak less the CUDA context: compared with usable memory
-    tensor_peak_bytes: int            # tensors only, rounded
     interpolated: bool                # from the affine batch model rather than its own trace
     per_gpu: tuple[SweepGpuPoint, ...]
 
@@ -176,6 +175,7 @@ class SweepPoint:
 class SweepGpu:
     gpu_name: str
     capacity_bytes: int
+    target: str                       # whose kernels the points of this GPU were traced for
     max_batch: int | None             # batch sweeps only
 
 
@@ -184,6 +184,7 @@ class Sweep:
     axis: str                         # "batch" | "resolution"
     points: tuple[SweepPoint, ...]
     gpus: tuple[SweepGpu, ...]
+    notes: tuple[str, ...] = ()       # e.g. points skipped because the model cannot run them
 
 
 DEFAULT_SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -193,37 +194,66 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
           resolutions: Sequence[int] | None = None, cache: TraceCache | None = None,
           overheads: Overheads = Overheads(), efficiency: Efficiency = Efficiency(),
           solve_max_batch: bool = True) -> Sweep:
-    """Memory and latency against batch (default) or resolution, on each GPU."""
+    """Memory and latency against batch (default) or resolution, on each GPU (traced for each GPU's
+    target: GPUs of one compute capability share their traces). A point the model cannot run (BatchNorm
+    at 1x1, a fixed-size Linear at another resolution) is left out and named in ``notes``."""
     if batches is not None and resolutions is not None:
         raise UserError("sweep either batch or resolution, not both", field="input")
+    if not gpus:
+        raise UserError("a sweep needs at least one GPU", field="gpu")
     cache = cache if cache is not None else TraceCache()
-    workload = _require_inputs(workload, cache)
-    best: dict[str, int] = {}
-    if resolutions is not None:
-        axis, values = "resolution", _checked(resolutions, "resolution")
-        _spatial(workload)
-        traces = [(cache.get(workload.with_resolution(v, v)), False) for v in values]
-    else:
-        axis, values = "batch", _checked(batches or DEFAULT_SWEEP_BATCHES, "batch size")
-        best = {g.name: try_max_batch(workload, g, cache=cache, overheads=overheads)[0] for g in gpus} \
-            if solve_max_batch else {}
-        traces = _batch_traces(workload, values, cache)
+    axis = "resolution" if resolutions is not None else "batch"
+    values = _checked(resolutions, "resolution") if resolutions is not None else \
+        _checked(batches or DEFAULT_SWEEP_BATCHES, "batch size")
+    by_target: dict[str, list] = {}      # target -> [(value, source, interpolated) or (value, error)]
+    best: dict[str, int | None] = {}
+    notes: list[str] = []
+    for gpu in gpus:
+        on_gpu = _require_inputs(workload.on_gpu(gpu), cache)
+        target = on_gpu.options.target
+        if target not in by_target:
+            if axis == "resolution":
+                _spatial(on_gpu)
+                by_target[target] = [_traced(lambda v: cache.get(on_gpu.with_resolution(v, v)), v) for v in values]
+            else:
+                by_target[target] = _batch_traces(on_gpu, values, cache)
+        if axis == "batch" and solve_max_batch:
+            best[gpu.name], why = try_max_batch(workload, gpu, cache=cache, overheads=overheads)
+            if why:
+                notes.append(f"{gpu.name}: {why}")
     points = []
-    for value, (source, interpolated) in zip(values, traces):
-        if interpolated:  # source is the affine model
-            memory, batch = source.memory_at(value, overheads), value
-            latencies = [source.latency_at(value, gpu, efficiency) for gpu in gpus]
-        else:
-            memory, batch = simulate_memory(source, overheads), source.batch_size
-            latencies = [roofline(source, gpu, efficiency, detail=False) for gpu in gpus]
-        per_gpu = tuple(SweepGpuPoint(gpu.name, memory.required_bytes <= gpu.usable_memory_bytes,
-                                      lat.lower_bound_ms, lat.estimate_ms, lat.throughput_samples_per_s)
-                        for gpu, lat in zip(gpus, latencies))
-        points.append(SweepPoint(value, batch, memory.peak_bytes, memory.required_bytes, memory.tensor_peak_bytes,
-                                 interpolated, per_gpu))
-    summaries = tuple(SweepGpu(g.name, g.usable_memory_bytes, best.get(g.name) if axis == "batch" else None)
-                      for g in gpus)
-    return Sweep(axis, tuple(points), summaries)
+    for i, value in enumerate(values):
+        per_gpu, batch, interpolated, error = [], value, False, None
+        for gpu in gpus:
+            entry = by_target[workload.on_gpu(gpu).options.target][i]
+            if entry[1] is None:
+                error = entry[2]
+                break
+            _, source, interpolated = entry
+            if interpolated:  # source is the affine model
+                memory, batch = source.memory_at(value, overheads), value
+                latency = source.latency_at(value, gpu, efficiency)
+            else:
+                memory, batch = simulate_memory(source, overheads), source.batch_size
+                latency = roofline(source, gpu, efficiency, detail=False)
+            per_gpu.append(SweepGpuPoint(gpu.name, memory.required_bytes, memory.tensor_peak_bytes,
+                                         memory.required_bytes <= gpu.available_memory_bytes, latency.lower_bound_ms,
+                                         latency.estimate_ms, latency.throughput_samples_per_s))
+        if error is not None:
+            notes.append(f"{axis} {value} left out: {error}")
+            continue
+        points.append(SweepPoint(value, batch, interpolated, tuple(per_gpu)))
+    summaries = tuple(SweepGpu(g.name, g.available_memory_bytes, workload.on_gpu(g).options.target,
+                               best.get(g.name) if axis == "batch" else None) for g in gpus)
+    return Sweep(axis, tuple(points), summaries, tuple(notes))
+
+
+def _traced(get, value):
+    """(value, trace, False), or (value, None, why) when the model cannot run at this point."""
+    try:
+        return value, get(value), False
+    except UserError as exc:
+        return value, None, str(exc)
 
 
 def _checked(values: Sequence[int], what: str) -> tuple[int, ...]:
@@ -248,7 +278,7 @@ def _batch_traces(workload: Workload, values: tuple[int, ...], cache: TraceCache
     for v in values:
         key = workload.with_batch(v)
         if model is None or key in cache:
-            out.append((cache.get(key), False))
+            out.append(_traced(lambda b: cache.get(workload.with_batch(b)), v))
         else:
-            out.append((model, True))
+            out.append((v, model, True))
     return out

@@ -9,6 +9,7 @@ from typing import Mapping
 from torchbudget.engine.errors import InputSpecError, UserError
 from torchbudget.engine.inputs import InputSpec, parse_input
 from torchbudget.engine.results import TraceOptions
+from torchbudget.engine import vocab
 from torchbudget.engine.vocab import InputKind
 
 WORKLOAD_FORMAT = "torchbudget-workload/1"
@@ -43,6 +44,11 @@ class Workload:
         """IMAGE when any input is an image (it has a resolution), else the first input's kind."""
         kinds = [s.kind for s in self.inputs]
         return InputKind.IMAGE if InputKind.IMAGE in kinds else (kinds[0] if kinds else InputKind.GENERIC)
+
+    def on_gpu(self, gpu) -> "Workload":
+        """This workload traced for ``gpu``'s kernels (a GpuSpec: its compute capability and vendor)."""
+        target = vocab.target_for_capability(gpu.compute_capability, gpu.vendor)
+        return self if target == self.options.target else self.with_options(target=target)
 
     def with_options(self, **changes) -> "Workload":
         return replace(self, options=replace(self.options, **changes))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torchbudget.engine.cache import TraceCache
+from torchbudget.engine.errors import UserError
 from torchbudget.engine.workload import Workload
 from torchbudget.gui import backend
 from torchbudget.gui.workers import JobContext
@@ -48,12 +49,11 @@ def run_request(request: Request, ctx: JobContext) -> str:
     if not request.in_process:
         ctx.partial("comparison", backend.comparison(workload, gpus, cache, solve=False))
         return "done"
-    max_batches = [p.max_batch for p in latest.plans]
-    values = backend.sweep_batches(workload.batch_size, max_batches)
+    values = backend.batch_sweep_values(workload, gpus, cache)
     key = batch_key(request, values)
     if key != request.batch_sweep_key:
         ctx.progress("Sweeping batch sizes…")
-        ctx.partial("batch_sweep", (key, backend.batch_sweep(workload, gpus, cache, max_batches)))
+        ctx.partial("batch_sweep", (key, backend.batch_sweep(workload, gpus, cache)))
     ctx.progress("Comparing GPUs…")
     ctx.partial("comparison", backend.comparison(workload, gpus, cache))
     images = [s for s in workload.inputs if s.kind is InputKind.IMAGE]
@@ -63,7 +63,11 @@ def run_request(request: Request, ctx: JobContext) -> str:
         if key != request.resolution_sweep_key:
             for side in values:   # trace one resolution at a time so a newer request can stop us
                 ctx.progress(f"Sweeping resolution ({side} px)…")
-                cache.get(workload.with_resolution(side, side))
+                for target_workload in {w.options.target: w for w in (workload.on_gpu(g) for g in gpus)}.values():
+                    try:
+                        cache.get(target_workload.with_resolution(side, side))
+                    except UserError:
+                        pass   # the sweep leaves this point out and says why
             ctx.partial("resolution_sweep", (key, backend.resolution_sweep(workload, gpus, cache)))
     else:
         ctx.partial("resolution_sweep", (None, None))

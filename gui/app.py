@@ -106,7 +106,10 @@ class Preload:
 
         store = TraceStore()
         try:
-            workload = first_workload(Settings())
+            settings = Settings()
+            workload = first_workload(settings)
+            # traced for the primary GPU's kernels, as the window's planner will ask for it
+            workload = workload.on_gpu(backend.resolve_gpu(settings.primary_gpu() or backend.default_gpu_name()))
         except Exception:  # noqa: BLE001 - the window's own request reports the same error in place
             workload = None
         self._mark("settings")

@@ -4,24 +4,22 @@ process: their trace comes from gui.model_process and goes into a cache that ref
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+import weakref
+from dataclasses import dataclass
 from typing import Sequence
 
-from torchbudget.engine.affine import AffineTrace
 from torchbudget.engine.cache import TraceCache
-from torchbudget.engine.compare import Comparison, compare
+from torchbudget.engine.compare import Comparison
 from torchbudget.engine.errors import ModelLoadError, UserError
 from torchbudget.hardware.errors import UnknownGpuError
-from torchbudget.engine.planner import Plan, plan_result
+from torchbudget.engine.planner import Plan, Planner, missing_tensor_rate, sweep_batches, sweep_resolutions  # noqa: F401
 from torchbudget.engine.results import AnalysisResult
-from torchbudget.engine.solver import Sweep, max_batch, sweep
+from torchbudget.engine.solver import Sweep
 from torchbudget.engine.trace_store import TraceStore
 from torchbudget.engine.workload import Workload
 from torchbudget.gui.cancel import check_current
 from torchbudget.hardware.spec import GpuSpec
-from torchbudget.engine.vocab import InputKind
 
-MAX_SWEEP_BATCH = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -87,134 +85,71 @@ def file_model_cache() -> TraceCache:
 
 
 # -- analysis and plans ---------------------------------------------------------------------------
-# The largest batch does not depend on the batch asked about, so it is solved once per (workload without
-# its batch, GPU) from the batch-1/2 anchors and remembered: moving the batch slider then traces nothing.
-_max_batch_memo: dict[tuple, int] = {}
-_memo_lock = threading.Lock()
+# One engine Planner per trace cache (the in-process one and the file models' one): it holds the
+# remembered largest batches, the anchors and the sweep grids, so the GUI plans exactly as the CLI does.
+_planners: "weakref.WeakKeyDictionary[TraceCache, Planner]" = weakref.WeakKeyDictionary()
+_planners_lock = threading.Lock()
 
 
-def _memo_key(workload: Workload, gpu: GpuSpec) -> tuple:
-    return workload.with_batch(1).key(), gpu.name, gpu.usable_memory_bytes
+def planner_for(cache: TraceCache) -> Planner:
+    with _planners_lock:
+        planner = _planners.get(cache)
+        if planner is None:
+            planner = _planners[cache] = Planner(cache)
+        return planner
 
 
-def known_max_batch(workload: Workload, gpu: GpuSpec) -> int | None:
-    with _memo_lock:
-        return _max_batch_memo.get(_memo_key(workload, gpu))
+def known_max_batch(workload: Workload, gpu: GpuSpec, cache: TraceCache) -> int | None:
+    return planner_for(cache).known_max_batch(workload, gpu)
 
 
 def forget_max_batches() -> None:
     """After F5: a user's .py file may have changed since its largest batch was solved."""
-    with _memo_lock:
-        _max_batch_memo.clear()
+    with _planners_lock:
+        planners = list(_planners.values())
+    for planner in planners:
+        planner.forget_max_batches()
 
 
-def remember_max_batch(workload: Workload, gpu: GpuSpec, best: int) -> None:
+def remember_max_batch(cache: TraceCache, workload: Workload, gpu: GpuSpec, best: int) -> None:
     """For answers solved elsewhere (the model process of a .py model)."""
-    with _memo_lock:
-        _max_batch_memo[_memo_key(workload, gpu)] = best
-
-
-def solve_max_batch(workload: Workload, gpu: GpuSpec, cache: TraceCache) -> int:
-    best = known_max_batch(workload, gpu)
-    if best is None:
-        best = max_batch(workload.with_batch(1), gpu, cache=cache)   # anchors at batches 1 and 2
-        with _memo_lock:
-            _max_batch_memo[_memo_key(workload, gpu)] = best
-    return best
+    planner_for(cache).remember_max_batch(workload, gpu, best)
 
 
 def quick_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> Evaluation | None:
-    """Plans without tracing, when possible: the exact trace is cached, or batches 1 and 2 of the same
-    workload are (then the affine batch model predicts this batch). None when a trace is needed."""
-    if not gpus or not workload.inputs:
+    """Plans without tracing, when possible (Planner.quick_plans); None when a trace is needed."""
+    quick = planner_for(cache).quick_plans(workload, gpus)
+    if quick is None:
         return None
-    anchors = (workload.with_batch(1), workload.with_batch(2)) if workload.batch_size > 2 else ()
-    # cheapest first: the exact trace in memory, the affine model from anchors in memory (both instant),
-    # then reads from the store: the exact trace (one file) before the two anchors
-    for have in (cache.in_memory, cache.__contains__):
-        if have(workload):
-            result = cache.get(workload)
-            return Evaluation(workload, result, _plans(result, workload, gpus), False)
-        if anchors and all(have(a) for a in anchors):
-            model = AffineTrace.fit(*(cache.get(a) for a in anchors))
-            if model is not None:
-                return Evaluation(workload, None, _plans(model.result_at(workload.batch_size), workload, gpus),
-                                  True)
-    return None
-
-
-def _plans(result, workload, gpus) -> tuple[Plan, ...]:
-    return tuple(plan_result(result, gpu, workload=workload, max_batch=known_max_batch(workload, gpu))
-                 for gpu in gpus)
+    plans, interpolated = quick
+    return Evaluation(workload, None if interpolated else plans[0].result, plans, interpolated)
 
 
 def full_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *,
                     solve_max_batch: bool = True) -> Evaluation:
-    result = cache.get(workload)
-    plans = []
-    for gpu in gpus:
-        best = solve_max_batch_for(workload, gpu, cache) if solve_max_batch else known_max_batch(workload, gpu)
-        plans.append(plan_result(result, gpu, workload=workload, max_batch=best))
-    return Evaluation(workload, result, tuple(plans), False)
+    plans = planner_for(cache).plans(workload, gpus, solve_max_batch=solve_max_batch and bool(workload.inputs))
+    return Evaluation(workload, plans[0].result if plans else cache.get(workload), plans, False)
 
 
-def solve_max_batch_for(workload: Workload, gpu: GpuSpec, cache: TraceCache) -> int | None:
-    return solve_max_batch(workload, gpu, cache) if workload.inputs else None
+def batch_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> Sweep:
+    return planner_for(cache).batch_sweep(workload, gpus)
 
 
-def sweep_batches(current_batch: int, max_batches: Sequence[int | None]) -> tuple[int, ...]:
-    """Powers of two up to past the current batch and every largest batch (a marker shows the current one),
-    plus each largest batch b and b + 1: the curve then crosses the capacity line between those two
-    points, exactly at the largest-batch marker (a straight segment between powers of two would not)."""
-    top = max([current_batch, 8, *[(b or 0) + 1 for b in max_batches]])
-    values, b = set(), 1
-    while b < top * 2 and b <= MAX_SWEEP_BATCH:
-        values.add(b)
-        b *= 2
-    values.update(v for best in max_batches if best for v in (best, best + 1) if v <= MAX_SWEEP_BATCH)
-    return tuple(sorted(values))
-
-
-def batch_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache,
-                max_batches: Sequence[int | None] = ()) -> Sweep:
-    # anchored at batch 1 (the affine model's cached traces), so a new current batch traces nothing new
-    result = sweep(workload.with_batch(1), gpus, batches=sweep_batches(workload.batch_size, max_batches),
-                   cache=cache, solve_max_batch=False)
-    return replace(result, gpus=tuple(replace(g, max_batch=known_max_batch(workload, gpu))
-                                      for g, gpu in zip(result.gpus, gpus)))
-
-
-def sweep_resolutions(current: int) -> tuple[int, ...]:
-    values = {max(32, int(current * f) // 32 * 32) for f in (0.25, 0.5, 0.75, 1.25, 1.5, 2.0)}
-    return tuple(sorted(values | {current}))
+def batch_sweep_values(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> tuple[int, ...]:
+    """The batch grid the sweep will use (for deciding whether the sweep on screen is still current)."""
+    planner = planner_for(cache)
+    return sweep_batches(workload.batch_size, [planner.known_max_batch(workload, g) for g in gpus])
 
 
 def resolution_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> Sweep | None:
-    images = [s for s in workload.inputs if s.kind is InputKind.IMAGE]
-    if not images:
-        return None
-    return sweep(workload, gpus, resolutions=sweep_resolutions(images[0].shape[-1]), cache=cache)
+    return planner_for(cache).resolution_sweep(workload, gpus)
 
 
 def comparison(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *, solve: bool = True) -> Comparison:
-    result = compare(workload, gpus, cache=cache, solve_max_batch=False)
-    if not solve:
-        return result
-    return replace(result, rows=tuple(replace(row, max_batch=solve_max_batch_for(workload, gpu, cache))
-                                      for row, gpu in zip(result.rows, gpus)))
+    return planner_for(cache).compare(workload, gpus, solve_max_batch=solve and bool(workload.inputs))
 
 
 # -- hardware ----------------------------------------------------------------------------------
-_TENSOR_RATE_FOR_PRECISION = {"tf32": "tf32", "fp16": "fp16", "fp16-amp": "fp16", "bf16": "bf16", "bf16-amp": "bf16"}
-
-
-def missing_tensor_rate(gpu: GpuSpec, precision: str) -> str | None:
-    """The tensor rate ("bf16", ...) the precision asks for but the GPU does not list: the roofline then
-    uses the fp32 rate (GpuSpec.peak_flops_per_s falls back silently), e.g. bf16 on a T4."""
-    key = _TENSOR_RATE_FOR_PRECISION.get(precision)
-    return None if key is None or gpu.peak_tflops.get(key) else key
-
-
 def peak_rate_note(gpu: GpuSpec, precision: str) -> str | None:
     key = missing_tensor_rate(gpu, precision)
     return f"{gpu.name} has no {key} tensor cores: fp32 rate used" if key else None
@@ -261,7 +196,7 @@ def live_memory(spec: GpuSpec) -> tuple[int, int]:
                 return reading.free_bytes, reading.total_bytes
         except (ImportError, OSError, RuntimeError, UserError):
             pass
-    return spec.usable_memory_bytes, spec.memory_bytes
+    return spec.available_memory_bytes, spec.memory_bytes
 
 
 def save_user_gpu(spec: GpuSpec) -> None:

@@ -1,32 +1,18 @@
 """Sweeps for user .py models, computed in the model process (their traces may only run there) and sent
-back as JSON: GpuSpec and Sweep to plain dicts and back."""
+back as JSON through the report layer's schema (engine.report.schema)."""
 from __future__ import annotations
 
-from torchbudget.cli.format import to_jsonable
 from torchbudget.engine.errors import UserError
-from torchbudget.engine.solver import Sweep, SweepGpu, SweepGpuPoint, SweepPoint
+from torchbudget.engine.report.schema import sweep_to_dict
+from torchbudget.engine.results import AnalysisResult
 from torchbudget.hardware.spec import GpuSpec
 
 
-def gpu_to_dict(spec: GpuSpec) -> dict:
-    return to_jsonable(spec)
-
-
-def gpu_from_dict(data: dict) -> GpuSpec:
-    return GpuSpec(**{**data, "nvml_names": tuple(data.get("nvml_names", ())),
-                      "aliases": tuple(data.get("aliases", ()))})
-
-
-def sweep_to_dict(sweep: Sweep | None) -> dict | None:
-    return None if sweep is None else to_jsonable(sweep)
-
-
-def sweep_from_dict(data: dict | None) -> Sweep | None:
-    if data is None:
-        return None
-    points = tuple(SweepPoint(**{**p, "per_gpu": tuple(SweepGpuPoint(**g) for g in p["per_gpu"])})
-                   for p in data["points"])
-    return Sweep(data["axis"], points, tuple(SweepGpu(**g) for g in data["gpus"]))
+def results_for(workload, gpus: list[GpuSpec], cache) -> list[tuple[dict, AnalysisResult]]:
+    """The trace of ``workload`` for each distinct target among ``gpus`` (its own target when none):
+    (workload dict, result) pairs for the GUI's file-model cache."""
+    targets = {w.options.target: w for w in (workload.on_gpu(g) for g in gpus)} or {workload.options.target: workload}
+    return [(w.to_dict(), cache.get(w)) for _, w in sorted(targets.items())]
 
 
 def sweeps_for(workload, gpus: list[GpuSpec], cache) -> dict:
@@ -36,8 +22,9 @@ def sweeps_for(workload, gpus: list[GpuSpec], cache) -> dict:
 
     out: dict = {"max_batches": [None] * len(gpus), "batch_sweep": None, "resolution_sweep": None}
     try:
-        out["max_batches"] = [backend.solve_max_batch_for(workload, gpu, cache) for gpu in gpus]
-        out["batch_sweep"] = sweep_to_dict(backend.batch_sweep(workload, gpus, cache, out["max_batches"]))
+        out["max_batches"] = [backend.planner_for(cache).max_batch(workload, gpu)[0] if workload.inputs else None
+                              for gpu in gpus]
+        out["batch_sweep"] = sweep_to_dict(backend.batch_sweep(workload, gpus, cache))
     except UserError as exc:
         out["batch_error"] = str(exc)
     try:

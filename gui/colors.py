@@ -5,6 +5,7 @@ from __future__ import annotations
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
 
+from torchbudget.engine.report.labels import VERDICT_LABELS, VERDICT_SYMBOLS
 from torchbudget.engine.results import MemoryCategory
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#999999", "#000000")
@@ -22,35 +23,8 @@ CATEGORY_COLORS = {
     MemoryCategory.ALLOCATOR: "#B0B0B0",
 }
 
-CATEGORY_LABELS = {
-    MemoryCategory.WEIGHTS: "Weights",
-    MemoryCategory.BUFFERS: "Buffers",
-    MemoryCategory.INPUTS: "Inputs",
-    MemoryCategory.ACTIVATIONS: "Activations",
-    MemoryCategory.TEMPORARIES: "Temporaries",
-    MemoryCategory.GRADIENTS: "Gradients",
-    MemoryCategory.OPTIMIZER_STATE: "Optimizer state",
-    MemoryCategory.WORKSPACE: "Workspace",
-    MemoryCategory.CUDA_CONTEXT: "CUDA context",
-    MemoryCategory.ALLOCATOR: "Allocator slack",
-}
-
-CATEGORY_TIPS = {
-    MemoryCategory.WEIGHTS: "Parameters of the model, in their stored dtype.",
-    MemoryCategory.BUFFERS: "Non-trainable tensors registered on modules (e.g. BatchNorm running stats).",
-    MemoryCategory.INPUTS: "The input batch.",
-    MemoryCategory.ACTIVATIONS: "Forward outputs kept alive (saved for backward in training) at the peak.",
-    MemoryCategory.TEMPORARIES: "Short-lived tensors alive at the peak moment.",
-    MemoryCategory.GRADIENTS: "Parameter gradients (.grad).",
-    MemoryCategory.OPTIMIZER_STATE: "Optimizer state, e.g. Adam's two moments per parameter.",
-    MemoryCategory.WORKSPACE: "cuBLAS/cuDNN scratch space.",
-    MemoryCategory.CUDA_CONTEXT: "Memory the CUDA driver and PyTorch kernels hold once CUDA starts; already "
-                                 "subtracted from the GPU's usable memory, so not in the bar.",
-    MemoryCategory.ALLOCATOR: "Caching-allocator rounding and reserved-but-unused segments.",
-}
-
 VERDICT_COLORS = {"fits": "#009E73", "tight": "#E69F00", "does_not_fit": "#D55E00"}
-VERDICT_TEXT = {"fits": "✓  Fits", "tight": "!  Tight", "does_not_fit": "✗  Does not fit"}
+VERDICT_TEXT = {k: f"{VERDICT_SYMBOLS[k]}  {label}" for k, label in VERDICT_LABELS.items()}   # badge text
 
 
 def series_color(i: int) -> str:

@@ -1,19 +1,21 @@
 """Hardware comparison: a table (a Qt model over ``compare()``'s rows) and horizontal bar charts of memory
-needed vs usable and of throughput across the ticked GPUs."""
+needed vs available and of throughput across the ticked GPUs."""
 from __future__ import annotations
 
 import pyqtgraph as pg
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
 
-from torchbudget.cli.format import human_bytes, human_ms
+from torchbudget.engine.report.units import human_bytes, human_ms
+from torchbudget.engine.overheads import Overheads
+from torchbudget.engine.report.labels import verdict_rule
 from torchbudget.gui.colors import VERDICT_TEXT, plot_colors, series_color
 from torchbudget.gui.layer_model import SORT_ROLE
 from torchbudget.gui.plots import GIB, make_plot
 
-HEADERS = ("GPU", "Verdict", "Needs", "Usable", "Headroom", "Max batch", "Bound", "Estimate", "Samples/s")
+HEADERS = ("GPU", "Verdict", "Needs", "Available", "Headroom", "Max batch", "Bound", "Estimate", "Samples/s")
 HEADER_TIPS = (
-    "GPU name", "Fits / tight (under 10 % to spare) / does not fit", "Memory the workload needs at its peak, with workspaces and allocator slack",
-    "Memory a workload can use on this GPU", "Usable minus needed (negative: short by this much)",
+    "GPU name", verdict_rule(Overheads()), "Memory the workload needs at its peak: tensors, workspaces, allocator slack and the CUDA context",
+    "Memory this GPU offers a process before CUDA starts", "Available minus needed (negative: short by this much)",
     "Largest batch that fits", "Roofline lower bound on the step latency (datasheet peaks, perfect overlap)",
     "Latency estimate with efficiency factors and kernel-launch overhead", "Throughput at the estimated latency",
 )
@@ -74,9 +76,9 @@ class ComparisonModel(QAbstractTableModel):
 
 class ComparisonCharts:
     def __init__(self):
-        self.memory = make_plot("Needed (filled) vs usable (outline)", "Memory (GiB)", "")
+        self.memory = make_plot("Needed (filled) vs available (outline)", "Memory (GiB)", "")
         self.throughput = make_plot("Estimated throughput", "Throughput (samples/s)", "")
-        self.memory.setToolTip("Filled bar: peak memory the workload needs; outline: the GPU's usable memory.")
+        self.memory.setToolTip("Filled bar: peak memory the workload needs; outline: the GPU's available memory.")
         self.throughput.setToolTip("Samples per second at the estimated latency on each GPU.")
 
     def show(self, comparison):

@@ -10,26 +10,23 @@ from pathlib import Path
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QFileDialog
 
-from torchbudget.cli.format import dump_json, human_bytes, human_count, human_ms
 from torchbudget.engine.errors import UserError
+from torchbudget.engine.report.markdown import markdown_to_html, plan_report
+from torchbudget.engine.report.schema import analysis_to_dict, dump_json, plan_to_dict
 from torchbudget.engine.workload import Workload
-from torchbudget.gui.colors import CATEGORY_LABELS, VERDICT_TEXT
 
 CSV_HEADERS = ("module", "type", "output_shape", "params", "macs", "flops", "activation_bytes", "latency_bound_ms",
                "bound_by")
 
 
 def json_document(window) -> dict:
-    """``plan --json``'s document for the primary GPU (the CLI's own ``plan_to_dict``), plus the per-layer
-    analysis under "analysis" (``analyze --json``'s ``result_to_dict``) and every ticked GPU under "plans"."""
+    """``plan --json``'s document for the primary GPU (the report layer's schema, as the CLI), plus the
+    per-layer analysis under "analysis" (``analyze --json``'s) and every ticked GPU under "plans"."""
     evaluation = window.evaluation
     if evaluation is None or evaluation.result is None:
         raise UserError("nothing to export yet: wait for the analysis to finish", field="file")
-    from torchbudget.cli.plan import plan_to_dict   # the CLI's own serializers, so both write the same schema
-    from torchbudget.engine.serialize import result_to_dict
-
     document = plan_to_dict(evaluation.plans[0])
-    document["analysis"] = result_to_dict(evaluation.result)
+    document["analysis"] = analysis_to_dict(evaluation.result, include_ops=True, include_events=True)
     document["plans"] = [plan_to_dict(p) for p in evaluation.plans]
     return document
 
@@ -87,31 +84,10 @@ def export_report(window, path: str) -> list[Path]:
         png = images_dir / f"{name}.png"
         save_plot_png(widget, png)
         images.append(png)
-    plan, result, workload = evaluation.plans[0], evaluation.result, evaluation.workload
-    lines = [f"# TorchBudget report: {workload.model}", "",
-             f"Input {', '.join(s.text() for s in workload.inputs)}, {workload.options.precision}, "
-             f"{'training' if workload.options.mode == 'train' else 'inference'}.", "",
-             f"**{VERDICT_TEXT[plan.verdict.value].split('  ')[1]} on {plan.gpu.name}**: needs "
-             f"{human_bytes(plan.required_bytes)} of {human_bytes(plan.capacity_bytes)} usable.", "",
-             "| Figure | Value |", "|---|---|",
-             f"| Parameters | {human_count(result.totals.params)} |",
-             f"| MACs (forward) | {human_count(result.totals.macs)} |",
-             f"| FLOPs (forward) | {human_count(result.totals.flops)} |",
-             f"| Largest batch | {plan.max_batch if plan.max_batch is not None else '—'} |",
-             f"| Latency bound | {human_ms(plan.latency.lower_bound_ms)} |",
-             f"| Latency estimate | {human_ms(plan.latency.estimate_ms)} |",
-             f"| Throughput | {plan.throughput_samples_per_s:,.0f} samples/s |", "",
-             "## Memory at the peak", "", "| Category | Bytes |", "|---|---|",
-             *[f"| {CATEGORY_LABELS[c]} | {human_bytes(n)} |" for c, n in plan.memory.by_category.items() if n],
-             "", "## Plots", "",
-             *[f"![{png.stem.replace('_', ' ')}]({images_dir.name}/{png.name})\n" for png in images]]
-    text = "\n".join(lines)
+    text = plan_report(evaluation.plans[0], [(png.stem.replace("_", " "), f"{images_dir.name}/{png.name}")
+                                             for png in images])
     if target.suffix.lower() in (".html", ".htm"):
-        from PySide6.QtGui import QTextDocument
-
-        document = QTextDocument()
-        document.setMarkdown(text)
-        text = document.toHtml()
+        text = markdown_to_html(text)
     target.write_text(text, encoding="utf-8")
     return [target, *images]
 

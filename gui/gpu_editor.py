@@ -5,7 +5,7 @@ from __future__ import annotations
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QLineEdit
 
 from torchbudget.hardware.spec import GpuSpec
-from torchbudget.hardware.spec_file import what_if_usable_bytes
+from torchbudget.hardware.spec_file import what_if_available_bytes
 
 GIB = 2**30
 
@@ -53,7 +53,7 @@ class GpuEditorDialog(QDialog):
         memory = int(self.memory.value() * GIB)
         return GpuSpec(
             name=self.name_edit.text().strip(), vendor=self.vendor_edit.text().strip() or "NVIDIA",
-            memory_bytes=memory, usable_memory_bytes=what_if_usable_bytes(memory),   # same rule as database entries
+            memory_bytes=memory, available_memory_bytes=what_if_available_bytes(memory),   # same rule as database entries
             bandwidth_gbs=self.bandwidth.value(),
             peak_tflops={k: (s.value() or None) for k, s in self.peaks.items()},
             source="user", origin="user",

@@ -9,7 +9,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListView, QMessageBox, QPushButton, QVBoxLayout,
 )
 
-from torchbudget.cli.format import human_bytes
+from torchbudget.engine.report.units import human_bytes
 from torchbudget.engine.errors import UserError
 from torchbudget.gui import backend
 from torchbudget.gui.field_error import FieldError

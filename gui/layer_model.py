@@ -7,7 +7,7 @@ from typing import Mapping
 
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, QSortFilterProxyModel, Qt
 
-from torchbudget.cli.format import human_bytes, human_count, human_ms
+from torchbudget.engine.report.units import human_bytes, human_count, human_ms
 from torchbudget.engine.results import AnalysisResult, ModuleNode
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1   # raw number (or text) used for sorting and export

@@ -292,8 +292,10 @@ class MainWindow(QMainWindow):
         if self.batch_sweep is not None:
             self.plots.mark_batch(workload.batch_size)   # instant, before any computation
 
-    def _on_file_model_result(self, workload, result, sweeps):
+    def _on_file_model_result(self, workload, result, sweeps, per_target=()):
         self.file_cache.put(workload, result)
+        for target_workload, target_result in per_target:
+            self.file_cache.put(target_workload, target_result)
         self.settings.add_recent_model(workload.model)
         gpus = self._file_pending[1] if self._file_pending and self._file_pending[0] == workload else ()
         if sweeps and gpus:
@@ -303,11 +305,11 @@ class MainWindow(QMainWindow):
 
     def _show_child_sweeps(self, workload, gpus, sweeps: dict):
         """Largest batches and sweeps a .py model's own process computed (gui.child_sweeps)."""
-        from torchbudget.gui.child_sweeps import sweep_from_dict
+        from torchbudget.engine.report.schema import sweep_from_dict
 
         for gpu, best in zip(gpus, sweeps.get("max_batches") or ()):
             if best is not None:
-                backend.remember_max_batch(workload, gpu, best)
+                backend.remember_max_batch(self.file_cache, workload, gpu, best)
         self._file_sweeps_for = (workload.key(), tuple(g.name for g in gpus))
         self._sweep_keys = {"batch": None, "resolution": None}   # the in-process sweeps are off screen now
         self.plots.restore_titles()

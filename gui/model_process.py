@@ -40,7 +40,8 @@ def analyse(request_json: str) -> dict:
         from torchbudget.engine.cache import TraceCache
         from torchbudget.engine.serialize import result_to_dict
         from torchbudget.engine.workload import Workload
-        from torchbudget.gui.child_sweeps import gpu_from_dict, sweeps_for
+        from torchbudget.engine.report.schema import gpu_from_dict
+        from torchbudget.gui.child_sweeps import results_for, sweeps_for
 
         request = json.loads(request_json)
         if "workload" not in request:
@@ -51,8 +52,10 @@ def analyse(request_json: str) -> dict:
         cache = TraceCache()   # this process may trace the user's code as often as the sweeps need
         with contextlib.redirect_stdout(sys.stderr):  # the user's prints must not corrupt our JSON line
             result = cache.get(workload)
+            per_target = results_for(workload, gpus, cache)
             sweeps = sweeps_for(workload, gpus, cache) if gpus else None
         return {"ok": True, "result": result_to_dict(result, include_ops=True, include_events=True),
+                "results": [{"workload": w, "result": result_to_dict(r)} for w, r in per_target],
                 "sweeps": sweeps}
     except UserError as exc:
         return {"ok": False, "error": str(exc), "field": exc.field}

@@ -25,7 +25,9 @@ class _Child:
         self.process = QProcess(parent)
         env = QProcessEnvironment.systemEnvironment()
         env.insert(MEMORY_LIMIT_ENV, str(memory_limit_bytes))
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        import torchbudget
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(torchbudget.__file__)))   # where torchbudget lives
         env.insert("PYTHONPATH", os.pathsep.join(p for p in (root, env.value("PYTHONPATH")) if p))
         self.process.setProcessEnvironment(env)
         self.stdout = ""
@@ -45,7 +47,8 @@ class _Child:
 
 
 class ModelProcessRunner(QObject):
-    finished = Signal(object, object, object)   # (workload, AnalysisResult, sweeps dict or None)
+    finished = Signal(object, object, object, object)   # (workload, AnalysisResult, sweeps dict or None,
+    #                                                      [(workload, AnalysisResult)] for the GPUs' targets)
     failed = Signal(object, object)     # (workload, UserError)
 
     def __init__(self, parent=None, timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -72,7 +75,7 @@ class ModelProcessRunner(QObject):
 
     def start(self, workload: Workload, gpus=()) -> None:
         """Analyse ``workload``; with ``gpus`` also solve the largest batch and sweep (gui.child_sweeps)."""
-        from torchbudget.gui.child_sweeps import gpu_to_dict
+        from torchbudget.engine.report.schema import gpu_to_dict
 
         self.cancel()
         self.warm_up()
@@ -135,14 +138,17 @@ class ModelProcessRunner(QObject):
             return
         try:
             from torchbudget.engine.serialize import result_from_dict
+            from torchbudget.engine.workload import Workload
 
             result = result_from_dict(reply["result"])
+            per_target = [(Workload.from_dict(item["workload"]), result_from_dict(item["result"]))
+                          for item in reply.get("results") or ()]
         except Exception as exc:  # noqa: BLE001 - a malformed reply is reported, not raised
             self._fail(ModelLoadError(f"could not read the analysis result: {exc}"))
             return
         workload = self._workload
         self._cleanup()
-        self.finished.emit(workload, result, reply.get("sweeps"))
+        self.finished.emit(workload, result, reply.get("sweeps"), per_target)
 
     def _fail(self, error):
         workload = self._workload

@@ -50,12 +50,12 @@ class SweepPlots:
                                               "Memory needed (GiB)", legend_offset=(70, 10))
         self.memory_vs_batch.setToolTip(
             "Memory needed at the peak (tensors plus workspaces and allocator slack; the CUDA context is already "
-            "outside usable memory) against batch size. Dashed lines: each ticked GPU's usable memory; triangles: "
+            "outside available memory) against batch size. Dashed lines: each ticked GPU's available memory; triangles: "
             "the largest batch that fits.")
         self.latency_vs_batch.setToolTip("Per-step latency: solid = estimate, dashed = roofline lower bound.")
         self.throughput_vs_batch.setToolTip("Samples per second at the estimated latency.")
         self.memory_vs_resolution.setToolTip("Memory needed at the current batch against square input resolution.")
-        self._current_lines: list[pg.InfiniteLine] = []
+        self._current_lines: list[tuple] = []   # (plot item, marker line)
         self._titles = {w: w.getPlotItem().titleLabel.text for w in self.widgets()}
 
     def restore_titles(self):
@@ -76,18 +76,34 @@ class SweepPlots:
             item.setTitle(f"{reason}", color=foreground.name())
         self._current_lines = []
 
+    def _left_out(self, result, which: str) -> bool:
+        """A sweep whose points the model could not all run: the title says so (all of them: nothing to
+        plot, True). The verdict for the user's own workload is never touched by this."""
+        if not result.notes:
+            return False
+        if not result.points:
+            self.show_unavailable(f"No {result.axis} sweep:<br>{result.notes[-1]}", which)
+            return True
+        _, foreground = plot_colors()
+        for w in self.widgets()[:3] if which == "batch" else self.widgets()[3:]:
+            w.getPlotItem().setTitle(f"{self._titles[w]} ({len(result.notes)} point(s) left out: the model "
+                                     "cannot run them)", color=foreground.name())
+            w.setToolTip("\n".join(result.notes))
+        return False
+
     def show_batch_sweep(self, result, current_batch: int):
         for w in (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch):
             w.getPlotItem().clear()
+        if self._left_out(result, "batch"):
+            return
         self._current_lines = []
         xs = [p.value for p in result.points]
         memory = self.memory_vs_batch.getPlotItem()
-        memory.plot(xs, [p.required_bytes / GIB for p in result.points], pen=pg.mkPen(plot_colors()[1], width=2),
-                    symbol="o", symbolSize=5, name="memory needed")
+        self._memory_curves(memory, result, xs)
         for i, gpu in enumerate(result.gpus):
             self._capacity_line(memory, gpu.capacity_bytes / GIB, gpu.gpu_name, i)
             if gpu.max_batch:
-                needed_at = _interpolate(xs, [p.required_bytes for p in result.points], gpu.max_batch) / GIB
+                needed_at = _interpolate(xs, [p.per_gpu[i].required_bytes for p in result.points], gpu.max_batch) / GIB
                 memory.plot([gpu.max_batch], [needed_at], pen=None, symbol="t", symbolSize=12,
                             symbolBrush=series_color(i), name=f"largest batch on {gpu.gpu_name}: {gpu.max_batch}")
         latency = self.latency_vs_batch.getPlotItem()
@@ -99,8 +115,7 @@ class SweepPlots:
             latency.plot(xs, bound, pen=_pen(i, dashed=True), name=f"{gpu.gpu_name} bound")
             throughput.plot(xs, [p.per_gpu[i].throughput_samples_per_s for p in result.points], pen=_pen(i),
                             symbol="o", symbolSize=4, symbolBrush=series_color(i), name=gpu.gpu_name)
-        _leave_room_for_legend(memory, [p.required_bytes / GIB for p in result.points],
-                               [g.capacity_bytes / GIB for g in result.gpus])
+        _leave_room_for_legend(memory, _needed_gib(result), [g.capacity_bytes / GIB for g in result.gpus])
         ticks = [[(math.log10(b), str(b)) for b in xs if b & (b - 1) == 0]]   # powers of two only: no clutter
         for w in (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch):
             w.getPlotItem().getAxis("bottom").setTicks(ticks)
@@ -108,9 +123,9 @@ class SweepPlots:
 
     def mark_batch(self, batch: int):
         """Move the 'current batch' marker (cheap: no re-sweep)."""
-        for line in self._current_lines:
-            if line.scene() is not None:   # PlotItem.clear() may have removed it already
-                line.scene().removeItem(line)
+        for item, line in self._current_lines:
+            if line in item.items:   # PlotItem.clear() may have removed it already
+                item.removeItem(line)   # from the plot, not only the scene: nothing is left behind
         self._current_lines = []
         _, foreground = plot_colors()
         for w in (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch):
@@ -118,7 +133,7 @@ class SweepPlots:
                                    pen=pg.mkPen(foreground, width=1, style=Qt.PenStyle.DotLine),
                                    label=f"batch {batch}", labelOpts={"position": 0.6, "color": foreground})
             w.getPlotItem().addItem(line, ignoreBounds=True)
-            self._current_lines.append(line)
+            self._current_lines.append((w.getPlotItem(), line))
 
     def show_resolution_sweep(self, result, current_resolution: int | None):
         item = self.memory_vs_resolution.getPlotItem()
@@ -127,13 +142,13 @@ class SweepPlots:
             item.setTitle("Memory needed vs resolution (the model has no image input)")
             return
         item.setTitle(self._titles[self.memory_vs_resolution], color=plot_colors()[1].name())
+        if self._left_out(result, "resolution"):
+            return
         xs = [p.value for p in result.points]
-        item.plot(xs, [p.required_bytes / GIB for p in result.points], pen=pg.mkPen(plot_colors()[1], width=2),
-                  symbol="o", symbolSize=5, name="memory needed")
+        self._memory_curves(item, result, xs)
         for i, gpu in enumerate(result.gpus):
             self._capacity_line(item, gpu.capacity_bytes / GIB, gpu.gpu_name, i)
-        _leave_room_for_legend(item, [p.required_bytes / GIB for p in result.points],
-                               [g.capacity_bytes / GIB for g in result.gpus])
+        _leave_room_for_legend(item, _needed_gib(result), [g.capacity_bytes / GIB for g in result.gpus])
         if current_resolution:
             _, foreground = plot_colors()
             item.addItem(pg.InfiniteLine(pos=current_resolution, angle=90,
@@ -143,12 +158,28 @@ class SweepPlots:
                          ignoreBounds=True)
 
     @staticmethod
+    def _memory_curves(item, result, xs):
+        """One 'memory needed' curve per distinct series (GPUs of one target share their traces)."""
+        curves: dict[tuple, str] = {}
+        for i, gpu in enumerate(result.gpus):
+            curves.setdefault(tuple(p.per_gpu[i].required_bytes for p in result.points), gpu.target)
+        for n, (series, target) in enumerate(curves.items()):
+            style = Qt.PenStyle.SolidLine if n == 0 else Qt.PenStyle.DashDotLine
+            item.plot(xs, [v / GIB for v in series], pen=pg.mkPen(plot_colors()[1], width=2, style=style),
+                      symbol="o", symbolSize=5,
+                      name="memory needed" if len(curves) == 1 else f"memory needed ({target} kernels)")
+
+    @staticmethod
     def _capacity_line(item, capacity_gib: float, name: str, i: int):
         line = pg.InfiniteLine(pos=capacity_gib, angle=0, pen=_pen(i, dashed=True),
-                               label=f"{name} usable {capacity_gib:.1f} GiB",
+                               label=f"{name} available {capacity_gib:.1f} GiB",
                                labelOpts={"position": min(0.02 + 0.16 * i, 0.5), "color": series_color(i),
                                           "anchors": [(0, 1), (0, 1)]})
         item.addItem(line)
+
+
+def _needed_gib(result) -> list[float]:
+    return [g.required_bytes / GIB for p in result.points for g in p.per_gpu]
 
 
 def _leave_room_for_legend(item, values, lines):

@@ -6,10 +6,10 @@ from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QPainter, QPalette, QPen
 from PySide6.QtWidgets import QFormLayout, QFrame, QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
-from torchbudget.cli.format import human_bytes, human_ms
-from torchbudget.engine.results import MemoryCategory
-from torchbudget.gui.backend import peak_rate_note
-from torchbudget.gui.colors import CATEGORY_COLORS, CATEGORY_LABELS, CATEGORY_TIPS, VERDICT_COLORS, VERDICT_TEXT, contrast_text
+from torchbudget.engine.overheads import Overheads
+from torchbudget.engine.report.labels import CATEGORY_LABELS, CATEGORY_TIPS, VERDICT_LABELS, verdict_rule
+from torchbudget.engine.report.units import human_bytes, human_ms
+from torchbudget.gui.colors import CATEGORY_COLORS, VERDICT_COLORS, VERDICT_TEXT, contrast_text
 
 
 class MemoryBar(QWidget):
@@ -30,7 +30,7 @@ class MemoryBar(QWidget):
         self.capacity_bytes = capacity_bytes
         total = sum(s[1] for s in self.segments)
         parts = "\n".join(f"{label}: {human_bytes(n)}" for label, n, _ in self.segments)
-        self.setToolTip(f"Needed {human_bytes(total)} of {human_bytes(capacity_bytes)} usable\n{parts}")
+        self.setToolTip(f"Needed {human_bytes(total)} of {human_bytes(capacity_bytes)} available\n{parts}")
         self.update()
 
     def paintEvent(self, _event):
@@ -55,7 +55,7 @@ class MemoryBar(QWidget):
             painter.setPen(QPen(text_color, 2, Qt.PenStyle.DashLine))
             painter.drawLine(int(cx), int(bar.top() - 3), int(cx), int(bar.bottom() + 3))
             painter.setPen(text_color)
-            label = f"usable {human_bytes(self.capacity_bytes)}"
+            label = f"available {human_bytes(self.capacity_bytes)}"
             width = painter.fontMetrics().horizontalAdvance(label)
             lx = min(max(cx - width / 2, 0), self.width() - width)
             painter.drawText(QRectF(lx, bar.bottom() + 2, width + 2, 16), Qt.AlignmentFlag.AlignLeft, label)
@@ -80,8 +80,7 @@ class VerdictWidget(QWidget):
         font.setBold(True)
         self.badge.setFont(font)
         self.badge.setMinimumHeight(self.badge.fontMetrics().height() * 2)
-        self.badge.setToolTip("Fits: peak memory plus overheads stays under the GPU's usable memory with at least "
-                              "10 % to spare. Tight: it fits with less than 10 % to spare. Does not fit: it exceeds it.")
+        self.badge.setToolTip(verdict_rule(Overheads()))
         layout.addWidget(self.badge)
         self.summary = QLabel()
         self.summary.setWordWrap(True)
@@ -108,8 +107,8 @@ class VerdictWidget(QWidget):
         self.peak_note = QLabel()
         self.peak_note.setWordWrap(True)
         self.peak_note.setVisible(False)
-        self.peak_note.setToolTip("The datasheet lists no tensor-core rate for this precision, so matmuls are "
-                                  "bounded at the fp32 rate (latency bound, estimate and roofline)")
+        self.peak_note.setToolTip("What the planner wants you to know about this plan (the CLI prints the same "
+                                  "notes)")
         self.others = QLabel()
         self.others.setWordWrap(True)
         self.others.setToolTip("The verdict for each other ticked GPU")
@@ -145,12 +144,12 @@ class VerdictWidget(QWidget):
         self.badge.setStyleSheet(f"background: {color}; color: {contrast_text(color)}; border-radius: 6px;")
         need, cap = plan.required_bytes, plan.capacity_bytes
         spare = "spare" if plan.headroom_bytes >= 0 else "short"
-        self.summary.setText(f"Needs {human_bytes(need)} of {human_bytes(cap)} usable "
+        self.badge.setToolTip(verdict_rule(plan.memory.overheads))
+        self.summary.setText(f"Needs {human_bytes(need)} of {human_bytes(cap)} available "
                              f"({human_bytes(abs(plan.headroom_bytes))} {spare}); largest share: "
                              f"{CATEGORY_LABELS[plan.dominant_category].lower()}.")
-        # the CUDA context is already outside "usable" memory, so the bar shows what must fit inside it
-        segments = [(CATEGORY_LABELS[c], n, CATEGORY_COLORS[c]) for c, n in plan.memory.by_category.items()
-                    if c is not MemoryCategory.CUDA_CONTEXT]
+        # every category, the CUDA context included, must fit in the available memory
+        segments = [(CATEGORY_LABELS[c], n, CATEGORY_COLORS[c]) for c, n in plan.memory.by_category.items()]
         self.bar.set_data(segments, cap)
         self._fill_legend(plan.memory.by_category)
         self.max_batch.setText("—" if plan.max_batch is None else
@@ -158,13 +157,12 @@ class VerdictWidget(QWidget):
         latency = plan.latency
         self.bound.setText(human_ms(latency.lower_bound_ms))
         self.estimate.setText(human_ms(latency.estimate_ms))
-        note = peak_rate_note(plan.gpu, plan.workload.options.precision) if plan.workload is not None else None
-        self.peak_note.setText(f"⚠ {note}" if note else "")
-        self.peak_note.setVisible(bool(note))
+        self.peak_note.setText("\n".join(f"⚠ {note}" for note in plan.notes))
+        self.peak_note.setVisible(bool(plan.notes))
         self.throughput.setText(f"{plan.throughput_samples_per_s:,.0f} samples/s "
                                 f"(≤ {latency.max_throughput_samples_per_s:,.0f})")
         self.others.setText("\n".join(
-            f"{p.gpu.name}: {VERDICT_TEXT[p.verdict.value].split('  ')[1].lower()}"
+            f"{p.gpu.name}: {VERDICT_LABELS[p.verdict.value].lower()}"
             f" ({human_bytes(p.required_bytes)} of {human_bytes(p.capacity_bytes)})" for p in plans[1:]) or "—")
 
     def _fill_legend(self, by_category):
@@ -176,8 +174,7 @@ class VerdictWidget(QWidget):
         for i, (category, nbytes) in enumerate(shown):
             row, col = i, 0
             swatch = Swatch(CATEGORY_COLORS[category])
-            outside = " (outside usable)" if category is MemoryCategory.CUDA_CONTEXT else ""
-            text = QLabel(f"{CATEGORY_LABELS[category]} {human_bytes(nbytes)}{outside}")
+            text = QLabel(f"{CATEGORY_LABELS[category]} {human_bytes(nbytes)}")
             text.setToolTip(CATEGORY_TIPS[category])
             self.legend.addWidget(swatch, row, col * 2)
             self.legend.addWidget(text, row, col * 2 + 1)

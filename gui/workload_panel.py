@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QPushButton, QSlider, QSpinBox, QVBoxLayout, QWidget,
 )
 
+from torchbudget.engine import vocab
 from torchbudget.engine.errors import UserError
 from torchbudget.engine.inputs import parse_inputs
 from torchbudget.engine.results import TraceOptions
@@ -21,16 +22,7 @@ from torchbudget.engine.workload import Workload
 from torchbudget.gui.backend import model_names
 from torchbudget.gui.field_error import FieldError
 
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp16-amp", "bf16-amp")
-PRECISION_TIPS = {
-    "fp32": "32-bit floats everywhere; matmuls on CUDA cores (no TF32).",
-    "tf32": "fp32 storage, matmuls and convolutions on tensor cores in TF32.",
-    "fp16": "Model and inputs cast to float16.",
-    "bf16": "Model and inputs cast to bfloat16.",
-    "fp16-amp": "Mixed precision: fp32 weights, autocast runs eligible ops in float16.",
-    "bf16-amp": "Mixed precision: fp32 weights, autocast runs eligible ops in bfloat16.",
-}
-OPTIMIZERS = ("adamw", "adam", "sgd-momentum", "sgd", "none")
+OPTIMIZERS = (*vocab.OPTIMIZER_NAMES, vocab.NO_OPTIMIZER)
 MAX_BATCH = 4096
 MIN_RESOLUTION, MAX_RESOLUTION, RESOLUTION_STEP = 16, 4096, 16
 
@@ -115,15 +107,16 @@ class WorkloadPanel(QGroupBox):
         form.addRow("Resolution", self._pair(self.resolution_slider, self.resolution_spin))
 
         self.precision_combo = QComboBox()
-        for p in PRECISIONS:
-            self.precision_combo.addItem(p)
-            self.precision_combo.setItemData(self.precision_combo.count() - 1, PRECISION_TIPS[p], Qt.ItemDataRole.ToolTipRole)
+        for p in vocab.PRECISIONS:
+            self.precision_combo.addItem(p.name)
+            self.precision_combo.setItemData(self.precision_combo.count() - 1, p.tip, Qt.ItemDataRole.ToolTipRole)
         self.precision_combo.setToolTip("Numeric precision of weights, activations and matmuls")
         form.addRow("Precision", self.precision_combo)
 
         self.mode_combo = QComboBox()
-        self.mode_combo.addItem("inference", "infer")
-        self.mode_combo.addItem("training", "train")
+        for m in vocab.MODES:
+            self.mode_combo.addItem(m.label, m.name)
+            self.mode_combo.setItemData(self.mode_combo.count() - 1, m.tip, Qt.ItemDataRole.ToolTipRole)
         self.mode_combo.setToolTip("Inference: forward only, no gradients. Training: forward, backward and optimizer step")
         form.addRow("Mode", self.mode_combo)
 

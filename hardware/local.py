@@ -15,7 +15,6 @@ from torchbudget.hardware.derive import architecture_for, derive_peak_tflops, is
 from torchbudget.hardware.names import name_key
 from torchbudget.hardware.nvml import LocalGpu, MemoryReading, MigInstance, ProbeResult
 from torchbudget.hardware.spec import GpuSpec
-from torchbudget.hardware.spec_file import live_usable_bytes
 
 
 def match_device(nvml_name: str, database: Iterable[GpuSpec]) -> GpuSpec | None:
@@ -32,13 +31,14 @@ def match_device(nvml_name: str, database: Iterable[GpuSpec]) -> GpuSpec | None:
 
 
 def _usable(memory: MemoryReading) -> int:
-    return live_usable_bytes(memory.free_bytes)
+    """A detected GPU offers what NVML reports free now (other processes' memory is already taken out)."""
+    return memory.free_bytes
 
 
 def _live(entry: GpuSpec, gpu: LocalGpu) -> GpuSpec:
     memory = {}
     if gpu.memory is not None:
-        memory = {"memory_bytes": gpu.memory.total_bytes, "usable_memory_bytes": _usable(gpu.memory)}
+        memory = {"memory_bytes": gpu.memory.total_bytes, "available_memory_bytes": _usable(gpu.memory)}
     return dataclasses.replace(entry, origin="live", local_index=gpu.index, **memory)
 
 
@@ -51,7 +51,7 @@ def _derived(gpu: LocalGpu) -> GpuSpec:
         name=gpu.name,
         vendor="NVIDIA",
         memory_bytes=memory.total_bytes if memory else 0,
-        usable_memory_bytes=_usable(memory) if memory else 0,
+        available_memory_bytes=_usable(memory) if memory else 0,
         bandwidth_gbs=round(gpu.bandwidth_gbs or 0.0, 1),  # 0 = unknown
         peak_tflops=peaks,
         architecture=architecture_for(gpu.compute_capability),
@@ -83,7 +83,7 @@ def _mig(parent: GpuSpec, gpu: LocalGpu, instance: MigInstance) -> GpuSpec:
         parent,
         name=f"{parent.name} MIG {_mig_profile(instance)}",
         memory_bytes=instance.memory.total_bytes if instance.memory else parent.memory_bytes,
-        usable_memory_bytes=_usable(instance.memory) if instance.memory else parent.usable_memory_bytes,
+        available_memory_bytes=_usable(instance.memory) if instance.memory else parent.available_memory_bytes,
         bandwidth_gbs=parent.bandwidth_gbs * memory_share if memory_share else parent.bandwidth_gbs,
         peak_tflops=peaks,
         sm_count=instance.sm_count or parent.sm_count,

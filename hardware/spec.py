@@ -20,7 +20,8 @@ class GpuSpec:
     name: str                                  # canonical, e.g. "H100 SXM"
     vendor: str                                # "NVIDIA" | "AMD" | "Apple"
     memory_bytes: int                          # total device memory
-    usable_memory_bytes: int                   # what a workload can use: NVML free (live) or total - context reserve
+    available_memory_bytes: int                # offered to a new process before CUDA starts: NVML free (live),
+                                               # total - driver reserve (what-if); the planner takes out the rest
     bandwidth_gbs: float                       # GB/s, 1 GB = 1e9 B
     peak_tflops: Mapping[str, float | None]    # dense peaks by PEAK_DTYPES key; None = unsupported
     memory_type: str = ""

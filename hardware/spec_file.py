@@ -18,27 +18,18 @@ from torchbudget.hardware.names import name_key
 from torchbudget.hardware.spec import GpuSpec
 
 GIB = 2**30
-# GpuSpec.usable_memory_bytes is net of the CUDA context: the planner compares everything else with it
-# (engine/memory.py required_bytes) and shows the context in its breakdown (Overheads.cuda_context_bytes).
-# CUDA context: driver context + PyTorch's kernels with lazy module loading, about 300-600 MiB by GPU and
-# CUDA version; the planner's default is the same 512 MiB.
-CUDA_CONTEXT_RESERVE_BYTES = 512 * 2**20
+# GpuSpec.available_memory_bytes is what the device offers a process before it starts CUDA; the CUDA
+# context, workspaces and allocator effects are the planner's (engine.overheads), subtracted nowhere here.
 # What-if GPUs only: memory an idle GPU never offers = marketed capacity - NVML free when idle (driver and
 # firmware reservation + capacity NVML does not list). Measured (nvidia-smi -q, public logs): H100 80GB HBM3
 # total 81559 MiB, reserved 328-551, free 81007-81227 of 81920 -> 693-913 MiB; A100 80GB total 81920,
 # reserved 557-834; RTX 4090 total 24564, reserved 354 -> about 366 MiB. Live GPUs use NVML free instead.
 DRIVER_RESERVE_BYTES = 768 * 2**20
-WHAT_IF_RESERVE_BYTES = DRIVER_RESERVE_BYTES + CUDA_CONTEXT_RESERVE_BYTES
 
 
-def what_if_usable_bytes(memory_bytes: int) -> int:
-    """Usable memory of a GPU that is not in this machine: total - driver reserve - CUDA context."""
-    return max(0, memory_bytes - WHAT_IF_RESERVE_BYTES)
-
-
-def live_usable_bytes(free_bytes: int) -> int:
-    """Usable memory of a detected GPU: NVML free - the CUDA context the workload will create."""
-    return max(0, free_bytes - CUDA_CONTEXT_RESERVE_BYTES)
+def what_if_available_bytes(memory_bytes: int) -> int:
+    """Memory a GPU that is not in this machine offers a new process: total - driver reserve."""
+    return max(0, memory_bytes - DRIVER_RESERVE_BYTES)
 
 VENDORS = ("NVIDIA", "AMD", "Apple", "Intel", "Other")
 SEGMENTS = ("datacenter", "workstation", "geforce", "edge", "laptop", "other")
@@ -53,7 +44,7 @@ MAX_TFLOPS = 100_000
 
 _STRING_KEYS = ("name", "vendor", "segment", "architecture", "compute_capability", "memory_type", "source")
 _INT_KEYS = ("sm_count", "boost_clock_mhz", "tdp_w")
-_NUMBER_KEYS = ("memory_gib", "bandwidth_gbs", "usable_memory_gib", "fp16_acc16_tflops", *PEAK_KEYS)
+_NUMBER_KEYS = ("memory_gib", "bandwidth_gbs", "available_memory_gib", "fp16_acc16_tflops", *PEAK_KEYS)
 _LIST_KEYS = ("nvml_names", "aliases")
 KNOWN_KEYS = frozenset((*_STRING_KEYS, *_INT_KEYS, *_NUMBER_KEYS, *_LIST_KEYS, "half_rate_fp32_accumulate"))
 REQUIRED_KEYS = ("name", "vendor", "memory_gib", "bandwidth_gbs", "fp32_tflops")
@@ -68,6 +59,9 @@ def check_entry(path: Path, index: int, entry: Any, require_source: bool) -> Non
     if not isinstance(entry, dict):
         raise SpecFileError(f"{path}: entry {index + 1} is not a table ([[gpu]])", field="gpu")
     for key in entry:
+        if key == "usable_memory_gib":
+            raise _fail(path, index, entry, key, "renamed available_memory_gib: the memory a new process is offered "
+                                                 "before CUDA starts (the planner now subtracts the CUDA context itself)")
         if key not in KNOWN_KEYS:
             raise _fail(path, index, entry, key, f"unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
     for key in REQUIRED_KEYS + (("source",) if require_source else ()):
@@ -101,8 +95,8 @@ def _check_ranges(path: Path, index: int, entry: dict) -> None:
         raise _fail(path, index, entry, "memory_gib", f"{entry['memory_gib']} GiB is implausible (unit is GiB)")
     if entry["bandwidth_gbs"] > MAX_BANDWIDTH_GBS:
         raise _fail(path, index, entry, "bandwidth_gbs", f"{entry['bandwidth_gbs']} GB/s is implausible (unit is GB/s)")
-    if entry.get("usable_memory_gib", 0) > entry["memory_gib"]:
-        raise _fail(path, index, entry, "usable_memory_gib", "exceeds memory_gib")
+    if entry.get("available_memory_gib", 0) > entry["memory_gib"]:
+        raise _fail(path, index, entry, "available_memory_gib", "exceeds memory_gib")
     for key in (*PEAK_KEYS, "fp16_acc16_tflops"):
         if entry.get(key, 0) > MAX_TFLOPS:
             raise _fail(path, index, entry, key, f"{entry[key]} is implausible (unit is TFLOPS/TOPS)")
@@ -172,12 +166,12 @@ def merge_entries(builtin: list[dict], user: list[dict], user_path: Path) -> lis
 
 def spec_from_entry(entry: dict, *, origin: str) -> GpuSpec:
     memory_bytes = round(entry["memory_gib"] * GIB)
-    usable = entry.get("usable_memory_gib")
+    usable = entry.get("available_memory_gib")
     return GpuSpec(
         name=entry["name"],
         vendor=entry["vendor"],
         memory_bytes=memory_bytes,
-        usable_memory_bytes=round(usable * GIB) if usable else what_if_usable_bytes(memory_bytes),
+        available_memory_bytes=round(usable * GIB) if usable else what_if_available_bytes(memory_bytes),
         bandwidth_gbs=float(entry["bandwidth_gbs"]),
         peak_tflops={dtype: (float(entry[key]) if key in entry else None) for key, dtype in PEAK_KEYS.items()},
         memory_type=entry.get("memory_type", ""),
@@ -200,8 +194,8 @@ def entry_from_spec(spec: GpuSpec) -> dict:
     for key, dtype in PEAK_KEYS.items():
         if spec.peak_tflops.get(dtype) is not None:
             entry[key] = float(spec.peak_tflops[dtype])
-    if spec.usable_memory_bytes != what_if_usable_bytes(spec.memory_bytes):
-        entry["usable_memory_gib"] = spec.usable_memory_bytes / GIB
+    if spec.available_memory_bytes != what_if_available_bytes(spec.memory_bytes):
+        entry["available_memory_gib"] = spec.available_memory_bytes / GIB
     optional = {"memory_type": spec.memory_type, "architecture": spec.architecture,
                 "compute_capability": spec.compute_capability, "sm_count": spec.sm_count,
                 "boost_clock_mhz": spec.boost_clock_mhz, "tdp_w": spec.tdp_w, "source": spec.source,

@@ -12,14 +12,14 @@ GIB = 2**30
 
 
 def h100_like(usable_bytes: int = 79 * GIB) -> GpuSpec:
-    return GpuSpec(name="H100 SXM (test)", vendor="NVIDIA", memory_bytes=80 * GIB, usable_memory_bytes=usable_bytes,
+    return GpuSpec(name="H100 SXM (test)", vendor="NVIDIA", memory_bytes=80 * GIB, available_memory_bytes=usable_bytes,
                    bandwidth_gbs=3350.0,
                    peak_tflops={"fp32": 66.9, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4, "fp8": 1978.9,
                                 "int8": 1978.9})
 
 
 def small_gpu(usable_bytes: int, name: str = "small (test)") -> GpuSpec:
-    return GpuSpec(name=name, vendor="NVIDIA", memory_bytes=usable_bytes, usable_memory_bytes=usable_bytes,
+    return GpuSpec(name=name, vendor="NVIDIA", memory_bytes=usable_bytes, available_memory_bytes=usable_bytes,
                    bandwidth_gbs=500.0, peak_tflops={"fp32": 10.0, "tf32": 40.0, "fp16": 80.0, "bf16": 80.0})
 
 

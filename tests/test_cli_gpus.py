@@ -38,7 +38,7 @@ def test_json_gives_every_database_gpu_with_bytes_bandwidth_and_peaks(install_fa
     h100 = next(g for g in document["database"] if g["name"] == "H100 SXM")
     assert h100["memory_bytes"] == 80 * 2**30 and h100["bandwidth_gbs"] == 3350
     assert set(h100["peak_tflops"]) == set(PEAK_DTYPES) and h100["peak_tflops"]["bf16"] == 989.4
-    assert h100["origin"] == "database" and h100["usable_memory_bytes"] < h100["memory_bytes"]
+    assert h100["origin"] == "database" and h100["available_memory_bytes"] < h100["memory_bytes"]
     assert next(g for g in document["database"] if g["name"] == "A100 SXM 80GB")["peak_tflops"]["fp8"] is None
 
 
@@ -57,7 +57,7 @@ def test_local_table_with_a_fake_gpu(install_fake, capsys):
     install_fake(make_fake_pynvml([FakeDevice(), FakeDevice(name="NVIDIA GeForce RTX 4090 D", cores=14592)]))
     assert run_cli(["gpus", "--local"]) == 0
     out = capsys.readouterr().out
-    assert "local:0  RTX 4090: usable 19.50 GiB of 23.99 GiB total" in out and "matched to the database" in out
+    assert "local:0  RTX 4090: available 20.00 GiB of 23.99 GiB total" in out and "matched to the database" in out
     assert "local:1  NVIDIA GeForce RTX 4090 D" in out and "derived" in out
     assert "GPU database" not in out
 

@@ -47,7 +47,7 @@ def test_plan_json_has_the_documented_fields_and_matches_the_engine(capsys, mode
     assert out["fits"] is True and out["max_batch"] > 4
     assert 0 < out["latency"]["lower_bound_ms"] <= out["latency"]["estimate_ms"]
     assert out["throughput"]["samples_per_s"] == pytest.approx(4 / (out["latency"]["estimate_ms"] / 1e3))
-    assert out["gpu"]["usable_memory_bytes"] == resolve_gpu("T4").usable_memory_bytes
+    assert out["gpu"]["available_memory_bytes"] == resolve_gpu("T4").available_memory_bytes
 
 
 def test_plan_human_output_has_verdict_breakdown_and_latency(capsys, model_file):
@@ -63,8 +63,9 @@ def test_sweep_json_points_per_batch_and_gpu(capsys, model_file):
                             "--gpus", "T4,H100 SXM"])
     assert [p["value"] for p in out["points"]] == [1, 2, 4, 8]
     assert [g["gpu_name"] for g in out["gpus"]] == ["T4", "H100 SXM"]
-    peaks = [p["peak_bytes"] for p in out["points"]]
+    peaks = [p["per_gpu"][0]["required_bytes"] for p in out["points"]]
     assert peaks == sorted(peaks) and peaks[0] < peaks[-1]
+    assert [g["target"] for g in out["gpus"]] == ["sm75", "sm90"]
     h100 = [p["per_gpu"][1]["lower_bound_ms"] for p in out["points"]]
     t4 = [p["per_gpu"][0]["lower_bound_ms"] for p in out["points"]]
     assert all(a < b for a, b in zip(h100, t4))

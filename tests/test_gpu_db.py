@@ -11,7 +11,7 @@ from torchbudget.hardware.errors import SpecFileError
 from torchbudget.hardware import catalog
 from torchbudget.hardware.derive import FLOPS_PER_CLOCK_PER_SM, derive_peak_tflops
 from torchbudget.hardware.names import name_key
-from torchbudget.hardware.spec_file import WHAT_IF_RESERVE_BYTES, load_entries
+from torchbudget.hardware.spec_file import DRIVER_RESERVE_BYTES, load_entries
 from tests.hardware_fakes import isolated_config  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("isolated_config")
@@ -39,14 +39,14 @@ def test_at_least_35_gpus_and_every_required_one():
 def test_units_and_ranges():
     for spec in catalog.database():
         assert 4 * 2**30 <= spec.memory_bytes <= 256 * 2**30, spec.name
-        assert spec.usable_memory_bytes < spec.memory_bytes, spec.name
+        assert spec.available_memory_bytes < spec.memory_bytes, spec.name
         assert 100 <= spec.bandwidth_gbs <= 10_000, spec.name
         assert 1 <= spec.peak_tflops["fp32"] <= 200, spec.name
         assert spec.source, spec.name
-    # memory is GiB: "80 GB" HBM is 80 * 2**30 bytes; what-if usable = total - the context reserve
+    # memory is GiB: "80 GB" HBM is 80 * 2**30 bytes; what-if available = total - the driver reserve
     h100 = by_name("H100 SXM")
     assert h100.memory_bytes == 80 * 2**30
-    assert h100.usable_memory_bytes == 80 * 2**30 - WHAT_IF_RESERVE_BYTES
+    assert h100.available_memory_bytes == 80 * 2**30 - DRIVER_RESERVE_BYTES
     assert by_name("RTX 4090").memory_bytes == 24 * 2**30
     assert h100.bandwidth_bytes_per_s == 3350e9
 
@@ -54,9 +54,9 @@ def test_units_and_ranges():
 def test_what_if_usable_memory_agrees_with_measured_idle_gpus():
     # nvidia-smi -q on idle H100 80GB HBM3 machines (public logs): free 81007..81227 MiB; the workload's
     # CUDA context (512 MiB) then comes out of that. The what-if figure must land in the same range.
-    usable_mib = by_name("H100 SXM").usable_memory_bytes / 2**20
-    assert 81007 - 512 <= usable_mib <= 81227 - 512
-    assert WHAT_IF_RESERVE_BYTES == (768 + 512) * 2**20
+    available_mib = by_name("H100 SXM").available_memory_bytes / 2**20   # NVML free on idle H100s
+    assert 81007 <= available_mib <= 81227
+    assert DRIVER_RESERVE_BYTES == 768 * 2**20
 
 
 def test_capacity_in_the_name_matches_memory():

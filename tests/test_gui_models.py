@@ -157,12 +157,12 @@ def test_a_new_batch_is_scaled_from_anchors_in_memory_before_a_read_from_the_sto
     from torchbudget.gui import backend
     from torchbudget.hardware.catalog import resolve_gpu
 
-    workload = Workload("resnet18", parse_inputs("1x3x64x64"), TraceOptions())
+    gpus = (resolve_gpu("RTX 4090"),)
+    workload = Workload("resnet18", parse_inputs("1x3x64x64"), TraceOptions()).on_gpu(gpus[0])   # its sm89 traces
     writer = TraceCache(store=TraceStore(tmp_path))
     for batch in (1, 2, 5):
         writer.get(workload.with_batch(batch))
     writer.flush()
-    gpus = (resolve_gpu("RTX 4090"),)
 
     cache = TraceCache(store=TraceStore(tmp_path))
     cold = backend.quick_evaluation(workload.with_batch(5), gpus, cache)   # nothing in memory: read, exact
@@ -218,7 +218,7 @@ def test_custom_gpu_editor_writes_the_user_file(qtbot, tmp_path, monkeypatch):
     qtbot.addWidget(panel)
     dialog = GpuEditorDialog(base=catalog.resolve_gpu("T4"))
     # same memory as the database T4: same usable memory (driver reserve and CUDA context both taken off)
-    assert dialog.spec().usable_memory_bytes == catalog.resolve_gpu("T4").usable_memory_bytes
+    assert dialog.spec().available_memory_bytes == catalog.resolve_gpu("T4").available_memory_bytes
     dialog.name_edit.setText("Lab card 7")
     dialog.memory.setValue(20.0)
     from torchbudget.gui import backend

@@ -77,10 +77,11 @@ def test_a_python_model_file_loads(qtbot, window, tmp_path):
     qtbot.waitUntil(lambda: window.batch_sweep is not None and bool(window.evaluation.plans[0].max_batch),
                     timeout=30_000)
     assert [p.value for p in window.batch_sweep.points][:3] == [1, 2, 4]
-    assert window.batch_sweep.points[0].required_bytes < window.batch_sweep.points[-1].required_bytes
-    # a fixed-size Linear cannot take other resolutions: the plot says why instead of showing nothing
-    assert "No resolution sweep" in window.plots.memory_vs_resolution.getPlotItem().titleLabel.text
-    assert "fc" in window.plots.memory_vs_resolution.getPlotItem().titleLabel.text
+    assert window.batch_sweep.points[0].per_gpu[0].required_bytes < window.batch_sweep.points[-1].per_gpu[0].required_bytes
+    # a fixed-size Linear cannot take other resolutions: the plot shows the one it can run and says why
+    # the others are left out
+    assert "left out" in window.plots.memory_vs_resolution.getPlotItem().titleLabel.text
+    assert "fc" in window.plots.memory_vs_resolution.toolTip()
 
 
 @pytest.mark.parametrize("kind", sorted(BROKEN))

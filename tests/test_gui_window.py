@@ -50,7 +50,7 @@ def test_batch_change_updates_verdict_and_plots(qtbot, window):
     before = window.verdict.summary.text()
     window.workload_panel.batch_spin.setValue(64)
     # the marker moves at once, before any computation
-    assert [round(10 ** line.value()) for line in window.plots._current_lines] == [64, 64, 64]
+    assert [round(10 ** line.value()) for _, line in window.plots._current_lines] == [64, 64, 64]
     evaluation = wait_for_plans(qtbot, window, lambda ev: ev.workload.batch_size == 64)
     assert window.verdict.summary.text() != before
     assert evaluation.plans[0].latency.batch_size == 64
@@ -113,7 +113,7 @@ def test_startup_shows_a_placeholder_then_the_main_window(qtbot, qapp, tmp_path,
         assert not startup.placeholder.isVisible()
         # the trace started ahead of the window is the one the window asks about (same cache, same key)
         evaluation = wait_for_plans(qtbot, startup.window)
-        assert startup.preload.first_workload == evaluation.workload
+        assert startup.preload.first_workload == evaluation.plans[0].workload   # traced for the primary GPU
         assert startup.window.cache is startup.preload.cache
     finally:
         close_window(startup.window)
@@ -163,7 +163,7 @@ def test_largest_batch_marker_sits_where_memory_needed_crosses_usable_memory(qtb
     evaluation = wait_for_plans(qtbot, window, lambda ev: ev.plans[0].max_batch is not None)
     qtbot.waitUntil(lambda: window.batch_sweep is not None and bool(window.batch_sweep.gpus[0].max_batch), timeout=60_000)
     plan_now, best = evaluation.plans[0], evaluation.plans[0].max_batch
-    usable_gib = plan_now.gpu.usable_memory_bytes / gib
+    usable_gib = plan_now.gpu.available_memory_bytes / gib
     item = window.plots.memory_vs_batch.getPlotItem()
     curve = next(i for i in item.listDataItems() if i.name() == "memory needed")
     marker = next(i for i in item.listDataItems() if (i.name() or "").startswith("largest batch"))

@@ -7,7 +7,6 @@ import pytest
 from torchbudget.hardware.errors import UnknownGpuError
 from torchbudget.hardware import catalog
 from torchbudget.hardware.local import match_device
-from torchbudget.hardware.spec_file import CUDA_CONTEXT_RESERVE_BYTES
 from tests.hardware_fakes import FakeDevice, FakeMig, install_fake, isolated_config, make_fake_pynvml  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("isolated_config")
@@ -72,7 +71,7 @@ def test_matched_device_is_live_with_nvml_memory_and_entry_peaks(install_fake):
     entry = catalog.resolve_gpu("RTX 4090")
     assert (spec.name, spec.origin, spec.local_index) == ("RTX 4090", "live", 0)
     assert spec.memory_bytes == device.total
-    assert spec.usable_memory_bytes == device.free - CUDA_CONTEXT_RESERVE_BYTES  # net of the context
+    assert spec.available_memory_bytes == device.free  # NVML free: the planner takes the CUDA context out
     assert dict(spec.peak_tflops) == dict(entry.peak_tflops)  # rated clock, not NVML's 3105 MHz max
     assert spec.bandwidth_gbs == entry.bandwidth_gbs
 
@@ -116,7 +115,7 @@ def test_mig_instances_become_their_parent_scaled(install_fake):
     specs = catalog.local_gpus()
     assert [s.name for s in specs] == ["A100 SXM 40GB MIG 1g.5gb", "A100 SXM 40GB MIG 3g.20gb"]
     small, large = specs
-    assert (small.memory_bytes, small.usable_memory_bytes) == (5 * gib, 4 * gib - CUDA_CONTEXT_RESERVE_BYTES)
+    assert (small.memory_bytes, small.available_memory_bytes) == (5 * gib, 4 * gib)
     assert small.peak_tflops["bf16"] == pytest.approx(312 * 14 / 108)
     assert large.peak_tflops["fp32"] == pytest.approx(19.5 * 42 / 108)
     assert small.bandwidth_gbs == pytest.approx(1555 * 5 / 40)

@@ -17,7 +17,7 @@ GIB = 2**30
 
 
 def lab_card(**changes) -> GpuSpec:
-    spec = GpuSpec(name='Lab "Card" Ü1', vendor="NVIDIA", memory_bytes=20 * GIB, usable_memory_bytes=19 * GIB,
+    spec = GpuSpec(name='Lab "Card" Ü1', vendor="NVIDIA", memory_bytes=20 * GIB, available_memory_bytes=19 * GIB,
                    bandwidth_gbs=700.5, peak_tflops={"fp32": 20.0, "bf16": 80.0, "fp8": None},
                    memory_type="GDDR6", architecture="Ada Lovelace", compute_capability="8.9", sm_count=40,
                    boost_clock_mhz=2400, tdp_w=250, nvml_names=("NVIDIA Lab Card U1",), aliases=("labcard",),
@@ -46,16 +46,16 @@ def test_saved_gpu_joins_the_database_with_every_field(isolated_config):
 
 
 def test_default_usable_memory_is_not_written(isolated_config):
-    from torchbudget.hardware.spec_file import WHAT_IF_RESERVE_BYTES
+    from torchbudget.hardware.spec_file import DRIVER_RESERVE_BYTES
 
-    save_user_gpu(lab_card(usable_memory_bytes=20 * GIB - WHAT_IF_RESERVE_BYTES))
-    assert "usable_memory_gib" not in user_file_path().read_text(encoding="utf-8")
-    assert catalog.resolve_gpu("labcard").usable_memory_bytes == 20 * GIB - WHAT_IF_RESERVE_BYTES
+    save_user_gpu(lab_card(available_memory_bytes=20 * GIB - DRIVER_RESERVE_BYTES))
+    assert "available_memory_gib" not in user_file_path().read_text(encoding="utf-8")
+    assert catalog.resolve_gpu("labcard").available_memory_bytes == 20 * GIB - DRIVER_RESERVE_BYTES
 
 
 def test_user_entry_overrides_a_builtin_by_name_and_removal_restores_it(isolated_config):
     builtin = catalog.resolve_gpu("RTX 4090")
-    save_user_gpu(dataclasses.replace(builtin, memory_bytes=48 * GIB, usable_memory_bytes=47 * GIB))
+    save_user_gpu(dataclasses.replace(builtin, memory_bytes=48 * GIB, available_memory_bytes=47 * GIB))
     matches = [s for s in catalog.database() if s.name == "RTX 4090"]
     assert len(matches) == 1 and matches[0].origin == "user" and matches[0].memory_bytes == 48 * GIB
     assert catalog.resolve_gpu("4090").memory_bytes == 48 * GIB

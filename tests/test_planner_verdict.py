@@ -5,7 +5,7 @@ import torch
 
 from torchbudget.engine.api import analyze
 from torchbudget.engine.cache import TraceCache
-from torchbudget.engine.compare import compare
+from torchbudget.engine.planner import compare
 from torchbudget.engine.inputs import InputSpec
 from torchbudget.engine.memory import simulate_memory
 from torchbudget.engine.overheads import Overheads
@@ -43,8 +43,8 @@ def test_plan_solves_max_batch_and_reports_latency():
     gpu = small_gpu(5_000_000)
     p = plan(fake_workload(8), gpu, cache=TraceCache(analyzer=analyzer), overheads=NONE)
     assert p.max_batch is not None
-    assert simulate_memory(fake_training_trace(p.max_batch), NONE).required_bytes <= gpu.usable_memory_bytes
-    assert simulate_memory(fake_training_trace(p.max_batch + 1), NONE).required_bytes > gpu.usable_memory_bytes
+    assert simulate_memory(fake_training_trace(p.max_batch), NONE).required_bytes <= gpu.available_memory_bytes
+    assert simulate_memory(fake_training_trace(p.max_batch + 1), NONE).required_bytes > gpu.available_memory_bytes
     assert p.latency.lower_bound_ms > 0 and p.throughput_samples_per_s == p.latency.throughput_samples_per_s
 
 

@@ -64,14 +64,14 @@ def test_batch_sweep_interpolates_between_exact_traces_and_agrees_with_them():
     assert any(p.interpolated for p in result.points)
     for point in result.points:
         exact = fake_training_trace(point.value)
-        assert point.peak_bytes == peak(point.value)
-        assert [g.fits for g in point.per_gpu] == [peak(point.value) <= g.usable_memory_bytes for g in gpus]
+        assert [g.required_bytes for g in point.per_gpu] == [peak(point.value)] * len(gpus)
+        assert [g.fits for g in point.per_gpu] == [peak(point.value) <= g.available_memory_bytes for g in gpus]
         for measured, gpu in zip(point.per_gpu, gpus):
             reference = roofline(exact, gpu)
             assert measured.lower_bound_ms == pytest.approx(reference.lower_bound_ms, rel=1e-12)
             assert measured.estimate_ms == pytest.approx(reference.estimate_ms, rel=1e-12)
     for summary, gpu in zip(result.gpus, gpus):
-        assert peak(summary.max_batch) <= gpu.usable_memory_bytes < peak(summary.max_batch + 1)
+        assert peak(summary.max_batch) <= gpu.available_memory_bytes < peak(summary.max_batch + 1)
     assert analyzer.calls < 12
 
 

@@ -1,10 +1,6 @@
-"""Human units for tables. Decimal prefixes for counts (M = 1e6, G = 1e9); bytes in binary
-units labelled MiB/GiB (1 MiB = 2**20 B) so they are never confused with MB."""
+"""Human units, the one owner for every view (CLI, GUI, exports). Decimal prefixes for counts (M = 1e6,
+G = 1e9); bytes in binary units labelled MiB/GiB (1 MiB = 2**20 B) so they are never confused with MB."""
 from __future__ import annotations
-
-import json
-
-from torchbudget.engine.serialize import to_plain
 
 
 def human_count(n: float, digits: int = 2) -> str:
@@ -40,12 +36,3 @@ def table(headers: list[str], rows: list[list[str]], right_align_from: int = 1) 
         return "  ".join(out).rstrip()
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
     return "\n".join([fmt(headers), rule, *(fmt(r) for r in rows)])
-
-
-def to_jsonable(obj):
-    """Dataclasses, enums, mappings and tuples -> JSON-ready structures (the engine's own encoder)."""
-    return to_plain(obj)
-
-
-def dump_json(obj) -> str:
-    return json.dumps(to_jsonable(obj), indent=2)

@@ -1,0 +1,80 @@
+"""The workload arguments every tracing subcommand takes; choices and help come from engine.vocab."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from torchbudget.engine import vocab
+from torchbudget.errors import UserError
+
+
+def _choices_help(terms) -> str:
+    return "; ".join(f"{t.name}: {t.tip}" for t in terms)
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser, *, target: bool = False) -> None:
+    """MODEL and how it runs. ``target``: also ``--target`` (analyze; plan/compare/sweep take the GPU's)."""
+    parser.add_argument("model", nargs="?", metavar="MODEL",
+                        help="torchvision name (resnet50) or path/to/file.py:Name")
+    parser.add_argument("--input", action="append", metavar="SHAPE",
+                        help="input shape, e.g. 8x3x224x224 or ids=8x128:int64 (repeatable); default: the model's")
+    parser.add_argument("--mode", default="infer", choices=vocab.MODE_NAMES, help=_choices_help(vocab.MODES))
+    parser.add_argument("--precision", "--dtype", dest="precision", default="fp32", choices=vocab.PRECISION_NAMES,
+                        help=_choices_help(vocab.PRECISIONS))
+    parser.add_argument("--optimizer", default="adamw", choices=(*vocab.OPTIMIZER_NAMES, vocab.NO_OPTIMIZER),
+                        help="optimizer of the training step (default adamw; none: no optimizer step)")
+    parser.add_argument("--optimizer-impl", default="auto", choices=vocab.OPTIMIZER_IMPL_NAMES,
+                        help=_choices_help(vocab.OPTIMIZER_IMPLS))
+    parser.add_argument("--checkpointing", action="store_true", help="training with activation checkpointing")
+    parser.add_argument("--attention", default="auto", choices=vocab.ATTENTION_NAMES,
+                        help=_choices_help(vocab.ATTENTION_BACKENDS))
+    parser.add_argument("--convention", default="default", choices=vocab.CONVENTION_NAMES,
+                        help=_choices_help(vocab.CONVENTIONS))
+    if target:
+        parser.add_argument("--target", default=vocab.DEFAULT_TARGET, metavar="DEVICE",
+                            help=f"whose kernels to model: a CUDA compute capability (sm90, sm80, sm75) or cpu "
+                                 f"(default {vocab.DEFAULT_TARGET}: {vocab.DEFAULT_TARGET_LABEL})")
+    parser.add_argument("--kwargs", default=None, metavar="JSON", help='builder arguments, e.g. \'{"num_classes": 10}\'')
+
+
+def parse_kwargs(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--kwargs is not valid JSON ({exc.msg} at column {exc.colno}): {text}", field="kwargs") \
+            from None
+    except RecursionError:
+        raise UserError("--kwargs nests too deeply", field="kwargs") from None
+    if not isinstance(value, dict):
+        raise UserError(f"--kwargs must be a JSON object such as '{{\"num_classes\": 10}}', not {text}",
+                        field="kwargs")
+    return value
+
+
+def workload_from_args(args: argparse.Namespace):
+    from torchbudget.engine.inputs import parse_inputs
+    from torchbudget.engine.results import TraceOptions
+    from torchbudget.engine.workload import Workload
+
+    if not args.model:
+        raise UserError("name a model: a torchvision name (see analyze --list) or path/to/file.py:Name", field="model")
+    if args.checkpointing and not vocab.is_training(args.mode):
+        raise UserError("--checkpointing only applies to --mode train", field="checkpointing")
+    options = TraceOptions(mode=args.mode, precision=args.precision, optimizer=args.optimizer,
+                           checkpointing=args.checkpointing, convention=args.convention,
+                           optimizer_impl=args.optimizer_impl, attention=args.attention,
+                           target=getattr(args, "target", None) or vocab.DEFAULT_TARGET)
+    inputs = parse_inputs(args.input) if args.input else ()
+    return Workload(args.model.strip(), inputs, options, parse_kwargs(args.kwargs))
+
+
+def resolve_gpus(text: str) -> list:
+    """'H100 SXM,RTX 4090' or 'local' -> GpuSpecs (UnknownGpuError names the unknown one)."""
+    from torchbudget.hardware.catalog import resolve_gpu
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError("name at least one GPU, e.g. --gpu 'H100 SXM' (see the gpus command)", field="gpu")
+    return [resolve_gpu(name) for name in names]

@@ -1,0 +1,118 @@
+"""The JSON documents of TorchBudget (``--json``, the GUI's exports, the model process's replies): one
+encoder (engine.serialize.to_plain), strict JSON (a NaN or infinite value is written as null and named in
+``json_notes``), and the way back for the documents that travel between processes (sweeps, GPUs)."""
+from __future__ import annotations
+
+import json
+import math
+
+from torchbudget.engine.serialize import from_plain, result_to_dict, to_plain
+from torchbudget.engine.solver import Sweep
+from torchbudget.hardware.spec import GpuSpec
+
+
+# ------------------------------------------------------------------------------------------ strict JSON
+def _finite(value, path: str, notes: list[str]):
+    if isinstance(value, float) and not math.isfinite(value):
+        notes.append(f"{path or 'value'}: {value} is not a JSON number; written as null")
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{path}.{k}" if path else str(k), notes) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v, f"{path}[{i}]", notes) for i, v in enumerate(value)]
+    return value
+
+
+def jsonable(obj) -> object:
+    """Plain JSON data: dataclasses/enums/mappings via to_plain, non-finite floats as null (and, for a
+    document that is an object, a ``json_notes`` entry naming each)."""
+    notes: list[str] = []
+    data = _finite(to_plain(obj), "", notes)
+    if notes and isinstance(data, dict):
+        data["json_notes"] = data.get("json_notes", []) + notes
+    return data
+
+
+def dump_json(obj) -> str:
+    """Strict JSON text (never NaN or Infinity)."""
+    return json.dumps(jsonable(obj), indent=2, allow_nan=False)
+
+
+# ----------------------------------------------------------------------------------------------- plan
+def plan_to_dict(plan) -> dict:
+    memory, latency = plan.memory, plan.latency
+    return {
+        "model": plan.result.model_name if plan.result else (plan.workload.model if plan.workload else ""),
+        "workload": plan.workload.to_dict() if plan.workload else None,
+        "inputs": [s.text() for s in plan.result.inputs] if plan.result else [],
+        "target": plan.result.options.target if plan.result else None,
+        "gpu": {"name": plan.gpu.name, "available_memory_bytes": plan.capacity_bytes,
+                "compute_capability": plan.gpu.compute_capability},
+        "verdict": plan.verdict.value,
+        "fits": plan.fits,
+        "required_bytes": plan.required_bytes,
+        "headroom_bytes": plan.headroom_bytes,
+        "headroom_fraction": plan.headroom_fraction,
+        "dominant_category": plan.dominant_category.value,
+        "max_batch": plan.max_batch,
+        "notes": list(plan.notes),
+        "memory": {
+            "peak_bytes": memory.peak_bytes,
+            "allocated_peak_bytes": memory.allocated_peak_bytes,
+            "reserved_peak_bytes": memory.reserved_peak_bytes,
+            "trace_peak_bytes": memory.trace_peak_bytes,
+            "iteration1_peak_bytes": memory.iteration1_peak_bytes,
+            "steady_state_peak_bytes": memory.steady_state_peak_bytes,
+            "peak_module": memory.peak_module,
+            "peak_phase": memory.peak_phase.value if memory.peak_phase else None,
+            "by_category": {c.value: n for c, n in memory.by_category.items()},
+            "overheads": to_plain(memory.overheads),
+        },
+        "latency": {
+            "lower_bound_ms": latency.lower_bound_ms,
+            "estimate_ms": latency.estimate_ms,
+            "forward": to_plain(latency.forward),
+            "backward": to_plain(latency.backward),
+            "optimizer": to_plain(latency.optimizer),
+            "efficiency": to_plain(latency.efficiency),
+        },
+        "throughput": {
+            "samples_per_s": latency.throughput_samples_per_s,
+            "max_samples_per_s": latency.max_throughput_samples_per_s,
+        },
+    }
+
+
+def comparison_row_to_dict(row) -> dict:
+    return {"gpu": row.gpu_name, "verdict": row.verdict.value, "fits": row.fits,
+            "capacity_bytes": row.capacity_bytes, "required_bytes": row.required_bytes,
+            "headroom_bytes": row.headroom_bytes, "headroom_fraction": row.headroom_fraction,
+            "max_batch": row.max_batch, "lower_bound_ms": row.lower_bound_ms, "estimate_ms": row.estimate_ms,
+            "throughput_samples_per_s": row.throughput_samples_per_s, "plan": plan_to_dict(row.plan)}
+
+
+def comparison_to_dict(comparison) -> dict:
+    fastest = comparison.fastest()
+    return {"workload": comparison.workload.to_dict(), "rows": [comparison_row_to_dict(r) for r in comparison.rows],
+            "fastest": fastest.gpu_name if fastest else None}
+
+
+# --------------------------------------------------------------------------------------- sweeps, GPUs
+def sweep_to_dict(sweep: Sweep | None) -> dict | None:
+    return None if sweep is None else to_plain(sweep)
+
+
+def sweep_from_dict(data: dict | None) -> Sweep | None:
+    return None if data is None else from_plain(Sweep, data)
+
+
+def gpu_to_dict(spec: GpuSpec) -> dict:
+    return to_plain(spec)
+
+
+def gpu_from_dict(data: dict) -> GpuSpec:
+    return from_plain(GpuSpec, data)
+
+
+def analysis_to_dict(result, *, include_ops: bool = False, include_events: bool = False) -> dict:
+    return result_to_dict(result, include_ops=include_ops, include_events=include_events)

@@ -1,0 +1,208 @@
+"""Plain-text renderings of the engine's results: the tables and lines the CLI prints (the GUI's exports
+reuse the same pieces). Every number goes through engine.report.units."""
+from __future__ import annotations
+
+from torchbudget.engine import vocab
+from torchbudget.engine.report.labels import VERDICT_HEADLINES
+from torchbudget.engine.report.units import human_bytes, human_count, human_ms, table
+from torchbudget.engine.results import AnalysisResult, ModuleNode
+
+# ------------------------------------------------------------------------------------------- analysis
+LAYER_HEADERS = ["Module", "Type", "Output shape", "Params", "MACs", "FLOPs", "Activations"]
+
+
+def shape_text(shapes: tuple[tuple[int, ...], ...], limit: int = 2) -> str:
+    parts = ["x".join(str(d) for d in shape) or "scalar" for shape in shapes[:limit]]
+    if len(shapes) > limit:
+        parts.append(f"+{len(shapes) - limit} more")
+    return ", ".join(parts) or "-"
+
+
+def layer_row(node: ModuleNode) -> list[str]:
+    return ["  " * node.depth + node.name, node.type_name, shape_text(node.output_shapes), f"{node.params:,}",
+            human_count(node.macs), human_count(node.flops), human_bytes(node.activation_bytes)]
+
+
+def options_text(options) -> str:
+    """``bf16-amp train, adamw (foreach), checkpointing`` — what the workload runs as."""
+    text = f"{options.precision} {options.mode}"
+    if options.training:
+        if options.optimizer:
+            text += f", {options.optimizer}"
+            if options.optimizer_impl != "auto":
+                text += f" ({options.optimizer_impl})"
+        else:
+            text += ", no optimizer"
+        if options.checkpointing:
+            text += ", checkpointing"
+    if options.attention != "auto":
+        text += f", attention {options.attention}"
+    return text
+
+
+def target_text(options, gpu_name: str | None = None) -> str:
+    if gpu_name:
+        return f"target {options.target} ({gpu_name})"
+    if options.target == vocab.DEFAULT_TARGET:
+        return f"target {vocab.DEFAULT_TARGET_LABEL}"
+    return f"target {options.target}"
+
+
+def render_analysis(result: AnalysisResult, depth: int | None = None) -> str:
+    inputs = ", ".join(spec.text() for spec in result.inputs)
+    header = (f"{result.model_name}  input {inputs}  {options_text(result.options)}  {target_text(result.options)}"
+              f"  (convention {result.options.convention}; traced in {result.trace_seconds:.2f} s)")
+    rows = [layer_row(node) for node in result.modules if depth is None or node.depth <= depth]
+    lines = [header, "", table(LAYER_HEADERS, rows, right_align_from=3), "", *totals_lines(result)]
+    lines += uncounted_lines(result)
+    lines += [f"policy: {policy}" for policy in result.policies]
+    lines += [f"warning: {warning}" for warning in result.warnings]
+    return "\n".join(lines)
+
+
+def totals_lines(result: AnalysisResult) -> list[str]:
+    t = result.totals
+    lines = [
+        f"params       {t.params:,} ({human_count(t.params)}), trainable {t.trainable_params:,}",
+        f"MACs         {t.macs:,} ({human_count(t.macs)})",
+        f"FLOPs        {t.flops:,} ({human_count(t.flops)}) forward",
+        f"weights      {human_bytes(t.param_bytes)} params + {human_bytes(t.buffer_bytes)} buffers",
+        f"activations  {human_bytes(t.activation_bytes)} (sum of leaf module outputs), "
+        f"output {human_bytes(t.output_bytes)}, input {human_bytes(t.input_bytes)}",
+    ]
+    if t.backward_flops or t.optimizer_flops:
+        lines.append(f"training     backward {human_count(t.backward_flops)}FLOPs, "
+                     f"optimizer {human_count(t.optimizer_flops)}FLOPs")
+    return lines
+
+
+def uncounted_lines(result: AnalysisResult) -> list[str]:
+    coverage = f"coverage {result.coverage:.1%} of ops counted or known to do no arithmetic"
+    if not result.uncounted_ops:
+        return [f"{coverage}; no uncounted ops"]
+    lines = [f"{coverage}; uncounted ops (no formula, not included in the totals):"]
+    for op in result.uncounted_ops:
+        where = ", ".join(m or "<root>" for m in op.modules[:3]) + (" ..." if len(op.modules) > 3 else "")
+        lines.append(f"  {op.op}  x{op.calls}  in {where}")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------- plan
+def verdict_line(plan) -> str:
+    head = VERDICT_HEADLINES[plan.verdict.value]
+    need, have = human_bytes(plan.required_bytes), human_bytes(plan.capacity_bytes)
+    if not plan.fits:
+        room = f"short by {human_bytes(-plan.headroom_bytes)}"
+    elif plan.headroom_fraction is None:
+        room = f"headroom {human_bytes(plan.headroom_bytes)}"
+    else:
+        room = f"headroom {human_bytes(plan.headroom_bytes)} ({plan.headroom_fraction:.1%})"
+    return (f"{head}: needs {need} of {have} available on {plan.gpu.name}; {room}; "
+            f"largest share: {plan.dominant_category.value}")
+
+
+def memory_table(plan) -> str:
+    peak = plan.memory.peak_bytes or 1
+    rows = [[c.value, human_bytes(n), f"{n:,}", f"{n / peak:.1%}"] for c, n in plan.memory.by_category.items() if n]
+    rows.append(["total at peak", human_bytes(plan.memory.peak_bytes), f"{plan.memory.peak_bytes:,}", "100.0%"])
+    return table(["Category", "Size (MiB/GiB)", "Bytes", "Share"], rows)
+
+
+def render_plan(plan) -> str:
+    memory, latency = plan.memory, plan.latency
+    result = plan.result
+    inputs = ", ".join(s.text() for s in result.inputs) if result else ""
+    options = result.options if result else (plan.workload.options if plan.workload else None)
+    what = f"{options_text(options)}  {target_text(options, plan.gpu.name)}" if options else ""
+    lines = [f"{result.model_name if result else ''}  input {inputs}  {what}", "", verdict_line(plan), "",
+             memory_table(plan), "",
+             f"peak at op {memory.peak_op_index} in {memory.peak_module or '<root>'}"
+             + (f" ({memory.peak_phase.value})" if memory.peak_phase else "")]
+    if options and options.training:
+        lines.append(f"tensor peaks: iteration 1 {human_bytes(memory.iteration1_peak_bytes)}, "
+                     f"steady state {human_bytes(memory.steady_state_peak_bytes)} (optimizer state kept)")
+    lines.append("max batch: " + ("not solved" if plan.max_batch is None else f"{plan.max_batch}"))
+    parts = ", ".join(f"{name} {human_ms(p.estimate_ms)}" for name, p in
+                      (("forward", latency.forward), ("backward", latency.backward), ("optimizer", latency.optimizer))
+                      if p.estimate_ms)
+    lines.append(f"latency: lower bound {human_ms(latency.lower_bound_ms)}, estimate {human_ms(latency.estimate_ms)}"
+                 + (f" ({parts})" if parts else ""))
+    lines.append(f"throughput: {latency.throughput_samples_per_s:,.1f} samples/s estimated, "
+                 f"at most {latency.max_throughput_samples_per_s:,.1f} samples/s (roofline bound)")
+    lines += [f"note: {note}" for note in plan.notes]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- comparison
+COMPARISON_HEADERS = ["GPU", "Verdict", "Needs", "Available", "Headroom", "Max batch", "Bound", "Estimate",
+                      "Samples/s"]
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def render_comparison(comparison) -> str:
+    rows = [[r.gpu_name, r.verdict.value.replace("_", " "), human_bytes(r.required_bytes),
+             human_bytes(r.capacity_bytes), _fraction(r.headroom_fraction),
+             "-" if r.max_batch is None else str(r.max_batch), human_ms(r.lower_bound_ms),
+             human_ms(r.estimate_ms), f"{r.throughput_samples_per_s:,.1f}"] for r in comparison.rows]
+    lines = [table(COMPARISON_HEADERS, rows)]
+    best = comparison.fastest()
+    if best is not None:
+        lines.append(f"fastest that fits: {best.gpu_name} ({human_ms(best.estimate_ms)} estimated)")
+    else:
+        lines.append("the workload fits on none of these GPUs")
+    notes = dict.fromkeys(f"{r.gpu_name}: {note}" for r in comparison.rows for note in r.plan.notes)
+    lines += [f"note: {note}" for note in notes]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+def render_sweep(sweep) -> str:
+    headers = [sweep.axis]
+    for gpu in sweep.gpus:
+        headers += [f"{gpu.gpu_name}: needs", "fits", "bound", "estimate", "samples/s"]
+    rows = []
+    for point in sweep.points:
+        row = [str(point.value) + (" *" if point.interpolated else "")]
+        for g in point.per_gpu:
+            row += [human_bytes(g.required_bytes), "yes" if g.fits else "no", human_ms(g.lower_bound_ms),
+                    human_ms(g.estimate_ms), f"{g.throughput_samples_per_s:,.1f}"]
+        rows.append(row)
+    lines = [table(headers, rows)]
+    if any(p.interpolated for p in sweep.points):
+        lines.append("* from the affine batch model, checked byte for byte against an exact trace at a larger batch")
+    for gpu in sweep.gpus:
+        solved = f"max batch {gpu.max_batch}" if gpu.max_batch is not None else "max batch not solved"
+        lines.append(f"{gpu.gpu_name}: {human_bytes(gpu.capacity_bytes)} available, target {gpu.target}, {solved}")
+    lines += [f"note: {note}" for note in sweep.notes]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- GPUs
+TABLE_DTYPES = ("fp32", "tf32", "bf16", "fp8")
+
+
+def _tflops(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def render_gpu_table(specs) -> str:
+    headers = ["GPU", "memory GiB", "GB/s", *(f"{d} TF" for d in TABLE_DTYPES), "origin"]
+    rows = [[s.name, f"{s.memory_bytes / 2**30:g}", f"{s.bandwidth_gbs:,.0f}",
+             *(_tflops(s.peak_tflops.get(d)) for d in TABLE_DTYPES), s.origin] for s in specs]
+    return table(headers, rows)
+
+
+def render_local_gpus(local, probe) -> str:
+    if not local:
+        return f"No local GPU found ({probe.error or 'no GPU detected'})."
+    versions = f"driver {probe.driver_version or '?'}, CUDA driver {probe.cuda_driver_version or '?'}"
+    lines = [f"Local GPUs ({versions}):"]
+    for spec in local:
+        how = "peaks derived from SM count x clock" if spec.origin == "derived" else "matched to the database"
+        lines.append(f"  local:{spec.local_index}  {spec.name}: available {human_bytes(spec.available_memory_bytes)} "
+                     f"of {human_bytes(spec.memory_bytes)} total, {spec.bandwidth_gbs:,.0f} GB/s, "
+                     f"fp32 {_tflops(spec.peak_tflops.get('fp32'))} TF ({how})")
+    return "\n".join(lines)
