@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+aten = torch.ops.aten
 _MEAN, _SUM, _NONE = 1, 2, 0   # at::Reduction
 
 
@@ -54,7 +55,7 @@ def _prob_target(self, target_, weight, reduction, label_smoothing):
     if reduction == _MEAN:
         if inp.numel() == 0:
             return -(prod.sum().fill_(float("nan")))
-        return -prod.sum() / (inp.numel() // n_classes)
+        return aten.div.Scalar(-prod.sum(), inp.numel() // n_classes)
     if reduction == _SUM:
         return -prod.sum()
     return -prod.sum(class_dim)
@@ -69,12 +70,15 @@ def _label_smoothing(self, target, reduction, ignore_index, label_smoothing):
     ignore_mask = target == ignore_index
     smooth_loss.masked_fill_(ignore_mask, 0.0)
     if reduction == _MEAN:
-        ret = smooth_loss.sum() / (~ignore_mask).sum()
+        count = (~ignore_mask).sum()   # C++ (GCC) evaluates operator/'s right operand first
+        ret = smooth_loss.sum() / count
     elif reduction == _SUM:
         ret = smooth_loss.sum()
     else:
         ret = smooth_loss
-    return (1 - label_smoothing) * nllloss + ret * (label_smoothing / n_classes)
+    # (1 - ls) * nllloss + ret * (ls / n): double * Tensor is mul.Scalar; right operand first
+    smooth = aten.mul.Scalar(ret, label_smoothing / n_classes)
+    return aten.mul.Scalar(nllloss, 1 - label_smoothing) + smooth
 
 
 def cross_entropy_loss(self, target, weight=None, reduction=_MEAN, ignore_index=-100, label_smoothing=0.0):
