@@ -18,7 +18,9 @@ APIs, ``StashTorchFunctionModeGuard`` for builtins), so calling ``func`` runs it
 like autocast, which excludes its own key inside its kernel. For builtins (one aten op each) that is what we
 want. Python-level torch functions (``F.layer_norm``, ``F.normalize``, ``Tensor.__rdiv__``...) are instead
 re-dispatched with the mode pushed back (``torch._C._skip_one_hop_torch_function``), so the aten-level calls
-inside them are each seen, as the dispatcher-level autocast sees them.
+inside them are each seen, as the dispatcher-level autocast sees them. (A Python method that ends in its
+C twin, ``Tensor.unflatten`` -> ``super().unflatten``, comes back with the same ``func``; that second call
+is run as the builtin.)
 
 Nothing global is patched. On exit the mode pops itself and restores the autocast switches, nesting and
 cache, also when the forward raised.
@@ -43,6 +45,13 @@ _ALIASES = {"__matmul__": "matmul"}
 _SDPA = "scaled_dot_product_attention"
 _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 _SDPA_DEFAULTS = (None, None, None, None, 0.0, False, None, False)
+
+
+# CUDA-only kernels a CPU-keyed fake tensor cannot reach (the dispatcher decomposes at AutogradCPU first)
+_UNMODELLED = {
+    "rms_norm": ("rms_norm: recorded as the CPU decomposition (pow, mean, rsqrt, mul: more saved tensors); "
+                 "CUDA runs the fused _fused_rms_norm, which saves only the input and rstd"),
+}
 
 
 def _resolve(func) -> tuple[str | None, str | None]:
@@ -121,6 +130,7 @@ class CudaSemantics(TorchFunctionMode):
         self._saved = None
         self._entered = False
         self._owns_autocast = False
+        self._python_calls: list = []
 
     # ---- results ------------------------------------------------------------------------------------
 
@@ -217,9 +227,16 @@ class CudaSemantics(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _is_python_function(func):
-            with self._reentered():
-                return torch._C._skip_one_hop_torch_function(func, types, args, kwargs)
+        # A Python-level torch function is re-dispatched so its inner calls are seen. Its own C twin
+        # (``Tensor.unflatten`` -> ``super().unflatten``: the builtin reports the Python method as the
+        # public API) arrives back here with the same func: that one is the op itself, run it as a builtin.
+        if _is_python_function(func) and not (self._python_calls and self._python_calls[-1] is func):
+            self._python_calls.append(func)
+            try:
+                with self._reentered():
+                    return torch._C._skip_one_hop_torch_function(func, types, args, kwargs)
+            finally:
+                self._python_calls.pop()
         name, overload = _resolve(func)
         lower = self._autocast_dtype_now()
         if lower is None and len(self.cache) and _autocast_nesting() == 0:
@@ -232,6 +249,8 @@ class CudaSemantics(TorchFunctionMode):
                 return out
             self._records.unmodelled[f"{name} with class weights and label smoothing: inner casts not "
                                      "replayed (run as one call)"] += 1
+        if name in _UNMODELLED:
+            self._records.unmodelled[_UNMODELLED[name]] += 1
         cache_enabled = torch.is_autocast_cache_enabled()
         with _no_cpu_autocast():
             if lower is not None and "out" not in kwargs:
@@ -302,6 +321,25 @@ class CudaSemantics(TorchFunctionMode):
         return op(x, dim, True)
 
 
+def active_semantics() -> "CudaSemantics | None":
+    """The innermost CudaSemantics on the torch-function mode stack (None outside one)."""
+    for mode in reversed(torch.overrides._get_current_function_mode_stack()):
+        if isinstance(mode, CudaSemantics):
+            return mode
+    return None
+
+
+def checkpoint_context_fn() -> Callable[[], tuple]:
+    """For ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False, context_fn=...)`` called during a
+    forward under CudaSemantics: recomputation then runs under CUDA semantics too (otherwise it runs the
+    CPU ops and checkpoint raises "Recomputed values ... have different metadata"). Outside a
+    CudaSemantics it is the default (no contexts)."""
+    sem = active_semantics()
+    if sem is None:
+        return lambda: (contextlib.nullcontext(), contextlib.nullcontext())
+    return sem.checkpoint_context_fn()
+
+
 class _Records:
     def __init__(self):
         self.sdpa: list[SdpaCall] = []
@@ -367,4 +405,4 @@ class _Records:
         return text
 
 
-__all__ = ["CudaSemantics", "SdpaCall"]
+__all__ = ["CudaSemantics", "SdpaCall", "active_semantics", "checkpoint_context_fn"]
