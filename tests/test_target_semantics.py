@@ -380,7 +380,7 @@ AUTOCAST_CASES = {
     "norms": (lambda x: (torch.norm(x, dim=1), F.normalize(x), torch.logsumexp(x, 1), torch.linalg.vector_norm(x),
                          x.norm(), torch.dist(x, x)), [((4, 16), BF16, False)]),
     "losses": (lambda x, t, p: (F.cross_entropy(x, t), F.cross_entropy(x, t, label_smoothing=0.1),
-                                F.cross_entropy(x, p), F.mse_loss(x, p), F.kl_div(x, p),
+                                F.cross_entropy(x, p), F.mse_loss(x, p), F.kl_div(x, p, reduction="batchmean"),
                                 F.binary_cross_entropy_with_logits(x, p), F.nll_loss(x, t)),
                [((8, 10), BF16, True), ((8,), torch.int64, False), ((8, 10), BF16, False)]),
     "cross_entropy_3d": (lambda x, t: F.cross_entropy(x, t, reduction="none"),
@@ -478,3 +478,36 @@ def test_no_state_is_left_behind_even_after_an_exception():
         with rec:
             F.scaled_dot_product_attention(q, k, v)
         assert rec.count("_scaled_dot_product_flash_attention_for_cpu") == 1
+
+
+def test_multihead_attention_uses_sdpa_only_without_weights():
+    """F.multi_head_attention_forward (Python; its Tensor.unflatten ends in the C twin) runs under the mode:
+    need_weights=False goes through SDPA (the GPU's backend), need_weights=True through bmm + softmax."""
+    with FakeTensorMode():
+        mha = nn.MultiheadAttention(64, 4, batch_first=True, dropout=0.0)
+        x = torch.empty(2, 128, 64)
+        for need_weights, sdpa_calls in ((False, 1), (True, 0)):
+            rec = Recorder()
+            with rec, CudaSemantics(A100, BF16) as sem:
+                out, weights = mha(x, x, x, need_weights=need_weights)
+            assert len(sem.sdpa_calls) == sdpa_calls and out.dtype == BF16
+            assert rec.count("_scaled_dot_product_flash_attention") == sdpa_calls
+            assert (weights is None) is (not need_weights)
+        layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.1, batch_first=True).train()
+        rec = Recorder()
+        with rec, CudaSemantics(H100, BF16) as sem:
+            out = layer(x)
+        out.float().sum().backward()
+        assert [c.choice.backend for c in sem.sdpa_calls] == ["flash"]   # dropout 0.1: not cuDNN
+        assert rec.count("native_dropout") == 3 and rec.count("bernoulli_") == 0   # CUDA's fused dropout
+
+
+def test_checkpoint_context_fn_outside_and_inside_the_mode():
+    from torchbudget.engine.target import active_semantics, checkpoint_context_fn
+    assert active_semantics() is None
+    outside = checkpoint_context_fn()()
+    assert all(isinstance(c, contextlib.nullcontext) for c in outside)
+    with CudaSemantics(H100) as sem:
+        assert active_semantics() is sem
+        _, recompute = checkpoint_context_fn()()
+        assert isinstance(recompute, CudaSemantics) and recompute.target == sem.target
