@@ -258,7 +258,7 @@ def _last_dim_stride_equals_1_dense(ignore_singleton_dim: bool):
         ok = p.query.stride[-1] == 1 and p.key.stride[-1] == 1 and p.value.stride[-1] == 1
         if ignore_singleton_dim:
             ok = ok or p.query.size(-1) == 1
-        mask_ok = p.attn_mask is None or p.attn_mask.stride[-1] == 1   # the target is CUDA, not CPU
+        mask_ok = p.attn_mask is None or not p.attn_mask.stride or p.attn_mask.stride[-1] == 1   # CUDA, not CPU
         if not (ok and mask_ok):
             return "the last dimension of query/key/value (and of a mask) must have stride 1"
         return None
