@@ -405,7 +405,7 @@ def check(example: Example) -> Check:
 
 def compile_block(block: Block):
     """Compiled with the file's own line numbers, so a traceback points into the document."""
-    return compile("\n" * block.fence_line + block.source, rel(block.path), "exec")
+    return compile("\n" * block.fence_line + block.source, str(block.path), "exec")
 
 
 def run_python_block(block: Block) -> None:
