@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from torchbudget.cli import common_options
-from torchbudget.cli.workload_args import add_workload_arguments, resolve_gpus, workload_from_args
+from torchbudget.cli.workload_args import (add_planner_arguments, add_workload_arguments, overheads_from_args,
+                                           resolve_gpus, workload_from_args)
 from torchbudget.engine.report.schema import comparison_to_dict, dump_json
 from torchbudget.engine.report.text import render_comparison
 
@@ -15,6 +16,7 @@ def register(subparsers) -> None:
         description="Fit, headroom, largest batch, roofline latency and throughput of one workload on each GPU "
                     "(each traced for its own GPU's kernels).")
     add_workload_arguments(parser)
+    add_planner_arguments(parser)
     parser.add_argument("--gpus", required=True, metavar="NAMES", help='comma-separated, e.g. "H100 SXM,RTX 4090"')
     parser.add_argument("--no-max-batch", action="store_true", help="skip the largest-batch search")
     parser.set_defaults(func=run)
@@ -24,6 +26,6 @@ def run(args: argparse.Namespace) -> int:
     from torchbudget.engine.planner import Planner
 
     workload = workload_from_args(args)
-    result = Planner().compare(workload, resolve_gpus(args.gpus), solve_max_batch=not args.no_max_batch)
+    result = Planner(overheads=overheads_from_args(args)).compare(workload, resolve_gpus(args.gpus), solve_max_batch=not args.no_max_batch)
     print(dump_json(comparison_to_dict(result)) if args.json else render_comparison(result))
     return 0

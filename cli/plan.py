@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from torchbudget.cli import common_options
-from torchbudget.cli.workload_args import add_workload_arguments, resolve_gpus, workload_from_args
+from torchbudget.cli.workload_args import (add_planner_arguments, add_workload_arguments, overheads_from_args,
+                                           resolve_gpus, workload_from_args)
 from torchbudget.engine.report.schema import dump_json, plan_to_dict
 from torchbudget.engine.report.text import render_plan
 from torchbudget.errors import UserError
@@ -16,6 +17,7 @@ def register(subparsers) -> None:
         description="Plan one workload on one GPU (traced for that GPU's kernels): memory breakdown at the peak, "
                     "fit verdict, largest batch that fits, roofline lower bound and realistic latency estimate.")
     add_workload_arguments(parser)
+    add_planner_arguments(parser)
     parser.add_argument("--gpu", required=True, metavar="NAME", help="GPU name or alias, or 'local'")
     parser.add_argument("--no-max-batch", action="store_true", help="skip the largest-batch search")
     parser.set_defaults(func=run)
@@ -28,6 +30,6 @@ def run(args: argparse.Namespace) -> int:
     gpus = resolve_gpus(args.gpu)
     if len(gpus) != 1:
         raise UserError("plan takes one GPU; use the compare command for several", field="gpu")
-    result = Planner().plan(workload, gpus[0], solve_max_batch=not args.no_max_batch)
+    result = Planner(overheads=overheads_from_args(args)).plan(workload, gpus[0], solve_max_batch=not args.no_max_batch)
     print(dump_json(plan_to_dict(result)) if args.json else render_plan(result))
     return 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from torchbudget.cli import common_options
-from torchbudget.cli.workload_args import add_workload_arguments, resolve_gpus, workload_from_args
+from torchbudget.cli.workload_args import (add_planner_arguments, add_workload_arguments, overheads_from_args,
+                                           resolve_gpus, workload_from_args)
 from torchbudget.engine.errors import InputSpecError, UserError
 from torchbudget.engine.report.schema import dump_json
 from torchbudget.engine.report.text import render_sweep
@@ -17,6 +18,7 @@ def register(subparsers) -> None:
         description="Peak memory, fit and roofline latency at several batch sizes (default) or square "
                     "resolutions, on one or more GPUs, with the largest batch that fits on each.")
     add_workload_arguments(parser)
+    add_planner_arguments(parser)
     axis = parser.add_mutually_exclusive_group()
     axis.add_argument("--batch", metavar="LIST", help="batch sizes, e.g. 1,2,4,8,16 (default 1..128 in powers of 2)")
     axis.add_argument("--resolution", metavar="LIST", help="square image sizes, e.g. 224,320,448")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     resolutions = parse_int_list(args.resolution, "resolution") if args.resolution else None
     if resolutions and workload.inputs and not any(s.kind is InputKind.IMAGE for s in workload.inputs):
         raise UserError("--resolution needs an image input (N x C x H x W)", field="input")
-    planner = Planner()
+    planner = Planner(overheads=overheads_from_args(args))
     if resolutions:
         result = planner.resolution_sweep(workload, gpus, resolutions)
     else:

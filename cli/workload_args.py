@@ -37,6 +37,34 @@ def add_workload_arguments(parser: argparse.ArgumentParser, *, target: bool = Fa
     parser.add_argument("--kwargs", default=None, metavar="JSON", help='builder arguments, e.g. \'{"num_classes": 10}\'')
 
 
+ALLOC_CONF_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+
+
+def add_planner_arguments(parser: argparse.ArgumentParser) -> None:
+    """The planner's knobs (engine.overheads.Overheads) a user may want to change."""
+    parser.add_argument("--alloc-conf", default=None, metavar="SETTINGS",
+                        help="caching-allocator settings in PYTORCH_CUDA_ALLOC_CONF syntax, e.g. "
+                             "expandable_segments:True,max_split_size_mb:128 (default: $PYTORCH_CUDA_ALLOC_CONF, "
+                             "else PyTorch's defaults)")
+    parser.add_argument("--cuda-context-mib", type=float, default=None, metavar="MIB",
+                        help="memory the CUDA context takes (default 512; `validate` measures yours)")
+
+
+def overheads_from_args(args: argparse.Namespace):
+    import os
+
+    from torchbudget.engine.overheads import Overheads
+
+    changes = {}
+    if args.cuda_context_mib is not None:
+        if not 0 <= args.cuda_context_mib < 1 << 20:
+            raise UserError(f"--cuda-context-mib must be between 0 and 1048576, got {args.cuda_context_mib:g}",
+                            field="cuda_context")
+        changes["cuda_context_bytes"] = int(args.cuda_context_mib * 2**20)
+    conf = args.alloc_conf if args.alloc_conf is not None else os.environ.get(ALLOC_CONF_ENV, "")
+    return Overheads.with_alloc_conf(conf, **changes)
+
+
 def parse_kwargs(text: str | None) -> dict:
     if not text:
         return {}

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from torchbudget.engine.latency import phase_totals, report_from_phases
-from torchbudget.engine.memory import required_bytes, simulate_memory, uses_cudnn
+from torchbudget.engine.memory import fits, required_bytes, simulate_memory, uses_cudnn
 from torchbudget.engine.overheads import Overheads
 from torchbudget.engine.results import AnalysisResult, OpRecord, StorageEvent
 
@@ -57,6 +57,11 @@ class AffineTrace:
 
     def required_bytes(self, batch: int, overheads: Overheads) -> int:
         return required_bytes(self.a.storage_events, overheads, has_conv=self._has_conv, sizes=self.sizes_at(batch))
+
+    def fits(self, batch: int, overheads: Overheads, available_bytes: int) -> bool:
+        """engine.memory.fits for the predicted trace at ``batch``."""
+        return fits(self.a.storage_events, overheads, available_bytes, has_conv=self._has_conv,
+                    sizes=self.sizes_at(batch))[0]
 
     def memory_at(self, batch: int, overheads: Overheads):
         """simulate_memory of the predicted trace at ``batch``."""

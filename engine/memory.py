@@ -1,15 +1,18 @@
 """Peak-memory simulation from the trace's storage events, plus the per-GPU overheads.
 
 The trace lists every storage allocation and free in program order. Replaying them gives the live
-bytes after every event; the peak is the largest of those. GPU overheads (context, workspaces,
-allocator rounding and reserve) are added on top, never by the trace."""
+bytes after every event (the tensor peak, what ``torch.cuda.max_memory_allocated`` tracks); replaying
+them through PyTorch's caching allocator (engine/allocator.py) gives its reserved segments (what
+``max_memory_reserved`` reports, and what runs out). GPU overheads (CUDA context, library workspaces)
+are added on top, never by the trace."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
+from torchbudget.engine.allocator import AllocatorReplay, replay
 from torchbudget.engine.overheads import Overheads
 from torchbudget.engine.results import AnalysisResult, MemoryCategory, OpKind, Phase, frozen_map
 
@@ -18,20 +21,24 @@ TRACE_CATEGORIES = (
     MemoryCategory.TEMPORARIES, MemoryCategory.GRADIENTS, MemoryCategory.OPTIMIZER_STATE,
 )
 OVERHEAD_CATEGORIES = (MemoryCategory.WORKSPACE, MemoryCategory.CUDA_CONTEXT, MemoryCategory.ALLOCATOR)
+ALLOCATOR_BLOCK_BYTES = 512   # the caching allocator's rounding (kMinBlockSize): the live tensor peaks' unit
 
 
 @dataclass(frozen=True)
 class MemoryProfile:
-    peak_bytes: int                              # the process's whole footprint: tensors at peak + overheads
-    by_category: Mapping[MemoryCategory, int]    # at the peak; sums to peak_bytes
+    peak_bytes: int                              # the process's whole footprint: reserved + workspaces + context
+    by_category: Mapping[MemoryCategory, int]    # tensors at their peak + overheads; sums to peak_bytes
     trace_peak_bytes: int                        # the trace's own tensor peak: no overheads, no rounding
-    iteration1_peak_bytes: int                   # tensors only (rounded), first training step
-    steady_state_peak_bytes: int                 # tensors only (rounded), optimizer state alive from the start
+    iteration1_peak_bytes: int                   # tensors only (512-rounded), first training step
+    steady_state_peak_bytes: int                 # tensors only (512-rounded), optimizer state alive from the start
+    allocated_peak_bytes: int                    # allocator blocks at the peak (torch.cuda.max_memory_allocated)
+    reserved_peak_bytes: int                     # allocator segments (torch.cuda.max_memory_reserved)
     timeline: tuple[tuple[int, int], ...]        # (op index, largest live tensor bytes during it); -1 = before
     peak_op_index: int
     peak_module: str
     peak_phase: Phase | None
     overheads: Overheads
+    segments: int = 0                            # allocator segments at their most
 
     @property
     def required_bytes(self) -> int:
@@ -41,23 +48,25 @@ class MemoryProfile:
 
     @property
     def tensor_peak_bytes(self) -> int:
-        """Rounded tensor bytes at the peak (the figure torch.cuda.max_memory_allocated reports)."""
+        """512-rounded live tensor bytes at the peak."""
         return max(self.iteration1_peak_bytes, self.steady_state_peak_bytes)
 
     @property
-    def allocated_peak_bytes(self) -> int:
-        """torch.cuda.max_memory_allocated's figure: live tensor blocks at the peak."""
-        return self.tensor_peak_bytes
+    def fragmentation_bytes(self) -> int:
+        """What the allocator's cache costs over the allocation peak (reserved - allocated)."""
+        return self.reserved_peak_bytes - self.allocated_peak_bytes
 
-    @property
-    def reserved_peak_bytes(self) -> int:
-        """torch.cuda.max_memory_reserved's figure: the allocator's segments at the peak."""
-        return sum(self.by_category[c] for c in TRACE_CATEGORIES) + self.by_category[MemoryCategory.ALLOCATOR]
+
+class _Event(NamedTuple):
+    kind: str
+    storage_id: int
+    nbytes: int = 0   # the replay always gets the sizes separately (from the trace or the affine model)
 
 
 class _Events:
     """The storage events as arrays (built once per trace): kind, category, op index, and for each free
-    the position of its allocation, so the replay is a cumulative sum."""
+    the position of its allocation, so the replay is a cumulative sum. Also the two-step sequence the
+    allocator replays for a training step (see ``allocator_sequence``)."""
 
     def __init__(self, events):
         self.events = events
@@ -76,6 +85,7 @@ class _Events:
                 alloc_of[i] = position.pop(e.storage_id, -1)
         self.alloc_of = alloc_of
         self.is_state_alloc = self.is_alloc & (self.category == _CATEGORY_INDEX[MemoryCategory.OPTIMIZER_STATE])
+        self._sequence = None
 
     def deltas(self, sizes, block: int) -> np.ndarray:
         """+bytes at each allocation, -bytes (of its allocation) at each free; rounded up to ``block``."""
@@ -85,6 +95,33 @@ class _Events:
             sizes = -(-sizes // block) * block
         freed = np.where(self.alloc_of >= 0, sizes[np.maximum(self.alloc_of, 0)], 0)
         return np.where(self.is_alloc, sizes, -freed)
+
+    def allocator_sequence(self, training: bool) -> tuple[list[_Event], np.ndarray]:
+        """(events, source index per event) the allocator replays. Inference: the trace as it is. Training:
+        two steps, because the cache the first step leaves is there for the next: step 1 as traced, then
+        ``zero_grad(set_to_none=True)`` frees the gradients, then step 2 — the same events with fresh storage
+        ids, except that weights, buffers, the input batch and the optimizer state already exist."""
+        if self._sequence is not None and self._sequence[0] == training:
+            return self._sequence[1], self._sequence[2]
+        events = self.events
+        sequence = [_Event(e.kind, e.storage_id) for e in events]
+        source = list(range(len(events)))
+        if training:
+            persistent = {_CATEGORY_INDEX[c] for c in (MemoryCategory.WEIGHTS, MemoryCategory.BUFFERS,
+                                                      MemoryCategory.INPUTS, MemoryCategory.OPTIMIZER_STATE)}
+            gradient = _CATEGORY_INDEX[MemoryCategory.GRADIENTS]
+            freed = {e.storage_id for e in events if e.kind == "free"}
+            for i, e in enumerate(events):   # set_to_none: the gradients alive after step 1 go
+                if e.kind == "alloc" and self.category[i] == gradient and e.storage_id not in freed:
+                    sequence.append(_Event("free", e.storage_id))
+                    source.append(i)
+            offset = max((e.storage_id for e in events), default=0) + 1
+            for i, e in enumerate(events):
+                if self.category[i] not in persistent:
+                    sequence.append(_Event(e.kind, e.storage_id + offset))
+                    source.append(i)
+        self._sequence = (training, sequence, np.asarray(source, np.int64))
+        return sequence, self._sequence[2]
 
 
 _CATEGORY_INDEX = {c: i for i, c in enumerate(TRACE_CATEGORIES)}
@@ -118,14 +155,53 @@ def _peaks(arrays: _Events, sizes, block: int):
     return live, steady, state_total
 
 
+def _has_training_events(arrays: _Events) -> bool:
+    return bool(np.any(arrays.category == _CATEGORY_INDEX[MemoryCategory.GRADIENTS]))
+
+
+def allocator_replay(events, overheads: Overheads, *, sizes=None, capacity_bytes: int | None = None,
+                     device_total_bytes: int | None = None) -> AllocatorReplay | None:
+    """The caching allocator over the trace (two steps for training); None without an allocator."""
+    if overheads.allocator is None:
+        return None
+    arrays = _events_of(events)
+    sequence, source = arrays.allocator_sequence(_has_training_events(arrays))
+    base = arrays.nbytes if sizes is None else np.asarray(sizes, np.int64)
+    return replay(sequence, sizes=np.maximum(base, 0)[source], capacity_bytes=capacity_bytes,
+                  config=overheads.allocator, device_total_bytes=device_total_bytes, timelines=False)
+
+
+def _block(overheads: Overheads) -> int:
+    return 1 if overheads.allocator is None else ALLOCATOR_BLOCK_BYTES
+
+
 def required_bytes(events, overheads: Overheads, *, has_conv: bool, sizes=None) -> int:
     """simulate_memory(...).required_bytes without the breakdown or timeline: what the solvers compare
-    with ``GpuSpec.available_memory_bytes``.
-    ``sizes``: per-event byte counts replacing ``event.nbytes`` (the affine batch model uses it)."""
-    live, steady, state_total = _peaks(_events_of(events), sizes, overheads.allocator_block_bytes)
-    peak = max(_peak(live)[0], _peak(steady, state_total)[0])
-    return (peak + int(peak * overheads.allocator_reserve_fraction) + workspace_bytes(overheads, has_conv)
-            + overheads.cuda_context_bytes)
+    with ``GpuSpec.available_memory_bytes``."""
+    return _held_bytes(events, overheads, sizes) + workspace_bytes(overheads, has_conv) + overheads.cuda_context_bytes
+
+
+def _held_bytes(events, overheads: Overheads, sizes) -> int:
+    """Reserved peak (the allocator's segments), or the tensor peak without an allocator."""
+    replayed = allocator_replay(events, overheads, sizes=sizes)
+    if replayed is not None:
+        return replayed.reserved_peak_bytes
+    live, steady, state_total = _peaks(_events_of(events), sizes, _block(overheads))
+    return max(_peak(live)[0], _peak(steady, state_total)[0])
+
+
+def fits(events, overheads: Overheads, available_bytes: int, *, has_conv: bool, sizes=None) -> tuple[bool, bool]:
+    """(fits, only_after_releasing_the_cache). The whole footprint fits the available memory; or it does
+    not, but the allocator, given what is left once the context and workspaces are taken, serves every
+    request by freeing its cache and retrying (as PyTorch does before raising out-of-memory)."""
+    fixed = workspace_bytes(overheads, has_conv) + overheads.cuda_context_bytes
+    if _held_bytes(events, overheads, sizes) + fixed <= available_bytes:
+        return True, False
+    if overheads.allocator is None or available_bytes <= fixed:
+        return False, False
+    squeezed = allocator_replay(events, overheads, sizes=sizes, capacity_bytes=available_bytes - fixed,
+                                device_total_bytes=available_bytes)
+    return (not squeezed.oom), not squeezed.oom
 
 
 def uses_cudnn(result: AnalysisResult) -> bool:
@@ -155,11 +231,15 @@ def _timeline(arrays: _Events, live: np.ndarray) -> tuple[tuple[int, int], ...]:
 
 def simulate_memory(result: AnalysisResult, overheads: Overheads = Overheads(), *, sizes=None) -> MemoryProfile:
     """The peak profile of ``result``. ``sizes``: per-event byte counts replacing ``event.nbytes``
-    (the affine batch model's prediction for another batch size)."""
+    (the affine batch model's prediction for another batch size).
+
+    The breakdown is taken at the tensor peak; ``allocator`` is what the caching allocator holds beyond
+    those tensors (rounding, unsplit block remainders, cached segments), so the categories sum to the
+    reserved peak plus workspaces and context."""
     arrays = _events_of(result.storage_events)
     raw = arrays.deltas(sizes, 1)
     trace_peak = _peak(np.cumsum(raw))[0]
-    live, steady, state_total = _peaks(arrays, sizes, overheads.allocator_block_bytes)
+    live, steady, state_total = _peaks(arrays, sizes, _block(overheads))
     peak1, at1 = _peak(live)
     peak_ss, at_ss = _peak(steady, state_total)
     steady_wins = peak_ss > peak1
@@ -167,13 +247,15 @@ def simulate_memory(result: AnalysisResult, overheads: Overheads = Overheads(), 
 
     by_category = _raw_by_category(arrays, raw, position)
     if steady_wins:  # the state not yet allocated at the peak is alive already
-        state_so_far = int(np.where(arrays.is_state_alloc, arrays.deltas(sizes, overheads.allocator_block_bytes),
+        state_so_far = int(np.where(arrays.is_state_alloc, arrays.deltas(sizes, _block(overheads)),
                                     0)[:position + 1].sum()) if position >= 0 else 0
         by_category[MemoryCategory.OPTIMIZER_STATE] += state_total - state_so_far
-    rounding = tensor_peak - sum(by_category.values())
+    replayed = allocator_replay(result.storage_events, overheads, sizes=sizes)
+    allocated = replayed.allocated_peak_bytes if replayed else tensor_peak
+    reserved = replayed.reserved_peak_bytes if replayed else tensor_peak
     by_category[MemoryCategory.WORKSPACE] = workspace_bytes(overheads, uses_cudnn(result))
     by_category[MemoryCategory.CUDA_CONTEXT] = overheads.cuda_context_bytes
-    by_category[MemoryCategory.ALLOCATOR] = rounding + int(tensor_peak * overheads.allocator_reserve_fraction)
+    by_category[MemoryCategory.ALLOCATOR] = max(reserved - sum(by_category[c] for c in TRACE_CATEGORIES), 0)
 
     peak_op = int(arrays.op_index[position]) if position >= 0 else -1
     ops = result.ops
@@ -184,9 +266,12 @@ def simulate_memory(result: AnalysisResult, overheads: Overheads = Overheads(), 
         trace_peak_bytes=trace_peak,
         iteration1_peak_bytes=peak1,
         steady_state_peak_bytes=peak_ss,
+        allocated_peak_bytes=allocated,
+        reserved_peak_bytes=reserved,
         timeline=_timeline(arrays, live),
         peak_op_index=peak_op,
         peak_module=peak_op_record.module_path if peak_op_record else "",
         peak_phase=peak_op_record.phase if peak_op_record else None,
         overheads=overheads,
+        segments=replayed.segments_peak if replayed else 0,
     )

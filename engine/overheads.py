@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torchbudget.engine.allocator import AllocatorConfig
+from torchbudget.errors import UserError
+
 MIB = 2**20
 
 
@@ -20,27 +23,33 @@ class Overheads:
     cublas_workspace_bytes: int = 32 * MIB
     # Scratch space a cuDNN convolution algorithm asks for; only counted when the trace has convolutions.
     cudnn_workspace_bytes: int = 64 * MIB
-    # The CUDA caching allocator rounds every request up to a multiple of 512 bytes.
-    allocator_block_bytes: int = 512
-    # Extra reserved-but-unallocated memory (segment slack, fragmentation) as a share of the rounded peak.
-    allocator_reserve_fraction: float = 0.05
-    # "tight" when the requirement uses more than (1 - this) of the usable memory.
+    # PyTorch's CUDA caching allocator, replayed over the trace (engine/allocator.py, docs/allocator.md):
+    # its settings as PYTORCH_CUDA_ALLOC_CONF gives them; None: no allocator (exact tensor bytes, as a CPU
+    # profiler counts them).
+    allocator: AllocatorConfig | None = AllocatorConfig()
+    # "tight" when the requirement uses more than (1 - this) of the available memory.
     tight_threshold_fraction: float = 0.10
 
     def __post_init__(self):
         for name in ("cuda_context_bytes", "cublas_workspace_bytes", "cudnn_workspace_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        if self.allocator_block_bytes < 1:
-            raise ValueError("allocator_block_bytes must be >= 1")
-        if not 0 <= self.allocator_reserve_fraction < 1 or not 0 <= self.tight_threshold_fraction < 1:
-            raise ValueError("fractions must be in [0, 1)")
+        if not 0 <= self.tight_threshold_fraction < 1:
+            raise ValueError("tight_threshold_fraction must be in [0, 1)")
 
     @classmethod
     def none(cls) -> "Overheads":
         """No GPU overheads at all: the trace's own peak (for comparisons with a CPU profiler)."""
-        return cls(cuda_context_bytes=0, cublas_workspace_bytes=0, cudnn_workspace_bytes=0,
-                   allocator_block_bytes=1, allocator_reserve_fraction=0.0)
+        return cls(cuda_context_bytes=0, cublas_workspace_bytes=0, cudnn_workspace_bytes=0, allocator=None)
+
+    @classmethod
+    def with_alloc_conf(cls, text: str | None, **changes) -> "Overheads":
+        """Overheads whose allocator follows a PYTORCH_CUDA_ALLOC_CONF string (UserError naming a bad key)."""
+        try:
+            config = AllocatorConfig.from_env_string(text or "")
+        except ValueError as exc:
+            raise UserError(f"allocator settings {text!r}: {exc}", field="alloc_conf") from None
+        return cls(allocator=config, **changes)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from torchbudget.engine import vocab
 from torchbudget.engine.cache import TraceCache
 from torchbudget.engine.compare import Comparison, row_of
 from torchbudget.engine.latency import LatencyReport, roofline
-from torchbudget.engine.memory import MemoryProfile, simulate_memory
+from torchbudget.engine.memory import MemoryProfile, fits, simulate_memory, uses_cudnn
 from torchbudget.engine.overheads import Efficiency, Overheads
 from torchbudget.engine.report.units import human_bytes
 from torchbudget.engine.results import AnalysisResult, MemoryCategory
@@ -100,9 +100,17 @@ def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = 
     capacity = gpu.available_memory_bytes
     headroom = capacity - memory.required_bytes
     dominant = max(memory.by_category.items(), key=lambda kv: kv[1])[0]
+    verdict = verdict_for(memory.required_bytes, capacity, overheads)
+    if verdict is Verdict.DOES_NOT_FIT:
+        ok, _ = fits(result.storage_events, overheads, capacity, has_conv=uses_cudnn(result))
+        if ok:   # the allocator gets there by releasing its cache and retrying: it runs, at a cost
+            verdict = Verdict.TIGHT
+            notes = (*notes, f"fits only because PyTorch's allocator frees its cached segments and retries "
+                             f"(its usual reserve, {human_bytes(memory.reserved_peak_bytes)}, would not fit): "
+                             "expect cudaFree/cudaMalloc stalls; expandable_segments:True helps")
     return Plan(
         workload=workload, gpu=gpu, memory=memory,
-        verdict=verdict_for(memory.required_bytes, capacity, overheads),
+        verdict=verdict,
         capacity_bytes=capacity, headroom_bytes=headroom,
         headroom_fraction=headroom / capacity if capacity > 0 else None,
         dominant_category=dominant, max_batch=max_batch, latency=latency,

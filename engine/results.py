@@ -133,6 +133,7 @@ class UncountedOp:
     op: str
     calls: int
     modules: tuple[str, ...]
+    estimated_flops: int = 0         # from the shapes (engine.tracing.assemble.estimated_flops), all calls
 
 
 @dataclass(frozen=True)
@@ -199,10 +200,11 @@ class AnalysisResult:
     ops: tuple[OpRecord, ...]
     storage_events: tuple[StorageEvent, ...]
     uncounted_ops: tuple[UncountedOp, ...]
-    coverage: float                   # share of ops (by count) that are counted or known-zero
+    coverage: float                   # share of op calls that are counted or known-zero
     warnings: tuple[str, ...] = ()
     policies: tuple[str, ...] = ()    # e.g. worst-case policy applied to data-dependent ops
     trace_seconds: float = 0.0
+    flop_coverage: float = 1.0        # counted FLOPs / (counted + uncounted ops' estimated FLOPs)
 
     @property
     def batch_size(self) -> int:

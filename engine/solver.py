@@ -13,7 +13,7 @@ from torchbudget.engine.affine import AffineTrace
 from torchbudget.engine.cache import TraceCache
 from torchbudget.engine.errors import InputSpecError, UserError
 from torchbudget.engine.latency import roofline
-from torchbudget.engine.memory import simulate_memory
+from torchbudget.engine.memory import fits, simulate_memory, uses_cudnn
 from torchbudget.engine.overheads import Efficiency, Overheads
 from torchbudget.engine.workload import Workload
 from torchbudget.hardware.spec import GpuSpec
@@ -21,6 +21,11 @@ from torchbudget.engine.vocab import InputKind
 
 DEFAULT_BATCH_LIMIT = 1 << 16
 DEFAULT_RESOLUTION_LIMIT = 8192
+
+
+def result_fits(result, overheads: Overheads, available_bytes: int) -> bool:
+    """engine.memory.fits for a trace: the verdict's rule, so the solvers agree with the plan."""
+    return fits(result.storage_events, overheads, available_bytes, has_conv=uses_cudnn(result))[0]
 
 
 def largest_true(predicate: Callable[[int], bool], lo: int, hi: int | None, limit: int) -> int:
@@ -78,7 +83,7 @@ def max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = No
     capacity = gpu.available_memory_bytes
 
     def fits(batch: int) -> bool:
-        return simulate_memory(cache.get(workload.with_batch(batch)), overheads).required_bytes <= capacity
+        return result_fits(cache.get(workload.with_batch(batch)), overheads, capacity)
 
     start = min(workload.batch_size, limit)
     if fits(start):
@@ -93,7 +98,7 @@ def max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = No
     model = batch_model(workload, cache, anchor)
     if model is None:
         return largest_true(fits, lo, hi, limit)
-    guess = largest_true(lambda b: model.required_bytes(b, overheads) <= capacity, lo, hi, limit)
+    guess = largest_true(lambda b: model.fits(b, overheads, capacity), lo, hi, limit)
     if fits(guess):
         if guess == limit or guess + 1 == hi:
             return guess
@@ -145,7 +150,7 @@ def max_resolution(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None
 
     def fits(k: int) -> bool:
         side = k * step
-        return simulate_memory(cache.get(workload.with_resolution(side, side)), overheads).required_bytes <= capacity
+        return result_fits(cache.get(workload.with_resolution(side, side)), overheads, capacity)
 
     if not fits(1):
         return 0
@@ -233,11 +238,13 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
             if interpolated:  # source is the affine model
                 memory, batch = source.memory_at(value, overheads), value
                 latency = source.latency_at(value, gpu, efficiency)
+                fitting = source.fits(value, overheads, gpu.available_memory_bytes)
             else:
                 memory, batch = simulate_memory(source, overheads), source.batch_size
                 latency = roofline(source, gpu, efficiency, detail=False)
+                fitting = result_fits(source, overheads, gpu.available_memory_bytes)
             per_gpu.append(SweepGpuPoint(gpu.name, memory.required_bytes, memory.tensor_peak_bytes,
-                                         memory.required_bytes <= gpu.available_memory_bytes, latency.lower_bound_ms,
+                                         fitting, latency.lower_bound_ms,
                                          latency.estimate_ms, latency.throughput_samples_per_s))
         if error is not None:
             notes.append(f"{axis} {value} left out: {error}")

@@ -1,8 +1,10 @@
 """trace_model: count a model exactly on data-less (fake CPU) tensors, inference and training alike.
 
 One TorchDispatchMode pass records every aten op (module, phase, shapes, bytes, MACs/FLOPs from the
-formula registry) and every storage's lifetime. The user's module is run through
-``torch.func.functional_call`` with stand-in parameters/buffers and is left exactly as it was."""
+formula registry) and every storage's lifetime. The user's module runs with stand-in parameters/buffers
+swapped in for the step (``torch.nn.utils.stateless``, as ``torch.func.functional_call`` does, but for
+backward too) and is left exactly as it was. For a CUDA target the forward runs under
+``engine.target.CudaSemantics``: the GPU's SDPA kernels and autocast lists (docs/target.md)."""
 from __future__ import annotations
 
 import contextlib
@@ -15,12 +17,14 @@ from typing import Sequence
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_leaves
 
 from torchbudget.engine import vocab
 from torchbudget.engine.errors import InputSpecError, ShapeMismatchError, TraceError, UserError
 from torchbudget.engine.inputs import InputSpec
 from torchbudget.engine.meta_params import StandIns, make_stand_ins, names_for
+from torchbudget.engine.target import CudaSemantics
 from torchbudget.engine.results import AnalysisResult, Phase, TraceOptions
 from torchbudget.engine.tracing import assemble, training
 from torchbudget.engine.tracing.errors import looks_like_shapes
@@ -88,6 +92,7 @@ class _Run:
     stand_ins: StandIns
     input_bytes: int = 0
     output_bytes: int = 0
+    semantics: object = None     # CudaSemantics (its notes go into the result's policies) or a CPU context
 
 
 def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: TraceOptions = TraceOptions(),
@@ -108,7 +113,7 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
     ops = run.recorder.ops
     first_owner = {id(p): name.rpartition(".")[0] for name, p in model.named_parameters()}
     nodes = assemble.module_nodes(model, model_name, ops, run.stack, first_owner)
-    uncounted, coverage = assemble.uncounted(ops)
+    uncounted, coverage, flop_coverage = assemble.uncounted(ops)
     warnings = tuple(f"formula for {op} failed ({why}); counted as uncounted"
                      for op, why in run.recorder.formula_errors.items())
     return AnalysisResult(
@@ -116,8 +121,10 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
         totals=assemble.totals(ops, nodes, run.stand_ins.params, run.stand_ins.buffers,
                                run.input_bytes, run.output_bytes),
         modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(run.recorder.storage.lives, run.roles),
-        uncounted_ops=uncounted, coverage=coverage, warnings=warnings,
-        policies=tuple(run.recorder.policies.applied), trace_seconds=time.perf_counter() - started,
+        uncounted_ops=uncounted, coverage=coverage, flop_coverage=flop_coverage, warnings=warnings,
+        policies=tuple(run.recorder.policies.applied) + _semantics_notes(run.semantics, options)
+        + ((training.checkpoint_note(model),) if options.training and options.checkpointing else ()),
+        trace_seconds=time.perf_counter() - started,
     )
 
 
@@ -143,20 +150,27 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
     recorder.nodes.leaf_owner = {id(p): name.rpartition(".")[0] for name, p, _ in stand_ins.params}
     runnable = training.checkpointed_view(model) if train and options.checkpointing else model
     args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
-    autocast = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    semantics = _target_semantics(options, autocast_dtype, stack)
+    run.semantics = semantics
     try:
         with stack, recorder, (contextlib.nullcontext() if train else torch.no_grad()):
-            with autocast:
-                output = torch.func.functional_call(runnable, names_for(runnable, stand_ins), args, kwargs,
-                                                    tie_weights=True, strict=False)
-            roles.forward_end_seq = recorder.storage.seq
-            stack.recording = False
-            run.output_bytes = sum(t.numel() * t.element_size() for t in tree_leaves(output)
-                                   if isinstance(t, torch.Tensor))
+            # the stand-ins replace the module's tensors for forward AND backward: activation
+            # checkpointing recomputes forward code in backward, which must find them (and never the user's
+            # own tensors, which it would update in place); the module is restored on the way out
+            with _reparametrize_module(runnable, names_for(runnable, stand_ins), tie_weights=True, strict=False):
+                with semantics:
+                    output = runnable(*args, **kwargs)
+                roles.forward_end_seq = recorder.storage.seq
+                stack.recording = False
+                run.output_bytes = sum(t.numel() * t.element_size() for t in tree_leaves(output)
+                                       if isinstance(t, torch.Tensor))
+                if train:
+                    outputs = [output]
+                    del output   # a training loop drops the output once the loss exists: before the step
+                    backward_done = _backward(recorder, roles, stand_ins, outputs)
             if train:
                 # kept in a local: its state must stay alive until the recording closes
-                optimizer = _training_step(recorder, roles, stand_ins, output, options)  # noqa: F841
-                del output
+                optimizer = _optimizer_step(recorder, roles, backward_done, options)  # noqa: F841
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001  (an op failed, or Python code in forward raised)
@@ -166,11 +180,20 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
     return run
 
 
-def _training_step(recorder: Recorder, roles: assemble.StorageRoles, stand_ins, output,
-                   options: TraceOptions) -> torch.optim.Optimizer | None:
+def _target_semantics(options: TraceOptions, autocast_dtype, stack: ModuleStack):
+    """What the target device runs around the forward: CUDA's SDPA backends and autocast lists
+    (engine.target, docs/target.md) for a CUDA target; CPU autocast for the cpu target."""
+    target = vocab.parse_target(options.target)
+    if target.kind == "cuda":
+        return CudaSemantics(target.capability, autocast_dtype, options.attention, where=lambda: stack.current)
+    return torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+
+
+def _backward(recorder: Recorder, roles: assemble.StorageRoles, stand_ins, outputs: list) -> list:
+    """Loss and backward; the output is dropped as soon as the loss holds what backward needs. Returns
+    the trainable stand-ins."""
     recorder.phase = Phase.BACKWARD   # the loss exists only to seed backward: its ops belong there
-    loss = training.scalar_loss(output)
-    del output
+    loss = training.scalar_loss(outputs.pop())
     loss.backward()
     del loss
     trainable = [p for _, p, trainable in stand_ins.params if trainable]
@@ -178,6 +201,11 @@ def _training_step(recorder: Recorder, roles: assemble.StorageRoles, stand_ins, 
         if p.grad is not None:
             recorder.storage.track(p.grad, recorder.storage.op_index)
             roles.gradients.add(recorder.storage.storage_id(p.grad))
+    return trainable
+
+
+def _optimizer_step(recorder: Recorder, roles: assemble.StorageRoles, trainable: list,
+                    options: TraceOptions) -> torch.optim.Optimizer | None:
     if options.optimizer is None:
         return None
     recorder.phase = Phase.OPTIMIZER
@@ -187,6 +215,13 @@ def _training_step(recorder: Recorder, roles: assemble.StorageRoles, stand_ins, 
     for t in training.optimizer_state_tensors(optimizer):
         roles.optimizer_state.add(recorder.storage.storage_id(t))
     return optimizer
+
+
+def _semantics_notes(semantics, options: TraceOptions) -> tuple[str, ...]:
+    notes = tuple(semantics.notes) if isinstance(semantics, CudaSemantics) else ()
+    if options.attention != "auto" and not isinstance(semantics, CudaSemantics):
+        notes += (f"attention {options.attention}: a what-if for CUDA targets; the cpu target runs CPU kernels",)
+    return notes
 
 
 def _forward_error(exc: Exception, stack: ModuleStack, recorder: Recorder) -> UserError:

@@ -613,7 +613,7 @@ def test_resnet18_training_trace():
     print(f"\nresnet18 8x3x224x224 train: {len(events)} events replayed in {best * 1e3:.2f} ms "
           f"({best * 1e3 / len(events) * 1e4:.1f} ms per 10k events); allocated {r.allocated_peak_bytes / MiB:.1f} "
           f"MiB, reserved {r.reserved_peak_bytes / MiB:.1f} MiB, {r.segments_peak} segments")
-    profile = simulate_memory(result, Overheads(allocator_reserve_fraction=0.0, cuda_context_bytes=0,
+    profile = simulate_memory(result, Overheads(cuda_context_bytes=0,
                                                 cublas_workspace_bytes=0, cudnn_workspace_bytes=0))
     # the 512-rounded live peak is memory.py's iteration-1 peak exactly
     assert r.rounded_peak_bytes == profile.iteration1_peak_bytes

@@ -63,7 +63,7 @@ def test_sweep_json_points_per_batch_and_gpu(capsys, model_file):
                             "--gpus", "T4,H100 SXM"])
     assert [p["value"] for p in out["points"]] == [1, 2, 4, 8]
     assert [g["gpu_name"] for g in out["gpus"]] == ["T4", "H100 SXM"]
-    peaks = [p["per_gpu"][0]["required_bytes"] for p in out["points"]]
+    peaks = [p["per_gpu"][0]["tensor_peak_bytes"] for p in out["points"]]
     assert peaks == sorted(peaks) and peaks[0] < peaks[-1]
     assert [g["target"] for g in out["gpus"]] == ["sm75", "sm90"]
     h100 = [p["per_gpu"][1]["lower_bound_ms"] for p in out["points"]]

@@ -145,14 +145,17 @@ def test_torchvision_training_step_has_no_uncounted_ops(name):
 
 
 def test_trace_of_vit_training_step_is_fully_counted():
-    """Through the real trace (fake CPU in training): the CPU flash kernel and its backward."""
-    result = analyze("vit_b_16", "1x3x224x224", mode="train")
-    assert result.uncounted_ops == ()
-    tokens, heads, head_dim, layers = 197, 12, 64, 12
-    forward = heads * tokens * tokens * 2 * head_dim  # Q·Kᵀ + P·V per layer
-    attention = [op for op in result.ops if "flash_attention_for_cpu" in op.op]
-    assert sum(op.macs for op in attention if "backward" not in op.op) == layers * forward
-    assert sum(op.macs for op in attention if "backward" in op.op) == layers * forward * 5 // 2
+    """Through the real trace in training, for an H100 (fp32: memory-efficient attention) and for the CPU
+    (its flash kernel): the fused kernel and its backward, by the registry's kind tag."""
+    for target, kernel in (("sm90", "efficient_attention"), ("cpu", "flash_attention_for_cpu")):
+        result = analyze("vit_b_16", "1x3x224x224", mode="train", target=target)
+        assert result.uncounted_ops == ()
+        tokens, heads, head_dim, layers = 197, 12, 64, 12
+        forward = heads * tokens * tokens * 2 * head_dim  # Q·Kᵀ + P·V per layer
+        attention = [op for op in result.ops if op.kind is OpKind.ATTENTION]
+        assert all(kernel in op.op for op in attention)
+        assert sum(op.macs for op in attention if "backward" not in op.op) == layers * forward
+        assert sum(op.macs for op in attention if "backward" in op.op) == layers * forward * 5 // 2
 
 
 def test_a_formula_that_cannot_read_a_call_raises_to_the_recorder():

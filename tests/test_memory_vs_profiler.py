@@ -38,8 +38,9 @@ def build(name: str) -> torch.nn.Module:
 @pytest.mark.parametrize("name,shape,mode,optimizer,precision,checkpointing", CASES)
 def test_trace_peak_matches_real_cpu_run(name, shape, mode, optimizer, precision, checkpointing):
     model = build(name)
+    # the CPU target: what the CPU run we compare with executes (its kernels, its autocast lists)
     result = analyze(model, shape, mode=mode, optimizer=optimizer or "adamw", precision=precision,
-                     checkpointing=checkpointing)
+                     checkpointing=checkpointing, target="cpu")
     predicted = simulate_memory(result, Overheads.none()).trace_peak_bytes
     pure = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     real_model = copy.deepcopy(model).to(pure) if pure is not torch.float32 else model

@@ -60,6 +60,8 @@ def plan_to_dict(plan) -> dict:
             "peak_bytes": memory.peak_bytes,
             "allocated_peak_bytes": memory.allocated_peak_bytes,
             "reserved_peak_bytes": memory.reserved_peak_bytes,
+            "fragmentation_bytes": memory.fragmentation_bytes,
+            "segments": memory.segments,
             "trace_peak_bytes": memory.trace_peak_bytes,
             "iteration1_peak_bytes": memory.iteration1_peak_bytes,
             "steady_state_peak_bytes": memory.steady_state_peak_bytes,

@@ -77,13 +77,14 @@ def totals_lines(result: AnalysisResult) -> list[str]:
 
 
 def uncounted_lines(result: AnalysisResult) -> list[str]:
-    coverage = f"coverage {result.coverage:.1%} of ops counted or known to do no arithmetic"
+    coverage = (f"coverage {result.flop_coverage:.1%} of FLOPs ({result.coverage:.1%} of op calls counted or known "
+                "to do no arithmetic)")
     if not result.uncounted_ops:
         return [f"{coverage}; no uncounted ops"]
-    lines = [f"{coverage}; uncounted ops (no formula, not included in the totals):"]
+    lines = [f"{coverage}; uncounted ops (no formula, not in the totals), by FLOPs estimated from their shapes:"]
     for op in result.uncounted_ops:
         where = ", ".join(m or "<root>" for m in op.modules[:3]) + (" ..." if len(op.modules) > 3 else "")
-        lines.append(f"  {op.op}  x{op.calls}  in {where}")
+        lines.append(f"  {op.op}  x{op.calls}  ~{human_count(op.estimated_flops)}FLOPs  in {where}")
     return lines
 
 
@@ -121,6 +122,10 @@ def render_plan(plan) -> str:
     if options and options.training:
         lines.append(f"tensor peaks: iteration 1 {human_bytes(memory.iteration1_peak_bytes)}, "
                      f"steady state {human_bytes(memory.steady_state_peak_bytes)} (optimizer state kept)")
+    if memory.overheads.allocator is not None:
+        lines.append(f"caching allocator: allocated peak {human_bytes(memory.allocated_peak_bytes)}, reserved peak "
+                     f"{human_bytes(memory.reserved_peak_bytes)} in {memory.segments} segment(s) "
+                     f"(fragmentation {human_bytes(memory.fragmentation_bytes)})")
     lines.append("max batch: " + ("not solved" if plan.max_batch is None else f"{plan.max_batch}"))
     parts = ", ".join(f"{name} {human_ms(p.estimate_ms)}" for name, p in
                       (("forward", latency.forward), ("backward", latency.backward), ("optimizer", latency.optimizer))

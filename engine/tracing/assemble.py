@@ -1,6 +1,7 @@
 """Assemble the recorded ops, storage lifetimes and module stats into an AnalysisResult."""
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -109,16 +110,37 @@ def module_nodes(model: torch.nn.Module, model_name: str, ops: list[OpRecord], s
     return tuple(nodes)
 
 
-def uncounted(ops: list[OpRecord]) -> tuple[tuple[UncountedOp, ...], float]:
+def estimated_flops(op: OpRecord) -> int:
+    """FLOPs of an op without a formula, guessed from its shapes: a contraction when two inputs of rank
+    >= 2 share the first one's last dimension (2 x output elements x that dimension: matmul-like kernels
+    such as _grouped_mm), else one per output element (the least an elementwise kernel does)."""
+    out = sum(math.prod(t.shape) for t in op.outputs)
+    matrices = [t for t in op.inputs if len(t.shape) >= 2]
+    if len(matrices) >= 2 and op.outputs and len(op.outputs[0].shape) >= 2:
+        k = matrices[0].shape[-1]
+        if k in matrices[1].shape[-2:]:
+            return 2 * math.prod(op.outputs[0].shape) * k
+    return out
+
+
+def uncounted(ops: list[OpRecord]) -> tuple[tuple[UncountedOp, ...], float, float]:
+    """(uncounted ops by estimated weight, share of op calls covered, share of FLOPs covered)."""
     calls: dict[str, int] = defaultdict(int)
+    guessed: dict[str, int] = defaultdict(int)
     modules: dict[str, dict[str, None]] = defaultdict(dict)
+    counted = 0
     for op in ops:
         if op.status is OpStatus.UNCOUNTED:
             calls[op.op] += 1
+            guessed[op.op] += estimated_flops(op)
             modules[op.op][op.module_path] = None
-    listing = tuple(UncountedOp(name, calls[name], tuple(modules[name])) for name in sorted(calls, key=lambda n: -calls[n]))
+        else:
+            counted += op.flops
+    listing = tuple(UncountedOp(name, calls[name], tuple(modules[name]), guessed[name])
+                    for name in sorted(calls, key=lambda n: (-guessed[n], -calls[n], n)))
     coverage = 1.0 - sum(calls.values()) / len(ops) if ops else 1.0
-    return listing, coverage
+    total = counted + sum(guessed.values())
+    return listing, coverage, (counted / total if total else 1.0)
 
 
 def totals(ops: list[OpRecord], nodes: tuple[ModuleNode, ...], params: list[tuple[str, torch.Tensor, bool]],

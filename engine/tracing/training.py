@@ -10,6 +10,7 @@ from torch.utils.checkpoint import checkpoint
 
 from torchbudget.engine import vocab
 from torchbudget.engine.errors import TraceError
+from torchbudget.engine.target import checkpoint_context_fn
 
 
 
@@ -56,7 +57,9 @@ class Checkpointed(torch.nn.Module):
         self.inner = inner
 
     def forward(self, *args, **kwargs):
-        return checkpoint(self.inner, *args, use_reentrant=False, **kwargs)
+        # context_fn: the recomputation in backward runs under the target's semantics too (same kernels,
+        # same saved tensors as the forward it replays)
+        return checkpoint(self.inner, *args, use_reentrant=False, context_fn=checkpoint_context_fn(), **kwargs)
 
 
 _CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Sequential)
@@ -93,3 +96,26 @@ def checkpointed_view(model: torch.nn.Module) -> torch.nn.Module:
             wrapped[name] = Checkpointed(child)
     object.__setattr__(view, "_modules", wrapped)
     return view
+
+
+def checkpoint_regions(model: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """(checkpointed regions, top-level children left as they are) of ``checkpointed_view(model)``."""
+    regions, plain = [], []
+    for name, child in model._modules.items():
+        if _is_leaf(child):
+            plain.append(name)
+        elif isinstance(child, _CONTAINERS) and not all(_is_leaf(sub) for sub in child._modules.values()):
+            regions += [f"{name}.{key}" for key, sub in child._modules.items() if sub is not None]
+        else:
+            regions.append(name)
+    return regions, plain
+
+
+def checkpoint_note(model: torch.nn.Module) -> str:
+    """The granularity, stated in the output: which regions are recomputed in backward."""
+    regions, plain = checkpoint_regions(model)
+    if not regions:
+        return "activation checkpointing: no region (every top-level child is a single layer); nothing recomputed"
+    shown = regions if len(regions) <= 6 else regions[:3] + ["…"] + regions[-2:]
+    note = f"activation checkpointing: {len(regions)} region(s) recomputed in backward ({', '.join(shown)})"
+    return note + (f"; kept as they are: {', '.join(plain)}" if plain else "")
