@@ -114,14 +114,26 @@ def optimizer(name: str) -> Optimizer:
     return next(o for o in OPTIMIZERS if o.name == name)
 
 
+@dataclass(frozen=True)
+class OptimizerImpl(Term):
+    torch_flags: tuple[tuple[str, bool], ...] = ()   # what the torch.optim constructor is given
+
+
 OPTIMIZER_IMPLS = (
-    Term("auto", "auto", "What torch.optim picks on CUDA: fused where torch defaults to it, else foreach."),
-    Term("foreach", "foreach", "Multi-tensor kernels over lists of parameters: full-size temporaries per step."),
-    Term("fused", "fused", "One fused kernel per parameter group (HF Trainer's adamw_torch_fused): "
-                           "no full-size temporaries."),
-    Term("for-loop", "for-loop", "One parameter at a time: temporaries of one parameter only."),
+    OptimizerImpl("auto", "auto", "What torch.optim picks for CUDA parameters (torch 2.14: foreach; fused is "
+                                  "opt-in).", (("foreach", True),)),
+    OptimizerImpl("foreach", "foreach", "Multi-tensor kernels over lists of parameters: full-size temporaries per "
+                                        "step.", (("foreach", True),)),
+    OptimizerImpl("fused", "fused", "One fused kernel per parameter group (HF Trainer's adamw_torch_fused): "
+                                    "no full-size temporaries.", (("fused", True), ("foreach", False))),
+    OptimizerImpl("for-loop", "for-loop", "One parameter at a time: temporaries of one parameter only.",
+                  (("foreach", False),)),
 )
 OPTIMIZER_IMPL_NAMES = _names(OPTIMIZER_IMPLS)
+
+
+def optimizer_impl(name: str) -> OptimizerImpl:
+    return next(i for i in OPTIMIZER_IMPLS if i.name == normalise_optimizer_impl(name))
 
 
 def normalise_optimizer_impl(value) -> str:

@@ -11,6 +11,7 @@ import pyqtgraph as pg
 from torchbudget.engine.results import Phase
 from torchbudget.gui.backend import missing_tensor_rate, peak_rate_note
 from torchbudget.gui.colors import plot_colors, series_color
+from torchbudget.engine import vocab
 from torchbudget.gui.plots import make_plot
 
 TERA = 1e12
@@ -51,8 +52,8 @@ class RooflineView:
         intensities = [p[1] for p in points] or [1.0]
         lo, hi = min(intensities) / 4, max(max(intensities) * 4, 1000.0)
         xs = np.logspace(np.log10(lo), np.log10(hi), 200)
-        dtype = {"fp16": "float16", "bf16": "bfloat16", "fp16-amp": "float16", "bf16-amp": "bfloat16"}.get(precision,
-                                                                                                         "float32")
+        chosen = vocab.precision(precision)
+        dtype = chosen.autocast_dtype or chosen.param_dtype   # what its matmuls compute in
         notes = []
         for i, plan in enumerate(plans):
             gpu = plan.gpu

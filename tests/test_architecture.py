@@ -102,3 +102,14 @@ def test_no_import_cycles():
         if node not in state:
             visit(node, [])
     assert cycles == []
+
+
+def test_every_package_is_installed():
+    """pyproject's explicit package list names every folder with an __init__.py (a new subpackage would
+    otherwise be missing from an installed copy)."""
+    import tomllib
+
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("torchbudget", *p.parent.relative_to(ROOT).parts))
+             for room in ROOMS for p in (ROOT / room).rglob("__init__.py")}
+    assert found | {"torchbudget"} == declared

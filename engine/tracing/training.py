@@ -28,20 +28,13 @@ def scalar_loss(output) -> torch.Tensor:
     return loss
 
 
-def resolved_impl(impl: str) -> str:
-    """"auto" is what torch.optim picks for CUDA parameters: ``_default_to_fused_or_foreach`` chooses
-    foreach (fused is opt-in in torch 2.14). Fake tensors are not plain Tensors, so torch itself would
-    pick the for-loop for them: the choice is always passed explicitly."""
-    return "foreach" if impl == "auto" else impl
-
-
 def make_optimizer(name: str, params: list[torch.Tensor], impl: str = "auto") -> torch.optim.Optimizer:
     """The real torch.optim class (engine.vocab.OPTIMIZERS) with the implementation ``impl``
-    (engine.vocab.OPTIMIZER_IMPLS)."""
+    (engine.vocab.OPTIMIZER_IMPLS). "auto" is what torch.optim picks for CUDA parameters
+    (``_default_to_fused_or_foreach``: foreach in 2.14). Fake tensors are not plain Tensors, so torch itself
+    would pick the for-loop for them: the choice is always passed explicitly."""
     spec = vocab.optimizer(name)
-    impl = resolved_impl(vocab.normalise_optimizer_impl(impl))
-    flags = {"fused": {"fused": True, "foreach": False}, "foreach": {"foreach": True},
-             "for-loop": {"foreach": False}}[impl]
+    flags = dict(vocab.optimizer_impl(impl).torch_flags)
     return getattr(torch.optim, spec.torch_class)(params, lr=1e-3, **dict(spec.kwargs), **flags)
 
 
