@@ -140,7 +140,7 @@ def case_profiler_vit_b_16_infer() -> dict:
 
 
 if __name__ == "__main__":
-    from torchbudget.engine.trace import freeze_startup_objects
+    from torchbudget.engine.process import freeze_startup_objects
 
     freeze_startup_objects()  # as the CLI and the app do once their imports are done
     out = globals()[f"case_{sys.argv[1]}"]()

@@ -42,7 +42,7 @@ def run_cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     debug = "--debug" in argv
     if args.command in TRACING_SUBCOMMANDS:
-        from torchbudget.engine.trace import freeze_startup_objects
+        from torchbudget.engine.process import freeze_startup_objects
 
         freeze_startup_objects()  # this process is ours: see the function's note
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from torchbudget.cli import common_options
-from torchbudget.cli.workload_args import add_workload_arguments, workload_from_args
+from torchbudget.cli.workload_args import add_workload_arguments, trace_cache_from_args, workload_from_args
 from torchbudget.engine.report.schema import analysis_to_dict, dump_json
 from torchbudget.engine.report.text import render_analysis
 from torchbudget.errors import UserError
@@ -33,9 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if args.depth is not None and args.depth < 0:
         raise UserError(f"--depth must be 0 or more, got {args.depth}", field="depth")
     workload = workload_from_args(args)
-    from torchbudget.engine.api import analyze_workload  # imported here so `--help` stays fast
-
-    result = analyze_workload(workload)
+    result = trace_cache_from_args(args).get(workload)   # from the trace store when it has it: no PyTorch
     if args.json:
         print(dump_json(analysis_to_dict(result, include_ops=args.ops, include_events=args.ops)))
     else:

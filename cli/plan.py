@@ -5,7 +5,7 @@ import argparse
 
 from torchbudget.cli import common_options
 from torchbudget.cli.workload_args import (add_planner_arguments, add_workload_arguments, overheads_from_args,
-                                           resolve_gpus, workload_from_args)
+                                           resolve_gpus, trace_cache_from_args, workload_from_args)
 from torchbudget.engine.report.schema import dump_json, plan_to_dict
 from torchbudget.engine.report.text import render_plan
 from torchbudget.errors import UserError
@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     gpus = resolve_gpus(args.gpu)
     if len(gpus) != 1:
         raise UserError("plan takes one GPU; use the compare command for several", field="gpu")
-    result = Planner(overheads=overheads_from_args(args)).plan(workload, gpus[0], solve_max_batch=not args.no_max_batch)
+    planner = Planner(trace_cache_from_args(args), overheads=overheads_from_args(args))
+    result = planner.plan(workload, gpus[0], solve_max_batch=not args.no_max_batch)
     print(dump_json(plan_to_dict(result)) if args.json else render_plan(result))
     return 0

@@ -5,7 +5,7 @@ import argparse
 
 from torchbudget.cli import common_options
 from torchbudget.cli.workload_args import (add_planner_arguments, add_workload_arguments, overheads_from_args,
-                                           resolve_gpus, workload_from_args)
+                                           resolve_gpus, trace_cache_from_args, workload_from_args)
 from torchbudget.engine.errors import InputSpecError, UserError
 from torchbudget.engine.report.schema import dump_json
 from torchbudget.engine.report.text import render_sweep
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     resolutions = parse_int_list(args.resolution, "resolution") if args.resolution else None
     if resolutions and workload.inputs and not any(s.kind is InputKind.IMAGE for s in workload.inputs):
         raise UserError("--resolution needs an image input (N x C x H x W)", field="input")
-    planner = Planner(overheads=overheads_from_args(args))
+    planner = Planner(trace_cache_from_args(args), overheads=overheads_from_args(args))
     if resolutions:
         result = planner.resolution_sweep(workload, gpus, resolutions)
     else:

@@ -35,6 +35,18 @@ def add_workload_arguments(parser: argparse.ArgumentParser, *, target: bool = Fa
                             help=f"whose kernels to model: a CUDA compute capability (sm90, sm80, sm75) or cpu "
                                  f"(default {vocab.DEFAULT_TARGET}: {vocab.DEFAULT_TARGET_LABEL})")
     parser.add_argument("--kwargs", default=None, metavar="JSON", help='builder arguments, e.g. \'{"num_classes": 10}\'')
+    parser.add_argument("--no-store", action="store_true",
+                        help="neither read nor write the trace store (the app's and the CLI's traces on disk, "
+                             "reused by the same torch and TorchBudget: a stored workload answers without "
+                             "importing PyTorch)")
+
+
+def trace_cache_from_args(args: argparse.Namespace):
+    """The trace cache a command uses: backed by the on-disk trace store unless --no-store."""
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.trace_store import TraceStore
+
+    return TraceCache(store=None if getattr(args, "no_store", False) else TraceStore())
 
 
 ALLOC_CONF_ENV = "PYTORCH_CUDA_ALLOC_CONF"

@@ -16,8 +16,10 @@ Analyzer = Callable[[Workload], AnalysisResult]
 
 
 def trace_workload(workload: Workload) -> AnalysisResult:
-    from torchbudget.engine.api import analyze_workload  # imported late: the api imports model sources
+    from torchbudget.engine.api import analyze_workload  # imported late: PyTorch only when a trace is needed
+    from torchbudget.engine.process import tracer_imported
 
+    tracer_imported()
     return analyze_workload(workload)
 
 

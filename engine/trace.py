@@ -21,6 +21,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_leaves
 
 from torchbudget.engine import vocab
+from torchbudget.engine.process import freeze_startup_objects  # noqa: F401 - its old home
 from torchbudget.engine.errors import InputSpecError, ShapeMismatchError, TraceError, UserError
 from torchbudget.engine.inputs import InputSpec
 from torchbudget.engine.meta_params import StandIns, make_stand_ins, names_for
@@ -46,14 +47,6 @@ def _cast(dtype: torch.dtype):
 _TRACE_LOCK = threading.Lock()
 
 
-
-def freeze_startup_objects() -> None:
-    """For programs that own their process (our CLI, app and bench workers), called once after their
-    imports: a full collection walks every tracked object, and the ~340k that importing torch created
-    never die, so they are moved out of the collector's view (gc.freeze). The next full collection after
-    a trace then walks only newer objects (0.2-0.3 s saved after a resnet50 training trace). Not done on
-    import: a library must not change the garbage collector of the process that imports it."""
-    gc.freeze()
 
 # FakeTensorMode logs a traceback for every failing meta kernel; the failure reaches the user as a
 # ShapeMismatchError/TraceError instead, so that logger is quieted for the trace.

@@ -88,7 +88,7 @@ class Preload:
             for name in HEAVY_MODULES:
                 importlib.import_module(name)
                 self._mark(name)
-            from torchbudget.engine.trace import freeze_startup_objects
+            from torchbudget.engine.process import freeze_startup_objects
 
             freeze_startup_objects()  # the app owns its process
         except BaseException as exc:  # noqa: BLE001 - shown in the window instead of a traceback

@@ -105,7 +105,7 @@ def main() -> int:
     import torchbudget.engine.api  # noqa: F401 - PyTorch, torchvision and the tracer: the slow part, done while the
     from torchbudget.engine.cache import TraceCache  # app decides whether it needs this process at all
     from torchbudget.engine.errors import UserError
-    from torchbudget.engine.trace import freeze_startup_objects
+    from torchbudget.engine.process import freeze_startup_objects
 
     freeze_startup_objects()   # this process is ours
     line = sys.stdin.readline()

@@ -128,3 +128,31 @@ def test_the_default_folder_follows_the_environment_variable(tmp_path, monkeypat
     import platformdirs
 
     assert TraceStore().directory == trace_store.Path(platformdirs.user_cache_dir("torchbudget")) / "traces"
+
+
+def test_a_repeated_cli_plan_answers_from_the_store_without_pytorch(tmp_path):
+    """The CLI reads and writes the app's trace store: the second plan of a workload imports no PyTorch
+    (and --no-store bypasses the store)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script = ("import sys\nfrom torchbudget.__main__ import main\ncode = main(sys.argv[1:])\n"
+              "print('TORCH', 'torch' in sys.modules)\nsys.exit(code)")
+    args = ["plan", "resnet18", "--input", "2x3x64x64", "--mode", "train", "--gpu", "T4"]
+    env = dict(os.environ, TORCHBUDGET_CACHE_DIR=str(tmp_path))
+
+    def run(*extra):
+        done = subprocess.run([sys.executable, "-c", script, *args, *extra], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    first = run()
+    assert "TORCH True" in first
+    second = run()
+    assert "TORCH False" in second
+    assert second.replace("TORCH False", "") == first.replace("TORCH True", "")
+    assert "TORCH True" in run("--no-store")
