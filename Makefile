@@ -13,7 +13,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: run test bench screenshots clean venv
+.PHONY: run test bench validate screenshots clean venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m torchbudget.bench
+
+# on a CUDA machine: plan vs real runs, written into docs/validation.md (without CUDA: a dry run)
+validate: $(STAMP)
+	$(PY) -m torchbudget.bench.validation_battery --write docs/validation.md
 
 screenshots: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m torchbudget.gui.screenshots docs/screenshots

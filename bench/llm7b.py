@@ -17,14 +17,31 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
+class LowRank(nn.Module):
+    """A LoRA-like adapter beside a frozen projection: x W^T + (x A^T) B^T."""
+
+    def __init__(self, base: nn.Linear, rank: int):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.a = nn.Linear(base.in_features, rank, bias=False)
+        self.b = nn.Linear(rank, base.out_features, bias=False)
+
+    def forward(self, x):
+        return self.base(x) + self.b(self.a(x))
+
+
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int):
+    def __init__(self, dim: int, heads: int, hidden: int, lora_rank: int = 0):
         super().__init__()
         self.heads = heads
         self.attn_norm, self.mlp_norm = RMSNorm(dim), RMSNorm(dim)
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim, bias=False) for _ in range(4))
+
         self.gate, self.up = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
         self.down = nn.Linear(hidden, dim, bias=False)
+        if lora_rank:   # a frozen base (its norms too) with adapters on the query and value projections
+            self.requires_grad_(False)
+            self.q, self.v = LowRank(self.q, lora_rank), LowRank(self.v, lora_rank)
 
     def forward(self, x):
         b, s, d = x.shape
@@ -37,12 +54,15 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, vocab: int = 32000, dim: int = 4096, layers: int = 32, heads: int = 32, hidden: int = 11008):
+    def __init__(self, vocab: int = 32000, dim: int = 4096, layers: int = 32, heads: int = 32, hidden: int = 11008,
+                 lora_rank: int = 0):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
-        self.blocks = nn.ModuleList(Block(dim, heads, hidden) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(dim, heads, hidden, lora_rank) for _ in range(layers))
         self.norm = RMSNorm(dim)
         self.lm_head = nn.Linear(dim, vocab, bias=False)
+        if lora_rank:
+            self.embed.requires_grad_(False), self.norm.requires_grad_(False), self.lm_head.requires_grad_(False)
 
     def forward(self, tokens):
         x = self.embed(tokens)

@@ -19,9 +19,9 @@ class NoCudaError(UserError):
 @dataclass(frozen=True)
 class Measurement:
     device_name: str
-    iteration1_max_allocated_bytes: int     # torch.cuda.max_memory_allocated over the first step
-    steady_max_allocated_bytes: int         # over the later steps (optimizer state alive, grads set to None)
-    max_reserved_bytes: int                 # torch.cuda.max_memory_reserved over all steps
+    iteration1_max_allocated_bytes: int | None   # torch.cuda.max_memory_allocated over the first step
+    steady_max_allocated_bytes: int | None   # over the later steps (optimizer state alive, grads set to None)
+    max_reserved_bytes: int | None          # torch.cuda.max_memory_reserved over all steps
     nvml_used_delta_bytes: int | None       # NVML device "used" after the run minus before CUDA was initialised
     median_ms: float                        # CUDA-event time of one step, after warm-up
     min_ms: float
@@ -168,6 +168,48 @@ def build_step(workload: Workload, result, device):
     return step, model, optimizer
 
 
+def measure_on_cpu(workload: Workload, result, *, warmup: int = 1, iterations: int = 2) -> Measurement:
+    """The same real step on the CPU, timed with a wall clock (no CUDA counters: the memory fields are
+    None). For dry runs of the validation battery on machines without a GPU."""
+    import time
+
+    import torch
+
+    step, _, _ = build_step(workload, result, torch.device("cpu"))
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return Measurement(device_name="cpu (dry run)", iteration1_max_allocated_bytes=None,
+                       steady_max_allocated_bytes=None, max_reserved_bytes=None, nvml_used_delta_bytes=None,
+                       median_ms=statistics.median(times), min_ms=min(times), iterations=iterations)
+
+
+def runs_on_gpu(workload: Workload, result, device_index: int = 0) -> bool:
+    """One real step of ``workload`` on cuda:device_index: False when it runs out of memory (the real
+    largest batch is found by bisection on this)."""
+    torch = require_cuda()
+    device = torch.device("cuda", device_index)
+    step = None
+    try:
+        step, _, _ = build_step(workload, result, device)
+        step()
+        step()   # the steady state: optimizer state alive
+        torch.cuda.synchronize(device)
+        return True
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
+        del step
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 def measure(workload: Workload, result, *, warmup: int = 3, iterations: int = 10, device_index: int = 0) -> Measurement:
     """Run ``workload`` (inputs as resolved by its trace ``result``) for real on cuda:device_index."""
     torch = require_cuda()
@@ -216,15 +258,16 @@ def validate(workload: Workload, *, warmup: int = 3, iterations: int = 10, devic
     gpu = resolve_gpu(f"local:{device_index}")
     cache = TraceCache()
     predicted = plan(workload, gpu, cache=cache, solve_max_batch=False)
+    workload = workload.on_gpu(gpu)   # the trace the plan used: this GPU's kernels
     m = measure(workload, cache.get(workload), warmup=warmup, iterations=iterations, device_index=device_index)
     memory, latency = predicted.memory, predicted.latency
     rows = (
         ValidationRow("tensor peak, iteration 1 (max_memory_allocated)", memory.iteration1_peak_bytes,
                       m.iteration1_max_allocated_bytes, "bytes"),
-        ValidationRow("tensor peak, steady state (max_memory_allocated)", memory.steady_state_peak_bytes,
-                      m.steady_max_allocated_bytes, "bytes"),
-        ValidationRow("reserved: tensors + workspace + allocator (max_memory_reserved)", memory.required_bytes,
-                      m.max_reserved_bytes, "bytes"),
+        ValidationRow("allocated peak (max_memory_allocated, all steps)", memory.allocated_peak_bytes,
+                      max(m.iteration1_max_allocated_bytes, m.steady_max_allocated_bytes), "bytes"),
+        ValidationRow("reserved peak (max_memory_reserved)", memory.reserved_peak_bytes, m.max_reserved_bytes,
+                      "bytes"),
         ValidationRow("process footprint incl. CUDA context (NVML used delta)", memory.peak_bytes,
                       m.nvml_used_delta_bytes, "bytes"),
         ValidationRow("step latency, roofline lower bound (CUDA events, median)", latency.lower_bound_ms,
