@@ -91,7 +91,8 @@ def dry_gpu():
     """What the dry run plans for: a small made-up device following the CPU's kernels (vendor Other)."""
     from torchbudget.hardware.spec import GpuSpec
 
-    return GpuSpec(name="dry-run device", vendor="Other", memory_bytes=2 * 2**30, available_memory_bytes=2 * 2**30,
+    # just above the CUDA context and cuBLAS workspace (544 MiB): small largest batches, few traces to find them
+    return GpuSpec(name="dry-run device", vendor="Other", memory_bytes=2**30, available_memory_bytes=600 * 2**20,
                    bandwidth_gbs=50.0, peak_tflops={"fp32": 1.0, "bf16": 2.0, "fp16": 2.0})
 
 

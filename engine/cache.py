@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Callable
 
+from torchbudget.engine import vocab
 from torchbudget.engine.results import AnalysisResult
 from torchbudget.engine.trace_store import TraceStore
 from torchbudget.engine.workload import Workload
@@ -21,6 +23,13 @@ def trace_workload(workload: Workload) -> AnalysisResult:
 
     tracer_imported()
     return analyze_workload(workload)
+
+
+def _any_cuda_key(workload: Workload) -> tuple | None:
+    """The key under which a trace no CUDA capability decided is shared by every CUDA target."""
+    if not workload.options.target.startswith("sm"):
+        return None
+    return ("any-cuda", *workload.with_options(target=vocab.DEFAULT_TARGET).key())
 
 
 class TraceCache:
@@ -45,14 +54,14 @@ class TraceCache:
 
     def in_memory(self, workload: Workload) -> bool:
         """``get`` returns it at once (no trace, no read from the store)."""
+        shared = _any_cuda_key(workload)
         with self._lock:
-            return workload.key() in self._entries
+            return workload.key() in self._entries or (shared is not None and shared in self._entries)
 
     def __contains__(self, workload: Workload) -> bool:
         """In memory or in the store: ``get`` returns it without tracing."""
-        with self._lock:
-            if workload.key() in self._entries:
-                return True
+        if self.in_memory(workload):
+            return True
         return self.store is not None and self.store.has(workload)
 
     def _lookup(self, key: tuple) -> AnalysisResult | None:
@@ -63,10 +72,23 @@ class TraceCache:
                 self.hits += 1
             return result
 
+    def _shared(self, workload: Workload) -> AnalysisResult | None:
+        """A trace made for another CUDA target that no capability decided (no SDPA call): the same for
+        this one, but for the target it names."""
+        shared = _any_cuda_key(workload)
+        result = self._lookup(shared) if shared is not None else None
+        if result is None:
+            return None
+        result = replace(result, options=workload.options)
+        self.put(workload, result)
+        if self.store is not None:
+            self._saver.submit(self.store.save, workload, result)
+        return result
+
     def get(self, workload: Workload) -> AnalysisResult:
         """The trace of ``workload``, traced now if not cached. UserErrors propagate and are not cached."""
         key = workload.key()
-        result = self._lookup(key)
+        result = self._lookup(key) or self._shared(workload)
         if result is not None:
             return result
         with self._lock:
@@ -86,6 +108,9 @@ class TraceCache:
                     self.loaded += 1
                 self._entries[key] = result
                 self._entries.move_to_end(key)
+                shared = _any_cuda_key(workload)
+                if shared is not None and not result.target_dependent:
+                    self._entries[shared] = result
                 while len(self._entries) > self.maxsize:
                     self._entries.popitem(last=False)
                 self._in_flight.pop(key, None)
@@ -105,6 +130,8 @@ class TraceCache:
             keys = list(self._entries)
         out = []
         for key in keys:
+            if len(key) != 4:   # a shared any-CUDA key: its own target's key is there too
+                continue
             model, inputs, options, kwargs = key
             if inputs and want is not None and (model, tuple(s.with_batch(1) for s in inputs), options, kwargs) == want:
                 out.append(inputs[0].shape[0])

@@ -205,6 +205,8 @@ class AnalysisResult:
     policies: tuple[str, ...] = ()    # e.g. worst-case policy applied to data-dependent ops
     trace_seconds: float = 0.0
     flop_coverage: float = 1.0        # counted FLOPs / (counted + uncounted ops' estimated FLOPs)
+    target_dependent: bool = True     # False: no decision depended on the CUDA capability (no SDPA call), so
+                                      # the trace holds for every CUDA target (engine.cache shares it)
 
     @property
     def batch_size(self) -> int:

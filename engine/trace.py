@@ -118,6 +118,7 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
         policies=tuple(run.recorder.policies.applied) + _semantics_notes(run.semantics, options)
         + ((training.checkpoint_note(model),) if options.training and options.checkpointing else ()),
         trace_seconds=time.perf_counter() - started,
+        target_dependent=not isinstance(run.semantics, CudaSemantics) or bool(run.semantics.sdpa_calls),
     )
 
 

@@ -195,3 +195,20 @@ def test_overheads_reject_a_bad_allocator_setting():
 
     with pytest.raises(UserError, match="expandable"):
         Overheads.with_alloc_conf("expandable_segments:maybe")
+
+
+def test_gpus_of_other_capabilities_share_a_trace_no_capability_decided():
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.inputs import parse_inputs
+    from torchbudget.engine.results import TraceOptions
+    from torchbudget.engine.workload import Workload
+
+    cache = TraceCache()
+    cnn = Workload("resnet18", parse_inputs("2x3x64x64"), TraceOptions(mode="train"))
+    a, b = cache.get(cnn.with_options(target="sm90")), cache.get(cnn.with_options(target="sm75"))
+    assert cache.misses == 1 and not a.target_dependent            # no attention: one trace serves both
+    assert (a.options.target, b.options.target) == ("sm90", "sm75") and a.storage_events is b.storage_events
+    assert cache.batches_of(cnn.with_options(target="sm75")) == [2]
+    gpt = Workload(GPT, parse_inputs("1x64:int64"), TraceOptions(mode="train", precision="fp16-amp"))
+    cache.get(gpt.with_options(target="sm90")), cache.get(gpt.with_options(target="sm75"))
+    assert cache.misses == 3                                       # SDPA decided by the capability: two traces
