@@ -104,21 +104,25 @@ def timeout_words(seconds: float) -> str:
 
 def ended_message(returncode: int | None, stage: str, *, timed_out: bool = False, timeout_s: float | None = None,
                   timeout_option: str = "--timeout") -> str:
-    """The one line for a child running user code that ended without giving its answer."""
-    while_ = f"while {stage}" if stage != STARTING else "before the model file was loaded"
+    """The one line for a child running user code that ended without giving its answer. ``stage`` is the
+    last one it reported (STARTING: no user code ran yet, so the model file is not to blame)."""
+    if stage == STARTING:
+        if timed_out:
+            return (f"the analysis process did not reach the model file within {timeout_words(timeout_s or 0)} "
+                    f"({timeout_option}): starting Python and importing PyTorch took longer; raise {timeout_option}")
+        how = (f"crashed ({signal_words(-returncode)})" if returncode is not None and returncode < 0
+               else f"ended with exit status {returncode}")
+        return f"the analysis process {how} before it loaded the model file (run with --no-isolation to see why)"
     if timed_out:
-        return (f"the model file did not finish within {timeout_words(timeout_s or 0)} ({timeout_option}) {while_}; "
-                f"it was stopped (raise {timeout_option} if it is only slow)")
+        return (f"the model file did not finish within {timeout_words(timeout_s or 0)} ({timeout_option}) "
+                f"while {stage}; it was stopped (raise {timeout_option} if it is only slow)")
     if returncode is None:
-        return f"the model file's process ended without an answer {while_}"
+        return f"the model file's process ended without an answer while {stage}"
     if returncode < 0:
         signum = -returncode
-        extra = " (the system may have run out of memory)" if signum == getattr(signal, "SIGKILL", 9) else ""
-        return f"the model file crashed ({signal_words(signum)}){extra} {while_}"
-    if stage == STARTING:
-        return (f"the analysis process ended with exit status {returncode} before it loaded the model file "
-                "(run with --no-isolation to see why)")
-    return f"the model file called os._exit({returncode}) {while_}, before the analysis finished"
+        extra = "; the system may have run out of memory" if signum == getattr(signal, "SIGKILL", 9) else ""
+        return f"the model file crashed ({signal_words(signum)}{extra}) while {stage}"
+    return f"the model file called os._exit({returncode}) while {stage}, before the analysis finished"
 
 
 def system_exit_message(exc: BaseException, stage: str | None = None) -> str:

@@ -263,3 +263,39 @@ def test_the_parent_never_imports_torch(tmp_path, monkeypatch):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.stdout.split() == ["True", "False"], done.stderr
+
+
+# ----------------------------------------------------------------------------- how a child's end is worded
+@pytest.mark.parametrize("returncode, stage, timed_out, expected", [
+    (-11, "importing net.py", False, "the model file crashed (segmentation fault) while importing net.py"),
+    (-6, "tracing Net", False, "the model file crashed (aborted) while tracing Net"),
+    (-7, "tracing Net", False, "the model file crashed (bus error) while tracing Net"),
+    (-8, "building Net", False, "the model file crashed (floating point exception) while building Net"),
+    (-4, "building Net", False, "the model file crashed (illegal instruction) while building Net"),
+    (-9, "tracing Net", False, "the model file crashed (killed; the system may have run out of memory) while tracing Net"),
+    (3, "importing net.py", False, "the model file called os._exit(3) while importing net.py, before the analysis finished"),
+    (0, "tracing Net", False, "the model file called os._exit(0) while tracing Net"),
+    (-9, "tracing Net", True, "the model file did not finish within 2.5 s (--timeout) while tracing Net; it was stopped"),
+    (-9, "starting", True, "the analysis process did not reach the model file within 2.5 s (--timeout)"),
+    (1, "starting", False, "the analysis process ended with exit status 1 before it loaded the model file"),
+    (-11, "starting", False, "the analysis process crashed (segmentation fault) before it loaded the model file"),
+])
+def test_every_end_of_a_child_is_one_worded_line(returncode, stage, timed_out, expected):
+    from torchbudget.engine.user_code import ended_message
+
+    message = ended_message(returncode, stage, timed_out=timed_out, timeout_s=2.5)
+    assert message.startswith(expected) and "\n" not in message
+
+
+@pytest.mark.parametrize("spec, is_file, path, attribute", [
+    ("net.py:Net", True, "net.py", "Net"),
+    ("  dir/net.py  ", True, "dir/net.py", None),
+    ("C:/models/net.py:make", True, "C:/models/net.py", "make"),
+    ("net.py:1bad", False, "net.py:1bad", None),   # not an identifier: not a file spec either
+    ("resnet50", False, "resnet50", None),
+])
+def test_model_specs_parse_without_torch(spec, is_file, path, attribute):
+    from torchbudget.engine.user_code import is_file_spec, split_file_spec
+
+    assert is_file_spec(spec) is is_file
+    assert split_file_spec(spec) == (Path(path), attribute)
