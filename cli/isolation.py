@@ -2,7 +2,9 @@
 prints in the user's code end in one line on stderr (exit 2), never in a dead or hung CLI or broken JSON.
 
 Parent (this process, which never imports PyTorch on this path): starts ``python -c BOOT <same argv>`` with
-``CHILD_ENV`` set, in its own process group, stdin from /dev/null; forwards the child's stderr as it comes;
+``CHILD_ENV`` set, in its own process group, its stdin a pipe the parent never writes to (the child ends its
+group when that pipe closes: a parent killed outright leaves no orphan looping forever; the user's code reads
+stdin from /dev/null); forwards the child's stderr as it comes;
 reads the child's stdout, which carries only JSON lines: ``{"stage": ...}`` (what user code is doing:
 engine.user_code) and finally ``{"code": N, "stdout": TEXT}``; kills the group after ``--timeout``.
 
@@ -109,7 +111,7 @@ def run_isolated(argv: list[str], timeout_s: float, out) -> int:
     env[CHILD_ENV] = "1"
     command = [sys.executable, "-c", _BOOT.format(root=_root()), *argv]
     popen_extra = {"start_new_session": True} if os.name == "posix" else {}
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=env, **popen_extra)
     channel = _Channel()
     readers = [threading.Thread(target=channel.read, args=(process.stdout,), daemon=True),
@@ -127,6 +129,7 @@ def run_isolated(argv: list[str], timeout_s: float, out) -> int:
         return 130
     finally:
         _kill_group(process)   # on success too: nothing the user's code started outlives the analysis
+        process.stdin.close()
     process.wait()
     deadline = time.monotonic() + _DRAIN_S
     for reader in readers:
@@ -144,12 +147,35 @@ def run_isolated(argv: list[str], timeout_s: float, out) -> int:
     return 2
 
 
+def _watch_parent() -> None:
+    """Our stdin is a pipe from the parent, which never writes to it: end of file means the parent is gone
+    (killed, even with SIGKILL), and this child and whatever the user's code started go too. The user's
+    code gets /dev/null as stdin (``input()`` fails at once instead of waiting for the timeout)."""
+    watched = os.dup(0)   # not inheritable: processes the user's code starts do not hold the pipe open
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+    def watch() -> None:
+        try:
+            while os.read(watched, 4096):
+                pass
+        except OSError:
+            pass
+        if hasattr(os, "killpg"):
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="torchbudget-parent-watch", daemon=True).start()
+
+
 def child_main(run, model: str | None = None) -> None:
     """In the child: ``run(out)`` runs the subcommand writing its answer to ``out``; returns its exit status.
     Never returns: the process ends with that status once the answer is sent. ``model``: the model spec,
     whose file sees ``sys.argv == [path]`` and its own folder first on sys.path for the whole run (its
     forward may import lazily)."""
     os.environ.pop(CHILD_ENV, None)   # a TorchBudget the user's code might start is not our child
+    _watch_parent()
     if model and is_file_spec(model):
         path, _ = split_file_spec(model)
         sys.argv = [str(path)]

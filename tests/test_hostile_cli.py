@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.hardware_fakes import isolated_config  # noqa: F401
-from tests.hostile_support import (TINY_MODEL, assert_one_error, cli, main_py, process_alive, strict_json,
+from tests.hostile_support import (ROOT, TINY_MODEL, assert_one_error, cli, main_py, process_alive, strict_json,
                                    write)
 
 
@@ -231,6 +231,39 @@ def test_isolated_file_prints_threads_and_leftover_processes(tmp_path):
         assert text in err
     assert "Traceback" not in err and seconds < 60
     assert not process_alive(int(pid_file.read_text()))
+
+
+def test_a_killed_cli_leaves_no_child_behind(tmp_path):
+    """SIGKILL on the CLI (a CI job cancelled, `kill -9`): its child, in an endless loop, ends too."""
+    import signal
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    model = write(tmp_path, "net.py", f"""
+        import os, time
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        while True:
+            time.sleep(0.05)
+    """)
+    cli_process = subprocess.Popen([sys.executable, "main.py", "analyze", f"{model}:Net"], cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, "TORCHBUDGET_CONFIG_DIR": str(tmp_path)})
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and cli_process.poll() is None
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        assert process_alive(child)
+        cli_process.send_signal(signal.SIGKILL)
+        cli_process.wait(10)
+        deadline = time.monotonic() + 10
+        while process_alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not process_alive(child)
+    finally:
+        cli_process.kill()
 
 
 def test_isolated_errors_and_debug_pass_through(tmp_path):
