@@ -52,13 +52,9 @@ def _assert_same(before: dict, after: dict) -> None:
     assert before["modules"] == after["modules"]
 
 
-# Checkpointed regions are recomputed in backward, after functional_call has put the module's own tensors
-# back: the recompute runs on the user's BatchNorm and bumps its num_batches_tracked (0 -> 1).
-CHECKPOINT_FIX = pytest.mark.xfail(strict=True, reason="waiting for the lead's checkpointing fix in engine/trace.py: "
-                                   "the backward recompute updates the user's BatchNorm num_batches_tracked")
-
-
-@pytest.mark.parametrize("checkpointing", [False, pytest.param(True, marks=CHECKPOINT_FIX)])
+# checkpointing: the regions are recomputed in backward, and that recompute must run on stand-ins too (it
+# once ran on the user's own BatchNorm and bumped its num_batches_tracked 0 -> 1)
+@pytest.mark.parametrize("checkpointing", [False, True])
 @pytest.mark.parametrize("starts_in", ["train", "eval"])
 def test_training_analysis_leaves_the_module_untouched(checkpointing, starts_in):
     module = _net().train(starts_in == "train")
