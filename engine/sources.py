@@ -150,7 +150,10 @@ def _import_file(path: Path) -> ModuleType:
     if import_spec is None or import_spec.loader is None:
         raise ModelLoadError(f"cannot import {str(path)!r} as a Python file", field="file")
     user_module = importlib.util.module_from_spec(import_spec)
-    sys.path.insert(0, str(path.resolve().parent))  # let the file import its neighbours
+    folder = path.resolve().parent
+    _forget_siblings_of_other_folders(folder)
+    before = set(sys.modules)
+    sys.path.insert(0, str(folder))  # let the file import its neighbours
     report_stage(f"importing {path.name}")
     try:
         with user_argv(path):
@@ -161,8 +164,30 @@ def _import_file(path: Path) -> ModuleType:
         raise ModelLoadError(f"importing {path.name} failed at {_where(exc, path)}: {type(exc).__name__}: "
                              f"{_first_line(exc)}", field="file") from exc
     finally:
-        sys.path.remove(str(path.resolve().parent))
+        sys.path.remove(str(folder))
+        _note_siblings(folder, set(sys.modules) - before)
     return user_module
+
+
+# Modules a model file imported from its own folder (its engine.py, helpers.py), by name -> folder. Python
+# caches modules by name only: a second model file in another folder with its own engine.py would get the
+# first one's, so they are forgotten when a file from another folder is imported (nothing else is touched:
+# only modules whose file lies in a model file's folder are noted).
+_SIBLINGS: dict[str, Path] = {}
+
+
+def _note_siblings(folder: Path, names: set[str]) -> None:
+    for name in names:
+        origin = getattr(sys.modules.get(name), "__file__", None)
+        if origin and Path(origin).resolve().is_relative_to(folder):
+            _SIBLINGS[name] = folder
+
+
+def _forget_siblings_of_other_folders(folder: Path) -> None:
+    for name, owner in list(_SIBLINGS.items()):
+        if owner != folder:
+            sys.modules.pop(name, None)
+            del _SIBLINGS[name]
 
 
 def _module_classes(user_module: ModuleType) -> list[str]:

@@ -133,7 +133,19 @@ def test_a_file_with_argparse_and_its_own_engine_module(tmp_path):
     assert result.totals.params == 4 * 5 + 5
     assert sys.argv == argv and str(tmp_path) not in sys.path
     assert "torchbudget.engine" in sys.modules and sys.modules["engine"].__file__ == str(tmp_path / "engine.py")
-    del sys.modules["engine"]   # the file's module, not ours: leave no trace for later tests
+
+
+def test_two_files_each_with_their_own_engine_module(tmp_path):
+    """Python caches `engine` by name: the second folder's file must still get its own engine.py."""
+    specs = []
+    for width in (3, 6):
+        folder = tmp_path / f"project{width}"
+        folder.mkdir()
+        write(folder, "engine.py", f"WIDTH = {width}\n")
+        source = "import engine\n" + TINY_MODEL.replace("Linear(4, 2)", "Linear(4, engine.WIDTH)")
+        specs.append(f"{write(folder, 'net.py', source)}:Net")
+    for spec, width in [(specs[0], 3), (specs[1], 6), (specs[0], 3)]:
+        assert analyze(spec, "1x4").totals.params == 4 * width + width
 
 
 # --------------------------------------------------------------------------------------------- tolist
