@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from torchbudget.cli import common_options
+from torchbudget.cli import common_options, emit
 from torchbudget.cli.workload_args import add_workload_arguments, trace_cache_from_args, workload_from_args
 from torchbudget.engine.report.schema import analysis_to_dict, dump_json
 from torchbudget.engine.report.text import render_analysis
@@ -28,14 +28,14 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         from torchbudget.engine.sources import list_model_names
 
-        print("\n".join(list_model_names()))
+        emit(args, "\n".join(list_model_names()))
         return 0
     if args.depth is not None and args.depth < 0:
         raise UserError(f"--depth must be 0 or more, got {args.depth}", field="depth")
     workload = workload_from_args(args)
     result = trace_cache_from_args(args).get(workload)   # from the trace store when it has it: no PyTorch
     if args.json:
-        print(dump_json(analysis_to_dict(result, include_ops=args.ops, include_events=args.ops)))
+        emit(args, dump_json(analysis_to_dict(result, include_ops=args.ops, include_events=args.ops)))
     else:
-        print(render_analysis(result, depth=args.depth))
+        emit(args, render_analysis(result, depth=args.depth))
     return 0

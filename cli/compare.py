@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from torchbudget.cli import common_options
+from torchbudget.cli import common_options, emit
 from torchbudget.cli.workload_args import (add_planner_arguments, add_workload_arguments, overheads_from_args,
                                            resolve_gpus, trace_cache_from_args, workload_from_args)
 from torchbudget.engine.report.schema import comparison_to_dict, dump_json
@@ -28,5 +28,5 @@ def run(args: argparse.Namespace) -> int:
     workload = workload_from_args(args)
     planner = Planner(trace_cache_from_args(args), overheads=overheads_from_args(args))
     result = planner.compare(workload, resolve_gpus(args.gpus), solve_max_batch=not args.no_max_batch)
-    print(dump_json(comparison_to_dict(result)) if args.json else render_comparison(result))
+    emit(args, dump_json(comparison_to_dict(result)) if args.json else render_comparison(result))
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from torchbudget.cli import common_options
+from torchbudget.cli import common_options, emit
 from torchbudget.engine.report.schema import dump_json, gpu_to_dict
 from torchbudget.engine.report.text import render_gpu_table, render_local_gpus
 from torchbudget.hardware import catalog, nvml
@@ -33,14 +33,14 @@ def run(args: argparse.Namespace) -> int:
         }
         if not args.local:
             document["database"] = [gpu_to_dict(s) for s in database]
-        print(dump_json(document))
+        emit(args, dump_json(document))
         return 0
-    print(render_local_gpus(local, probe))
+    emit(args, render_local_gpus(local, probe))
     if not args.local:
-        print()
-        print(f"GPU database ({len(database)} GPUs; dense peak TFLOPS, FP32 accumulate; "
-              f"user file: {_user_file_note()}):")
-        print(render_gpu_table(database))
+        emit(args, "")
+        emit(args, f"GPU database ({len(database)} GPUs; dense peak TFLOPS, FP32 accumulate; "
+                   f"user file: {_user_file_note()}):")
+        emit(args, render_gpu_table(database))
     return 0
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from torchbudget.cli import common_options
+from torchbudget.cli import common_options, emit
 from torchbudget.cli.workload_args import (add_planner_arguments, add_workload_arguments, overheads_from_args,
                                            resolve_gpus, trace_cache_from_args, workload_from_args)
 from torchbudget.engine.report.schema import dump_json, plan_to_dict
@@ -32,5 +32,5 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("plan takes one GPU; use the compare command for several", field="gpu")
     planner = Planner(trace_cache_from_args(args), overheads=overheads_from_args(args))
     result = planner.plan(workload, gpus[0], solve_max_batch=not args.no_max_batch)
-    print(dump_json(plan_to_dict(result)) if args.json else render_plan(result))
+    emit(args, dump_json(plan_to_dict(result)) if args.json else render_plan(result))
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from torchbudget.cli import common_options
+from torchbudget.cli import common_options, emit
 from torchbudget.cli.workload_args import (add_planner_arguments, add_workload_arguments, overheads_from_args,
                                            resolve_gpus, trace_cache_from_args, workload_from_args)
 from torchbudget.engine.errors import InputSpecError, UserError
@@ -60,5 +60,5 @@ def run(args: argparse.Namespace) -> int:
         result = planner.resolution_sweep(workload, gpus, resolutions)
     else:
         result = planner.batch_sweep(workload, gpus, batches or list(DEFAULT_BATCHES))
-    print(dump_json(result) if args.json else render_sweep(result))
+    emit(args, dump_json(result) if args.json else render_sweep(result))
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from torchbudget.cli import common_options
+from torchbudget.cli import common_options, emit
 from torchbudget.cli.workload_args import add_workload_arguments, workload_from_args
 from torchbudget.engine.report.schema import dump_json
 from torchbudget.engine.report.units import human_bytes, human_ms, table
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     require_cuda()  # fail fast, before loading and tracing the model
     result = validate(workload_from_args(args), warmup=args.warmup, iterations=args.iterations,
                       device_index=args.device)
-    print(dump_json(result_dict(result)) if args.json else render(result))
+    emit(args, dump_json(result_dict(result)) if args.json else render(result))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from torchbudget.cli.isolation import DEFAULT_TIMEOUT_S
 from torchbudget.engine import vocab
 from torchbudget.errors import UserError
 
@@ -35,6 +36,11 @@ def add_workload_arguments(parser: argparse.ArgumentParser, *, target: bool = Fa
                             help=f"whose kernels to model: a CUDA compute capability (sm90, sm80, sm75) or cpu "
                                  f"(default {vocab.DEFAULT_TARGET}: {vocab.DEFAULT_TARGET_LABEL})")
     parser.add_argument("--kwargs", default=None, metavar="JSON", help='builder arguments, e.g. \'{"num_classes": 10}\'')
+    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                        help=f"a model file runs in its own process, stopped after this many seconds "
+                             f"(default {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--no-isolation", action="store_true",
+                        help="run a model file in this process (for debugging it: no timeout, no crash protection)")
     parser.add_argument("--no-store", action="store_true",
                         help="neither read nor write the trace store (the app's and the CLI's traces on disk, "
                              "reused by the same torch and TorchBudget: a stored workload answers without "
@@ -75,6 +81,16 @@ def overheads_from_args(args: argparse.Namespace):
         changes["cuda_context_bytes"] = int(args.cuda_context_mib * 2**20)
     conf = args.alloc_conf if args.alloc_conf is not None else os.environ.get(ALLOC_CONF_ENV, "")
     return Overheads.with_alloc_conf(conf, **changes)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def parse_kwargs(text: str | None) -> dict:

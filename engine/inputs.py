@@ -6,6 +6,33 @@ from dataclasses import dataclass
 from torchbudget.engine.errors import InputSpecError
 from torchbudget.engine.vocab import DTYPE_ALIASES, FLOATING_DTYPES, canonical_dtype, input_kind  # noqa: F401
 
+# bytes per element of each canonical dtype (torch-free, like engine.vocab's tables)
+ELEMENT_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
+                 "int8": 1, "uint8": 1, "bool": 1}
+# torch sizes a storage in a signed 64-bit byte count: a larger tensor cannot exist, not even as a fake
+# one (its meta kernel raises "Storage size calculation overflowed").
+MAX_TENSOR_BYTES = 2**63 - 1
+# no model takes more; the limit keeps a typo of 10,000 'x1' from making a 10,000-dimension tensor
+MAX_DIMS = 64
+_MAX_DIGITS = len(str(MAX_TENSOR_BYTES))
+
+
+def check_shape(shape: tuple[int, ...], dtype: str, label: str) -> None:
+    """InputSpecError unless ``shape`` is a tensor torch can hold: whole dimensions >= 0, at most MAX_DIMS
+    of them, numel x element size <= MAX_TENSOR_BYTES. ``label`` names the input in the message."""
+    if len(shape) > MAX_DIMS:
+        raise InputSpecError(f"input {label} has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
+    numel = 1
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+            raise InputSpecError(f"input {label}: dimension {d!r} is not a whole number >= 0")
+        numel *= d
+    nbytes = numel * ELEMENT_BYTES.get(dtype, 8)
+    if nbytes > MAX_TENSOR_BYTES:
+        raise InputSpecError(f"input {label} is too large: {numel:.3g} elements of {dtype} would take {nbytes:.3g} "
+                             f"bytes, and a tensor holds at most 2**63 - 1 bytes (8 EiB)")
+
+
 def dtype_from_name(name: str):
     """'fp16' -> torch.float16 (imports torch)."""
     import torch
@@ -25,6 +52,9 @@ class InputSpec:
     shape: tuple[int, ...]
     dtype: str = "float32"
     name: str | None = None
+
+    def __post_init__(self):
+        check_shape(self.shape, self.dtype, _short(self.text() if len(self.shape) <= MAX_DIMS else repr(self.shape)))
 
     @property
     def torch_dtype(self):
@@ -66,16 +96,27 @@ def parse_input(text: str) -> InputSpec:
     if ":" in raw:
         raw, dtype_text = raw.split(":", 1)
         dtype = canonical_dtype(dtype_text)
-    parts = raw.lower().replace("×", "x").split("x")
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        raise InputSpecError(
-            f"malformed input shape {text!r}: expected dimensions separated by 'x', e.g. 1x3x224x224 or 1x128:int64"
-        ) from None
-    if not shape or any(d <= 0 for d in shape):
-        raise InputSpecError(f"malformed input shape {text!r}: every dimension must be a positive integer")
+    parts = [p.strip() for p in raw.lower().replace("×", "x").split("x")]
+    # ASCII digits only: int() would also take '1_000', '+5' and other scripts' digits
+    if not all(p.isascii() and p.isdigit() for p in parts):
+        raise InputSpecError(f"malformed input shape {_short(text)}: expected dimensions separated by 'x', "
+                             "e.g. 1x3x224x224 or 1x128:int64")
+    if len(parts) > MAX_DIMS:
+        raise InputSpecError(f"input {_short(text)} has {len(parts)} dimensions; at most {MAX_DIMS} are supported")
+    too_long = next((p for p in parts if len(p.lstrip("0")) > _MAX_DIGITS), None)
+    if too_long is not None:   # also keeps int() clear of its 4300-digit limit
+        raise InputSpecError(f"input {_short(text)}: dimension {_short(too_long)} is too large "
+                             f"(a tensor holds at most 2**63 - 1 bytes)")
+    shape = tuple(int(p) for p in parts)
+    if any(d <= 0 for d in shape):
+        raise InputSpecError(f"malformed input shape {_short(text)}: every dimension must be a positive integer")
+    check_shape(shape, dtype, _short(text))
     return InputSpec(shape, dtype, name)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """Quoted, and cut to fit in a one-line message."""
+    return repr(text) if len(text) <= limit else repr(text[:limit - 3] + "...")
 
 
 def parse_inputs(text: str | list[str] | tuple[str, ...]) -> tuple[InputSpec, ...]:

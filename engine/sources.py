@@ -19,6 +19,8 @@ from torch import nn
 from torchbudget.engine.errors import ModelLoadError, UnknownModelError
 from torchbudget.engine.inputs import InputSpec
 from torchbudget.engine.meta_init import build_on_meta
+from torchbudget.engine.user_code import (FILE_SPEC_SEPARATOR, is_file_spec, model_file_problem,  # noqa: F401
+                                         report_stage, split_file_spec, system_exit_message, user_argv)
 
 # torchvision sub-packages and the family their models belong to (classification is the top level)
 _FAMILY_MODULES = (
@@ -32,7 +34,6 @@ _FAMILY_MODULES = (
 VIDEO_FRAMES = 16
 OPTICAL_FLOW_SIZE = (360, 640)     # RAFT needs sides divisible by 8
 DETECTION_SIZE = (480, 640)        # detection models resize internally; one image per batch element
-FILE_SPEC_SEPARATOR = ":"
 
 
 @dataclass(frozen=True)
@@ -65,16 +66,6 @@ def model_family(name: str) -> str | None:
     return _torchvision_families().get(name)
 
 
-def is_file_spec(spec: str) -> bool:
-    path_part = spec.rsplit(FILE_SPEC_SEPARATOR, 1)[0] if _has_attribute_part(spec) else spec
-    return path_part.endswith(".py")
-
-
-def _has_attribute_part(spec: str) -> bool:
-    head, sep, tail = spec.rpartition(FILE_SPEC_SEPARATOR)
-    return bool(sep) and head.endswith(".py") and tail.isidentifier()
-
-
 def load_model(spec: str, model_kwargs: Mapping | None = None) -> LoadedModel:
     """``resnet50`` or ``path/to/file.py:Name`` -> a model on meta with its default inputs."""
     spec = spec.strip()
@@ -90,9 +81,9 @@ def load_model(spec: str, model_kwargs: Mapping | None = None) -> LoadedModel:
 def _load_torchvision(name: str, user_kwargs: dict) -> LoadedModel:
     family = model_family(name)
     if family is None:
-        close = difflib.get_close_matches(name, list_model_names(), n=5, cutoff=0.5)
+        close = difflib.get_close_matches(name[:200], list_model_names(), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; run `main.py analyze --list` for all names"
-        raise UnknownModelError(f"unknown model {name!r}{hint}")
+        raise UnknownModelError(f"unknown model {_quoted(name)}{hint}")
     build_kwargs: dict[str, object] = {"weights": None}  # never download weights
     if family in ("segmentation", "detection"):
         build_kwargs["weights_backbone"] = None
@@ -142,13 +133,6 @@ def _torchvision_default_inputs(name: str, family: str, module: nn.Module) -> tu
 
 
 # ------------------------------------------------------------------------------------------- user files
-def _split_file_spec(spec: str) -> tuple[Path, str | None]:
-    if _has_attribute_part(spec):
-        path_text, attribute = spec.rsplit(FILE_SPEC_SEPARATOR, 1)
-        return Path(path_text).expanduser(), attribute
-    return Path(spec).expanduser(), None
-
-
 def _where(exc: BaseException, path: Path) -> str:
     """``file.py:LINE`` of the innermost frame in the user's file (or the syntax error's line)."""
     if isinstance(exc, SyntaxError) and exc.lineno:
@@ -158,22 +142,52 @@ def _where(exc: BaseException, path: Path) -> str:
 
 
 def _import_file(path: Path) -> ModuleType:
-    if not path.is_file():
-        raise ModelLoadError(f"model file {str(path)!r} does not exist", field="file")
+    problem = model_file_problem(path)
+    if problem:
+        raise ModelLoadError(problem, field="file")
     module_name = f"torchbudget_user_{abs(hash(str(path.resolve())))}"
     import_spec = importlib.util.spec_from_file_location(module_name, path)
     if import_spec is None or import_spec.loader is None:
         raise ModelLoadError(f"cannot import {str(path)!r} as a Python file", field="file")
     user_module = importlib.util.module_from_spec(import_spec)
-    sys.path.insert(0, str(path.resolve().parent))  # let the file import its neighbours
+    folder = path.resolve().parent
+    _forget_siblings_of_other_folders(folder)
+    before = set(sys.modules)
+    sys.path.insert(0, str(folder))  # let the file import its neighbours
+    report_stage(f"importing {path.name}")
     try:
-        import_spec.loader.exec_module(user_module)
+        with user_argv(path):
+            import_spec.loader.exec_module(user_module)
+    except SystemExit as exc:   # sys.exit() at import must not end the caller's process
+        raise ModelLoadError(system_exit_message(exc, f"importing {path.name}"), field="file") from None
     except Exception as exc:
-        raise ModelLoadError(f"importing {path.name} failed at {_where(exc, path)}: {type(exc).__name__}: {exc}",
-                             field="file") from exc
+        raise ModelLoadError(f"importing {path.name} failed at {_where(exc, path)}: {type(exc).__name__}: "
+                             f"{_first_line(exc)}", field="file") from exc
     finally:
-        sys.path.remove(str(path.resolve().parent))
+        sys.path.remove(str(folder))
+        _note_siblings(folder, set(sys.modules) - before)
     return user_module
+
+
+# Modules a model file imported from its own folder (its engine.py, helpers.py), by name -> folder. Python
+# caches modules by name only: a second model file in another folder with its own engine.py would get the
+# first one's, so they are forgotten when a file from another folder is imported (nothing else is touched:
+# only modules whose file lies in a model file's folder are noted).
+_SIBLINGS: dict[str, Path] = {}
+
+
+def _note_siblings(folder: Path, names: set[str]) -> None:
+    for name in names:
+        origin = getattr(sys.modules.get(name), "__file__", None)
+        if origin and Path(origin).resolve().is_relative_to(folder):
+            _SIBLINGS[name] = folder
+
+
+def _forget_siblings_of_other_folders(folder: Path) -> None:
+    for name, owner in list(_SIBLINGS.items()):
+        if owner != folder:
+            sys.modules.pop(name, None)
+            del _SIBLINGS[name]
 
 
 def _module_classes(user_module: ModuleType) -> list[str]:
@@ -182,7 +196,7 @@ def _module_classes(user_module: ModuleType) -> list[str]:
 
 
 def _load_from_file(spec: str, kwargs: dict) -> LoadedModel:
-    path, attribute = _split_file_spec(spec)
+    path, attribute = split_file_spec(spec)
     user_module = _import_file(path)
     if attribute is None:
         candidates = _module_classes(user_module)
@@ -190,21 +204,59 @@ def _load_from_file(spec: str, kwargs: dict) -> LoadedModel:
             found = ", ".join(candidates) or "none"
             raise ModelLoadError(f"name the model in {path.name} as {path}:Name (nn.Module classes found: {found})")
         attribute = candidates[0]
-    factory = getattr(user_module, attribute, None)
+    try:
+        factory = getattr(user_module, attribute, None)
+    except Exception as exc:  # noqa: BLE001 - a module-level __getattr__ in user code
+        raise ModelLoadError(f"reading {attribute} from {path.name} failed: {type(exc).__name__}: "
+                             f"{_first_line(exc)}") from exc
     if factory is None:
         available = ", ".join(_module_classes(user_module)) or "no nn.Module classes"
         raise ModelLoadError(f"{path.name} has no attribute {attribute!r} (it defines {available})")
     if not callable(factory):
         raise ModelLoadError(f"{path.name}:{attribute} is a {type(factory).__name__}, not a class or factory")
+    report_stage(f"building {attribute}")
     try:
-        module = build_on_meta(factory, **kwargs)
+        with user_argv(path):
+            module = build_on_meta(factory, **kwargs)
+    except SystemExit as exc:
+        raise ModelLoadError(system_exit_message(exc, f"building {attribute}")) from None
     except Exception as exc:
-        raise ModelLoadError(f"building {attribute} failed at {_where(exc, path)}: {type(exc).__name__}: {exc}") \
-            from exc
+        raise ModelLoadError(f"building {attribute} failed at {_where(exc, path)}: {type(exc).__name__}: "
+                             f"{_first_line(exc)}") from exc
     if not isinstance(module, nn.Module):
         raise ModelLoadError(f"{path.name}:{attribute} returned a {type(module).__name__}, not a torch.nn.Module")
-    declared = getattr(module, "example_input_shapes", None) or getattr(user_module, "EXAMPLE_INPUTS", None)
+    report_stage(f"tracing {attribute}")   # what user code runs next: its forward (and backward)
+    declared = _declared_inputs(module, user_module, path)
     return LoadedModel(module, attribute, guess_default_inputs(module, declared), "file", kwargs)
+
+
+def _quoted(text: str, limit: int = 80) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit - 3] + "...")
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """An error message fit for one line: its first line, cut to ``limit`` characters."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _declared_inputs(module: nn.Module, user_module: ModuleType, path: Path):
+    """``example_input_shapes`` on the model or ``EXAMPLE_INPUTS`` in the file: a shape string or a list of
+    them; anything else is named as the file's mistake."""
+    for owner, name in ((module, "example_input_shapes"), (user_module, "EXAMPLE_INPUTS")):
+        try:
+            declared = getattr(owner, name, None)
+        except Exception as exc:  # noqa: BLE001 - a property in user code
+            raise ModelLoadError(f"reading {name} of {path.name} failed: {type(exc).__name__}: {_first_line(exc)}") \
+                from exc
+        if not declared:
+            continue
+        if isinstance(declared, str) or (isinstance(declared, (list, tuple))
+                                         and all(isinstance(item, str) for item in declared)):
+            return declared
+        raise ModelLoadError(f"{name} in {path.name} must be a shape string such as \"1x3x224x224\" (or a list of "
+                             f"them), not a {type(declared).__name__}", field="input")
+    return None
 
 
 _CONV_SPATIAL = ((nn.Conv1d, (224,)), (nn.Conv2d, (224, 224)), (nn.Conv3d, (16, 112, 112)),

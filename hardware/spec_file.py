@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import math
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,11 @@ TENSOR_PEAK_KEYS = ("tf32_tflops", "fp16_tflops", "bf16_tflops", "fp8_tflops")
 MAX_MEMORY_GIB = 4096
 MAX_BANDWIDTH_GBS = 100_000
 MAX_TFLOPS = 100_000
+MAX_COUNT = 1_000_000          # sm_count, boost_clock_mhz, tdp_w
+MIN_MEMORY_GIB = 1 / 1024      # 1 MiB: less is a unit slip (bytes in TiB?) or a typo
+# a spec file is a few KiB (the built-in one ~20 KiB); a bigger one is not a GPU file (and parsing it
+# would keep the CLI and the app waiting)
+MAX_FILE_BYTES = 4 * 2**20
 
 _STRING_KEYS = ("name", "vendor", "segment", "architecture", "compute_capability", "memory_type", "source")
 _INT_KEYS = ("sm_count", "boost_clock_mhz", "tdp_w")
@@ -50,9 +56,19 @@ KNOWN_KEYS = frozenset((*_STRING_KEYS, *_INT_KEYS, *_NUMBER_KEYS, *_LIST_KEYS, "
 REQUIRED_KEYS = ("name", "vendor", "memory_gib", "bandwidth_gbs", "fp32_tflops")
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """repr() cut to fit in a one-line message (a hostile file may hold a megabyte-long value)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _fail(path: Path, index: int, entry: dict, field: str, problem: str) -> SpecFileError:
-    label = f"entry {index + 1}" + (f" ({entry['name']!r})" if isinstance(entry.get("name"), str) else "")
-    return SpecFileError(f"{path}: {label}, field {field!r}: {problem}", field="gpu")
+    label = f"entry {index + 1}" + (f" ({_short(entry['name'])})" if isinstance(entry.get("name"), str) else "")
+    return SpecFileError(f"{path}: {label}, field {_short(field)}: {problem}", field="gpu")
+
+
+def _has_control_characters(text: str) -> bool:
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
 
 
 def check_entry(path: Path, index: int, entry: Any, require_source: bool) -> None:
@@ -69,18 +85,24 @@ def check_entry(path: Path, index: int, entry: Any, require_source: bool) -> Non
             raise _fail(path, index, entry, key, "missing")
     for key in _STRING_KEYS:
         if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
-            raise _fail(path, index, entry, key, "must be a non-empty string")
+            raise _fail(path, index, entry, key, f"must be a non-empty string, got {_short(entry[key])}")
+        if key in entry and _has_control_characters(entry[key]):
+            raise _fail(path, index, entry, key, f"must not contain control characters, got {_short(entry[key])}")
     for key in _INT_KEYS:
         if key in entry and (isinstance(entry[key], bool) or not isinstance(entry[key], int) or entry[key] <= 0):
-            raise _fail(path, index, entry, key, f"must be a positive integer, got {entry[key]!r}")
+            raise _fail(path, index, entry, key, f"must be a positive integer, got {_short(entry[key])}")
+        if key in entry and entry[key] > MAX_COUNT:
+            raise _fail(path, index, entry, key, f"{entry[key]:.3g} is implausible")
     for key in _NUMBER_KEYS:
         value = entry.get(key)
         if key in entry and (isinstance(value, bool) or not isinstance(value, (int, float))
                              or not math.isfinite(value) or value <= 0):
-            raise _fail(path, index, entry, key, f"must be a positive number, got {value!r}")
+            raise _fail(path, index, entry, key, f"must be a positive number, got {_short(value)}")
     for key in _LIST_KEYS:
         if key in entry and (not isinstance(entry[key], list) or not all(isinstance(s, str) and s.strip() for s in entry[key])):
             raise _fail(path, index, entry, key, "must be a list of non-empty strings")
+        if key in entry and any(_has_control_characters(s) for s in entry[key]):
+            raise _fail(path, index, entry, key, "must not contain control characters")
     if "half_rate_fp32_accumulate" in entry and not isinstance(entry["half_rate_fp32_accumulate"], bool):
         raise _fail(path, index, entry, "half_rate_fp32_accumulate", "must be true or false")
     if entry["vendor"] not in VENDORS:
@@ -92,14 +114,18 @@ def check_entry(path: Path, index: int, entry: Any, require_source: bool) -> Non
 
 def _check_ranges(path: Path, index: int, entry: dict) -> None:
     if entry["memory_gib"] > MAX_MEMORY_GIB:
-        raise _fail(path, index, entry, "memory_gib", f"{entry['memory_gib']} GiB is implausible (unit is GiB)")
+        raise _fail(path, index, entry, "memory_gib", f"{entry['memory_gib']:.3g} GiB is implausible (unit is GiB)")
+    for key in ("memory_gib", "available_memory_gib"):
+        if key in entry and entry[key] < MIN_MEMORY_GIB:
+            raise _fail(path, index, entry, key, f"{entry[key]:.3g} GiB is less than 1 MiB (unit is GiB)")
     if entry["bandwidth_gbs"] > MAX_BANDWIDTH_GBS:
-        raise _fail(path, index, entry, "bandwidth_gbs", f"{entry['bandwidth_gbs']} GB/s is implausible (unit is GB/s)")
+        raise _fail(path, index, entry, "bandwidth_gbs",
+                    f"{entry['bandwidth_gbs']:.3g} GB/s is implausible (unit is GB/s)")
     if entry.get("available_memory_gib", 0) > entry["memory_gib"]:
         raise _fail(path, index, entry, "available_memory_gib", "exceeds memory_gib")
     for key in (*PEAK_KEYS, "fp16_acc16_tflops"):
         if entry.get(key, 0) > MAX_TFLOPS:
-            raise _fail(path, index, entry, key, f"{entry[key]} is implausible (unit is TFLOPS/TOPS)")
+            raise _fail(path, index, entry, key, f"{entry[key]:.3g} is implausible (unit is TFLOPS/TOPS)")
     for key in TENSOR_PEAK_KEYS:
         if key in entry and entry[key] < entry["fp32_tflops"]:
             raise _fail(path, index, entry, key, f"tensor rate {entry[key]} is below the non-tensor fp32 rate "
@@ -129,19 +155,42 @@ def check_unique(path: Path, entries: list[dict]) -> None:
                                                        f"({entries[other]['name']!r})")
 
 
-def load_entries(path: Path, *, require_source: bool = False) -> list[dict]:
-    """The validated [[gpu]] tables of a spec file."""
+def _read_text(path: Path) -> str:
+    """The file as text: a regular file (a FIFO or device would block or never end), small, UTF-8 (a
+    byte-order mark is allowed: some editors write one), not binary."""
     try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            raise SpecFileError(f"{path}: not a regular file", field="gpu")
+        if status.st_size > MAX_FILE_BYTES:
+            raise SpecFileError(f"{path}: {status.st_size:,} bytes is too large for a GPU spec file "
+                                f"(at most {MAX_FILE_BYTES // 2**20} MiB)", field="gpu")
+        data = path.read_bytes()
     except OSError as exc:
         raise SpecFileError(f"{path}: cannot be read ({exc.strerror or exc})", field="gpu") from exc
+    if b"\x00" in data:
+        raise SpecFileError(f"{path}: a binary file (it contains NUL bytes), not TOML text", field="gpu")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SpecFileError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                            "save it as UTF-8", field="gpu") from None
+
+
+def load_entries(path: Path, *, require_source: bool = False) -> list[dict]:
+    """The validated [[gpu]] tables of a spec file; anything wrong is one SpecFileError naming the file."""
+    text = _read_text(path)
+    try:
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SpecFileError(f"{path}: not valid TOML: {exc}", field="gpu") from exc
+        raise SpecFileError(f"{path}: not valid TOML: {exc}", field="gpu") from None
+    except RecursionError:   # tomllib recurses once per nested array or inline table
+        raise SpecFileError(f"{path}: nests too deeply to be a GPU spec file", field="gpu") from None
     unknown = set(document) - {"gpu"}
     if unknown:
-        raise SpecFileError(f"{path}: unknown top-level key(s) {sorted(unknown)}; entries go in [[gpu]] tables",
-                            field="gpu")
+        raise SpecFileError(f"{path}: unknown top-level key(s) {_short(sorted(unknown))}; entries go in [[gpu]] "
+                            "tables", field="gpu")
     entries = document.get("gpu", [])
     if not isinstance(entries, list):
         raise SpecFileError(f"{path}: 'gpu' must be an array of tables ([[gpu]])", field="gpu")

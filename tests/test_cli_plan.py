@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from torchbudget.cli import run_cli
+from torchbudget.cli import run_cli as _run_cli
 from torchbudget.engine.api import analyze
 from torchbudget.engine.memory import simulate_memory
 from torchbudget.engine.results import MemoryCategory
@@ -20,6 +20,12 @@ class Tiny(torch.nn.Module):
     def forward(self, x):
         return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
 '''
+
+
+def run_cli(argv: list[str]) -> int:
+    # the model file runs in this process: these cases test planning, and an isolated child costs ~3.5 s of
+    # CPU each (the isolation has its own cases in tests/test_hostile_cli.py)
+    return _run_cli(argv + ["--no-isolation"])
 
 
 @pytest.fixture()

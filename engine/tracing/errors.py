@@ -33,6 +33,9 @@ def translate_op_error(exc: Exception, func, args, path: str, modules) -> UserEr
     if isinstance(exc, NotImplementedError):
         return TraceError(f"{op} in {where(path, modules)} cannot run without data (no meta/fake kernel): "
                           f"{first_line}")
+    if "overflow" in first_line.lower():   # a tensor past 2**63 bytes: its sizes are fine, its product is not
+        return TraceError(f"{op} in {where(path, modules)} would make a tensor larger than torch can hold "
+                          f"(2**63 - 1 bytes); use smaller input dimensions ({first_line})")
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if isinstance(exc, (RuntimeError, ValueError, IndexError)) and looks_like_shapes(first_line):
         return ShapeMismatchError(_shape_message(func, tensors, path, modules, first_line))

@@ -12,7 +12,7 @@ from torchbudget.engine.ops import registry
 from torchbudget.engine.results import OpRecord, Phase, TensorMeta
 from torchbudget.engine.tracing.errors import translate_op_error
 from torchbudget.engine.tracing.modules import ForwardNodeMap, ModuleStack
-from torchbudget.engine.tracing.policies import DataDependentPolicies
+from torchbudget.engine.tracing.policies import DataDependentPolicies, fast_tolist
 from torchbudget.engine.tracing.storage import StorageTracker
 
 aten = torch.ops.aten
@@ -77,6 +77,17 @@ class Recorder(TorchDispatchMode):
         # the last op failure, translated while its module is still running; the original exception
         # propagates untouched (the model may catch it), trace_model reports the translation
         self.failure: tuple[BaseException, UserError] | None = None
+
+    def __enter__(self):
+        self._fast_tolist = fast_tolist()   # one dispatch per .tolist(), not one per element (policies.py)
+        self._fast_tolist.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        try:
+            return super().__exit__(exc_type, exc_value, traceback)
+        finally:
+            self._fast_tolist.__exit__(None, None, None)
 
     @property
     def phase(self) -> Phase:
