@@ -12,7 +12,7 @@ from torchbudget.engine.cache import TraceCache
 from torchbudget.engine.compare import Comparison
 from torchbudget.engine.errors import ModelLoadError, UserError
 from torchbudget.hardware.errors import UnknownGpuError
-from torchbudget.engine.planner import Plan, Planner, missing_tensor_rate, sweep_batches, sweep_resolutions  # noqa: F401
+from torchbudget.engine.planner import Plan, Planner, sweep_batches, sweep_resolutions  # noqa: F401
 from torchbudget.engine.results import AnalysisResult
 from torchbudget.engine.solver import Sweep
 from torchbudget.engine.trace_store import TraceStore
@@ -150,11 +150,6 @@ def comparison(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *
 
 
 # -- hardware ----------------------------------------------------------------------------------
-def peak_rate_note(gpu: GpuSpec, precision: str) -> str | None:
-    key = missing_tensor_rate(gpu, precision)
-    return f"{gpu.name} has no {key} tensor cores: fp32 rate used" if key else None
-
-
 def database_gpus() -> list[GpuSpec]:
     from torchbudget.hardware.catalog import database
 

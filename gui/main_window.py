@@ -197,7 +197,7 @@ class MainWindow(QMainWindow):
             self.tabs.insertTab(index, page, title)
         self.tabs.setCurrentIndex(current)
         if self.evaluation is not None and self.evaluation.result is not None:
-            roofline.show(list(self.evaluation.plans), self.evaluation.workload.options.precision)
+            roofline.show(list(self.evaluation.plans))
         return self._views
 
     def _load_views_soon(self):
@@ -363,7 +363,7 @@ class MainWindow(QMainWindow):
             self.coverage_label.setToolTip("Share of ops with a FLOP formula or known to do no arithmetic; "
                                            "the rest are listed with ⚠ and not counted.")
             if self._views is not None:
-                self.roofline.show(list(evaluation.plans), evaluation.workload.options.precision)
+                self.roofline.show(list(evaluation.plans))
             else:   # the verdict paints first; the plot tabs follow
                 self._load_views_soon()
             if not backend.is_file_model(evaluation.workload.model):
