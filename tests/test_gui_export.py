@@ -14,6 +14,7 @@ from torchbudget.engine.inputs import parse_inputs
 from torchbudget.engine.results import TraceOptions
 from torchbudget.engine.workload import Workload
 from torchbudget.gui import export
+from torchbudget.hardware.catalog import resolve_gpu
 from tests.gui_support import close_window, make_window, wait_for_plans, wait_idle
 
 GPU = "A100 SXM 80GB"
@@ -84,7 +85,7 @@ def test_workload_file_round_trip_and_settings_persist(qtbot, window, tmp_path, 
     window.workload_panel.batch_spin.setValue(8)
     export.save_workload(window, str(path))
     saved = Workload.from_json(path.read_text())
-    assert saved == WORKLOAD.with_batch(8)
+    assert saved == WORKLOAD.with_batch(8).on_gpu(resolve_gpu(GPU))   # planned for the GPU's kernels
     window.workload_panel.batch_spin.setValue(3)
     assert export.open_workload(window, str(path)) == saved
     assert window.workload_panel.workload() == saved

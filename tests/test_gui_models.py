@@ -290,24 +290,34 @@ def test_missing_tensor_rate_is_said_where_the_peak_is_shown(qtbot):
                for x, y in list(zip(xs, ys))[:20])
 
 
-def test_as_shown_is_what_the_workload_panel_gives_back(qtbot):
-    """gui.app traces ``as_shown(first workload)`` before the window exists: it must be the panel's own."""
+def test_set_workload_then_workload_gives_every_field_back(qtbot):
+    """What the panel is given it gives back, every field (kwargs, convention, target...) included, and
+    switching to inference and back keeps the training-only choices."""
+    from dataclasses import fields
+
     from torchbudget.engine.inputs import parse_inputs
     from torchbudget.engine.results import TraceOptions
     from torchbudget.engine.workload import Workload
-    from torchbudget.gui.workload_panel import as_shown
 
     panel = WorkloadPanel([])
     qtbot.addWidget(panel)
-    for workload in (Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions()),
-                     Workload("vit_b_16", parse_inputs("8x3x224x224"), TraceOptions(precision="bf16-amp",
-                                                                                    checkpointing=True)),
-                     Workload("resnet18", parse_inputs("64x3x128x128"),
-                              TraceOptions(mode="train", precision="fp16-amp", optimizer="sgd", checkpointing=True)),
+    rich = Workload("resnet18", parse_inputs("64x3x128x128"),
+                    TraceOptions(mode="train", precision="fp16-amp", optimizer="sgd", checkpointing=True,
+                                 convention="thop", optimizer_impl="for-loop", attention="math", target="sm75"),
+                    {"num_classes": 10})
+    assert all(getattr(rich.options, f.name) != getattr(TraceOptions(), f.name) for f in fields(TraceOptions))
+    for workload in (Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions()), rich,
+                     Workload("vit_b_16", parse_inputs("8x3x224x224"), TraceOptions(precision="bf16-amp")),
                      Workload("resnet18", parse_inputs("2x3x64x64"), TraceOptions(mode="train", optimizer=None)),
                      Workload("resnet18")):
         panel.set_workload(workload)
-        assert panel.workload() == as_shown(workload)
+        assert panel.workload() == workload
+    panel.set_workload(rich)
+    panel.mode_combo.setCurrentIndex(panel.mode_combo.findData("infer"))
+    assert panel.workload().options.optimizer is None and not panel.optimizer_combo.isEnabled()
+    assert panel.optimizer_combo.currentData() == "sgd"          # shown (disabled), kept for training
+    panel.mode_combo.setCurrentIndex(panel.mode_combo.findData("train"))
+    assert panel.workload() == rich
 
 
 def test_a_job_superseded_while_waiting_for_its_trace_does_not_trace(monkeypatch):
