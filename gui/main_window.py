@@ -357,10 +357,12 @@ class MainWindow(QMainWindow):
     def _fetch_default_inputs(self, model: str):
         self.verdict.set_busy(f"Reading {model}'s input shape…")
 
+        kwargs = dict(self.state.workload.model_kwargs)
+
         def job(ctx):
             from torchbudget.engine.api import default_inputs
 
-            return model, default_inputs(model)
+            return model, default_inputs(model, kwargs)
         self.defaults_runner.submit(job, immediate=True)
 
     def _submit(self, request: Request, immediate: bool):

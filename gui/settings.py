@@ -30,7 +30,7 @@ class Settings:
         name = self._qs.fileName()
         if self._qs.status() != QSettings.Status.NoError:
             self._problems["file"] = f"settings file {name} could not be read; nothing is remembered this time"
-        elif not self._qs.allKeys() and os.path.isfile(name) and os.path.getsize(name) > 0:
+        elif self._junk(name):
             # junk QSettings cannot parse (and would refuse to write over): kept aside, started afresh
             try:
                 os.replace(name, name + ".unreadable")
@@ -39,6 +39,20 @@ class Settings:
             except OSError:
                 self._problems["file"] = f"settings file {name} could not be read; nothing is remembered this time"
             self._qs = self._open(path)
+
+    def _junk(self, name: str) -> bool:
+        """An INI file that is not text (binary, not UTF-8), or text in which QSettings found nothing."""
+        if not name.endswith((".ini", ".conf")) or not os.path.isfile(name):
+            return False
+        try:
+            with open(name, "rb") as handle:
+                data = handle.read(1 << 20)
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return True
+        except OSError:
+            return False
+        return b"\0" in data or (bool(data.strip()) and not self._qs.allKeys())
 
     @staticmethod
     def _open(path: str | None) -> QSettings:
