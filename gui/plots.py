@@ -51,9 +51,9 @@ class SweepPlots:
         self.memory_vs_resolution = make_plot("Memory needed vs resolution", "Resolution (px, height = width)",
                                               "Memory needed (GiB)", legend_offset=(70, 10))
         self.memory_vs_batch.setToolTip(
-            "Memory needed at the peak (tensors plus workspaces and allocator slack; the CUDA context is already "
-            "outside available memory) against batch size. Dashed lines: each ticked GPU's available memory; triangles: "
-            "the largest batch that fits.")
+            "Memory needed at the peak (tensors, workspaces, allocator slack and the CUDA context) against batch "
+            "size. Dashed lines: each ticked GPU's available memory (what it offers before CUDA starts); "
+            "triangles: the largest batch that fits.")
         self.latency_vs_batch.setToolTip("Per-step latency: solid = estimate, dashed = roofline lower bound.")
         self.throughput_vs_batch.setToolTip("Samples per second at the estimated latency.")
         self.memory_vs_resolution.setToolTip("Memory needed at the current batch against square input resolution.")
