@@ -15,7 +15,6 @@ from PySide6.QtCore import QThreadPool
 from PySide6.QtWidgets import QDialogButtonBox
 
 from torchbudget.engine.inputs import InputSpec, parse_inputs
-from torchbudget.engine.results import TraceOptions
 from torchbudget.engine.workload import Workload
 from torchbudget.gui import backend, user_code
 from tests.gui_support import close_window, make_window, wait_for_plans
