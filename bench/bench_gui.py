@@ -1,5 +1,6 @@
-"""GUI responsiveness: launch → verdict in a fresh process, and batch change → updated verdict (resnet50).
-Targets: verdict ≤ 3 s after launch; batch change ≤ 200 ms."""
+"""GUI responsiveness: launch → verdict in a fresh process, and batch change → updated verdict (resnet50);
+memory: the app's RSS after 1,000 batch-slider moves against after 100 (a fresh process).
+Targets: verdict ≤ 3 s after launch; batch change ≤ 200 ms; RSS growth ≤ 50 MiB from move 100 to 1,000."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ import time
 
 STARTUP_TARGET_S = 3.0
 BATCH_TARGET_MS = 200.0
+RSS_TARGET_MIB = 50.0
 
 CHILD = textwrap.dedent("""
     import os, sys, time
@@ -150,6 +152,58 @@ def batch_change_ms(batches=(2, 4, 8, 16, 32, 48, 64, 96, 128, 256)) -> tuple[li
     return first, again
 
 
+SLIDER_RSS = textwrap.dedent("""
+    import sys, time
+    from torchbudget.gui.app import make_app
+    from torchbudget.gui.main_window import MainWindow
+
+    def rss_mib():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+    app = make_app([])
+    window = MainWindow()
+    window.show()
+
+    def wait(predicate, timeout=300.0):
+        deadline = time.perf_counter() + timeout
+        while not predicate():
+            app.processEvents()
+            time.sleep(0.001)
+            if time.perf_counter() > deadline:
+                raise SystemExit("timed out waiting for the window")
+
+    wait(lambda: window.evaluation is not None and not window.busy and window.batch_sweep is not None)
+    slider = window.workload_panel.batch_slider
+    marks, started = {}, time.perf_counter()
+    for move in range(1, int(sys.argv[1]) + 1):
+        batch = 1 + (move * 37) % slider.maximum()   # a drag back and forth over the whole slider
+        slider.setValue(batch)
+        app.processEvents()
+        if move % 10 == 0:   # a pause in the drag: its verdict lands (the sweeps behind it are superseded)
+            wait(lambda: window.evaluation.workload.batch_size == batch)
+        if move in (100, int(sys.argv[1])):
+            wait(lambda: not window.busy)
+            marks[move] = rss_mib()
+    print("rss", " ".join(f"{k} {v:.1f}" for k, v in marks.items()), f"seconds {time.perf_counter() - started:.0f}",
+          flush=True)
+    window.close()
+""")
+
+
+def slider_rss_mib(moves: int = 1000) -> dict[int, float]:
+    """{moves: RSS in MiB} after 100 and after ``moves`` batch-slider moves, in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([sys.executable, "-c", SLIDER_RSS, str(moves)], env=_env(tmp), capture_output=True,
+                              text=True, timeout=3600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    line = [l for l in done.stdout.splitlines() if l.startswith("rss")]
+    if not line:
+        raise RuntimeError(f"slider RSS bench child failed: {done.stderr[-2000:]}")
+    parts = line[-1].split()[1:]
+    return {int(k) if k.isdigit() else k: float(v) for k, v in zip(parts[::2], parts[1::2])}
+
+
 def run() -> list[str]:
     lines = []
     for i in range(1, 4):   # interleaved: the same machine load for the app and its floor
@@ -164,6 +218,9 @@ def run() -> list[str]:
     for label, sample in (("new batch (affine scaling of cached traces)", first), ("revisited batch (cached)", again)):
         lines.append(f"batch change → verdict, {label}: median {statistics.median(sample):.0f} ms, "
                      f"max {max(sample):.0f} ms over {len(sample)} (target ≤ {BATCH_TARGET_MS:g} ms)")
+    rss = slider_rss_mib()
+    lines.append(f"RSS after 100 batch-slider moves {rss[100]:.1f} MiB, after 1,000 {rss[1000]:.1f} MiB: "
+                 f"{rss[1000] - rss[100]:+.1f} MiB (target ≤ +{RSS_TARGET_MIB:g} MiB; {rss['seconds']:.0f} s)")
     return lines
 
 

@@ -42,6 +42,7 @@ class Preload:
         self.cache = None            # the TraceCache the main window will use
         self.first_workload = None   # what was loaded or traced ahead of the window (None: nothing)
         self.from_store = False      # True: the first trace came from the on-disk store, without PyTorch
+        self.notes: list[str] = []   # what was ignored on the way (damaged settings, store entries), for the window
         self.prefetch = None         # gui.prefetch.Prefetch when a second process traces the first workload
         self._to_trace = None        # the first workload when this thread traces it (no second process)
         self.timings: dict[str, float] = {}   # seconds since start of each step (bench/bench_gui.py)
@@ -108,16 +109,23 @@ class Preload:
         try:
             settings = Settings()
             workload = first_workload(settings)
+            self.notes += settings.problems()   # a junk settings file is set aside here: said once, by the window
             # traced for the primary GPU's kernels, as the window's planner will ask for it
             workload = workload.on_gpu(backend.resolve_gpu(settings.primary_gpu() or backend.default_gpu_name()))
         except Exception:  # noqa: BLE001 - the window's own request reports the same error in place
             workload = None
         self._mark("settings")
+        stored = None
+        if workload is not None and workload.inputs and not backend.is_file_model(workload.model) \
+                and store.has(workload):
+            stored = store.load(workload)   # a load from disk: no PyTorch
+            if stored is None:
+                self.notes.append(f"a damaged trace in {store.directory} was ignored and traced afresh")
         if workload is None or not workload.inputs or backend.is_file_model(workload.model):
             self.cache = backend.trace_cache(store=store)   # user code never runs in this process
-        elif store.has(workload):
+        elif stored is not None:
             self.cache = backend.trace_cache(store=store)
-            self.cache.get(workload)   # a load from disk: no PyTorch
+            self.cache.put(workload, stored)
             self.first_workload, self.from_store = workload, True
             self._mark("stored trace loaded")
         elif self._spare is not None:
@@ -248,7 +256,12 @@ class Startup:
             return
         from torchbudget.gui.main_window import MainWindow
 
-        self.window = MainWindow(cache=self.preload.cache, may_list_models=self.preload.window_can_list_models)
+        try:
+            self.window = MainWindow(cache=self.preload.cache, may_list_models=self.preload.window_can_list_models,
+                                     startup_notes=tuple(self.preload.notes))
+        except Exception as exc:  # noqa: BLE001 - said in the placeholder rather than a window that never opens
+            self.placeholder.setText(f"TorchBudget could not open its window:\n{type(exc).__name__}: {exc}")
+            return
         self.window.runner.finished.connect(self._on_settled)
         self.window.runner.failed.connect(self._on_settled)
         self.window.show()

@@ -12,14 +12,13 @@ from torchbudget.engine.cache import TraceCache
 from torchbudget.engine.compare import Comparison
 from torchbudget.engine.errors import ModelLoadError, UserError
 from torchbudget.hardware.errors import UnknownGpuError
-from torchbudget.engine.planner import Plan, Planner, missing_tensor_rate, sweep_batches, sweep_resolutions  # noqa: F401
+from torchbudget.engine.planner import Plan, Planner, sweep_batches, sweep_resolutions  # noqa: F401
 from torchbudget.engine.results import AnalysisResult
 from torchbudget.engine.solver import Sweep
 from torchbudget.engine.trace_store import TraceStore
 from torchbudget.engine.workload import Workload
 from torchbudget.gui.cancel import check_current
 from torchbudget.hardware.spec import GpuSpec
-
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,21 @@ def is_file_model(model: str) -> bool:
 
 def _refuse(workload: Workload) -> AnalysisResult:
     raise ModelLoadError(f"{workload.model} runs only in its own process; this shape has not been analysed yet")
+
+
+def store_problem(store: TraceStore | None) -> str | None:
+    """Why the trace store cannot keep traces between sessions (its folder is a file, or read-only);
+    the app works without it, only slower on the next launch."""
+    import os
+
+    if store is None:
+        return None
+    folder = store.directory
+    if folder.exists() and not folder.is_dir():
+        return f"the trace cache {folder} is not a folder: traces are not kept between sessions"
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        return f"the trace cache {folder} is read-only: traces are not kept between sessions"
+    return None
 
 
 def file_model_cache() -> TraceCache:
@@ -150,36 +164,87 @@ def comparison(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *
 
 
 # -- hardware ----------------------------------------------------------------------------------
-def peak_rate_note(gpu: GpuSpec, precision: str) -> str | None:
-    key = missing_tensor_rate(gpu, precision)
-    return f"{gpu.name} has no {key} tensor cores: fp32 rate used" if key else None
+# The window opens whatever the user's GPU file holds: a file that does not load (a typo, not UTF-8,
+# binary, nested too deep) is left out, the built-in database is used, and ``catalog_problem()`` says why.
+_catalog_problem: str | None = None
+_builtin: tuple[GpuSpec, ...] | None = None
+
+
+def catalog_problem() -> str | None:
+    """Why the user's GPU file was left out the last time the catalogue was read (None: it loaded)."""
+    return _catalog_problem
+
+
+def _file_problem(exc: BaseException) -> str:
+    from torchbudget.hardware.user_file import user_file_path
+
+    path = str(user_file_path())
+    if isinstance(exc, RecursionError):
+        why = "it nests too deeply to read"
+    elif isinstance(exc, UnicodeDecodeError):
+        why = "it is not UTF-8 text"
+    else:
+        why = str(exc).removeprefix(path).lstrip(": ") or type(exc).__name__
+    return f"your GPU file {path} was ignored ({why}); using the built-in database"
+
+
+def _builtin_gpus() -> tuple[GpuSpec, ...]:
+    global _builtin
+    if _builtin is None:
+        from torchbudget.hardware.spec_file import builtin_file_path, load_entries, spec_from_entry
+
+        _builtin = tuple(spec_from_entry(e, origin="database")
+                         for e in load_entries(builtin_file_path(), require_source=True))
+    return _builtin
+
+
+def _catalog(call):
+    """``call()`` on the full catalogue; on a user file that does not load, None (and the problem noted)."""
+    global _catalog_problem
+    try:
+        value = call()
+    except UnknownGpuError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any damage to the user's file: left out, said once
+        _catalog_problem = _file_problem(exc)
+        return None
+    _catalog_problem = None
+    return value
 
 
 def database_gpus() -> list[GpuSpec]:
     from torchbudget.hardware.catalog import database
 
-    return list(database())
+    specs = _catalog(database)
+    return list(specs if specs is not None else _builtin_gpus())
 
 
 def local_gpus() -> list[GpuSpec]:
+    """Detected GPUs, matched against the database (the built-in one when the user's file is left out)."""
     try:
-        from torchbudget.hardware.catalog import local_gpus as detect
+        from torchbudget.hardware import nvml
+        from torchbudget.hardware.local import specs_from_probe
 
-        return list(detect())
-    except (ImportError, OSError, RuntimeError, UserError):
-        return []   # no driver, no NVML: the database still works
+        return list(specs_from_probe(nvml.probe(), tuple(database_gpus())))
+    except Exception:  # noqa: BLE001 - no driver, no NVML, a broken probe: the database still works
+        return []
 
 
 def default_gpu_name() -> str:
-    from torchbudget.hardware.catalog import default_gpu
+    """The first detected GPU, else the database default (hardware.catalog's rule)."""
+    from torchbudget.hardware.catalog import DEFAULT_GPU_NAME
 
-    return default_gpu().name
+    local = local_gpus()
+    return local[0].name if local else DEFAULT_GPU_NAME
 
 
 def resolve_gpu(name: str) -> GpuSpec:
     from torchbudget.hardware.catalog import resolve_gpu as resolve
+    from torchbudget.hardware.names import name_key
 
-    spec = resolve(name)
+    spec = _catalog(lambda: resolve(name))
+    if spec is None and _catalog_problem is not None:
+        spec = next((g for g in _builtin_gpus() if name_key(g.name) == name_key(name)), None)
     if spec is None:
         raise UnknownGpuError(f"unknown GPU {name!r}", field="gpu")
     return spec

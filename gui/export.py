@@ -14,6 +14,8 @@ from torchbudget.engine.errors import UserError
 from torchbudget.engine.report.markdown import markdown_to_html, plan_report
 from torchbudget.engine.report.schema import analysis_to_dict, dump_json, plan_to_dict
 from torchbudget.engine.workload import Workload
+from torchbudget.gui import user_code
+from torchbudget.gui.state import check_workload
 
 CSV_HEADERS = ("module", "type", "output_shape", "params", "macs", "flops", "activation_bytes", "latency_bound_ms",
                "bound_by")
@@ -108,16 +110,44 @@ def save_workload(window, path: str) -> None:
     workload = window.current_workload()
     if workload is None:
         raise UserError("fix the highlighted field before saving the workload", field="file")
-    Path(path).write_text(workload.to_json(), encoding="utf-8")
+    try:
+        Path(path).write_text(workload.to_json(), encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"could not save {Path(path).name}: {exc.strerror or exc}", field="file") from None
+
+
+def read_workload_file(path: str) -> Workload:
+    """A workload file, checked field by field (engine) and against what the app can show (gui.state);
+    any problem is one UserError naming the file and the field."""
+    name = Path(path).name
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"cannot open {name}: it is not a workload file (not UTF-8 text)", field="file") from None
+    except OSError as exc:
+        raise UserError(f"cannot open {name}: {exc.strerror or exc}", field="file") from None
+    try:
+        workload = Workload.from_json(text)
+        check_workload(workload)
+    except UserError as exc:
+        raise UserError(f"cannot open {name}: {exc}", field="file") from None
+    return workload
 
 
 def open_workload(window, path: str) -> Workload:
+    """Reads ``path`` and shows its workload; a model defined in a .py file runs only once the user allows
+    it. On any problem a UserError, and the workload on screen stays as it was."""
+    workload = read_workload_file(path)
+    name = Path(path).name
+    if not user_code.confirm_run(window, workload.model, f"{name} names a model defined in this Python file"):
+        raise UserError(f"did not open {name}: it runs {user_code.model_path(workload.model)}, which was not "
+                        "allowed", field="file")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}", field="file") from None
-    workload = Workload.from_json(text)
-    window.workload_panel.set_workload(workload)
+        notes = window.load_workload(workload, source="file")
+    except UserError as exc:
+        raise UserError(f"cannot open {name}: {exc}", field="file") from None
+    window.workload_panel.errors["file"].clear_message()
+    window.progress_label.setText(f"Opened {name}" + "".join(f"; {n}" for n in notes))
     return workload
 
 
@@ -127,8 +157,9 @@ def install_actions(window) -> None:
             try:
                 fn()
             except UserError as exc:
-                window.progress_label.setText(f"Error: {exc}")
-                window.verdict.summary.setText(str(exc))
+                window.show_file_error(exc)
+            except OSError as exc:   # a full disk, a folder without rights: said, never a traceback
+                window.show_file_error(UserError(f"could not write: {exc.strerror or exc}", field="file"))
         return run
 
     def ask_open():

@@ -1,9 +1,14 @@
 """Dialog to describe a custom GPU (name, memory, bandwidth, peak rates); saved to the user hardware file
-through ``hardware.user_file.save_user_gpu``, which validates it."""
+through ``hardware.user_file.save_user_gpu``, which validates it. When saving fails (an invalid entry, a
+full disk) the dialog stays open and says why, so nothing typed is lost."""
 from __future__ import annotations
+
+from typing import Callable
 
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QLineEdit
 
+from torchbudget.engine.errors import UserError
+from torchbudget.gui.field_error import FieldError
 from torchbudget.hardware.spec import GpuSpec
 from torchbudget.hardware.spec_file import what_if_available_bytes
 
@@ -20,8 +25,11 @@ def _spin(maximum: float, suffix: str, decimals: int = 1, tip: str = "") -> QDou
 
 
 class GpuEditorDialog(QDialog):
-    def __init__(self, parent=None, base: GpuSpec | None = None):
+    def __init__(self, parent=None, base: GpuSpec | None = None, save: Callable[[GpuSpec], None] | None = None):
+        """``save``: called with the spec when Save is pressed; a UserError it raises is shown here."""
         super().__init__(parent)
+        self._save = save
+        self.saved: GpuSpec | None = None
         self.setWindowTitle("Custom GPU")
         form = QFormLayout(self)
         self.name_edit = QLineEdit()
@@ -44,10 +52,23 @@ class GpuEditorDialog(QDialog):
             self.bandwidth.setValue(base.bandwidth_gbs)
             for key, spin in self.peaks.items():
                 spin.setValue(base.peak_tflops.get(key) or 0.0)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
+        self.error = FieldError()
+        form.addRow(self.error)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+        form.addRow(self.buttons)
+
+    def accept(self):
+        spec = self.spec()
+        if self._save is not None:
+            try:
+                self._save(spec)
+            except UserError as exc:
+                self.error.show_message(str(exc))
+                return
+        self.saved = spec
+        super().accept()
 
     def spec(self) -> GpuSpec:
         memory = int(self.memory.value() * GIB)

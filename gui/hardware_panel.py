@@ -51,6 +51,8 @@ class HardwarePanel(QGroupBox):
         layout.addWidget(self.list_view, 1)
         self.error = FieldError()
         layout.addWidget(self.error)
+        self.file_problem = FieldError()   # the user's GPU file did not load: left out until it is fixed
+        layout.addWidget(self.file_problem)
 
         buttons = QHBoxLayout()
         self.custom_button = QPushButton("Custom GPU…")
@@ -91,6 +93,11 @@ class HardwarePanel(QGroupBox):
                                                    f"{spec.bandwidth_gbs:g} GB/s", *spec.aliases))))
             self.items.appendRow(item)
         self._loading = False
+        problem = backend.catalog_problem()
+        if problem:
+            self.file_problem.show_message(problem)
+        else:
+            self.file_problem.clear_message()
         self.refresh_live_memory()
         if self._live:
             self._poll.start()
@@ -168,16 +175,13 @@ class HardwarePanel(QGroupBox):
             self.tickedChanged.emit(self.ticked())
 
     def edit_custom_gpu(self):
+        """The dialog saves when its Save button is pressed and stays open with the error when the file
+        cannot be written (a full disk, a clash with a built-in name), so nothing typed is lost."""
         from torchbudget.gui.gpu_editor import GpuEditorDialog
 
-        dialog = GpuEditorDialog(self, base=self.primary())
+        dialog = GpuEditorDialog(self, base=self.primary(), save=backend.save_user_gpu)
         if dialog.exec():
-            try:
-                backend.save_user_gpu(dialog.spec())
-            except UserError as exc:
-                self.error.show_message(str(exc))
-                return
-            self.reload(primary=dialog.spec().name)
+            self.reload(primary=dialog.saved.name)
 
     def remove_custom_gpu(self):
         spec = self.primary()
@@ -186,5 +190,9 @@ class HardwarePanel(QGroupBox):
             return
         if QMessageBox.question(self, "Remove custom GPU", f"Remove {spec.name} from your hardware file?") \
                 == QMessageBox.StandardButton.Yes:
-            backend.remove_user_gpu(spec.name)
+            try:
+                backend.remove_user_gpu(spec.name)
+            except UserError as exc:
+                self.error.show_message(str(exc))
+                return
             self.reload(primary=backend.default_gpu_name())

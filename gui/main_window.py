@@ -1,5 +1,7 @@
 """The main window: workload and hardware panels on the left, the verdict in the middle, the views in tabs.
-Every input change asks the JobRunner for a new analysis; results arrive stage by stage through signals."""
+The window subscribes to the workload state (gui.state): every change that leaves the fields describing a
+workload asks the JobRunner for a new analysis; results arrive stage by stage through signals and are shown
+only while their workload is still what the fields say."""
 from __future__ import annotations
 
 import importlib
@@ -13,16 +15,16 @@ from PySide6.QtWidgets import (
 
 from torchbudget.engine.errors import UserError
 from torchbudget.engine.workload import Workload
-from torchbudget.gui import backend
+from torchbudget.gui import backend, user_code
 from torchbudget.gui.analysis_job import Request, run_request
 from torchbudget.gui.hardware_panel import HardwarePanel
 from torchbudget.gui.layer_model import LayerFilterProxy, LayerTreeModel, ModuleLatency
 from torchbudget.gui.model_runner import ModelProcessRunner
 from torchbudget.gui.settings import Settings, first_workload
+from torchbudget.gui.state import DEFAULT_WORKLOAD, Change, WorkloadState, image_side
 from torchbudget.gui.verdict import VerdictWidget
 from torchbudget.gui.workers import JobRunner
 from torchbudget.gui.workload_panel import WorkloadPanel
-from torchbudget.engine.vocab import InputKind
 
 VIEW_TABS = ("Memory vs batch", "Latency vs batch", "Throughput vs batch", "Memory vs resolution", "Roofline",
              "Comparison")
@@ -38,11 +40,13 @@ def _import_view_modules():
 
 class MainWindow(QMainWindow):
     def __init__(self, settings: Settings | None = None, model_timeout_s: float | None = None, cache=None,
-                 may_list_models: bool = True):
+                 may_list_models: bool = True, startup_notes: tuple[str, ...] = ()):
+        """``startup_notes``: what the launch path ignored (gui.app.Preload), said with the window's own."""
         super().__init__()
         self._may_list_models = may_list_models   # False on the launch path: gui.app fills the list later
         self.setWindowTitle("TorchBudget — will it fit, how fast can it run?")
         self.settings = settings or Settings()
+        self.state = WorkloadState()
         self.cache = cache if cache is not None else backend.trace_cache()
         self.file_cache = backend.file_model_cache()
         self.runner = JobRunner(self)
@@ -54,7 +58,6 @@ class MainWindow(QMainWindow):
         self.busy = False
         self._restoring = True
         self._sized_for = None
-        self._file_pending = None       # (workload, gpus) sent to the model process
         self._file_sweeps_for = None    # (workload key, GPU names) of the sweeps shown for a .py model
         self.comparison = None
         self.batch_sweep = None
@@ -68,17 +71,40 @@ class MainWindow(QMainWindow):
         self._restoring = True
         ticked, primary = self.settings.ticked_gpus(), self.settings.primary_gpu()
         self.hardware_panel.reload(ticked=ticked, primary=primary or backend.default_gpu_name())
-        self.workload_panel.set_workload(first_workload(self.settings))
+        notes = [*startup_notes, *self._restore_workload()]
         self._restoring = False
-        if self.settings.geometry() is not None:
-            self.restoreGeometry(self.settings.geometry())
-        else:
+        geometry = self.settings.geometry()
+        if geometry is None or not self.restoreGeometry(geometry):
             self.resize(1440, 900)
-        self.request(immediate=True)
+        notes += self.settings.problems()
+        notes += [n for n in (backend.catalog_problem(), backend.store_problem(getattr(self.cache, "store", None)))
+                  if n]
+        self.show_notes(notes)
+        if self.state.pending_inputs_for:
+            self._fetch_default_inputs(self.state.pending_inputs_for)
+        else:
+            self.request(immediate=True)
+
+    def _restore_workload(self) -> list[str]:
+        """The last session's workload, unless it cannot be taken or runs code the user does not allow now."""
+        notes = []
+        workload = first_workload(self.settings)
+        if backend.is_file_model(workload.model) and not user_code.confirm_run(
+                self, workload.model, "The last session analysed a model defined in this Python file"):
+            notes.append(f"did not run {user_code.model_path(workload.model)} from the last session (not "
+                         f"allowed); showing {DEFAULT_WORKLOAD.model} instead")
+            workload = DEFAULT_WORKLOAD
+        try:
+            self.load_workload(workload, source="settings")
+        except UserError as exc:
+            notes.append(f"the last workload was ignored ({exc})")
+            self.load_workload(DEFAULT_WORKLOAD, source="settings")
+        return notes
 
     # -- layout ---------------------------------------------------------------------------
     def _build(self):
-        self.workload_panel = WorkloadPanel(self.settings.recent_models(), may_list_models=self._may_list_models)
+        self.workload_panel = WorkloadPanel(self.settings.recent_models(), may_list_models=self._may_list_models,
+                                            state=self.state)
         self.hardware_panel = HardwarePanel(load=False)
         left = QWidget()
         left_layout = QVBoxLayout(left)
@@ -141,17 +167,19 @@ class MainWindow(QMainWindow):
         self.progress_bar.setVisible(False)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setVisible(False)
+        self.notice_label = QLabel()   # what was ignored at start (a broken GPU file, settings, cache)
+        self.notice_label.setVisible(False)
+        self.notes: list[str] = []
+        self.statusBar().addWidget(self.notice_label)
         self.statusBar().addWidget(self.progress_label, 1)
         self.statusBar().addPermanentWidget(self.progress_bar)
         self.statusBar().addPermanentWidget(self.cancel_button)
 
     def _connect(self):
-        self.workload_panel.workloadChanged.connect(lambda _w: self.request())
-        self.workload_panel.workloadChanged.connect(self._on_batch_preview)
-        self.workload_panel.modelChanged.connect(self._fetch_default_inputs)
-        self.defaults_runner.finished.connect(lambda pair: self.workload_panel.apply_default_inputs(*pair))
-        self.defaults_runner.failed.connect(self._on_failed)
-        self.hardware_panel.tickedChanged.connect(lambda _g: self.request())
+        self.state.subscribe(self._on_state_changed)
+        self.defaults_runner.finished.connect(lambda pair: self.state.apply_default_inputs(*pair))
+        self.defaults_runner.failed.connect(self._on_defaults_failed)
+        self.hardware_panel.tickedChanged.connect(self._on_gpus_changed)
         self.layer_search.textChanged.connect(self.layer_proxy.set_search)
         self.only_uncounted.toggled.connect(self.layer_proxy.set_only_uncounted)
         self.runner.partial.connect(self._on_partial)
@@ -161,7 +189,9 @@ class MainWindow(QMainWindow):
         self.runner.finished.connect(lambda _r: self.progress_label.setText("Up to date"))
         self.cancel_button.clicked.connect(self.cancel)
         self.model_runner.finished.connect(self._on_file_model_result)
-        self.model_runner.failed.connect(lambda _w, error: self._on_failed(error))
+        self.model_runner.sweeps.connect(self._on_file_sweeps)
+        self.model_runner.sweepsFailed.connect(self._on_file_sweeps_failed)
+        self.model_runner.failed.connect(self._on_file_model_failed)
 
     def _ensure_views(self):
         """Builds the plot, roofline and comparison tabs (once) and fills them with what is already known."""
@@ -197,7 +227,7 @@ class MainWindow(QMainWindow):
             self.tabs.insertTab(index, page, title)
         self.tabs.setCurrentIndex(current)
         if self.evaluation is not None and self.evaluation.result is not None:
-            roofline.show(list(self.evaluation.plans), self.evaluation.workload.options.precision)
+            roofline.show(list(self.evaluation.plans))
         return self._views
 
     def _load_views_soon(self):
@@ -222,6 +252,71 @@ class MainWindow(QMainWindow):
     comparison_table = property(lambda self: self._ensure_views()["comparison_table"])
     comparison_charts = property(lambda self: self._ensure_views()["comparison_charts"])
 
+    # -- the workload ----------------------------------------------------------------------------
+    def load_workload(self, workload: Workload, *, source: str = "file") -> list[str]:
+        """Show ``workload`` (a file's, the last session's), traced for the primary GPU's kernels as every
+        plan here is. Raises UserError, changing nothing, when the app cannot take it. Returns notes."""
+        notes = []
+        primary = self.hardware_panel.primary()
+        if primary is not None:
+            on_gpu = workload.on_gpu(primary)
+            if on_gpu.options.target != workload.options.target and source == "file":
+                notes.append(f"saved for {workload.options.target} kernels; planned for {primary.name}'s "
+                             f"{on_gpu.options.target}")
+            workload = on_gpu
+        self.state.set(workload, source=source)
+        if not workload.inputs and not backend.is_file_model(workload.model):
+            self.state.pick_model(workload.model, source=source)   # its default input, as when picked
+        return notes
+
+    def show_notes(self, notes) -> None:
+        """What was ignored at start, in the status bar (in full in its tooltip)."""
+        self.notes = list(dict.fromkeys(n for n in notes if n))
+        self.notice_label.setVisible(bool(self.notes))
+        if self.notes:
+            first = self.notes[0]
+            more = f" (+{len(self.notes) - 1} more)" if len(self.notes) > 1 else ""
+            self.notice_label.setText(f"⚠ Ignored: {first[:90] + '…' if len(first) > 90 else first}{more}")
+            self.notice_label.setToolTip("Ignored at start:\n" + "\n".join(self.notes))
+
+    def show_file_error(self, error: Exception) -> None:
+        """A workload file that could not be opened or saved, an export that failed: said once, under the
+        workload's title; the workload on screen stays as it was."""
+        self.workload_panel.errors["file"].show_message(str(error))
+        self.progress_label.setText(f"Error: {error}")
+
+    def _on_state_changed(self, change: Change):
+        if self._restoring:
+            return
+        if "batch" in change.fields and self.batch_sweep is not None:
+            self.plots.mark_batch(change.workload.batch_size)   # instant, before any computation
+        if "pending" in change.fields and self.state.pending_inputs_for:
+            self._fetch_default_inputs(self.state.pending_inputs_for)
+        if not self.state.ready:
+            # half-typed: what is running was asked for other fields; its results must not land
+            self.runner.cancel()
+            return
+        self.request()
+
+    def _on_gpus_changed(self, _gpus):
+        if not self._retarget():
+            self.request()
+
+    def _retarget(self) -> bool:
+        """The state's target follows the primary GPU (its compute capability); True when it moved."""
+        primary = self.hardware_panel.primary()
+        if primary is None or self._restoring:
+            return False
+        target = self.state.workload.on_gpu(primary).options.target
+        if target == self.state.workload.options.target:
+            return False
+        self.state.update(source="gpu", target=target)
+        return True
+
+    def _is_current(self, workload: Workload) -> bool:
+        """A result applies only while its workload is still what the fields say."""
+        return self.state.ready and workload == self.state.workload
+
     # -- requests -------------------------------------------------------------------------------
     def current_workload(self) -> Workload | None:
         try:
@@ -232,10 +327,10 @@ class MainWindow(QMainWindow):
 
     def request(self, immediate: bool = False):
         """Re-analyse for the current fields (debounced unless ``immediate`` or the trace is cached)."""
-        if self._restoring:
+        if self._restoring or not self.state.ready:
             return
-        workload, gpus = self.current_workload(), tuple(self.hardware_panel.ticked())
-        if workload is None or not gpus:
+        workload, gpus = self.state.workload, tuple(self.hardware_panel.ticked())
+        if not gpus:
             return
         self.settings.set_last_workload(workload)
         self.settings.set_ticked_gpus([g.name for g in gpus[1:]] + [gpus[0].name])
@@ -250,7 +345,6 @@ class MainWindow(QMainWindow):
                     self.verdict.set_busy(f"Analysing {workload.model.rsplit('/', 1)[-1]} in a separate process…")
                 self.plots.show_unavailable("Sweeping in the model's own process…")
                 self._on_busy(True)
-                self._file_pending = (workload, gpus)
                 self.model_runner.start(workload, gpus)
             return
         self.model_runner.cancel()
@@ -261,10 +355,14 @@ class MainWindow(QMainWindow):
                              self._sweep_keys["resolution"]), immediate=immediate or cached)
 
     def _fetch_default_inputs(self, model: str):
+        self.verdict.set_busy(f"Reading {model}'s input shape…")
+
+        kwargs = dict(self.state.workload.model_kwargs)
+
         def job(ctx):
             from torchbudget.engine.api import default_inputs
 
-            return model, default_inputs(model)
+            return model, default_inputs(model, kwargs)
         self.defaults_runner.submit(job, immediate=True)
 
     def _submit(self, request: Request, immediate: bool):
@@ -288,20 +386,36 @@ class MainWindow(QMainWindow):
         self.request(immediate=True)
 
     # -- results ----------------------------------------------------------------------------------
-    def _on_batch_preview(self, workload: Workload):
-        if self.batch_sweep is not None:
-            self.plots.mark_batch(workload.batch_size)   # instant, before any computation
+    def _on_defaults_failed(self, error):
+        self.state.cancel_default_inputs()   # analysed with the inputs there are
+        self._on_failed(error)
 
-    def _on_file_model_result(self, workload, result, sweeps, per_target=()):
+    def _on_file_model_result(self, workload, result, per_target=()):
+        """The verdict's traces from a .py model's process (its sweeps follow: _on_file_sweeps)."""
         self.file_cache.put(workload, result)
         for target_workload, target_result in per_target:
             self.file_cache.put(target_workload, target_result)
         self.settings.add_recent_model(workload.model)
-        gpus = self._file_pending[1] if self._file_pending and self._file_pending[0] == workload else ()
-        if sweeps and gpus:
+        if self._is_current(workload):
+            self._submit(Request(workload, tuple(self.hardware_panel.ticked()), self.file_cache, in_process=False),
+                         immediate=True)
+
+    def _on_file_model_failed(self, workload, error):
+        if workload is None or self._is_current(workload):
+            self._on_failed(error)
+
+    def _on_file_sweeps(self, workload, gpus, sweeps: dict):
+        self._on_busy(False)
+        if self._is_current(workload):
             self._show_child_sweeps(workload, gpus, sweeps)
-        self._submit(Request(workload, tuple(self.hardware_panel.ticked()), self.file_cache, in_process=False),
-                     immediate=True)
+            # the verdict again, now with the largest batch the model's process solved
+            self._submit(Request(workload, tuple(self.hardware_panel.ticked()), self.file_cache, in_process=False),
+                         immediate=True)
+
+    def _on_file_sweeps_failed(self, workload, message: str):
+        self._on_busy(False)
+        if self._is_current(workload):
+            self.plots.show_unavailable(f"No sweeps:<br>{message}")
 
     def _show_child_sweeps(self, workload, gpus, sweeps: dict):
         """Largest batches and sweeps a .py model's own process computed (gui.child_sweeps)."""
@@ -322,28 +436,30 @@ class MainWindow(QMainWindow):
         if self.resolution_sweep is None and sweeps.get("resolution_error"):
             self.plots.show_unavailable(f"No resolution sweep:<br>{sweeps['resolution_error']}", "resolution")
         else:
-            images = [s for s in workload.inputs if s.kind is InputKind.IMAGE]
-            self.plots.show_resolution_sweep(self.resolution_sweep, images[0].shape[-1] if images else None)
+            self.plots.show_resolution_sweep(self.resolution_sweep, image_side(workload))
 
     def _on_partial(self, key: str, payload):
         if key == "evaluation":
             self._show_evaluation(payload)
+        elif not self.state.ready:
+            return   # the fields are being typed: the next request brings what they say
         elif key == "batch_sweep":
             self._sweep_keys["batch"], self.batch_sweep = payload
             self.plots.restore_titles()
-            self.plots.show_batch_sweep(self.batch_sweep, self.evaluation.workload.batch_size)
+            self.plots.show_batch_sweep(self.batch_sweep, self.state.workload.batch_size)
         elif key == "resolution_sweep":
             self._sweep_keys["resolution"], self.resolution_sweep = payload
-            images = [s for s in self.evaluation.workload.inputs if s.kind is InputKind.IMAGE]
-            self.plots.show_resolution_sweep(self.resolution_sweep, images[0].shape[-1] if images else None)
+            self.plots.show_resolution_sweep(self.resolution_sweep, image_side(self.state.workload))
         elif key == "comparison":
             self.comparison = payload
             self.comparison_model.set_comparison(payload)
             self.comparison_charts.show(payload)
 
     def _show_evaluation(self, evaluation):
+        if not self._is_current(evaluation.workload):
+            return   # asked for fields that have changed since (e.g. the valid prefix of a shape being typed)
         self.evaluation = evaluation
-        self.workload_panel.clear_errors()
+        self.workload_panel.clear_errors(keep_file=True)
         self.hardware_panel.error.clear_message()
         self.verdict.set_plans(list(evaluation.plans))
         if self._views is None:
@@ -363,7 +479,7 @@ class MainWindow(QMainWindow):
             self.coverage_label.setToolTip("Share of ops with a FLOP formula or known to do no arithmetic; "
                                            "the rest are listed with ⚠ and not counted.")
             if self._views is not None:
-                self.roofline.show(list(evaluation.plans), evaluation.workload.options.precision)
+                self.roofline.show(list(evaluation.plans))
             else:   # the verdict paints first; the plot tabs follow
                 self._load_views_soon()
             if not backend.is_file_model(evaluation.workload.model):

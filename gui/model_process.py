@@ -4,8 +4,13 @@ blow-up in their code cannot take the window down.
 ``python -m torchbudget.gui.model_process '<workload json>'`` analyses that workload. ``--serve-one`` imports PyTorch
 first, prints ``READY``, then reads one JSON line from stdin: a workload, or ``{"workload": ..., "gpus":
 [GpuSpec dicts]}`` to get the largest batches and sweeps too (the GUI keeps such a warm process in
-standby, so the user does not wait for the imports). Either way the last stdout line is JSON:
-``{"ok": true, "result": result_to_dict(...), "sweeps": ...}`` or ``{"ok": false, "error": ..., "field": ...}``."""
+standby, so the user does not wait for the imports).
+
+Replies are JSON lines on stdout, the verdict's first: ``{"ok": true, "stage": "result", "result":
+result_to_dict(...), "results": [the trace for each GPU's target]}`` as soon as those traces exist, then,
+when GPUs were given, ``{"ok": true, "stage": "sweeps", "sweeps": ...}``. A model that is slow to trace
+(one calling ``.tolist()`` on its input, say) thus shows its verdict long before its sweeps are done.
+A failure is ``{"ok": false, "stage": ..., "error": ..., "field": ...}``."""
 from __future__ import annotations
 
 import contextlib
@@ -33,9 +38,11 @@ def _limit_memory() -> None:
         pass  # not available on this platform: the GUI's timeout still protects the window
 
 
-def analyse(request_json: str) -> dict:
+def analyse(request_json: str):
+    """Yields the replies, verdict first (see the module's docstring)."""
     from torchbudget.engine.errors import UserError
 
+    stage = "result"
     try:
         from torchbudget.engine.cache import TraceCache
         from torchbudget.engine.serialize import result_to_dict
@@ -50,22 +57,27 @@ def analyse(request_json: str) -> dict:
         gpus = [gpu_from_dict(g) for g in request.get("gpus") or []]
         _limit_memory()
         cache = TraceCache()   # this process may trace the user's code as often as the sweeps need
-        with contextlib.redirect_stdout(sys.stderr):  # the user's prints must not corrupt our JSON line
+        with contextlib.redirect_stdout(sys.stderr):  # the user's prints must not corrupt our JSON lines
             result = cache.get(workload)
             per_target = results_for(workload, gpus, cache)
-            sweeps = sweeps_for(workload, gpus, cache) if gpus else None
-        return {"ok": True, "result": result_to_dict(result, include_ops=True, include_events=True),
-                "results": [{"workload": w, "result": result_to_dict(r)} for w, r in per_target],
-                "sweeps": sweeps}
+        yield {"ok": True, "stage": "result", "result": result_to_dict(result, include_ops=True, include_events=True),
+               "results": [{"workload": w, "result": result_to_dict(r)} for w, r in per_target]}
+        if not gpus:
+            return
+        stage = "sweeps"
+        with contextlib.redirect_stdout(sys.stderr):
+            sweeps = sweeps_for(workload, gpus, cache)
+        yield {"ok": True, "stage": "sweeps", "sweeps": sweeps}
     except UserError as exc:
-        return {"ok": False, "error": str(exc), "field": exc.field}
+        yield {"ok": False, "stage": stage, "error": str(exc), "field": exc.field}
     except json.JSONDecodeError as exc:
-        return {"ok": False, "error": f"malformed request: {exc}", "field": None}
+        yield {"ok": False, "stage": stage, "error": f"malformed request: {exc}", "field": None}
     except MemoryError:
-        return {"ok": False, "error": "the model ran out of memory while loading or tracing", "field": "model"}
+        yield {"ok": False, "stage": stage, "error": "the model ran out of memory while loading or tracing",
+               "field": "model"}
     except BaseException as exc:  # noqa: BLE001 - whatever user code raises becomes a message
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return {"ok": False, "error": f"the model raised {detail}", "field": "model"}
+        yield {"ok": False, "stage": stage, "error": f"the model raised {detail}", "field": "model"}
 
 
 def _reply(reply: dict) -> None:
@@ -83,13 +95,15 @@ def main(argv: list[str]) -> int:
         line = sys.stdin.readline()
         if not line.strip():
             return 0   # the GUI closed without asking anything
-        _reply(analyse(line))
+        for reply in analyse(line):
+            _reply(reply)
         return 0
     if len(argv) != 1:
         _reply({"ok": False, "error": "usage: python -m torchbudget.gui.model_process '<workload json>' | --serve-one",
                 "field": None})
         return 2
-    _reply(analyse(argv[0]))
+    for reply in analyse(argv[0]):
+        _reply(reply)
     return 0
 
 

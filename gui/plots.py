@@ -8,8 +8,10 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 
 from torchbudget.gui.colors import plot_colors, series_color
+from torchbudget.gui.qt_fixes import keep_singletons_alive
 
 GIB = 2**30
+keep_singletons_alive()   # every redraw adds and removes items: see gui.qt_fixes
 
 
 def make_plot(title: str, x_label: str, y_label: str, *, log_x: bool = False,
@@ -49,9 +51,9 @@ class SweepPlots:
         self.memory_vs_resolution = make_plot("Memory needed vs resolution", "Resolution (px, height = width)",
                                               "Memory needed (GiB)", legend_offset=(70, 10))
         self.memory_vs_batch.setToolTip(
-            "Memory needed at the peak (tensors plus workspaces and allocator slack; the CUDA context is already "
-            "outside available memory) against batch size. Dashed lines: each ticked GPU's available memory; triangles: "
-            "the largest batch that fits.")
+            "Memory needed at the peak (tensors, workspaces, allocator slack and the CUDA context) against batch "
+            "size. Dashed lines: each ticked GPU's available memory (what it offers before CUDA starts); "
+            "triangles: the largest batch that fits.")
         self.latency_vs_batch.setToolTip("Per-step latency: solid = estimate, dashed = roofline lower bound.")
         self.throughput_vs_batch.setToolTip("Samples per second at the estimated latency.")
         self.memory_vs_resolution.setToolTip("Memory needed at the current batch against square input resolution.")
@@ -122,18 +124,23 @@ class SweepPlots:
         self.mark_batch(current_batch)
 
     def mark_batch(self, batch: int):
-        """Move the 'current batch' marker (cheap: no re-sweep)."""
-        for item, line in self._current_lines:
-            if line in item.items:   # PlotItem.clear() may have removed it already
-                item.removeItem(line)   # from the plot, not only the scene: nothing is left behind
-        self._current_lines = []
-        _, foreground = plot_colors()
-        for w in (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch):
-            line = pg.InfiniteLine(pos=math.log10(batch), angle=90,
-                                   pen=pg.mkPen(foreground, width=1, style=Qt.PenStyle.DotLine),
-                                   label=f"batch {batch}", labelOpts={"position": 0.6, "color": foreground})
-            w.getPlotItem().addItem(line, ignoreBounds=True)
-            self._current_lines.append((w.getPlotItem(), line))
+        """Move the 'current batch' marker (cheap: no re-sweep). The marker lines are made once per sweep
+        drawn and moved afterwards: a slider drag adds and removes no plot items."""
+        live = [(item, line) for item, line in self._current_lines if line in item.items]   # clear() drops them
+        if len(live) != 3:
+            for item, line in live:
+                item.removeItem(line)
+            live = []
+            _, foreground = plot_colors()
+            for w in (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch):
+                line = pg.InfiniteLine(angle=90, pen=pg.mkPen(foreground, width=1, style=Qt.PenStyle.DotLine),
+                                       label="", labelOpts={"position": 0.6, "color": foreground})
+                w.getPlotItem().addItem(line, ignoreBounds=True)
+                live.append((w.getPlotItem(), line))
+        self._current_lines = live
+        for _, line in live:
+            line.setValue(math.log10(batch))
+            line.label.setFormat(f"batch {batch}")
 
     def show_resolution_sweep(self, result, current_resolution: int | None):
         item = self.memory_vs_resolution.getPlotItem()

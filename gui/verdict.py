@@ -145,9 +145,14 @@ class VerdictWidget(QWidget):
         need, cap = plan.required_bytes, plan.capacity_bytes
         spare = "spare" if plan.headroom_bytes >= 0 else "short"
         self.badge.setToolTip(verdict_rule(plan.memory.overheads))
+        source = plan.result or plan.workload   # plan_result always keeps the trace; a Plan need not
+        target = source.options.target if source is not None else "unknown"
         self.summary.setText(f"Needs {human_bytes(need)} of {human_bytes(cap)} available "
                              f"({human_bytes(abs(plan.headroom_bytes))} {spare}); largest share: "
-                             f"{CATEGORY_LABELS[plan.dominant_category].lower()}.")
+                             f"{CATEGORY_LABELS[plan.dominant_category].lower()}. Traced for {target} kernels.")
+        self.summary.setToolTip("Available: the memory the GPU offers before CUDA starts; needed: the peak, CUDA "
+                                f"context included. {target}: the compute capability whose kernel choices "
+                                "(attention backend, autocast lists) the trace follows.")
         # every category, the CUDA context included, must fit in the available memory
         segments = [(CATEGORY_LABELS[c], n, CATEGORY_COLORS[c]) for c, n in plan.memory.by_category.items()]
         self.bar.set_data(segments, cap)

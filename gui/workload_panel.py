@@ -1,6 +1,11 @@
-"""The workload panel: model (searchable torchvision list, a user's .py file, recent models), inputs,
-batch and resolution (slider + spin box), precision, mode, optimizer and checkpointing. It emits a
-``Workload`` whenever something changes, or shows an error next to the field that is wrong."""
+"""The workload panel: model (searchable torchvision list, a user's .py file, recent models), its keyword
+arguments, inputs, batch and resolution (slider + spin box), precision, mode, optimizer and its
+implementation, attention backend, checkpointing and counting convention.
+
+It edits a ``gui.state.WorkloadState`` and renders from it (it keeps no workload of its own): a slider
+changes the state's batch, and the input field is then redrawn from the state, never re-parsed. Text that
+does not parse stays in its field as the state's draft, with its error underneath. Every choice comes from
+engine.vocab (names, labels, tips)."""
 from __future__ import annotations
 
 import ast
@@ -8,7 +13,7 @@ import sys
 from pathlib import Path
 
 from PySide6.QtCore import QSignalBlocker, Qt, Signal
-from PySide6.QtGui import QStandardItem, QStandardItemModel
+from PySide6.QtGui import QStandardItem, QStandardItemModel, QValidator
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QCompleter, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLineEdit,
     QPushButton, QSlider, QSpinBox, QVBoxLayout, QWidget,
@@ -16,15 +21,28 @@ from PySide6.QtWidgets import (
 
 from torchbudget.engine import vocab
 from torchbudget.engine.errors import UserError
-from torchbudget.engine.inputs import parse_inputs
-from torchbudget.engine.results import TraceOptions
 from torchbudget.engine.workload import Workload
 from torchbudget.gui.backend import model_names
 from torchbudget.gui.field_error import FieldError
+from torchbudget.gui.state import (
+    MAX_DIM, Change, WorkloadState, image_side, inputs_text, kwargs_text,
+)
 
-OPTIMIZERS = (*vocab.OPTIMIZER_NAMES, vocab.NO_OPTIMIZER)
-MAX_BATCH = 4096
-MIN_RESOLUTION, MAX_RESOLUTION, RESOLUTION_STEP = 16, 4096, 16
+BATCH_SLIDER_MAX = 512
+RESOLUTION_STEP, RESOLUTION_SLIDER_MAX = 16, 1024
+NO_OPTIMIZER_TIP = "No optimizer step: forward and backward only (gradients are still kept)."
+# option combos: TraceOptions field -> (row label, vocab terms, tip of the whole combo)
+OPTION_COMBOS = (
+    ("precision", "Precision", vocab.PRECISIONS, "Numeric precision of weights, activations and matmuls"),
+    ("mode", "Mode", vocab.MODES, "Inference: forward only. Training: forward, backward and optimizer step"),
+    ("optimizer", "Optimizer", vocab.OPTIMIZERS, "Optimizer whose state (e.g. Adam's two moments) is counted in "
+                                                 "training"),
+    ("optimizer_impl", "Optimizer kernels", vocab.OPTIMIZER_IMPLS, "How torch.optim runs the step: its "
+                                                                   "temporaries differ (training only)"),
+    ("attention", "Attention", vocab.ATTENTION_BACKENDS, "Which scaled-dot-product attention kernel the trace "
+                                                         "models"),
+    ("convention", "Counting", vocab.CONVENTIONS, "Which FLOP/MAC counting convention the layer table uses"),
+)
 
 
 def python_file_entries(path: str) -> list[str]:
@@ -33,36 +51,48 @@ def python_file_entries(path: str) -> list[str]:
         tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path}: {exc}", field="model") from None
-    except SyntaxError as exc:
-        raise UserError(f"{Path(path).name} has a syntax error on line {exc.lineno}: {exc.msg}", field="model") from None
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        line = getattr(exc, "lineno", None)
+        where = f" on line {line}" if line else ""
+        raise UserError(f"{Path(path).name} has a syntax error{where}: {getattr(exc, 'msg', exc)}",
+                        field="model") from None
     names = [n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and not n.name.startswith("_")]
     if not names:
         raise UserError(f"{Path(path).name} defines no class or function to build a model from", field="model")
     return names
 
 
-def as_shown(workload: Workload) -> Workload:
-    """The workload ``set_workload(workload)`` then ``workload()`` give back (inference carries no optimizer
-    or checkpointing, as on the CLI; no inputs means the default image), so gui.app can trace it ahead."""
-    o = workload.options
-    training = o.mode == "train"
-    options = TraceOptions(mode=o.mode, precision=o.precision, optimizer=o.optimizer if training else None,
-                           checkpointing=training and o.checkpointing)
-    return Workload(workload.model, workload.inputs or parse_inputs("1x3x224x224"), options)
+class LimitedSpinBox(QSpinBox):
+    """A spin box that says so when a typed number is beyond its range, instead of silently refusing
+    the key (Qt's own behaviour)."""
+
+    tooLarge = Signal(str)   # the refused text
+
+    def validate(self, text: str, pos: int):
+        result = super().validate(text, pos)
+        state = result[0] if isinstance(result, tuple) else result
+        digits = text.removesuffix(self.suffix()).strip().replace(",", "")
+        if state == QValidator.State.Invalid and digits.isdigit() and int(digits) > self.maximum():
+            self.tooLarge.emit(digits)
+        return result
 
 
 class WorkloadPanel(QGroupBox):
-    workloadChanged = Signal(object)    # Workload
-    modelChanged = Signal(str)          # a known torchvision name: the window fetches its default input
+    workloadChanged = Signal(object)    # Workload: the state changed and describes a workload exactly
 
-    def __init__(self, recent_models: list[str] | None = None, parent=None, *, may_list_models: bool = True):
+    def __init__(self, recent_models: list[str] | None = None, parent=None, *, may_list_models: bool = True,
+                 state: WorkloadState | None = None):
         """``may_list_models=False``: take the model list from the trace store only, never import torchvision
         here (the launch path); ``reload_model_names()`` fills it in later."""
         super().__init__("Workload", parent)
+        self.state = state if state is not None else WorkloadState()
         self._may_list_models = may_list_models
         self.errors: dict[str, FieldError] = {}
         form = QFormLayout(self)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.errors["file"] = FieldError()   # a workload file that could not be opened
+        self.errors["file"].setToolTip("Why the last workload file was not opened")
+        form.addRow(self.errors["file"])
 
         # model: searchable list + open a .py file
         self.model_combo = QComboBox()
@@ -85,52 +115,62 @@ class WorkloadPanel(QGroupBox):
         row.addWidget(self.open_py_button)
         form.addRow("Model", self._with_error(row, "model"))
 
-        self.inputs_edit = QLineEdit("1x3x224x224")
+        self.kwargs_edit = QLineEdit()
+        self.kwargs_edit.setPlaceholderText('none, e.g. {"num_classes": 10}')
+        self.kwargs_edit.setToolTip("Keyword arguments for the model's constructor or factory, as a JSON object")
+        form.addRow("Model kwargs", self._with_error(self.kwargs_edit, "model_kwargs"))
+
+        self.inputs_edit = QLineEdit()
+        self.inputs_edit.setPlaceholderText("the model's default input")
         self.inputs_edit.setToolTip("Input shape(s), batch first: 1x3x224x224, or several separated by commas, "
                                     "with an optional dtype (1x128:int64) and name (ids=1x128:int64)")
         form.addRow("Input shape", self._with_error(self.inputs_edit, "input"))
 
-        self.batch_spin, self.batch_slider = QSpinBox(), QSlider(Qt.Orientation.Horizontal)
-        self.batch_spin.setRange(1, MAX_BATCH)
-        self.batch_slider.setRange(1, 512)
+        self.batch_spin, self.batch_slider = LimitedSpinBox(), QSlider(Qt.Orientation.Horizontal)
+        self.batch_spin.setRange(1, MAX_DIM)
+        self.batch_slider.setRange(1, BATCH_SLIDER_MAX)
         for w in (self.batch_spin, self.batch_slider):
-            w.setToolTip("Batch size: the first dimension of every input")
-        form.addRow("Batch size", self._pair(self.batch_slider, self.batch_spin))
+            w.setToolTip(f"Batch size: the first dimension of every input (the box takes up to {MAX_DIM:,})")
+        form.addRow("Batch size", self._with_error(self._pair(self.batch_slider, self.batch_spin), "batch"))
 
-        self.resolution_spin, self.resolution_slider = QSpinBox(), QSlider(Qt.Orientation.Horizontal)
-        self.resolution_spin.setRange(MIN_RESOLUTION, MAX_RESOLUTION)
+        self.resolution_spin, self.resolution_slider = LimitedSpinBox(), QSlider(Qt.Orientation.Horizontal)
+        self.resolution_spin.setRange(1, MAX_DIM)
         self.resolution_spin.setSingleStep(RESOLUTION_STEP)
         self.resolution_spin.setSuffix(" px")
-        self.resolution_slider.setRange(MIN_RESOLUTION // RESOLUTION_STEP, 1024 // RESOLUTION_STEP)
+        self.resolution_slider.setRange(1, RESOLUTION_SLIDER_MAX // RESOLUTION_STEP)
         for w in (self.resolution_spin, self.resolution_slider):
-            w.setToolTip("Height = width of image inputs (the last two dimensions)")
-        form.addRow("Resolution", self._pair(self.resolution_slider, self.resolution_spin))
+            w.setToolTip("Height = width of image inputs (their last two dimensions)")
+        form.addRow("Resolution", self._with_error(self._pair(self.resolution_slider, self.resolution_spin),
+                                                   "resolution"))
 
-        self.precision_combo = QComboBox()
-        for p in vocab.PRECISIONS:
-            self.precision_combo.addItem(p.name)
-            self.precision_combo.setItemData(self.precision_combo.count() - 1, p.tip, Qt.ItemDataRole.ToolTipRole)
-        self.precision_combo.setToolTip("Numeric precision of weights, activations and matmuls")
-        form.addRow("Precision", self.precision_combo)
-
-        self.mode_combo = QComboBox()
-        for m in vocab.MODES:
-            self.mode_combo.addItem(m.label, m.name)
-            self.mode_combo.setItemData(self.mode_combo.count() - 1, m.tip, Qt.ItemDataRole.ToolTipRole)
-        self.mode_combo.setToolTip("Inference: forward only, no gradients. Training: forward, backward and optimizer step")
-        form.addRow("Mode", self.mode_combo)
-
-        self.optimizer_combo = QComboBox()
-        self.optimizer_combo.addItems(OPTIMIZERS)
-        self.optimizer_combo.setToolTip("Optimizer whose state (e.g. Adam's two moments) is counted in training")
-        self.checkpoint_box = QCheckBox("Activation checkpointing")
-        self.checkpoint_box.setToolTip("What-if: recompute activations in backward instead of keeping them")
-        form.addRow("Optimizer", self.optimizer_combo)
-        form.addRow("", self.checkpoint_box)
+        self.option_combos: dict[str, QComboBox] = {}
+        for name, label, terms, tip in OPTION_COMBOS:
+            combo = QComboBox()
+            for term in terms:
+                combo.addItem(term.label, term.name)
+                combo.setItemData(combo.count() - 1, term.tip, Qt.ItemDataRole.ToolTipRole)
+            if name == "optimizer":
+                combo.addItem(vocab.NO_OPTIMIZER, vocab.NO_OPTIMIZER)
+                combo.setItemData(combo.count() - 1, NO_OPTIMIZER_TIP, Qt.ItemDataRole.ToolTipRole)
+            combo.setToolTip(tip)
+            self.option_combos[name] = combo
+            form.addRow(label, combo)
+            if name == "optimizer_impl":
+                self.checkpoint_box = QCheckBox("Activation checkpointing")
+                self.checkpoint_box.setToolTip("What-if: recompute activations in backward instead of keeping them "
+                                               "(training only)")
+                form.addRow("", self.checkpoint_box)
+        self.precision_combo = self.option_combos["precision"]
+        self.mode_combo = self.option_combos["mode"]
+        self.optimizer_combo = self.option_combos["optimizer"]
+        self.optimizer_impl_combo = self.option_combos["optimizer_impl"]
+        self.attention_combo = self.option_combos["attention"]
+        self.convention_combo = self.option_combos["convention"]
 
         self.set_recent_models(recent_models or [])
         self._connect()
-        self._sync_training_widgets()
+        self.state.subscribe(self._on_state_changed)
+        self.render()
 
     # -- layout helpers ---------------------------------------------------------
     def _with_error(self, inner, field: str) -> QWidget:
@@ -158,21 +198,25 @@ class WorkloadPanel(QGroupBox):
     def _connect(self):
         self.model_combo.currentTextChanged.connect(self._on_model_text)
         self.model_combo.lineEdit().editingFinished.connect(self._on_model_typed)
-        self.open_py_button.clicked.connect(self.open_python_file)
+        self.open_py_button.clicked.connect(lambda: self.open_python_file())
         self.inputs_edit.textEdited.connect(self._on_inputs_edited)
-        self.batch_slider.valueChanged.connect(lambda v: self.batch_spin.setValue(v))
-        self.batch_spin.valueChanged.connect(self._on_batch)
-        self.resolution_slider.valueChanged.connect(lambda v: self.resolution_spin.setValue(v * RESOLUTION_STEP))
-        self.resolution_spin.valueChanged.connect(self._on_resolution)
-        for combo in (self.precision_combo, self.mode_combo, self.optimizer_combo):
-            combo.currentIndexChanged.connect(self._emit)
-        self.mode_combo.currentIndexChanged.connect(self._sync_training_widgets)
-        self.checkpoint_box.toggled.connect(self._emit)
+        self.kwargs_edit.textEdited.connect(lambda text: self.state.edit_text("model_kwargs", text,
+                                                                             source="model_kwargs"))
+        self.batch_slider.valueChanged.connect(lambda v: self._change("batch_slider", batch=v))
+        self.batch_spin.valueChanged.connect(lambda v: self._change("batch_spin", batch=v))
+        self.resolution_slider.valueChanged.connect(
+            lambda v: self._change("resolution_slider", resolution=v * RESOLUTION_STEP))
+        self.resolution_spin.valueChanged.connect(lambda v: self._change("resolution_spin", resolution=v))
+        self.batch_spin.tooLarge.connect(lambda text: self._too_large("batch", "batch size", text))
+        self.resolution_spin.tooLarge.connect(lambda text: self._too_large("resolution", "resolution", text))
+        for name, combo in self.option_combos.items():
+            combo.currentIndexChanged.connect(lambda _i, n=name, c=combo: self._on_option(n, c))
+        self.checkpoint_box.toggled.connect(lambda on: self._change("checkpointing", checkpointing=on))
 
     # -- model list -----------------------------------------------------------------
     def set_recent_models(self, recent: list[str]):
         self._recent = list(recent)
-        current = self.model_combo.currentText() or "resnet50"
+        current = self.model_combo.currentText() or self.state.workload.model
         with QSignalBlocker(self.model_combo):
             self._model_items.clear()
             names = model_names(may_import=self._may_list_models)
@@ -211,109 +255,112 @@ class WorkloadPanel(QGroupBox):
                                                  entries, 0, False)
                 if not ok:
                     return
-        self.model_combo.setCurrentText(f"{path}:{entry}")
+        self._change("open_py", model=f"{path}:{entry}")   # chosen by the user: trusted, runs next door
 
-    # -- field sync ----------------------------------------------------------------
+    # -- edits: widgets -> state ----------------------------------------------------------
+    def _change(self, source: str, **changes) -> bool:
+        try:
+            self.state.update(source=source, **changes)
+        except UserError as exc:
+            self.show_error(exc)
+            return False
+        return True
+
+    def _too_large(self, field: str, what: str, text: str):
+        self.errors[field].show_message(f"{what} {text} is too large: at most {MAX_DIM:,}")
+
     def _on_inputs_edited(self, _text=None):
-        try:
-            specs = parse_inputs(self.inputs_edit.text())
-        except UserError as exc:
-            self.show_error(exc)
-            return
-        with QSignalBlocker(self.batch_spin), QSignalBlocker(self.batch_slider):
-            self.batch_spin.setValue(specs[0].shape[0])
-            self.batch_slider.setValue(min(specs[0].shape[0], self.batch_slider.maximum()))
-        spatial = [s for s in specs if len(s.shape) >= 3]
-        self.resolution_spin.setEnabled(bool(spatial))
-        self.resolution_slider.setEnabled(bool(spatial))
-        if spatial:
-            with QSignalBlocker(self.resolution_spin), QSignalBlocker(self.resolution_slider):
-                self.resolution_spin.setValue(spatial[0].shape[-1])
-                self.resolution_slider.setValue(spatial[0].shape[-1] // RESOLUTION_STEP)
-        self._emit()
+        self.state.edit_text("inputs", self.inputs_edit.text(), source="inputs")
 
-    def _rewrite_inputs(self, change):
-        try:
-            specs = parse_inputs(self.inputs_edit.text())
-        except UserError as exc:
-            self.show_error(exc)
-            return
-        self.inputs_edit.setText(", ".join(change(s).text() for s in specs))
-        self._emit()
-
-    def _on_batch(self, batch: int):
-        with QSignalBlocker(self.batch_slider):
-            self.batch_slider.setValue(min(batch, self.batch_slider.maximum()))
-        self._rewrite_inputs(lambda s: s.with_batch(batch))
-
-    def _on_resolution(self, pixels: int):
-        with QSignalBlocker(self.resolution_slider):
-            self.resolution_slider.setValue(pixels // RESOLUTION_STEP)
-        self._rewrite_inputs(lambda s: s.with_resolution(pixels, pixels) if len(s.shape) >= 3 else s)
-
-    def _sync_training_widgets(self, *_):
-        training = self.mode_combo.currentData() == "train"
-        self.optimizer_combo.setEnabled(training)
-        self.checkpoint_box.setEnabled(training)
-
-    # -- workload in/out -----------------------------------------------------------
-    def workload(self) -> Workload:
-        """The workload the fields describe; raises a UserError naming the bad field."""
-        model = self.model_combo.currentText().strip()
-        if not model:
-            raise UserError("choose a model: type a torchvision name or open a .py file", field="model")
-        inputs = parse_inputs(self.inputs_edit.text())
-        training = self.mode_combo.currentData() == "train"
-        optimizer = self.optimizer_combo.currentText() if training else "none"
-        options = TraceOptions(   # inference carries no optimizer/checkpointing, as on the CLI
-            mode=self.mode_combo.currentData(), precision=self.precision_combo.currentText(),
-            optimizer=None if optimizer == "none" else optimizer,
-            checkpointing=training and self.checkpoint_box.isChecked(),
-        )
-        return Workload(model, inputs, options)
-
-    def set_workload(self, workload: Workload):
-        widgets = (self.model_combo, self.inputs_edit, self.precision_combo, self.mode_combo, self.optimizer_combo,
-                   self.checkpoint_box, self.batch_spin, self.batch_slider, self.resolution_spin, self.resolution_slider)
-        blockers = [QSignalBlocker(w) for w in widgets]
-        o = workload.options
-        self.model_combo.setCurrentText(workload.model)
-        self.inputs_edit.setText(", ".join(s.text() for s in workload.inputs) or "1x3x224x224")
-        self.precision_combo.setCurrentText(o.precision)
-        self.mode_combo.setCurrentIndex(max(0, self.mode_combo.findData(o.mode)))
-        self.optimizer_combo.setCurrentText(o.optimizer or ("none" if o.mode == "train" else "adamw"))
-        self.checkpoint_box.setChecked(o.checkpointing)
-        del blockers
-        self._sync_training_widgets()
-        self._on_inputs_edited()
+    def _on_option(self, name: str, combo: QComboBox):
+        value = combo.currentData()
+        if name == "optimizer" and value == vocab.NO_OPTIMIZER:
+            value = None
+        self._change(name, **{name: value})
 
     def _on_model_text(self, text: str):
-        if text.strip() in self._known_models:
-            self.modelChanged.emit(text.strip())   # analysed once its own input shape is in the field
+        text = text.strip()
+        if text == self.state.workload.model:
+            return
+        if text in self._known_models:
+            self.state.pick_model(text)   # analysed once its own input shape is in the field
         elif ".py" in text:
-            self._emit()
+            self._change("model", model=text)
         # anything else is still being typed: checked when editing finishes (Enter or focus out)
 
     def _on_model_typed(self):
-        if self.model_combo.currentText().strip() not in self._known_models:
-            self._emit()   # an unknown name gets its error now, not on every keystroke
+        text = self.model_combo.currentText().strip()
+        if text and text != self.state.workload.model and text not in self._known_models:
+            self._change("model", model=text)   # an unknown name gets its error now, not on every keystroke
 
-    def apply_default_inputs(self, model: str, specs) -> None:
-        """Fill the input field with ``model``'s default input, keeping the batch size the user chose."""
-        if self.model_combo.currentText().strip() != model or not specs:
-            return   # the user moved on to another model meanwhile
-        batch = self.batch_spin.value()
-        self.inputs_edit.setText(", ".join(s.with_batch(batch).text() for s in specs))
-        self._on_inputs_edited()
-
-    def _emit(self, *_):
-        try:
-            workload = self.workload()
-        except UserError as exc:
-            self.show_error(exc)
-            return
+    # -- state -> widgets ----------------------------------------------------------------
+    def _on_state_changed(self, change: Change):
+        self.render(change.fields, change.source)
         self.clear_errors()
-        self.workloadChanged.emit(workload)
+        for error in self.state.errors.values():
+            self.show_error(error)
+        if self.state.ready:
+            self.workloadChanged.emit(change.workload)
+
+    def render(self, fields=None, source: str | None = None):
+        """Redraw the widgets of ``fields`` (all when None) from the state, except the widget ``source``
+        the user is typing in. Signals are blocked: drawing is not an edit."""
+        w, state = self.state.workload, self.state
+        everything = fields is None
+        fields = set(fields or ())
+        show = lambda *names: everything or bool(fields & set(names))  # noqa: E731
+        blockers = [QSignalBlocker(x) for x in (self.model_combo, self.inputs_edit, self.kwargs_edit, self.batch_spin,
+                                                self.batch_slider, self.resolution_spin, self.resolution_slider,
+                                                self.checkpoint_box, *self.option_combos.values())]
+        if show("model") and source not in ("model",):
+            self.model_combo.setCurrentText(w.model)
+        if show("inputs", "drafts") and source != "inputs":
+            self.inputs_edit.setText(state.drafts.get("inputs", inputs_text(w.inputs)))
+        if show("model_kwargs", "drafts") and source != "model_kwargs":
+            self.kwargs_edit.setText(state.drafts.get("model_kwargs", kwargs_text(w.model_kwargs)))
+        if show("inputs", "drafts"):
+            batch = w.batch_size
+            if source != "batch_spin":
+                self.batch_spin.setValue(min(batch, MAX_DIM))
+            if source != "batch_slider":
+                self.batch_slider.setValue(min(batch, BATCH_SLIDER_MAX))
+            side = image_side(w)
+            if side is not None:
+                if source != "resolution_spin":
+                    self.resolution_spin.setValue(min(side, MAX_DIM))
+                if source != "resolution_slider":
+                    self.resolution_slider.setValue(min(side, RESOLUTION_SLIDER_MAX) // RESOLUTION_STEP)
+            # batch and resolution are part of the input shape: not editable while it does not parse
+            fixed = "inputs" not in state.drafts
+            for widget in (self.batch_spin, self.batch_slider):
+                widget.setEnabled(fixed and bool(w.inputs))
+            for widget in (self.resolution_spin, self.resolution_slider):
+                widget.setEnabled(fixed and side is not None)
+        training = w.options.training
+        for name, combo in self.option_combos.items():
+            if show(name, "mode") and source != name:
+                value = state.training_choice(name) if name in ("optimizer", "optimizer_impl") else \
+                    getattr(w.options, name)
+                if name == "optimizer" and value is None:
+                    value = vocab.NO_OPTIMIZER
+                combo.setCurrentIndex(max(0, combo.findData(value)))
+        if show("checkpointing", "mode") and source != "checkpointing":
+            self.checkpoint_box.setChecked(bool(state.training_choice("checkpointing")))
+        for widget in (self.optimizer_combo, self.optimizer_impl_combo, self.checkpoint_box):
+            widget.setEnabled(training)
+        del blockers
+
+    # -- workload in/out -----------------------------------------------------------
+    def workload(self) -> Workload:
+        """The workload the fields describe; raises the UserError of a field that does not parse."""
+        for error in self.state.errors.values():
+            raise error
+        return self.state.workload
+
+    def set_workload(self, workload: Workload, *, source: str = "set") -> None:
+        """Show ``workload`` (every field of it); raises UserError, changing nothing, when the app cannot
+        take it (e.g. a dimension of 10**40)."""
+        self.state.set(workload, source=source)
 
     # -- errors ----------------------------------------------------------------------
     def show_error(self, error: UserError) -> bool:
@@ -324,6 +371,7 @@ class WorkloadPanel(QGroupBox):
         label.show_message(str(error))
         return True
 
-    def clear_errors(self):
-        for label in self.errors.values():
-            label.clear_message()
+    def clear_errors(self, *, keep_file: bool = False):
+        for field, label in self.errors.items():
+            if not (keep_file and field == "file"):
+                label.clear_message()

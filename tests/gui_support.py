@@ -27,6 +27,7 @@ def close_window(window):
     QThreadPool.globalInstance().waitForDone(30_000)  # a running trace finishes its stage, then stops
 
 
+
 def wait_for_plans(qtbot, window, predicate=lambda ev: True, timeout=WAIT_MS):
     """Wait until the window shows an exact (not interpolated) evaluation satisfying ``predicate``."""
     def ready():

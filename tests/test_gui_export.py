@@ -14,6 +14,7 @@ from torchbudget.engine.inputs import parse_inputs
 from torchbudget.engine.results import TraceOptions
 from torchbudget.engine.workload import Workload
 from torchbudget.gui import export
+from torchbudget.hardware.catalog import resolve_gpu
 from tests.gui_support import close_window, make_window, wait_for_plans, wait_idle
 
 GPU = "A100 SXM 80GB"
@@ -84,7 +85,7 @@ def test_workload_file_round_trip_and_settings_persist(qtbot, window, tmp_path, 
     window.workload_panel.batch_spin.setValue(8)
     export.save_workload(window, str(path))
     saved = Workload.from_json(path.read_text())
-    assert saved == WORKLOAD.with_batch(8)
+    assert saved == WORKLOAD.with_batch(8).on_gpu(resolve_gpu(GPU))   # planned for the GPU's kernels
     window.workload_panel.batch_spin.setValue(3)
     assert export.open_workload(window, str(path)) == saved
     assert window.workload_panel.workload() == saved
@@ -94,5 +95,92 @@ def test_workload_file_round_trip_and_settings_persist(qtbot, window, tmp_path, 
     try:
         assert again.workload_panel.workload() == saved
         assert again.hardware_panel.primary().name == GPU
+    finally:
+        close_window(again)
+
+
+SMALL_CNN = '''
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, num_classes=5):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+'''
+
+
+def test_every_workload_field_survives_save_open_settings_and_export(qtbot, tmp_path, monkeypatch):
+    """Each field of Workload and TraceOptions is set to a non-default value through the window's own
+    controls, then must come back from a saved file, from the settings at the next start, and in the
+    exported JSON's workload. A user .py model is used: its kwargs visibly reach the constructor."""
+    from dataclasses import fields
+
+    from torchbudget.gui import user_code
+    from torchbudget.gui.state import DEFAULT_WORKLOAD
+
+    model_file = tmp_path / "small_cnn.py"
+    model_file.write_text(SMALL_CNN)
+    asked = []
+    monkeypatch.setattr(user_code, "ask", lambda parent, path, why: asked.append(path) or True)
+    window = make_window(qtbot, tmp_path, monkeypatch, workload=Workload("resnet18", parse_inputs("1x3x32x32")))
+    panel = window.workload_panel
+
+    def choose(name, value):
+        combo = panel.option_combos[name]
+        index = combo.findData(value)
+        assert index >= 0, (name, value)
+        combo.setCurrentIndex(index)
+
+    setters = {   # TraceOptions field -> how a user sets it
+        "mode": lambda: choose("mode", "train"),
+        "precision": lambda: choose("precision", "bf16-amp"),
+        "optimizer": lambda: choose("optimizer", "sgd"),
+        "checkpointing": lambda: panel.checkpoint_box.setChecked(True),
+        "convention": lambda: choose("convention", "thop"),
+        "optimizer_impl": lambda: choose("optimizer_impl", "for-loop"),
+        "attention": lambda: choose("attention", "math"),
+        "target": lambda: window.hardware_panel.select("T4"),   # the primary GPU's kernels (sm75)
+    }
+    assert set(setters) == {f.name for f in fields(TraceOptions)}   # a new option needs a control
+    panel.open_python_file(str(model_file), "Net")
+    qtbot.keyClicks(panel.kwargs_edit, '{"num_classes": 10}')
+    panel.inputs_edit.selectAll()
+    qtbot.keyClicks(panel.inputs_edit, "2x3x16x16")
+    for name, setter in setters.items():
+        setter()
+    expected = panel.workload()
+    for f in fields(TraceOptions):
+        assert getattr(expected.options, f.name) != getattr(TraceOptions(), f.name), f.name
+    assert expected.options.target == "sm75"
+    assert (expected.model, expected.inputs) == (f"{model_file}:Net", parse_inputs("2x3x16x16"))
+    assert expected.model_kwargs == {"num_classes": 10} != DEFAULT_WORKLOAD.model_kwargs
+    assert asked == []   # picked with Open .py…: the user's own choice, nothing to ask
+
+    evaluation = wait_for_plans(qtbot, window, lambda ev: ev.workload == expected, timeout=120_000)
+    assert evaluation.result.totals.params == (3 * 4 * 9 + 4) + (4 * 10 + 10)   # num_classes=10 reached it
+    exported = tmp_path / "out.json"
+    export.export_to(window, str(exported))
+    assert json.loads(exported.read_text())["workload"] == json.loads(expected.to_json())
+
+    saved = tmp_path / "w.json"
+    export.save_workload(window, str(saved))
+    assert Workload.from_json(saved.read_text()) == expected
+    choose("attention", "auto")
+    panel.batch_spin.setValue(5)
+    assert panel.workload() != expected
+    assert export.open_workload(window, str(saved)) == expected and panel.workload() == expected
+    assert asked == [model_file.resolve()]   # a file naming a .py model asks first
+    qtbot.waitUntil(lambda: window.model_runner.started > 0)
+    close_window(window)
+
+    again = make_window(qtbot, tmp_path, monkeypatch)   # the same settings file: the next start
+    try:
+        assert again.workload_panel.workload() == expected
+        assert asked == [model_file.resolve()] * 2   # restoring a .py model from the settings asks too
     finally:
         close_window(again)

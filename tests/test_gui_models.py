@@ -251,58 +251,73 @@ def test_unknown_gpu_from_last_session_falls_back_with_a_message(qtbot, tmp_path
 
 def test_missing_tensor_rate_is_said_where_the_peak_is_shown(qtbot):
     """T4 lists no bf16 tensor rate: the roofline falls back to fp32 (GpuSpec.peak_flops_per_s), and the
-    verdict and the roofline legend say so; a GPU with bf16 tensor cores gets no note."""
+    verdict and the roofline say so with the planner's own note; a GPU with bf16 tensor cores gets none."""
     from torchbudget.engine.cache import TraceCache
     from torchbudget.engine.inputs import parse_inputs
     from torchbudget.engine.planner import plan
     from torchbudget.engine.results import TraceOptions
     from torchbudget.engine.workload import Workload
-    from torchbudget.gui.backend import peak_rate_note
     from torchbudget.gui.roofline_view import RooflineView
     from torchbudget.gui.verdict import VerdictWidget
     from torchbudget.hardware.catalog import resolve_gpu
 
     t4, rtx = resolve_gpu("T4"), resolve_gpu("RTX 4090")
     assert t4.peak_flops_per_s("bfloat16", tensor_core=True) == t4.peak_tflops["fp32"] * 1e12
-    assert peak_rate_note(t4, "bf16-amp") == "T4 has no bf16 tensor cores: fp32 rate used"
-    assert peak_rate_note(t4, "tf32") == "T4 has no tf32 tensor cores: fp32 rate used"
-    assert peak_rate_note(t4, "fp16") is None and peak_rate_note(t4, "fp32") is None
-    assert peak_rate_note(rtx, "bf16") is None
     workload = Workload("resnet18", parse_inputs("1x3x64x64"), TraceOptions(precision="bf16"))
     cache = TraceCache()
     plans = [plan(workload, gpu, cache=cache, solve_max_batch=False) for gpu in (t4, rtx)]
+    (note,) = [n for n in plans[0].notes if "tensor cores" in n]
+    assert not [n for n in plans[1].notes if "tensor cores" in n]
     verdict = VerdictWidget()
     qtbot.addWidget(verdict)
     verdict.set_plans(plans)
-    assert not verdict.peak_note.isHidden() and "T4 has no bf16 tensor cores" in verdict.peak_note.text()
+    assert not verdict.peak_note.isHidden() and note in verdict.peak_note.text()
+    assert "Traced for sm75 kernels" in verdict.summary.text()      # the T4's own target
     verdict.set_plans(plans[::-1])
-    assert verdict.peak_note.isHidden()
+    assert verdict.peak_note.isHidden() and "Traced for sm89 kernels" in verdict.summary.text()
     roofline = RooflineView()
-    roofline.show(plans, "bf16")
+    roofline.show(plans)
     names = [i.name() for i in roofline.widget.getPlotItem().listDataItems()]
     assert any(n.startswith("T4: 8 TFLOP/s (fp32 rate: no bf16 tensor cores)") for n in names)
     assert any(n.startswith("RTX 4090: 165 TFLOP/s,") for n in names)
-    assert "T4 has no bf16 tensor cores" in roofline.widget.toolTip()
+    assert note in roofline.widget.toolTip()
+    # every point is one of the engine's own roofline points (no re-aggregation in the view)
+    engine_points = {(p.arithmetic_intensity, p.attainable_flops_per_s) for p in plans[0].latency.per_op}
+    scatter = roofline.widget.getPlotItem().items[-1]
+    xs, ys = scatter.getData()
+    assert roofline.points_shown == len(xs) > 10
+    assert all(any(abs(10 ** x - a) < 1e-6 * a and abs(10 ** y * 1e12 - f) < 1e-6 * f for a, f in engine_points)
+               for x, y in list(zip(xs, ys))[:20])
 
 
-def test_as_shown_is_what_the_workload_panel_gives_back(qtbot):
-    """gui.app traces ``as_shown(first workload)`` before the window exists: it must be the panel's own."""
+def test_set_workload_then_workload_gives_every_field_back(qtbot):
+    """What the panel is given it gives back, every field (kwargs, convention, target...) included, and
+    switching to inference and back keeps the training-only choices."""
+    from dataclasses import fields
+
     from torchbudget.engine.inputs import parse_inputs
     from torchbudget.engine.results import TraceOptions
     from torchbudget.engine.workload import Workload
-    from torchbudget.gui.workload_panel import as_shown
 
     panel = WorkloadPanel([])
     qtbot.addWidget(panel)
-    for workload in (Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions()),
-                     Workload("vit_b_16", parse_inputs("8x3x224x224"), TraceOptions(precision="bf16-amp",
-                                                                                    checkpointing=True)),
-                     Workload("resnet18", parse_inputs("64x3x128x128"),
-                              TraceOptions(mode="train", precision="fp16-amp", optimizer="sgd", checkpointing=True)),
+    rich = Workload("resnet18", parse_inputs("64x3x128x128"),
+                    TraceOptions(mode="train", precision="fp16-amp", optimizer="sgd", checkpointing=True,
+                                 convention="thop", optimizer_impl="for-loop", attention="math", target="sm75"),
+                    {"num_classes": 10})
+    assert all(getattr(rich.options, f.name) != getattr(TraceOptions(), f.name) for f in fields(TraceOptions))
+    for workload in (Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions()), rich,
+                     Workload("vit_b_16", parse_inputs("8x3x224x224"), TraceOptions(precision="bf16-amp")),
                      Workload("resnet18", parse_inputs("2x3x64x64"), TraceOptions(mode="train", optimizer=None)),
                      Workload("resnet18")):
         panel.set_workload(workload)
-        assert panel.workload() == as_shown(workload)
+        assert panel.workload() == workload
+    panel.set_workload(rich)
+    panel.mode_combo.setCurrentIndex(panel.mode_combo.findData("infer"))
+    assert panel.workload().options.optimizer is None and not panel.optimizer_combo.isEnabled()
+    assert panel.optimizer_combo.currentData() == "sgd"          # shown (disabled), kept for training
+    panel.mode_combo.setCurrentIndex(panel.mode_combo.findData("train"))
+    assert panel.workload() == rich
 
 
 def test_a_job_superseded_while_waiting_for_its_trace_does_not_trace(monkeypatch):

@@ -26,7 +26,9 @@ def test_default_workload_shows_the_planners_verdict(qtbot, window):
     evaluation = wait_for_plans(qtbot, window)
     workload = evaluation.workload
     assert workload.model == "resnet50" and workload.inputs[0].shape == (1, 3, 224, 224)
-    assert workload.options == TraceOptions(optimizer=None)
+    gpu = evaluation.plans[0].gpu
+    assert workload == Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions()).on_gpu(gpu)  # its kernels
+    assert f"Traced for {workload.options.target} kernels" in window.verdict.summary.text()
     expected = plan(workload, evaluation.plans[0].gpu, cache=TraceCache(), solve_max_batch=False)
     assert evaluation.plans[0].verdict is expected.verdict
     assert evaluation.plans[0].required_bytes == expected.required_bytes
@@ -91,9 +93,14 @@ def test_bad_input_shows_next_to_the_field_and_keeps_the_text(qtbot, window):
     window.workload_panel._on_inputs_edited()
     assert "malformed" in window.workload_panel.errors["input"].message
     assert window.workload_panel.inputs_edit.text() == "1x3x224xabc"
-    window.workload_panel.model_combo.setCurrentText("no_such_model_xyz")
     window.workload_panel.inputs_edit.setText("1x3x224x224")
     window.workload_panel._on_inputs_edited()
+    from PySide6.QtCore import Qt
+
+    line = window.workload_panel.model_combo.lineEdit()
+    line.clear()
+    qtbot.keyClicks(line, "no_such_model_xyz")
+    qtbot.keyClick(line, Qt.Key.Key_Return)   # a typed name is taken when editing finishes
     qtbot.waitUntil(lambda: bool(window.workload_panel.errors["model"].message), timeout=30_000)
     assert "no_such_model_xyz" in window.workload_panel.errors["model"].message
     assert window.workload_panel.model_combo.currentText() == "no_such_model_xyz"

@@ -1,0 +1,332 @@
+"""The workload being edited, kept apart from Qt (as napari keeps its layer models apart from their
+widgets): one ``WorkloadState`` holds the current ``Workload`` and, for a field whose text does not parse
+yet, that raw text and its error, so nothing typed is lost. The workload panel edits the state and
+renders from it; the window and its views subscribe to it.
+
+Every change goes through ``set`` / ``update`` / ``edit_text`` / ``pick_model``, which validate first: a
+change that fails raises ``UserError`` (``edit_text`` keeps the text as a draft instead) and leaves the
+workload as it was. Subscribers get a ``Change`` naming the fields that moved and who moved them."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields, replace
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+from torchbudget.engine.errors import InputSpecError, UserError
+from torchbudget.engine.inputs import InputSpec, parse_inputs
+from torchbudget.engine.results import TraceOptions
+from torchbudget.engine.vocab import InputKind
+from torchbudget.engine.workload import Workload
+
+OPTION_FIELDS = tuple(f.name for f in fields(TraceOptions))
+TRAINING_ONLY = ("optimizer", "optimizer_impl", "checkpointing")   # TraceOptions clears them for inference
+TEXT_FIELDS = ("inputs", "model_kwargs")                            # typed as text: may hold a draft
+# The largest dimension the app takes: what its spin boxes hold (Qt ints are 32-bit), and beyond what
+# PyTorch's CUDA kernels index in one grid dimension. Elements per input: PyTorch indexes with int64.
+MAX_DIM = 2**31 - 1
+
+DEFAULT_WORKLOAD = Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions())
+
+
+def _short_int(n: int) -> str:
+    return f"{n:,}" if n < 10**15 else f"{float(n):.3g}"
+
+
+def check_inputs(specs: tuple[InputSpec, ...]) -> None:
+    """What the window's spin boxes cannot show (Qt ints: 2**31 - 1 per dimension). Whether a tensor can
+    exist at all is engine.inputs' rule, applied when the InputSpec was made."""
+    for i, spec in enumerate(specs):
+        which = f"input {i + 1}" if len(specs) > 1 else "the input"
+        for dim in spec.shape:
+            if dim > MAX_DIM:
+                raise InputSpecError(f"{which} has a dimension of {_short_int(dim)}: too large "
+                                     f"(at most {MAX_DIM:,} per dimension)")
+
+
+def check_workload(workload: Workload) -> None:
+    """What ``Workload`` itself does not refuse but the app cannot show or trace."""
+    check_inputs(workload.inputs)
+
+
+def parse_kwargs(text: str) -> dict:
+    """Model keyword arguments as typed: a JSON object (empty text: none)."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"model kwargs must be a JSON object such as {{\"num_classes\": 10}}: {exc.msg} "
+                        f"at character {exc.pos + 1}", field="model_kwargs") from None
+    except RecursionError:
+        raise UserError("model kwargs nest too deeply", field="model_kwargs") from None
+    if not isinstance(value, dict):
+        raise UserError(f"model kwargs must be a JSON object such as {{\"num_classes\": 10}}, not "
+                        f"{type(value).__name__}", field="model_kwargs")
+    return value
+
+
+def inputs_text(inputs: tuple[InputSpec, ...]) -> str:
+    return ", ".join(s.text() for s in inputs)
+
+
+def kwargs_text(kwargs: Mapping) -> str:
+    return json.dumps(dict(kwargs)) if kwargs else ""
+
+
+def image_side(workload: Workload) -> int | None:
+    """The resolution the app shows: the last dimension of the first image input."""
+    images = [s for s in workload.inputs if s.kind is InputKind.IMAGE]
+    return images[0].shape[-1] if images else None
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a subscriber is told: the workload now, the one before, what moved and who moved it."""
+
+    workload: Workload
+    previous: Workload
+    fields: frozenset[str]   # "model", "inputs", "model_kwargs", option names, "batch", "resolution",
+    #                          "drafts" (a draft or its error changed), "pending" (default inputs awaited)
+    source: str              # who changed it: a widget's name, "file", "settings", "gpu", "defaults", ...
+
+
+def _diff(old: Workload, new: Workload) -> set[str]:
+    out = set()
+    if old.model != new.model:
+        out.add("model")
+    if old.inputs != new.inputs:
+        out.add("inputs")
+        if old.batch_size != new.batch_size:
+            out.add("batch")
+        if image_side(old) != image_side(new):
+            out.add("resolution")
+    if dict(old.model_kwargs) != dict(new.model_kwargs):
+        out.add("model_kwargs")
+    out.update(name for name in OPTION_FIELDS if getattr(old.options, name) != getattr(new.options, name))
+    return out
+
+
+class WorkloadState:
+    """The current workload, the drafts of fields being typed, and who listens.
+
+    Public API: ``workload``, ``drafts``, ``errors``, ``ready``, ``revision``, ``edited_at(field)``,
+    ``pending_inputs_for``, ``training_choice(name)``; ``set``, ``update``, ``edit_text``, ``pick_model``,
+    ``apply_default_inputs``, ``cancel_default_inputs``; ``subscribe`` (returns an unsubscribe function)."""
+
+    def __init__(self, workload: Workload = DEFAULT_WORKLOAD):
+        check_workload(workload)
+        self._workload = workload
+        self._drafts: dict[str, str] = {}
+        self._errors: dict[str, UserError] = {}
+        self._edited: dict[str, int] = {}
+        self._revision = 0
+        self._listeners: list[Callable[[Change], None]] = []
+        # training-only options chosen while in training mode: inference clears them (TraceOptions), but
+        # switching back to training brings them back
+        self._training = self._training_options(workload.options) if workload.options.training else {}
+        self.pending_inputs_for: str | None = None   # a model picked whose default inputs are on their way
+
+    # -- reading --------------------------------------------------------------------------------
+    @property
+    def workload(self) -> Workload:
+        """The last valid workload (what the fields say, but for drafts)."""
+        return self._workload
+
+    @property
+    def drafts(self) -> Mapping[str, str]:
+        """Raw text of fields that do not parse yet, by field ("inputs", "model_kwargs")."""
+        return MappingProxyType(dict(self._drafts))
+
+    @property
+    def errors(self) -> Mapping[str, UserError]:
+        """Why each draft does not parse (the error names the widget's field: "input", "model_kwargs")."""
+        return MappingProxyType(dict(self._errors))
+
+    @property
+    def ready(self) -> bool:
+        """The fields describe ``workload`` exactly: no draft, no default input still on its way."""
+        return not self._drafts and self.pending_inputs_for is None
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    def edited_at(self, field: str) -> int:
+        """The revision of the last change the user made to ``field`` (0: never)."""
+        return self._edited.get(field, 0)
+
+    def training_choice(self, name: str):
+        """What a training-only option is (or will be again once training is chosen)."""
+        if self._workload.options.training:
+            return getattr(self._workload.options, name)
+        return self._training.get(name, getattr(TraceOptions(mode="train"), name))
+
+    # -- listening ------------------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        self._listeners.append(callback)
+
+        def unsubscribe():
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+        return unsubscribe
+
+    def _notify(self, previous: Workload, changed: set[str], source: str) -> None:
+        if not changed:
+            return
+        self._revision += 1
+        for name in changed:
+            self._edited[name] = self._revision
+        change = Change(self._workload, previous, frozenset(changed), source)
+        for callback in list(self._listeners):
+            callback(change)
+
+    # -- changing -------------------------------------------------------------------------------
+    def set(self, workload: Workload, *, source: str = "set") -> None:
+        """Replace everything (a file, the settings); drafts and a pending default input are dropped."""
+        check_workload(workload)
+        previous = self._workload
+        changed = _diff(previous, workload)
+        if self._drafts or self._errors:
+            changed.add("drafts")
+        if self.pending_inputs_for is not None:
+            changed.add("pending")
+        self._drafts.clear()
+        self._errors.clear()
+        self.pending_inputs_for = None
+        self._workload = workload
+        self._training = self._training_options(workload.options) if workload.options.training else {}
+        self._notify(previous, changed, source)
+
+    def update(self, *, source: str = "edit", **changes) -> None:
+        """Change some fields: ``model``, ``inputs`` (InputSpecs or text), ``model_kwargs``, ``batch``,
+        ``resolution`` (square side of the image inputs) or any TraceOptions field. Raises UserError and
+        changes nothing when a value is refused."""
+        previous = self._workload
+        workload = self._apply(previous, changes)
+        changed = _diff(previous, workload)
+        self._workload = workload
+        cleared = [f for f in TEXT_FIELDS if f in changes and f in self._drafts]
+        for name in cleared:
+            del self._drafts[name]
+            self._errors.pop(name, None)
+        if cleared:
+            changed.add("drafts")
+        if self.pending_inputs_for is not None and "inputs" in changes and source != "defaults":
+            self.pending_inputs_for = None   # the user's own input wins over the model's default
+            changed.add("pending")
+        self._notify(previous, changed or self._touched(changes), source)
+
+    def _touched(self, changes) -> set[str]:
+        # a training-only option chosen while in inference changes no workload, but it is an edit
+        return {k for k in changes if k in TRAINING_ONLY and not self._workload.options.training}
+
+    def edit_text(self, field: str, text: str, *, source: str | None = None) -> UserError | None:
+        """The user typed ``text`` into ``field`` ("inputs" or "model_kwargs"): applied when it parses,
+        else kept as a draft with its error (returned). The workload is never lost either way."""
+        if field not in TEXT_FIELDS:
+            raise ValueError(f"{field!r} is not a text field; use update()")
+        try:
+            value = parse_inputs(text) if field == "inputs" else parse_kwargs(text)
+            if field == "inputs":
+                check_inputs(value)
+        except UserError as exc:
+            previous = self._workload
+            self._drafts[field] = text
+            self._errors[field] = exc
+            changed = {"drafts"}
+            if field == "inputs" and self.pending_inputs_for is not None:
+                self.pending_inputs_for = None   # typing wins, even half-typed
+                changed.add("pending")
+            self._edited[field] = self._revision + 1
+            self._notify(previous, changed, source or field)
+            return exc
+        self.update(source=source or field, **{field: value})
+        return None
+
+    def pick_model(self, model: str, *, source: str = "model") -> None:
+        """A registry model chosen: analysed once its own default input has arrived
+        (``apply_default_inputs``), unless the user types an input first."""
+        previous = self._workload
+        self._workload = self._apply(previous, {"model": model})
+        self.pending_inputs_for = model
+        self._notify(previous, _diff(previous, self._workload) | {"pending"}, source)
+
+    def apply_default_inputs(self, model: str, specs: tuple[InputSpec, ...]) -> bool:
+        """The default input of ``model`` has arrived: used (at the batch now chosen) only when that model
+        is still the one waiting for it; never over what the user typed meanwhile."""
+        if self.pending_inputs_for != model or self._workload.model != model or not specs:
+            return False
+        previous = self._workload
+        batch = previous.batch_size
+        self._workload = self._apply(previous, {"inputs": tuple(s.with_batch(batch) for s in specs)})
+        self.pending_inputs_for = None
+        self._notify(previous, _diff(previous, self._workload) | {"pending"}, "defaults")
+        return True
+
+    def cancel_default_inputs(self) -> None:
+        """The default input could not be found: analyse with the inputs there are."""
+        if self.pending_inputs_for is not None:
+            self.pending_inputs_for = None
+            self._notify(self._workload, {"pending"}, "defaults")
+
+    # -- rules ----------------------------------------------------------------------------------
+    @staticmethod
+    def _training_options(options: TraceOptions) -> dict:
+        return {name: getattr(options, name) for name in TRAINING_ONLY}
+
+    def _apply(self, workload: Workload, changes: dict) -> Workload:
+        unknown = set(changes) - {"model", "inputs", "model_kwargs", "batch", "resolution", *OPTION_FIELDS}
+        if unknown:
+            raise TypeError(f"unknown workload field(s): {', '.join(sorted(unknown))}")
+        if ("batch" in changes or "resolution" in changes) and "inputs" in self._drafts:
+            raise InputSpecError("fix the input shape first: batch and resolution are part of it")
+        if "model" in changes:
+            model = str(changes["model"]).strip()
+            if not model:
+                raise UserError("choose a model: type a torchvision name or open a .py file", field="model")
+            workload = replace(workload, model=model)
+        if "inputs" in changes:
+            inputs = changes["inputs"]
+            inputs = parse_inputs(inputs) if isinstance(inputs, str) else tuple(inputs)
+            check_inputs(inputs)
+            workload = replace(workload, inputs=inputs)
+        if "model_kwargs" in changes:
+            kwargs = changes["model_kwargs"]
+            kwargs = parse_kwargs(kwargs) if isinstance(kwargs, str) else kwargs
+            if not isinstance(kwargs, Mapping):
+                raise UserError("model kwargs must be a mapping of names to values", field="model_kwargs")
+            workload = replace(workload, model_kwargs=dict(kwargs))
+        if "batch" in changes:
+            batch = int(changes["batch"])
+            if not 1 <= batch <= MAX_DIM:
+                raise InputSpecError(f"batch size must be from 1 to {MAX_DIM:,}, not {_short_int(batch)}")
+            workload = workload.with_batch(batch)
+        if "resolution" in changes:
+            side = int(changes["resolution"])
+            if image_side(workload) is None:
+                raise InputSpecError("the inputs have no image to resize")
+            if not 1 <= side <= MAX_DIM:
+                raise InputSpecError(f"resolution must be from 1 to {MAX_DIM:,} px, not {_short_int(side)}")
+            workload = workload.with_resolution(side, side)
+            check_inputs(workload.inputs)
+        options = {k: v for k, v in changes.items() if k in OPTION_FIELDS}
+        if options:
+            workload = replace(workload, options=self._options(workload.options, options))
+        return workload
+
+    def _options(self, current: TraceOptions, changes: dict) -> TraceOptions:
+        values = {**{name: getattr(current, name) for name in OPTION_FIELDS}, **changes}
+        chosen = {k: v for k, v in changes.items() if k in TRAINING_ONLY}
+        new = TraceOptions(**values)   # normalises; raises UserError for a bogus value
+        memo = dict(self._training)
+        if current.training and not new.training:
+            memo = self._training_options(current)   # kept for when training is chosen again
+        if new.training and not current.training:
+            # back to training: what was chosen before comes back, unless chosen now
+            new = TraceOptions(**{**values, **{**memo, **chosen}})
+        elif not new.training and chosen:
+            check = TraceOptions(**{**values, "mode": "train", **chosen})   # normalised, and checked now
+            memo.update({k: getattr(check, k) for k in chosen})
+        self._training = memo
+        return new
