@@ -143,7 +143,7 @@ def test_stuck_jobs_do_not_hold_back_a_newer_one(qtbot):
         for _ in range(3):
             runner.submit(stuck, immediate=True)
         runner.submit(lambda ctx: "instant", immediate=True)
-        qtbot.waitUntil(lambda: results == ["instant"], timeout=3000)
+        qtbot.waitUntil(lambda: results == ["instant"], timeout=8000)   # < the stuck jobs' 10 s: held back, it would fail
     finally:
         release.set()
 
