@@ -7,7 +7,7 @@ import pytest
 from torchbudget.engine.cache import TraceCache
 from torchbudget.engine.inputs import parse_inputs
 from torchbudget.engine.planner import Verdict, plan
-from torchbudget.engine.results import TraceOptions
+from torchbudget.engine.results import MemoryCategory, TraceOptions
 from torchbudget.engine.workload import Workload
 from torchbudget.hardware.catalog import resolve_gpu
 from tests.gui_support import close_window, make_window, wait_for_plans
@@ -232,3 +232,20 @@ def test_first_verdict_needs_neither_plots_nor_pytorch_once_the_trace_is_stored(
     # the app's own process before the window opens, same verdict
     third = launch(TORCHBUDGET_NO_PREFETCH="1", TORCHBUDGET_CACHE_DIR=str(tmp_path / "other-traces"))
     assert third[1:] == ["False", "True", first[3]]
+
+
+def test_the_checkpointing_box_plans_a_model_named_from_the_list(qtbot, tmp_path, monkeypatch):
+    """The checkbox on a torchvision model (built on meta through the registry, as every listed model is):
+    the verdict comes back, with less activation memory than without."""
+    workload = Workload("resnet18", parse_inputs("8x3x224x224"), TraceOptions(mode="train"))
+    window = make_window(qtbot, tmp_path, monkeypatch, workload=workload)
+    try:
+        plain = wait_for_plans(qtbot, window, lambda ev: not ev.workload.options.checkpointing)
+        window.workload_panel.checkpoint_box.setChecked(True)
+        ckpt = wait_for_plans(qtbot, window, lambda ev: ev.workload.options.checkpointing)
+        activations = lambda ev: ev.plans[0].memory.by_category[MemoryCategory.ACTIVATIONS]  # noqa: E731
+        assert activations(ckpt) < 0.7 * activations(plain)
+        assert "Cannot analyse" not in window.verdict.verdict_text()
+        assert any(p.startswith("activation checkpointing") for p in ckpt.result.policies)
+    finally:
+        close_window(window)
