@@ -213,6 +213,12 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
     by_target: dict[str, list] = {}      # target -> [(value, source, interpolated) or (value, error)]
     best: dict[str, int | None] = {}
     notes: list[str] = []
+    if axis == "batch" and solve_max_batch:
+        # first: the boundary traces it leaves in the cache are what the affine model is checked against
+        for gpu in gpus:
+            best[gpu.name], why = try_max_batch(workload, gpu, cache=cache, overheads=overheads)
+            if why:
+                notes.append(f"{gpu.name}: {why}")
     for gpu in gpus:
         on_gpu = _require_inputs(workload.on_gpu(gpu), cache)
         target = on_gpu.options.target
@@ -222,10 +228,6 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
                 by_target[target] = [_traced(lambda v: cache.get(on_gpu.with_resolution(v, v)), v) for v in values]
             else:
                 by_target[target] = _batch_traces(on_gpu, values, cache)
-        if axis == "batch" and solve_max_batch:
-            best[gpu.name], why = try_max_batch(workload, gpu, cache=cache, overheads=overheads)
-            if why:
-                notes.append(f"{gpu.name}: {why}")
     points = []
     for i, value in enumerate(values):
         per_gpu, batch, interpolated, error = [], value, False, None
