@@ -31,6 +31,25 @@ def add_workload_arguments(parser: argparse.ArgumentParser, *, target: bool = Fa
                         help=_choices_help(vocab.ATTENTION_BACKENDS))
     parser.add_argument("--convention", default="default", choices=vocab.CONVENTION_NAMES,
                         help=_choices_help(vocab.CONVENTIONS))
+    llm = parser.add_argument_group("transformers and LLMs")
+    llm.add_argument("--context", dest="context_len", type=int, default=0, metavar="TOKENS",
+                     help="--mode decode: tokens already in the KV cache")
+    llm.add_argument("--kv-dtype", default="auto", choices=vocab.KV_DTYPE_NAMES, help=_choices_help(vocab.KV_DTYPES))
+    llm.add_argument("--base-dtype", default="auto", choices=vocab.BASE_DTYPE_NAMES,
+                     help=_choices_help(vocab.BASE_DTYPES))
+    llm.add_argument("--lora-rank", type=int, default=None, metavar="R", help="LoRA adapters of rank R (R >= 1)")
+    llm.add_argument("--lora-targets", default=None, metavar="NAMES",
+                     help="comma-separated module names the adapters go on (default: the model family's attention "
+                          "projections)")
+    llm.add_argument("--freeze", default=None, metavar="PATTERNS",
+                     help="comma-separated parameter-name globs made non-trainable, e.g. 'embed*,layers.0.*'")
+    llm.add_argument("--grad-accum", type=int, default=1, metavar="K", help="training: micro-batches per optimizer step")
+    llm.add_argument("--moe-routing", default="balanced", choices=vocab.MOE_ROUTING_NAMES,
+                     help=_choices_help(vocab.MOE_ROUTINGS))
+    llm.add_argument("--attention-flops", default="full", choices=vocab.ATTENTION_FLOPS_NAMES,
+                     help=_choices_help(vocab.ATTENTION_FLOPS))
+    llm.add_argument("--forward-kwargs", default=None, metavar="JSON",
+                     help='non-tensor forward() arguments, e.g. \'{"output_attentions": false}\'')
     if target:
         parser.add_argument("--target", default=vocab.DEFAULT_TARGET, metavar="DEVICE",
                             help=f"whose kernels to model: a CUDA compute capability (sm90, sm80, sm75) or cpu "
@@ -93,19 +112,20 @@ def _seconds(text: str) -> float:
     return value
 
 
-def parse_kwargs(text: str | None) -> dict:
+def parse_kwargs(text: str | None, option: str = "--kwargs") -> dict:
     if not text:
         return {}
+    field = option.lstrip("-").replace("-", "_")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"--kwargs is not valid JSON ({exc.msg} at column {exc.colno}): {text}", field="kwargs") \
+        raise UserError(f"{option} is not valid JSON ({exc.msg} at column {exc.colno}): {text}", field=field) \
             from None
     except RecursionError:
-        raise UserError("--kwargs nests too deeply", field="kwargs") from None
+        raise UserError(f"{option} nests too deeply", field=field) from None
     if not isinstance(value, dict):
-        raise UserError(f"--kwargs must be a JSON object such as '{{\"num_classes\": 10}}', not {text}",
-                        field="kwargs")
+        raise UserError(f"{option} must be a JSON object such as '{{\"num_classes\": 10}}', not {text}",
+                        field=field)
     return value
 
 
@@ -116,14 +136,28 @@ def workload_from_args(args: argparse.Namespace):
 
     if not args.model:
         raise UserError("name a model: a torchvision name (see analyze --list) or path/to/file.py:Name", field="model")
+    # an option that does nothing in the chosen mode is a mistake worth one line, not silence
     if args.checkpointing and not vocab.is_training(args.mode):
         raise UserError("--checkpointing only applies to --mode train", field="checkpointing")
+    if args.grad_accum != 1 and not vocab.is_training(args.mode):
+        raise UserError("--grad-accum only applies to --mode train", field="grad_accum")
+    if args.context_len and args.mode != "decode":
+        raise UserError("--context only applies to --mode decode", field="context_len")
+    if args.kv_dtype != "auto" and not vocab.is_generation(args.mode):
+        raise UserError("--kv-dtype only applies to --mode prefill or decode", field="kv_dtype")
+    if args.lora_rank is not None and args.lora_rank < 1:
+        raise UserError(f"--lora-rank must be 1 or more, got {args.lora_rank}", field="lora_rank")
     options = TraceOptions(mode=args.mode, precision=args.precision, optimizer=args.optimizer,
                            checkpointing=args.checkpointing, convention=args.convention,
                            optimizer_impl=args.optimizer_impl, attention=args.attention,
-                           target=getattr(args, "target", None) or vocab.DEFAULT_TARGET)
+                           target=getattr(args, "target", None) or vocab.DEFAULT_TARGET,
+                           context_len=args.context_len, kv_dtype=args.kv_dtype, base_dtype=args.base_dtype,
+                           lora_rank=args.lora_rank or 0, lora_targets=args.lora_targets or (),
+                           freeze=args.freeze or (), grad_accum=args.grad_accum, moe_routing=args.moe_routing,
+                           attention_flops=args.attention_flops)
     inputs = parse_inputs(args.input) if args.input else ()
-    return Workload(args.model.strip(), inputs, options, parse_kwargs(args.kwargs))
+    return Workload(args.model.strip(), inputs, options, parse_kwargs(args.kwargs),
+                    parse_kwargs(args.forward_kwargs, "--forward-kwargs"))
 
 
 def resolve_gpus(text: str) -> list:

@@ -17,8 +17,8 @@ from torchbudget.engine.overheads import Overheads
 from torchbudget.engine.results import AnalysisResult, MemoryCategory, OpKind, Phase, frozen_map
 
 TRACE_CATEGORIES = (
-    MemoryCategory.WEIGHTS, MemoryCategory.BUFFERS, MemoryCategory.INPUTS, MemoryCategory.ACTIVATIONS,
-    MemoryCategory.TEMPORARIES, MemoryCategory.GRADIENTS, MemoryCategory.OPTIMIZER_STATE,
+    MemoryCategory.WEIGHTS, MemoryCategory.BUFFERS, MemoryCategory.INPUTS, MemoryCategory.KV_CACHE,
+    MemoryCategory.ACTIVATIONS, MemoryCategory.TEMPORARIES, MemoryCategory.GRADIENTS, MemoryCategory.OPTIMIZER_STATE,
 )
 OVERHEAD_CATEGORIES = (MemoryCategory.WORKSPACE, MemoryCategory.CUDA_CONTEXT, MemoryCategory.ALLOCATOR)
 ALLOCATOR_BLOCK_BYTES = 512   # the caching allocator's rounding (kMinBlockSize): the live tensor peaks' unit
@@ -108,7 +108,8 @@ class _Events:
         source = list(range(len(events)))
         if training:
             persistent = {_CATEGORY_INDEX[c] for c in (MemoryCategory.WEIGHTS, MemoryCategory.BUFFERS,
-                                                      MemoryCategory.INPUTS, MemoryCategory.OPTIMIZER_STATE)}
+                                                      MemoryCategory.INPUTS, MemoryCategory.KV_CACHE,
+                                                      MemoryCategory.OPTIMIZER_STATE)}
             gradient = _CATEGORY_INDEX[MemoryCategory.GRADIENTS]
             freed = {e.storage_id for e in events if e.kind == "free"}
             for i, e in enumerate(events):   # set_to_none: the gradients alive after step 1 go

@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from torchbudget.engine import vocab
+from torchbudget.errors import UserError
 
 
 class Phase(str, Enum):
@@ -53,6 +54,7 @@ class MemoryCategory(str, Enum):
     TEMPORARIES = "temporaries"          # everything freed before it could matter across phases
     GRADIENTS = "gradients"              # parameter .grad storages
     OPTIMIZER_STATE = "optimizer_state"  # e.g. Adam exp_avg / exp_avg_sq, momentum buffers
+    KV_CACHE = "kv_cache"                # keys and values of past tokens (prefill fills it, decode reads it)
     # per-GPU overheads, added by the planner (never by the trace)
     WORKSPACE = "workspace"
     CUDA_CONTEXT = "cuda_context"
@@ -169,6 +171,15 @@ class TraceOptions:
     optimizer_impl: str = "auto"      # training only: engine.vocab.OPTIMIZER_IMPLS
     attention: str = "auto"           # engine.vocab.ATTENTION_BACKENDS (auto: the target's own choice)
     target: str = vocab.DEFAULT_TARGET   # whose kernels the trace models: "sm90", "sm75", "cpu"
+    context_len: int = 0              # decode only: tokens already in the KV cache
+    kv_dtype: str = "auto"            # generation only: engine.vocab.KV_DTYPES
+    base_dtype: str = "auto"          # engine.vocab.BASE_DTYPES: storage of frozen (non-trainable) weights
+    lora_rank: int = 0                # LoRA adapters of this rank (0: none)
+    lora_targets: tuple[str, ...] = ()   # module-name patterns the adapters go on (empty: the model family's)
+    freeze: tuple[str, ...] = ()      # parameter-name glob patterns made non-trainable
+    grad_accum: int = 1               # training only: micro-batches per optimizer step
+    moe_routing: str = "balanced"     # engine.vocab.MOE_ROUTINGS
+    attention_flops: str = "full"     # engine.vocab.ATTENTION_FLOPS
 
     def __post_init__(self):
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
@@ -184,10 +195,33 @@ class TraceOptions:
         put("optimizer", optimizer if training else None)
         put("optimizer_impl", optimizer_impl if training else "auto")
         put("checkpointing", bool(self.checkpointing) and training)
+        generation = vocab.is_generation(self.mode)
+        context = vocab.check_count(self.context_len, "the KV-cache context length", "context_len", lowest=0)
+        if self.mode == "decode" and context < 1:
+            raise UserError("decode needs a KV cache to read: give a context length of at least 1 token",
+                            field="context_len")
+        put("context_len", context if self.mode == "decode" else 0)
+        kv_dtype = vocab.normalise_kv_dtype(self.kv_dtype)
+        put("kv_dtype", kv_dtype if generation else "auto")
+        put("base_dtype", vocab.normalise_base_dtype(self.base_dtype))
+        put("lora_rank", vocab.check_count(self.lora_rank, "the LoRA rank", "lora_rank", lowest=0))
+        targets = vocab.normalise_names(self.lora_targets, "LoRA targets", "lora_targets")
+        if targets and not self.lora_rank:
+            raise UserError("LoRA targets need a LoRA rank (--lora-rank)", field="lora_targets")
+        put("lora_targets", targets)
+        put("freeze", vocab.normalise_names(self.freeze, "freeze patterns", "freeze"))
+        grad_accum = vocab.check_count(self.grad_accum, "gradient accumulation steps", "grad_accum", lowest=1)
+        put("grad_accum", grad_accum if training else 1)
+        put("moe_routing", vocab.normalise_moe_routing(self.moe_routing))
+        put("attention_flops", vocab.normalise_attention_flops(self.attention_flops))
 
     @property
     def training(self) -> bool:
         return vocab.is_training(self.mode)
+
+    @property
+    def generation(self) -> bool:
+        return vocab.is_generation(self.mode)
 
 
 @dataclass(frozen=True)

@@ -39,17 +39,26 @@ def _normalise(value, terms: tuple[Term, ...], what: str, field: str, aliases: d
 MODES = (
     Term("infer", "inference", "Forward only, no gradients."),
     Term("train", "training", "One training step: forward, backward and the optimizer step."),
+    Term("prefill", "prefill", "Serving: one forward over the prompt that fills the KV cache."),
+    Term("decode", "decode", "Serving: one new token per sequence against a KV cache of --context tokens "
+                             "(batch = concurrent sequences)."),
 )
 MODE_NAMES = _names(MODES)
 TRAINING_MODES = frozenset({"train"})
+GENERATION_MODES = frozenset({"prefill", "decode"})
 
 
 def normalise_mode(value) -> str:
-    return _normalise(value, MODES, "mode", "mode", {"inference": "infer", "training": "train"})
+    return _normalise(value, MODES, "mode", "mode", {"inference": "infer", "training": "train",
+                                                     "generate": "decode", "serve": "decode"})
 
 
 def is_training(mode: str) -> bool:
     return mode in TRAINING_MODES
+
+
+def is_generation(mode: str) -> bool:
+    return mode in GENERATION_MODES
 
 
 # ----------------------------------------------------------------------------------------- precisions
@@ -95,6 +104,10 @@ class Optimizer(Term):
 OPTIMIZERS = (
     Optimizer("adamw", "AdamW", "Adam with decoupled weight decay: two state tensors per parameter.", "AdamW"),
     Optimizer("adam", "Adam", "Two state tensors per parameter (exp_avg, exp_avg_sq).", "Adam"),
+    Optimizer("adamw-8bit", "AdamW 8-bit", "bitsandbytes' AdamW8bit: both moments stored in 8 bits with "
+                                           "block-wise scales.", "AdamW"),
+    Optimizer("adafactor", "Adafactor", "Factored second moment (row and column statistics), no first moment.",
+              "Adafactor"),
     Optimizer("sgd-momentum", "SGD + momentum", "One momentum buffer per parameter (momentum 0.9).", "SGD",
               (("momentum", 0.9),)),
     Optimizer("sgd", "SGD", "No optimizer state.", "SGD"),
@@ -155,6 +168,82 @@ ATTENTION_NAMES = _names(ATTENTION_BACKENDS)
 def normalise_attention(value) -> str:
     return _normalise(value if value is not None else "auto", ATTENTION_BACKENDS, "attention backend", "attention",
                       {"mem-efficient": "efficient", "memory-efficient": "efficient", "mem_efficient": "efficient"})
+
+
+# -------------------------------------------------------------------------------- LLM-specific options
+KV_DTYPES = (
+    Term("auto", "auto", "The KV cache in the dtype the model computes in."),
+    Term("bf16", "bf16", "What-if: the KV cache stored in bfloat16."),
+    Term("fp16", "fp16", "What-if: the KV cache stored in float16."),
+    Term("fp8", "fp8", "What-if: the KV cache stored in 8-bit floats (1 byte per value)."),
+    Term("int8", "int8", "What-if: the KV cache quantised to int8 (1 byte per value plus scales)."),
+)
+KV_DTYPE_NAMES = _names(KV_DTYPES)
+
+
+def normalise_kv_dtype(value) -> str:
+    return _normalise(value if value is not None else "auto", KV_DTYPES, "KV-cache dtype", "kv_dtype",
+                      {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float8": "fp8"})
+
+
+BASE_DTYPES = (
+    Term("auto", "auto", "Frozen weights in the precision's dtype, like the rest of the model."),
+    Term("bf16", "bf16", "Frozen base weights stored in bfloat16 (LoRA on a bf16 base)."),
+    Term("fp16", "fp16", "Frozen base weights stored in float16."),
+    Term("int8", "int8", "Frozen base weights quantised to 8 bits (LLM.int8-style: 1 byte per weight plus scales)."),
+    Term("nf4", "nf4", "Frozen base weights in 4-bit NormalFloat (QLoRA: half a byte per weight plus block scales)."),
+)
+BASE_DTYPE_NAMES = _names(BASE_DTYPES)
+
+
+def normalise_base_dtype(value) -> str:
+    return _normalise(value if value is not None else "auto", BASE_DTYPES, "base dtype", "base_dtype",
+                      {"bfloat16": "bf16", "float16": "fp16", "4bit": "nf4", "8bit": "int8"})
+
+
+MOE_ROUTINGS = (
+    Term("balanced", "balanced", "Mixture of experts: every token goes to exactly k experts, spread evenly."),
+    Term("skewed", "skewed", "Mixture of experts, worst case: every token goes to the same k experts."),
+)
+MOE_ROUTING_NAMES = _names(MOE_ROUTINGS)
+
+
+def normalise_moe_routing(value) -> str:
+    return _normalise(value if value is not None else "balanced", MOE_ROUTINGS, "MoE routing", "moe_routing",
+                      {"worst-case": "skewed", "worst": "skewed", "even": "balanced"})
+
+
+ATTENTION_FLOPS = (
+    Term("full", "full", "Attention counted as the full S x S product (what the kernels compute; FlopCounterMode)."),
+    Term("causal", "causal", "Causal attention counted as the half-triangle (the Kaplan/Chinchilla 6ND-style rule)."),
+)
+ATTENTION_FLOPS_NAMES = _names(ATTENTION_FLOPS)
+
+
+def normalise_attention_flops(value) -> str:
+    return _normalise(value if value is not None else "full", ATTENTION_FLOPS, "attention FLOP convention",
+                      "attention_flops", {"half": "causal", "square": "full"})
+
+
+def normalise_names(value, what: str, field: str) -> tuple[str, ...]:
+    """A list of names or glob patterns: a comma-separated string or a sequence -> a tuple (order kept)."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise UserError(f"{what} must be names, not {item!r}", field=field)
+        item = item.strip()
+        if item and item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def check_count(value, what: str, field: str, *, lowest: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        raise UserError(f"{what} must be a whole number >= {lowest}, got {value!r}", field=field)
+    return value
 
 
 # ----------------------------------------------------------------------------------------- conventions
@@ -270,7 +359,8 @@ def markdown_tables() -> str:
     out = []
     for title, terms in (("mode", MODES), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS),
                          ("optimizer implementation", OPTIMIZER_IMPLS), ("attention backend", ATTENTION_BACKENDS),
-                         ("convention", CONVENTIONS)):
+                         ("convention", CONVENTIONS), ("KV-cache dtype", KV_DTYPES), ("base dtype", BASE_DTYPES),
+                         ("MoE routing", MOE_ROUTINGS), ("attention FLOPs", ATTENTION_FLOPS)):
         out += [f"| {title} | meaning |", "|---|---|"]
         out += [f"| `{t.name}` | {t.tip} |" for t in terms]
         out.append("")

@@ -21,9 +21,11 @@ class Workload:
     inputs: tuple[InputSpec, ...] = ()           # empty: the model's default input
     options: TraceOptions = TraceOptions()
     model_kwargs: Mapping[str, object] = field(default_factory=dict)
+    forward_kwargs: Mapping[str, object] = field(default_factory=dict)   # non-tensor forward() arguments
 
     def __post_init__(self):
         object.__setattr__(self, "model_kwargs", MappingProxyType(dict(self.model_kwargs)))
+        object.__setattr__(self, "forward_kwargs", MappingProxyType(dict(self.forward_kwargs)))
 
     @property
     def batch_size(self) -> int:
@@ -40,6 +42,19 @@ class Workload:
                                           for s in self.inputs))
 
     @property
+    def seq_len(self) -> int | None:
+        """The sequence length of the token inputs (None without one)."""
+        tokens = [s for s in self.inputs if s.kind is InputKind.TOKENS]
+        return tokens[0].shape[1] if tokens else None
+
+    def with_seq_len(self, length: int) -> "Workload":
+        """Every token input (engine.vocab.InputKind.TOKENS: ids, masks) at ``length`` positions."""
+        if length < 1:
+            raise InputSpecError(f"sequence length must be at least 1, got {length}")
+        return replace(self, inputs=tuple(InputSpec((s.shape[0], length), s.dtype, s.name)
+                                          if s.kind is InputKind.TOKENS else s for s in self.inputs))
+
+    @property
     def input_kind(self) -> InputKind:
         """IMAGE when any input is an image (it has a resolution), else the first input's kind."""
         kinds = [s.kind for s in self.inputs]
@@ -54,14 +69,17 @@ class Workload:
         return replace(self, options=replace(self.options, **changes))
 
     def key(self) -> tuple:
-        """Hashable identity for caches."""
-        return (self.model, self.inputs, self.options, tuple(sorted((k, repr(v)) for k, v in self.model_kwargs.items())))
+        """Hashable identity for caches: (model, inputs, options, keyword arguments)."""
+        return (self.model, self.inputs, self.options,
+                (tuple(sorted((k, repr(v)) for k, v in self.model_kwargs.items())),
+                 tuple(sorted((k, repr(v)) for k, v in self.forward_kwargs.items()))))
 
     def to_dict(self) -> dict:
         """Every field (the options' too, by name): ``from_dict(to_dict(w)) == w`` for every workload."""
         return {"format": WORKLOAD_FORMAT, "model": self.model, "model_kwargs": dict(self.model_kwargs),
-                "inputs": [s.text() for s in self.inputs],
-                **{f.name: getattr(self.options, f.name) for f in fields(TraceOptions)}}
+                "forward_kwargs": dict(self.forward_kwargs), "inputs": [s.text() for s in self.inputs],
+                **{f.name: (list(v) if isinstance(v := getattr(self.options, f.name), tuple) else v)
+                   for f in fields(TraceOptions)}}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Workload":
@@ -79,23 +97,17 @@ class Workload:
         if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
             raise UserError("workload file: 'inputs' must be a list of shape strings such as \"1x3x224x224\", "
                             f"not {_short(inputs)}", field="file")
-        model_kwargs = data.get("model_kwargs") or {}
-        if not isinstance(model_kwargs, dict):
-            raise UserError(f"workload file: 'model_kwargs' must be an object such as {{\"num_classes\": 10}}, "
-                            f"not {_short(model_kwargs)}", field="file")
+        for name in ("model_kwargs", "forward_kwargs"):
+            if not isinstance(data.get(name) or {}, dict):
+                raise UserError(f"workload file: {name!r} must be an object such as {{\"num_classes\": 10}}, "
+                                f"not {_short(data[name])}", field="file")
         values = {}
         for f in fields(TraceOptions):
-            if f.name not in data:
-                continue
-            value = data[f.name]
-            allowed = (bool,) if f.name == "checkpointing" else (str, type(None)) if f.name == "optimizer" else (str,)
-            if not isinstance(value, allowed):
-                raise UserError(f"workload file: {f.name!r} must be "
-                                f"{'true or false' if allowed == (bool,) else 'a string'}, not {_short(value)}",
-                                field="file")
-            values[f.name] = value
+            if f.name in data:
+                values[f.name] = _checked_option(f.name, data[f.name], getattr(TraceOptions(), f.name))
         try:
-            return cls(model.strip(), tuple(parse_input(t) for t in inputs), TraceOptions(**values), model_kwargs)
+            return cls(model.strip(), tuple(parse_input(t) for t in inputs), TraceOptions(**values),
+                       data.get("model_kwargs") or {}, data.get("forward_kwargs") or {})
         except UserError as exc:
             raise UserError(f"workload file: {exc}", field="file") from None
 
@@ -113,7 +125,24 @@ class Workload:
         return cls.from_dict(data)
 
 
-_FILE_KEYS = frozenset({"format", "model", "model_kwargs", "inputs", *(f.name for f in fields(TraceOptions))})
+_FILE_KEYS = frozenset({"format", "model", "model_kwargs", "forward_kwargs", "inputs",
+                        *(f.name for f in fields(TraceOptions))})
+
+
+def _checked_option(name: str, value, default):
+    """A TraceOptions value from a file, type-checked against the field's default (its kind)."""
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif isinstance(default, tuple):
+        ok, kind = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
+        value = tuple(value) if ok else value
+    else:   # str, or str | None (optimizer)
+        ok, kind = isinstance(value, str) or (value is None and name == "optimizer"), "a string"
+    if not ok:
+        raise UserError(f"workload file: {name!r} must be {kind}, not {_short(value)}", field="file")
+    return value
 
 
 def _short(value) -> str:

@@ -14,6 +14,7 @@ CATEGORY_COLORS = {
     MemoryCategory.WEIGHTS: "#0072B2",
     MemoryCategory.BUFFERS: "#56B4E9",
     MemoryCategory.INPUTS: "#999999",
+    MemoryCategory.KV_CACHE: "#882255",
     MemoryCategory.ACTIVATIONS: "#E69F00",
     MemoryCategory.TEMPORARIES: "#F0E442",
     MemoryCategory.GRADIENTS: "#CC79A7",

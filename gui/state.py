@@ -20,7 +20,7 @@ from torchbudget.engine.vocab import InputKind
 from torchbudget.engine.workload import Workload
 
 OPTION_FIELDS = tuple(f.name for f in fields(TraceOptions))
-TRAINING_ONLY = ("optimizer", "optimizer_impl", "checkpointing")   # TraceOptions clears them for inference
+TRAINING_ONLY = ("optimizer", "optimizer_impl", "checkpointing", "grad_accum")   # TraceOptions clears them for inference
 TEXT_FIELDS = ("inputs", "model_kwargs")                            # typed as text: may hold a draft
 # The largest dimension the app takes: what its spin boxes hold (Qt ints are 32-bit), and beyond what
 # PyTorch's CUDA kernels index in one grid dimension. Elements per input: PyTorch indexes with int64.
@@ -276,7 +276,8 @@ class WorkloadState:
         return {name: getattr(options, name) for name in TRAINING_ONLY}
 
     def _apply(self, workload: Workload, changes: dict) -> Workload:
-        unknown = set(changes) - {"model", "inputs", "model_kwargs", "batch", "resolution", *OPTION_FIELDS}
+        unknown = set(changes) - {"model", "inputs", "model_kwargs", "forward_kwargs", "batch", "resolution",
+                                  *OPTION_FIELDS}
         if unknown:
             raise TypeError(f"unknown workload field(s): {', '.join(sorted(unknown))}")
         if ("batch" in changes or "resolution" in changes) and "inputs" in self._drafts:
@@ -297,6 +298,12 @@ class WorkloadState:
             if not isinstance(kwargs, Mapping):
                 raise UserError("model kwargs must be a mapping of names to values", field="model_kwargs")
             workload = replace(workload, model_kwargs=dict(kwargs))
+        if "forward_kwargs" in changes:
+            kwargs = changes["forward_kwargs"]
+            kwargs = parse_kwargs(kwargs) if isinstance(kwargs, str) else kwargs
+            if not isinstance(kwargs, Mapping):
+                raise UserError("forward kwargs must be a mapping of names to values", field="forward_kwargs")
+            workload = replace(workload, forward_kwargs=dict(kwargs))
         if "batch" in changes:
             batch = int(changes["batch"])
             if not 1 <= batch <= MAX_DIM:

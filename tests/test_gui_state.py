@@ -17,8 +17,12 @@ from torchbudget.gui.state import DEFAULT_WORKLOAD, MAX_DIM, WorkloadState
 
 RICH = Workload("resnet18", parse_inputs("8x3x64x64"),
                 TraceOptions(mode="train", precision="bf16-amp", optimizer="sgd", checkpointing=True,
-                             convention="thop", optimizer_impl="fused", attention="math", target="sm75"),
-                {"num_classes": 10, "weights": None})
+                             convention="thop", optimizer_impl="fused", attention="math", target="sm75",
+                             base_dtype="nf4", lora_rank=8, lora_targets=("fc",), freeze=("conv1.*",), grad_accum=4,
+                             moe_routing="skewed", attention_flops="causal"),
+                {"num_classes": 10, "weights": None}, {"return_dict": False})
+# the generation-only options cannot sit in a training workload: a second one carries them
+RICH_DECODE = Workload("gpt2", parse_inputs("8x1:int64"), TraceOptions(mode="decode", context_len=512, kv_dtype="fp8"))
 
 
 def test_the_state_module_imports_no_qt():
@@ -29,11 +33,15 @@ def test_the_state_module_imports_no_qt():
 
 
 def test_set_then_workload_is_exact_for_every_field():
-    assert all(getattr(RICH.options, f.name) != getattr(TraceOptions(), f.name) for f in fields(TraceOptions))
-    state = WorkloadState()
-    state.set(RICH)
-    assert state.workload == RICH and state.workload.model_kwargs == {"num_classes": 10, "weights": None}
-    assert WorkloadState(RICH).workload == RICH
+    assert all(any(getattr(w.options, f.name) != getattr(TraceOptions(), f.name) for w in (RICH, RICH_DECODE))
+               for f in fields(TraceOptions))
+    for rich in (RICH, RICH_DECODE):
+        state = WorkloadState()
+        state.set(rich)
+        assert state.workload == rich
+        assert WorkloadState(rich).workload == rich
+    assert state.workload.forward_kwargs == {} and WorkloadState(RICH).workload.forward_kwargs == {"return_dict": False}
+    assert WorkloadState(RICH).workload.model_kwargs == {"num_classes": 10, "weights": None}
 
 
 def test_updates_change_one_thing_and_tell_subscribers_what():

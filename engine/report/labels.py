@@ -12,6 +12,7 @@ CATEGORY_LABELS = {
     MemoryCategory.WEIGHTS: "Weights",
     MemoryCategory.BUFFERS: "Buffers",
     MemoryCategory.INPUTS: "Inputs",
+    MemoryCategory.KV_CACHE: "KV cache",
     MemoryCategory.ACTIVATIONS: "Activations",
     MemoryCategory.TEMPORARIES: "Temporaries",
     MemoryCategory.GRADIENTS: "Gradients",
@@ -25,6 +26,8 @@ CATEGORY_TIPS = {
     MemoryCategory.WEIGHTS: "Parameters of the model, in their stored dtype.",
     MemoryCategory.BUFFERS: "Non-trainable tensors registered on modules (e.g. BatchNorm running stats).",
     MemoryCategory.INPUTS: "The input batch.",
+    MemoryCategory.KV_CACHE: "Keys and values of every past token, per layer (serving: prefill fills it, decode "
+                             "reads it).",
     MemoryCategory.ACTIVATIONS: "Forward outputs kept alive (saved for backward in training) at the peak.",
     MemoryCategory.TEMPORARIES: "Short-lived tensors alive at the peak moment.",
     MemoryCategory.GRADIENTS: "Parameter gradients (.grad).",

@@ -22,6 +22,7 @@ class StorageRoles:
     weights: set[int] = field(default_factory=set)
     buffers: set[int] = field(default_factory=set)
     inputs: set[int] = field(default_factory=set)
+    kv_cache: set[int] = field(default_factory=set)      # the KV cache a generation step starts with / fills
     gradients: set[int] = field(default_factory=set)
     optimizer_state: set[int] = field(default_factory=set)
     forward_end_seq: int | None = None   # event counter when the model's forward returned
@@ -30,7 +31,8 @@ class StorageRoles:
 def categorize(life: StorageLife, roles: StorageRoles) -> MemoryCategory:
     sid = life.storage_id
     for ids, category in ((roles.weights, MemoryCategory.WEIGHTS), (roles.buffers, MemoryCategory.BUFFERS),
-                          (roles.inputs, MemoryCategory.INPUTS), (roles.gradients, MemoryCategory.GRADIENTS),
+                          (roles.inputs, MemoryCategory.INPUTS), (roles.kv_cache, MemoryCategory.KV_CACHE),
+                          (roles.gradients, MemoryCategory.GRADIENTS),
                           (roles.optimizer_state, MemoryCategory.OPTIMIZER_STATE)):
         if sid in ids:
             return category
