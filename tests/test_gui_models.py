@@ -303,10 +303,14 @@ def test_set_workload_then_workload_gives_every_field_back(qtbot):
     qtbot.addWidget(panel)
     rich = Workload("resnet18", parse_inputs("64x3x128x128"),
                     TraceOptions(mode="train", precision="fp16-amp", optimizer="sgd", checkpointing=True,
-                                 convention="thop", optimizer_impl="for-loop", attention="math", target="sm75"),
-                    {"num_classes": 10})
-    assert all(getattr(rich.options, f.name) != getattr(TraceOptions(), f.name) for f in fields(TraceOptions))
-    for workload in (Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions()), rich,
+                                 convention="thop", optimizer_impl="for-loop", attention="math", target="sm75",
+                                 base_dtype="int8", lora_rank=4, lora_targets=("fc",), freeze=("layer1.*",),
+                                 grad_accum=2, moe_routing="skewed", attention_flops="causal"),
+                    {"num_classes": 10}, {"return_dict": False})
+    decode = Workload("gpt2", parse_inputs("4x1:int64"), TraceOptions(mode="decode", context_len=100, kv_dtype="int8"))
+    assert all(any(getattr(w.options, f.name) != getattr(TraceOptions(), f.name) for w in (rich, decode))
+               for f in fields(TraceOptions))
+    for workload in (Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions()), rich, decode,
                      Workload("vit_b_16", parse_inputs("8x3x224x224"), TraceOptions(precision="bf16-amp")),
                      Workload("resnet18", parse_inputs("2x3x64x64"), TraceOptions(mode="train", optimizer=None)),
                      Workload("resnet18")):
