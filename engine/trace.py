@@ -254,3 +254,12 @@ def _forward_error(exc: Exception, stack: ModuleStack, recorder: Recorder) -> Us
 
 
 __all__ = ["trace_model", "freeze_startup_objects", "precision_dtypes"]
+
+
+# -- for engine.distributed (issue 11): a distributed trace runs under the same lock, state guard, target
+# semantics and error translation as this one; it applies torch's own wrappers instead of the stand-ins above
+TRACE_LOCK = _TRACE_LOCK
+restored_state = _restored_state
+target_semantics = _target_semantics
+semantics_notes = _semantics_notes
+forward_error = _forward_error
