@@ -229,6 +229,14 @@ class Planner:
                 self._max_contexts[self._context_key(workload, gpu)] = best
         return best, why
 
+    def _beyond_positions(self, workload: Workload, context: int | None) -> list[str]:
+        """The largest context's own trace (the solver's last) says whether it is past the model's positions."""
+        at = workload.with_options(context_len=context) if context else None
+        if at is None or at == workload or not self.cache.in_memory(at):
+            return []
+        warnings = [w for w in self.cache.get(at).warnings if w.startswith(GENERATION_WARNING)]
+        return [f"at the largest context: {w.removeprefix(GENERATION_WARNING)}" for w in warnings[:1]]
+
     # -- plans -----------------------------------------------------------------------------------
     def plan(self, workload: Workload, gpu: GpuSpec, *, solve_max_batch: bool = True) -> Plan:
         """``solve_max_batch``: solve the largest batch (decode: concurrent sequences, and the largest context)."""
@@ -241,6 +249,7 @@ class Planner:
             context, why = self.max_context(on_gpu, gpu) if solve_max_batch else \
                 (self.known_max_context(on_gpu, gpu), None)
             notes += [why] if why else []
+            notes += self._beyond_positions(on_gpu, context)
         return plan_result(result, gpu, overheads=self.overheads, efficiency=self.efficiency, workload=on_gpu,
                            max_batch=best, notes=notes, max_context=context)
 

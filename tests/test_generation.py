@@ -19,7 +19,7 @@ from torchbudget.engine.results import MemoryCategory, TraceOptions  # noqa: E40
 from torchbudget.engine.solver import max_concurrent_sequences, max_context, result_fits  # noqa: E402
 from torchbudget.engine.workload import Workload  # noqa: E402
 from torchbudget.hardware.catalog import resolve_gpu  # noqa: E402
-from tests.models.tiny_llms import GPT2, LLAMA, MISTRAL  # noqa: E402
+from tests.models.tiny_llms import GEMMA2, GPT2, LLAMA, MISTRAL  # noqa: E402
 from tests.planner_fakes import small_gpu  # noqa: E402
 
 MODELS = Path(__file__).parent / "models" / "tiny_llms.py"
@@ -130,6 +130,18 @@ def test_sliding_window_layers_keep_their_window_between_decode_steps():
     window_tensors = layers * 8                                       # each layer's int64 window size
     assert before == layers * (window - 1) * per_token + window_tensors
     assert after == layers * window * per_token + window_tensors     # the window's keys are a view of the last update
+
+
+def test_alternating_sliding_and_full_layers_each_keep_their_own_length():
+    types = transformers.Gemma2Config(**GEMMA2).layer_types
+    assert set(types) == {"sliding_attention", "full_attention"}
+    result = analyze_workload(workload("decode", "input_ids=2x1:int64", model=f"{MODELS}:TinyGemma2", context_len=40))
+    per_token = 2 * GEMMA2["num_key_value_heads"] * GEMMA2["head_dim"] * 2 * 2
+    window = GEMMA2["sliding_window"]
+    sliding = types.count("sliding_attention")
+    expected = tuple(sum((window - 1 + new if t == "sliding_attention" else 40 + new) * per_token for t in types)
+                     + sliding * 8 for new in (0, 1))
+    assert kv_cache_bytes(result.storage_events) == expected
 
 
 def test_a_multi_head_model_caches_every_head():

@@ -163,7 +163,7 @@ def generation_lines(g, max_batch: int | None, gpu) -> list[str]:
              f"decode bound: weights {human_bytes(g.weight_bytes)} + KV cache {human_bytes(g.kv_read_bytes)} read per "
              f"step at {gpu.bandwidth_gbs:,.0f} GB/s = {human_ms(g.bandwidth_bound_ms)}",
              f"throughput: {g.tokens_per_s:,.1f} tokens/s estimated ({g.per_sequence_tokens_per_s:,.1f} per "
-             f"sequence), at most {g.max_tokens_per_s:,.1f} tokens/s (the larger bound)"]
+             f"sequence), at most {g.max_tokens_per_s:,.1f} tokens/s (the roofline and decode bounds)"]
     lines.append("max concurrent sequences: " + ("not solved" if max_batch is None else
                                                  f"{max_batch:,} (at context {g.context_tokens:,})"))
     lines.append("max context: " + ("not solved" if g.max_context is None else
