@@ -202,8 +202,10 @@ def what_if_cache(model: torch.nn.Module, kv_dtype: str, model_dtype: torch.dtyp
     if kv_dtype == "int8":
         layer = _layer_class("int8")
         return cache_utils.Cache(layers=[layer() for _ in types])
-    cast = type(f"{kv_dtype.upper()}Layer", (_layer_class("cast"),), {"storage_dtype": _KV_STORAGE[kv_dtype]})
-    return cache_utils.Cache(layers=[cast() for _ in types])
+    name = f"{kv_dtype.upper()}Layer"
+    if name not in _LAYER_CLASSES:   # one class per dtype (a class per trace would pile up while gc is paused)
+        _LAYER_CLASSES[name] = type(name, (_layer_class("cast"),), {"storage_dtype": _KV_STORAGE[kv_dtype]})
+    return cache_utils.Cache(layers=[_LAYER_CLASSES[name]() for _ in types])
 
 
 # ------------------------------------------------------------------------------------- cache contents
