@@ -61,6 +61,11 @@ class MemoryCategory(str, Enum):
     ALLOCATOR = "allocator"              # caching-allocator rounding and reserve
 
 
+# AnalysisResult.warnings of a prefill/decode trace that plans repeat as notes (a context beyond the model's
+# positions): they start with this
+GENERATION_WARNING = "generation: "
+
+
 def frozen_map(d: Mapping | None = None) -> Mapping:
     return MappingProxyType(dict(d or {}))
 
