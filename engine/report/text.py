@@ -35,6 +35,14 @@ def options_text(options) -> str:
             text += ", no optimizer"
         if options.checkpointing:
             text += ", checkpointing"
+        if options.grad_accum > 1:
+            text += f", grad-accum {options.grad_accum}"
+        if options.freeze:
+            text += f", freeze {','.join(options.freeze)}"
+    if options.lora_rank:
+        text += f", LoRA r{options.lora_rank}" + (f" on {','.join(options.lora_targets)}" if options.lora_targets else "")
+    if options.base_dtype != "auto":
+        text += f", base {options.base_dtype}"
     if options.attention != "auto":
         text += f", attention {options.attention}"
     return text
@@ -127,13 +135,16 @@ def render_plan(plan) -> str:
                      f"{human_bytes(memory.reserved_peak_bytes)} in {memory.segments} segment(s) "
                      f"(fragmentation {human_bytes(memory.fragmentation_bytes)})")
     lines.append("max batch: " + ("not solved" if plan.max_batch is None else f"{plan.max_batch}"))
-    parts = ", ".join(f"{name} {human_ms(p.estimate_ms)}" for name, p in
-                      (("forward", latency.forward), ("backward", latency.backward), ("optimizer", latency.optimizer))
-                      if p.estimate_ms)
+    k = latency.grad_accum
+    parts = ", ".join(f"{name} {human_ms(p.estimate_ms)}" + (" per micro-batch" if k > 1 and name != "optimizer" else "")
+                      for name, p in (("forward", latency.forward), ("backward", latency.backward),
+                                      ("optimizer", latency.optimizer)) if p.estimate_ms)
+    per_step = f" per optimizer step of {k} micro-batches" if k > 1 else ""
     lines.append(f"latency: lower bound {human_ms(latency.lower_bound_ms)}, estimate {human_ms(latency.estimate_ms)}"
-                 + (f" ({parts})" if parts else ""))
+                 + per_step + (f" ({parts})" if parts else ""))
     lines.append(f"throughput: {latency.throughput_samples_per_s:,.1f} samples/s estimated, "
-                 f"at most {latency.max_throughput_samples_per_s:,.1f} samples/s (roofline bound)")
+                 f"at most {latency.max_throughput_samples_per_s:,.1f} samples/s (roofline bound)"
+                 + (f"; global batch {latency.global_batch} ({k} x {latency.batch_size})" if k > 1 else ""))
     lines += [f"note: {note}" for note in plan.notes]
     return "\n".join(lines)
 
