@@ -224,8 +224,10 @@ def _quantize(work: nn.Module, base: str, compute_dtype: torch.dtype, frozen_ids
     for name, module in work.named_modules():
         if type(module) is not nn.Linear:
             continue
-        if module is head or owners.get(id(module.weight), 0) > 1:
-            kept.append(name)
+        if module is head:
+            kept.append(f"{name} (the output head)")
+        elif owners.get(id(module.weight), 0) > 1:
+            kept.append(f"{name} (tied to another module)")
         elif id(module.weight) in frozen_ids:
             chosen.append(name)
     if not chosen:
@@ -246,7 +248,7 @@ def _quantize(work: nn.Module, base: str, compute_dtype: torch.dtype, frozen_ids
                "int8 matmuls in forward, the weight dequantised per call in backward")
     note = f"base weights {base} ({label}): {len(chosen)} frozen Linear layer(s) quantised; {compute}"
     if kept:
-        note += f"; kept in full precision: {', '.join(kept[:4])}{' ...' if len(kept) > 4 else ''} (output head, tied)"
+        note += f"; not quantised: {', '.join(kept[:4])}{' ...' if len(kept) > 4 else ''}"
     return frozenset(weight_buffers), storage, note
 
 
