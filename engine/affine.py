@@ -92,7 +92,7 @@ class AffineTrace:
         moved_at = np.maximum(moved[:, 0] + ((moved[:, 1] - moved[:, 0]) * step) // self._span, 0).tolist()
         phases = phase_totals(zip(self.a.ops, flops_at, moved_at), gpu, tf32=self.a.options.precision == "tf32",
                               efficiency=efficiency)
-        return report_from_phases(phases, gpu, batch, efficiency)
+        return report_from_phases(phases, gpu, batch, efficiency, grad_accum=self.a.options.grad_accum)
 
     def result_at(self, batch: int) -> AnalysisResult:
         """A synthetic trace at ``batch``: sizes, FLOPs and bytes interpolated (for sweeps and plots)."""

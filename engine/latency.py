@@ -50,17 +50,22 @@ class PhaseLatency:
 @dataclass(frozen=True)
 class LatencyReport:
     gpu_name: str
-    lower_bound_ms: float
-    estimate_ms: float
-    forward: PhaseLatency
+    lower_bound_ms: float                     # one step: with gradient accumulation K, K x (forward + backward)
+    estimate_ms: float                        # + the optimizer (one optimizer step, the global batch)
+    forward: PhaseLatency                     # phases as traced: one (micro-)batch
     backward: PhaseLatency
     optimizer: PhaseLatency
     per_module: Mapping[str, ModuleLatency]   # inclusive: a module's time includes its children's
     per_op: tuple[OpPoint, ...]               # ops that launch a kernel
-    batch_size: int
-    throughput_samples_per_s: float           # batch / estimate
-    max_throughput_samples_per_s: float       # batch / lower bound
+    batch_size: int                           # the traced (micro-)batch
+    throughput_samples_per_s: float           # global batch / estimate
+    max_throughput_samples_per_s: float       # global batch / lower bound
     efficiency: Efficiency
+    grad_accum: int = 1                       # micro-batches per optimizer step
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum
 
 
 @dataclass(frozen=True)
@@ -156,9 +161,14 @@ def phase_totals(counted_ops, gpu: GpuSpec, *, tf32: bool, efficiency: Efficienc
 
 
 def report_from_phases(phases: dict, gpu: GpuSpec, batch: int, efficiency: Efficiency, per_module=None,
-                       per_op=()) -> LatencyReport:
-    lower = sum(v[0] for v in phases.values())
-    estimate = sum(v[1] for v in phases.values())
+                       per_op=(), grad_accum: int = 1) -> LatencyReport:
+    """Totals per optimizer step: with gradient accumulation, ``grad_accum`` forward+backward passes of the
+    traced micro-batch and one optimizer step; throughput is over the global batch."""
+    def step(i: int) -> float:
+        return grad_accum * (phases[Phase.FORWARD][i] + phases[Phase.BACKWARD][i]) + phases[Phase.OPTIMIZER][i]
+
+    lower, estimate = step(0), step(1)
+    samples = batch * grad_accum
     return LatencyReport(
         gpu_name=gpu.name,
         lower_bound_ms=lower,
@@ -169,9 +179,10 @@ def report_from_phases(phases: dict, gpu: GpuSpec, batch: int, efficiency: Effic
         per_module=frozen_map(per_module),
         per_op=tuple(per_op),
         batch_size=batch,
-        throughput_samples_per_s=batch / (estimate / 1000.0) if estimate > 0 else 0.0,
-        max_throughput_samples_per_s=batch / (lower / 1000.0) if lower > 0 else 0.0,
+        throughput_samples_per_s=samples / (estimate / 1000.0) if estimate > 0 else 0.0,
+        max_throughput_samples_per_s=samples / (lower / 1000.0) if lower > 0 else 0.0,
         efficiency=efficiency,
+        grad_accum=grad_accum,
     )
 
 
@@ -182,7 +193,8 @@ def roofline(result: AnalysisResult, gpu: GpuSpec, efficiency: Efficiency = Effi
     if not detail:
         phases = phase_totals(((op, op.flops, op.bytes_read + op.bytes_written) for op in result.ops), gpu,
                               tf32=tf32, efficiency=efficiency)
-        return report_from_phases(phases, gpu, result.batch_size, efficiency)
+        return report_from_phases(phases, gpu, result.batch_size, efficiency,
+                                  grad_accum=result.options.grad_accum)
     bandwidth = gpu.bandwidth_bytes_per_s
     points: list[OpPoint] = []
     phases = {p: [0.0, 0.0] for p in Phase}
@@ -205,4 +217,5 @@ def roofline(result: AnalysisResult, gpu: GpuSpec, efficiency: Efficiency = Effi
             acc[2] += compute_s * 1000.0
             acc[3] += memory_s * 1000.0
     per_module = {path: ModuleLatency(path, b, e, c, m, c >= m) for path, (b, e, c, m) in modules.items()}
-    return report_from_phases(phases, gpu, result.batch_size, efficiency, per_module, points)
+    return report_from_phases(phases, gpu, result.batch_size, efficiency, per_module, points,
+                              grad_accum=result.options.grad_accum)

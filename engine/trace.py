@@ -20,7 +20,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_leaves
 
-from torchbudget.engine import vocab
+from torchbudget.engine import finetune, vocab
 from torchbudget.engine.process import freeze_startup_objects  # noqa: F401 - its old home
 from torchbudget.engine.errors import InputSpecError, ShapeMismatchError, TraceError, UserError
 from torchbudget.engine.inputs import InputSpec
@@ -36,11 +36,8 @@ def _not_built_yet(options: TraceOptions) -> str | None:
     """Options the workload vocabulary knows (issue 10's LLM workloads) whose tracing is not built yet: an
     error, never a silently ignored setting."""
     unbuilt = {
-        "--base-dtype": options.base_dtype != "auto",
-        "LoRA (--lora-rank)": options.lora_rank > 0, "--freeze": bool(options.freeze),
-        "--grad-accum": options.grad_accum > 1, "--moe-routing skewed": options.moe_routing != "balanced",
+        "--moe-routing skewed": options.moe_routing != "balanced",
         "--attention-flops causal": options.attention_flops != "full",
-        "the adamw-8bit optimizer": options.optimizer == "adamw-8bit",
     }
     named = [name for name, asked in unbuilt.items() if asked]
     return ", ".join(named) if named else None
@@ -118,12 +115,17 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
     # Fake CPU tensors (meta storage, CPU dispatch) for every trace, inference included: on plain meta
     # tensors SDPA takes the math path (materializing the score matrix) and autocast does nothing, while
     # CPU — like a GPU — picks the flash kernel; one choice everywhere keeps infer and train consistent.
-    with _TRACE_LOCK, _restored_state(model), FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
-        model.train(options.training)
-        run = _run_step(model, inputs, options, use_names, fake_mode)
+    with _TRACE_LOCK:
+        # LoRA / quantised layers: a meta copy of the module (engine.finetune); else the module itself
+        prepared = finetune.prepare(model, options, *precision_dtypes(options.precision))
+        traced = prepared.module
+        with _restored_state(traced), FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
+            traced.train(options.training)
+            run = _run_step(traced, inputs, options, use_names, fake_mode, prepared)
     ops = run.recorder.ops
-    first_owner = {id(p): name.rpartition(".")[0] for name, p in model.named_parameters()}
-    nodes = assemble.module_nodes(model, model_name, ops, run.stack, first_owner)
+    first_owner = {id(p): name.rpartition(".")[0] for name, p in traced.named_parameters()}
+    nodes = assemble.module_nodes(traced, model_name or type(model).__name__, ops, run.stack, first_owner,
+                                  _trains(run.stand_ins))
     uncounted, coverage, flop_coverage = assemble.uncounted(ops)
     warnings = tuple(f"formula for {op} failed ({why}); counted as uncounted"
                      for op, why in run.recorder.formula_errors.items())
@@ -131,26 +133,29 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
     return AnalysisResult(
         model_name=model_name or type(model).__name__, inputs=inputs, options=options,
         totals=assemble.totals(ops, nodes, run.stand_ins.params, run.stand_ins.buffers,
-                               run.input_bytes, run.output_bytes),
+                               run.input_bytes, run.output_bytes, numel=run.stand_ins.numel,
+                               weight_extras=run.stand_ins.weight_buffers),
         modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(run.recorder.storage.lives, run.roles),
         uncounted_ops=uncounted, coverage=coverage, flop_coverage=flop_coverage, warnings=warnings,
         policies=((run.generation.description,) if run.generation else ())
         + tuple(run.recorder.policies.applied) + _semantics_notes(run.semantics, options)
-        + ((training.checkpoint_note(model),) if options.training and options.checkpointing else ()),
+        + ((training.checkpoint_note(traced),) if options.training and options.checkpointing else ())
+        + prepared.notes + training.grad_accum_notes(options, inputs),
         trace_seconds=time.perf_counter() - started,
         target_dependent=not isinstance(run.semantics, CudaSemantics) or bool(run.semantics.sdpa_calls),
     )
 
 
 def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, use_names: bool,
-              fake_mode: FakeTensorMode) -> _Run:
+              fake_mode: FakeTensorMode, prepared: finetune.Prepared) -> _Run:
     """Forward (and for training: loss, backward, optimizer step) under the recorder. Call inside the
     FakeTensorMode: every tensor made here is a fake CPU tensor."""
     train = options.training
     param_dtype, autocast_dtype = precision_dtypes(options.precision)
     stand_ins = make_stand_ins(model, device="cpu", param_dtype=_cast(param_dtype),
                                buffer_dtype=_cast(param_dtype) if autocast_dtype is None else (lambda d: d),
-                               requires_grad=train, fake_mode=fake_mode)
+                               requires_grad=train, fake_mode=fake_mode, param_plan=prepared.param_plan,
+                               weight_buffers=prepared.weight_buffers)
 
     def make_input(spec: InputSpec, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.empty(shape, dtype=param_dtype if spec.is_floating else spec.torch_dtype)
@@ -164,9 +169,10 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
     run = _Run(stack, Recorder(stack, options.convention), assemble.StorageRoles(), stand_ins,
                input_bytes=sum(t.numel() * t.element_size() for t in tensors))
     recorder, roles = run.recorder, run.roles
-    for ids, group in ((roles.weights, [p for _, p, _ in stand_ins.params]),
+    for ids, group in ((roles.weights, [p for _, p, _ in stand_ins.params] + [t for _, t in stand_ins.weight_buffers]),
                        (roles.buffers, [b for _, b in stand_ins.buffers]),
-                       (roles.inputs, tensors + (step.extra_inputs if step else []))):
+                       (roles.inputs, tensors + (step.extra_inputs if step else [])),
+                       (roles.gradients, training.accumulated_gradients(stand_ins, options, fake_mode))):
         for t in group:
             if recorder.storage.track(t, -1):
                 ids.add(recorder.storage.storage_id(t))
@@ -245,6 +251,12 @@ def _generation_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], opti
         message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TraceError(f"filling the KV cache of {options.context_len} token(s) (the model's own prefill) failed: "
                          f"{type(exc).__name__}: {message}") from exc
+
+
+def _trains(stand_ins: StandIns):
+    """Whether the step trains a module parameter: the stand-in's decision (--freeze, LoRA), by identity."""
+    trainable = {id(t) for _, t, trains in stand_ins.params if trains}
+    return lambda p: id(stand_ins.original_ids.get(id(p))) in trainable
 
 
 def _target_semantics(options: TraceOptions, autocast_dtype, where):

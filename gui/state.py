@@ -20,7 +20,7 @@ from torchbudget.engine.vocab import InputKind
 from torchbudget.engine.workload import Workload
 
 OPTION_FIELDS = tuple(f.name for f in fields(TraceOptions))
-TRAINING_ONLY = ("optimizer", "optimizer_impl", "checkpointing", "grad_accum")   # TraceOptions clears them for inference
+TRAINING_ONLY = ("optimizer", "optimizer_impl", "checkpointing", "grad_accum", "freeze")   # TraceOptions clears them for inference
 TEXT_FIELDS = ("inputs", "model_kwargs")                            # typed as text: may hold a draft
 # The largest dimension the app takes: what its spin boxes hold (Qt ints are 32-bit), and beyond what
 # PyTorch's CUDA kernels index in one grid dimension. Elements per input: PyTorch indexes with int64.

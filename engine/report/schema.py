@@ -81,6 +81,9 @@ def plan_to_dict(plan) -> dict:
         "throughput": {
             "samples_per_s": latency.throughput_samples_per_s,
             "max_samples_per_s": latency.max_throughput_samples_per_s,
+            "micro_batch": latency.batch_size,
+            "grad_accum": latency.grad_accum,
+            "global_batch": latency.global_batch,
         },
         "generation": generation_to_dict(plan.generation, plan.max_batch),
     }

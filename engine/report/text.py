@@ -35,10 +35,18 @@ def options_text(options) -> str:
             text += ", no optimizer"
         if options.checkpointing:
             text += ", checkpointing"
+        if options.grad_accum > 1:
+            text += f", grad-accum {options.grad_accum}"
+        if options.freeze:
+            text += f", freeze {','.join(options.freeze)}"
     if options.mode == "decode":
         text += f", context {options.context_len:,}"
     if options.generation and options.kv_dtype != "auto":
         text += f", KV cache {options.kv_dtype}"
+    if options.lora_rank:
+        text += f", LoRA r{options.lora_rank}" + (f" on {','.join(options.lora_targets)}" if options.lora_targets else "")
+    if options.base_dtype != "auto":
+        text += f", base {options.base_dtype}"
     if options.attention != "auto":
         text += f", attention {options.attention}"
     return text
@@ -133,14 +141,17 @@ def render_plan(plan) -> str:
     generation = plan.generation
     if generation is None:
         lines.append("max batch: " + ("not solved" if plan.max_batch is None else f"{plan.max_batch}"))
-    parts = ", ".join(f"{name} {human_ms(p.estimate_ms)}" for name, p in
-                      (("forward", latency.forward), ("backward", latency.backward), ("optimizer", latency.optimizer))
-                      if p.estimate_ms)
+    k = latency.grad_accum
+    parts = ", ".join(f"{name} {human_ms(p.estimate_ms)}" + (" per micro-batch" if k > 1 and name != "optimizer" else "")
+                      for name, p in (("forward", latency.forward), ("backward", latency.backward),
+                                      ("optimizer", latency.optimizer)) if p.estimate_ms)
+    per_step = f" per optimizer step of {k} micro-batches" if k > 1 else ""
     lines.append(f"latency: lower bound {human_ms(latency.lower_bound_ms)}, estimate {human_ms(latency.estimate_ms)}"
-                 + (f" ({parts})" if parts and generation is None else ""))
+                 + per_step + (f" ({parts})" if parts and generation is None else ""))
     if generation is None:
         lines.append(f"throughput: {latency.throughput_samples_per_s:,.1f} samples/s estimated, "
-                     f"at most {latency.max_throughput_samples_per_s:,.1f} samples/s (roofline bound)")
+                     f"at most {latency.max_throughput_samples_per_s:,.1f} samples/s (roofline bound)"
+                     + (f"; global batch {latency.global_batch} ({k} x {latency.batch_size})" if k > 1 else ""))
     else:
         lines += generation_lines(generation, plan.max_batch, plan.gpu)
     lines += [f"note: {note}" for note in plan.notes]
