@@ -24,7 +24,7 @@ from torchbudget.engine.inputs import InputSpec
 from torchbudget.engine.ops.collective import register_fsdp_ops
 from torchbudget.engine.results import AnalysisResult, DistributedInfo, MemoryCategory, Phase, TraceOptions
 from torchbudget.engine.target import CudaSemantics
-from torchbudget.engine.tracing import assemble, training
+from torchbudget.engine.tracing import assemble, generation, training
 from torchbudget.engine.tracing.modules import ModuleStack
 from torchbudget.engine.distributed import strategies
 from torchbudget.engine.distributed.recorder import DistributedRecorder
@@ -49,6 +49,12 @@ def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: Tr
     unbuilt = single._not_built_yet(options)
     if unbuilt:
         raise UserError(f"not supported yet: {unbuilt}", field="mode")
+    finetuning = {"--lora-rank": options.lora_rank, "--freeze": options.freeze,
+                  "--base-dtype": options.base_dtype != "auto", "--grad-accum": options.grad_accum > 1}
+    unbuilt = [flag for flag, used in finetuning.items() if used]
+    if unbuilt:
+        raise UserError(f"not supported yet: {', '.join(unbuilt)} with --strategy {options.strategy} (plan the "
+                        "fine-tuning on one GPU, or full training with the strategy)", field="strategy")
     if options.generation:
         raise UserError(f"the {options.strategy} strategy is planned for training and inference, not "
                         f"{options.mode} yet", field="strategy")
@@ -145,7 +151,9 @@ def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtyp
            "input_bytes": sum(t.numel() * t.element_size() for t in tensors), "output_bytes": 0}
     recorder.nodes.leaf_owner = {id(_local(p)): name.rpartition(".")[0] for name, p, _ in params}
     args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
-    semantics = single.target_semantics(options, autocast_dtype if prepared.autocast else None, stack)
+    kwargs.update(generation.training_kwargs(model) if train else {})
+    semantics = single.target_semantics(options, autocast_dtype if prepared.autocast else None,
+                                        lambda: stack.current)
     run["semantics"] = semantics
     try:
         with stack, recorder, (contextlib.nullcontext() if train else torch.no_grad()):

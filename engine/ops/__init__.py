@@ -1,5 +1,5 @@
 """Per-op formulas. Importing this package registers every formula module below
 (``thop`` last: it derives its preset from the default formulas)."""
 from torchbudget.engine.ops import (attention, collective, conv, detection, foreach, matmul, norm, pointwise,  # noqa: F401
-                                    pool, reduce, sampling, zero)
+                                    pool, quantized, reduce, sampling, zero)
 from torchbudget.engine.ops import thop  # noqa: F401  (must come last)
