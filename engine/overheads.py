@@ -27,11 +27,18 @@ class Overheads:
     # its settings as PYTORCH_CUDA_ALLOC_CONF gives them; None: no allocator (exact tensor bytes, as a CPU
     # profiler counts them).
     allocator: AllocatorConfig | None = AllocatorConfig()
+    # NCCL's buffers per communicator (several GPUs, docs/distributed.md): NCCL_BUFFSIZE (4 MiB, NCCL's default)
+    # for each of its three protocols' channels is order 100 MiB on current GPUs; we take 4 MiB x 32 channels
+    # (NCCL_MAX_NCHANNELS on Hopper) x 2 (ring send/receive) = 256 MiB per process group that runs collectives.
+    nccl_bytes_per_communicator: int = 256 * MIB
+    # this process's NCCL buffers: set by the planner for a distributed workload (communicators x the above)
+    communication_bytes: int = 0
     # "tight" when the requirement uses more than (1 - this) of the available memory.
     tight_threshold_fraction: float = 0.10
 
     def __post_init__(self):
-        for name in ("cuda_context_bytes", "cublas_workspace_bytes", "cudnn_workspace_bytes"):
+        for name in ("cuda_context_bytes", "cublas_workspace_bytes", "cudnn_workspace_bytes",
+                     "nccl_bytes_per_communicator", "communication_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if not 0 <= self.tight_threshold_fraction < 1:

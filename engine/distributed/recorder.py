@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import weakref
+from dataclasses import replace
 
 import torch
 from torch._guards import active_fake_mode
@@ -165,6 +166,8 @@ class DistributedRecorder(Recorder):
         super()._record(func, args, kwargs, out, path)
         record = self.ops[-1]
         if record.kind is OpKind.COLLECTIVE:
+            # timed on the interconnect (engine.distributed.comm), not as a kernel on the GPU's roofline
+            record = self.ops[-1] = replace(record, launches_kernel=False)
             found = _collective(func, args, kwargs)
             if found is not None:
                 kind, nbytes, group = found
