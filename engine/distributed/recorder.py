@@ -74,11 +74,26 @@ class ResizingStorageTracker(StorageTracker):
     def __init__(self):
         super().__init__()
         self.lives_of_key: dict[int, list[int]] = {}    # storage _cdata -> every life it had (sids)
+        self._death_refs: dict[int, weakref.ref] = {}   # storage _cdata -> the storage object now at that address
+
+    def _watch(self, storage: torch.UntypedStorage, key: int) -> None:
+        """A storage's lives are forgotten by address when the storage object dies: the allocator reuses
+        addresses, and a new storage at an old address is another storage (no lives of the old one)."""
+        ref = self._death_refs.get(key)
+        if ref is None or ref() is not storage:
+            self._death_refs[key] = weakref.ref(storage, lambda r, key=key: self._died(key, r))
+
+    def _died(self, key: int, ref) -> None:
+        if self._death_refs.get(key) is ref:
+            del self._death_refs[key]
+            self.lives_of_key.pop(key, None)
 
     def track(self, tensor: torch.Tensor, op_index: int) -> bool:
         new = super().track(tensor, op_index)
         if new:
-            self.lives_of_key.setdefault(tensor.untyped_storage()._cdata, []).append(len(self.lives) - 1)
+            storage = tensor.untyped_storage()
+            self._watch(storage, storage._cdata)
+            self.lives_of_key.setdefault(storage._cdata, []).append(len(self.lives) - 1)
         return new
 
     def resized(self, storage: torch.UntypedStorage, nbytes: int) -> None:
@@ -88,6 +103,7 @@ class ResizingStorageTracker(StorageTracker):
             if self.lives[sid].nbytes == nbytes:
                 return
             self._freed(key, sid)                       # the old size ends here
+        self._watch(storage, key)
         if nbytes > 0:
             new = len(self.lives)
             self.lives.append(StorageLife(new, nbytes, self.op_index, self.phase, self.seq))
@@ -135,15 +151,15 @@ class DistributedRecorder(Recorder):
         self.cluster = cluster
         self.collectives: list[CollectiveCall] = []
         self.setup = False
-        self.role_keys: dict[int, MemoryCategory] = {}    # storage _cdata -> category, from the ops above
-        self.resized_keys: set[int] = set()               # storages FSDP grew in place (gathered parameters)
+        self.role_sids: dict[int, MemoryCategory] = {}    # storage life -> category, from the ops above
+        self.resized_sids: set[int] = set()               # lives of storages FSDP grew in place (gathered params)
 
     def on_resize(self, storage, nbytes: int) -> None:
         if self.setup:
             return
         self.storage.resized(storage, nbytes)
         if nbytes:
-            self.resized_keys.add(storage._cdata)
+            self.resized_sids.add(self.storage._live_ids[storage._cdata])
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if any(issubclass(t, DTensor) for t in types):
@@ -176,7 +192,8 @@ class DistributedRecorder(Recorder):
         role = _ROLES.get(record.op.rsplit(".", 1)[0])
         if role is not None:
             for t in _collect_tensors((args, list(kwargs.values()), out), []):
-                self.role_keys.setdefault(t.untyped_storage()._cdata, role)
+                for sid in self.storage.sids_of(t):
+                    self.role_sids.setdefault(sid, role)
 
 
 __all__ = ["DistributedRecorder", "ResizingStorageTracker", "Phase"]

@@ -183,10 +183,9 @@ def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtyp
         raise single.forward_error(exc, stack, recorder) from exc
     finally:
         storage.close()
-    for key, role in recorder.role_keys.items():
-        _add_role(roles, role, storage.lives_of_key.get(key, ()))
-    for key in recorder.resized_keys:   # FSDP's gathered (unsharded) parameters
-        _add_role(roles, MemoryCategory.WEIGHTS, storage.lives_of_key.get(key, ()))
+    for sid, role in recorder.role_sids.items():
+        _add_role(roles, role, (sid,))
+    _add_role(roles, MemoryCategory.WEIGHTS, recorder.resized_sids)   # FSDP's gathered (unsharded) parameters
     return run
 
 
