@@ -243,3 +243,31 @@ def test_tp_on_a_model_without_projections_is_one_line():
 def test_fine_tuning_with_a_strategy_is_refused():
     with pytest.raises(UserError, match="not supported yet"):
         analyze(LLAMA_FILE, TOKENS, mode="train", strategy="fsdp", world_size=2, grad_accum=2)
+
+
+def test_fewest_gpus_and_strategies_side_by_side():
+    """A GPU too small for the whole training step: DDP never fits (a full replica), FSDP does once sharded."""
+    from dataclasses import replace
+
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.distributed.solve import compare_strategies, fewest_gpus
+    from torchbudget.engine.overheads import Overheads
+    from torchbudget.engine.planner import Planner
+    from torchbudget.engine.workload import Workload
+    from torchbudget.engine.inputs import parse_inputs
+    from torchbudget.hardware.catalog import resolve_gpu
+
+    overheads = Overheads(cuda_context_bytes=0, cublas_workspace_bytes=0, nccl_bytes_per_communicator=0)
+    planner = Planner(TraceCache(), overheads=overheads)
+    workload = Workload(LLAMA_FILE, parse_inputs(TOKENS), TraceOptions(mode="train", optimizer_impl="foreach"))
+    h100 = resolve_gpu("H100 SXM")
+    ddp = planner.plan(workload.with_options(strategy="ddp", world_size=2), h100, solve_max_batch=False)
+    budget = ddp.required_bytes - 1            # a GPU one byte too small for DDP's rank
+    small = replace(h100, name="small", available_memory_bytes=budget)
+    assert fewest_gpus(planner, workload, small, "ddp", limit=8) == (None, None)
+    world, plan = fewest_gpus(planner, workload, small, "fsdp", limit=8)
+    assert world in (1, 2) and plan.fits   # FSDP keeps no second copy of the gradients (DDP's buckets)
+    rows = compare_strategies(planner, workload, h100, 4, ["ddp", "fsdp", "zero1"])
+    by = {r.strategy: r for r in rows}
+    assert by["fsdp"].per_rank_bytes < by["zero1"].per_rank_bytes < by["ddp"].per_rank_bytes
+    assert all(0 < r.scaling_efficiency <= 1 and r.samples_per_s > 0 for r in rows)
