@@ -278,9 +278,10 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to a GPU spec file")
 
 
-def dump_entries(entries: list[dict], header: str = "") -> str:
-    """TOML text for flat [[gpu]] tables (the only shape spec files have)."""
+def dump_entries(entries: list[dict], header: str = "", interconnects: list[dict] = ()) -> str:
+    """TOML text for flat [[gpu]] tables, then flat [[interconnect]] tables (the only shapes hardware files have)."""
     lines = [f"# {line}" for line in header.splitlines()]
-    for entry in entries:
-        lines += ["", "[[gpu]]"] + [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
+    for table, rows in (("gpu", entries), ("interconnect", interconnects)):
+        for entry in rows:
+            lines += ["", f"[[{table}]]"] + [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
     return "\n".join(lines) + "\n"
