@@ -39,7 +39,7 @@ def _not_built_yet(options: TraceOptions) -> str | None:
         "prefill mode": options.mode == "prefill", "decode mode": options.mode == "decode",
         "--kv-dtype": options.kv_dtype != "auto", "--base-dtype": options.base_dtype != "auto",
         "LoRA (--lora-rank)": options.lora_rank > 0, "--freeze": bool(options.freeze),
-        "--grad-accum": options.grad_accum > 1, "--moe-routing skewed": options.moe_routing != "balanced",
+        "--grad-accum": options.grad_accum > 1,
         "--attention-flops causal": options.attention_flops != "full",
         "the adamw-8bit optimizer": options.optimizer == "adamw-8bit",
     }
@@ -151,7 +151,7 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
                                requires_grad=train, fake_mode=fake_mode)
     tensors = [torch.empty(s.shape, dtype=param_dtype if s.is_floating else s.torch_dtype) for s in inputs]
     stack = ModuleStack(model)
-    run = _Run(stack, Recorder(stack, options.convention), assemble.StorageRoles(), stand_ins,
+    run = _Run(stack, Recorder(stack, options.convention, options.moe_routing), assemble.StorageRoles(), stand_ins,
                input_bytes=sum(t.numel() * t.element_size() for t in tensors))
     recorder, roles = run.recorder, run.roles
     for ids, group in ((roles.weights, [p for _, p, _ in stand_ins.params]),
