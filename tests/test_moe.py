@@ -242,3 +242,21 @@ def test_cli_analyze_reports_the_routing_and_full_coverage():
     assert f"MACs         {mixtral_macs():,}" in out.stdout
     assert "coverage 100.0% of FLOPs" in out.stdout
     assert "policy: MoE routing: skewed (worst case)" in out.stdout
+
+
+# ------------------------------------------------------------------------------------------ generation
+@pytest.mark.parametrize("experts", EXPERT_IMPLEMENTATIONS)
+def test_decode_step_routes_each_new_token_to_k_experts(experts):
+    from torchbudget.engine import trace
+    from torchbudget.engine.inputs import parse_inputs
+    from torchbudget.engine.results import TraceOptions
+    context, new = 32, B   # one new token per sequence against a cache of `context`
+    c = MIXTRAL
+    h, heads, k = c["hidden_size"], c["num_attention_heads"], c["num_experts_per_tok"]
+    kv = c["num_key_value_heads"] * h // heads
+    layer = new * (2 * h * h + 2 * h * kv) + B * heads * (context + 1) * 2 * (h // heads) \
+        + new * h * c["num_local_experts"] + new * k * 3 * h * c["intermediate_size"]
+    r = trace.trace_model(tiny_moe.TinyMixtral(experts), parse_inputs(f"input_ids={B}x1:int64"),
+                          TraceOptions(mode="decode", precision="bf16", context_len=context))
+    assert r.totals.macs == c["num_hidden_layers"] * layer + new * h * c["vocab_size"]
+    assert r.flop_coverage == 1.0
