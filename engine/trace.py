@@ -36,7 +36,6 @@ def _not_built_yet(options: TraceOptions) -> str | None:
     """Options the workload vocabulary knows (issue 10's LLM workloads) whose tracing is not built yet: an
     error, never a silently ignored setting."""
     unbuilt = {
-        "--moe-routing skewed": options.moe_routing != "balanced",
         "--attention-flops causal": options.attention_flops != "full",
     }
     named = [name for name, asked in unbuilt.items() if asked]
@@ -166,7 +165,7 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
     step = _generation_step(model, inputs, options, use_names, stand_ins, autocast_dtype, make_input) \
         if options.generation else None
     stack = ModuleStack(model)
-    run = _Run(stack, Recorder(stack, options.convention), assemble.StorageRoles(), stand_ins,
+    run = _Run(stack, Recorder(stack, options.convention, options.moe_routing), assemble.StorageRoles(), stand_ins,
                input_bytes=sum(t.numel() * t.element_size() for t in tensors))
     recorder, roles = run.recorder, run.roles
     for ids, group in ((roles.weights, [p for _, p, _ in stand_ins.params] + [t for _, t in stand_ins.weight_buffers]),
