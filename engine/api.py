@@ -26,8 +26,9 @@ def analyze(model: str | nn.Module, inputs: InputsLike = None, *, dtype: str = "
             optimizer: str | None = "adamw", precision: str | None = None, checkpointing: bool = False,
             convention: str = "default", model_kwargs: Mapping | None = None, optimizer_impl: str = "auto",
             attention: str = "auto", target: str | None = None, lora_rank: int = 0, lora_targets=(),
-            base_dtype: str = "auto", freeze=(), grad_accum: int = 1, strategy: str = "none", world_size: int = 1,
-            tp_size: int = 1, sequence_parallel: bool = False) -> AnalysisResult:
+            base_dtype: str = "auto", freeze=(), grad_accum: int = 1, moe_routing: str = "balanced",
+            strategy: str = "none", world_size: int = 1, tp_size: int = 1,
+            sequence_parallel: bool = False) -> AnalysisResult:
     """Count ``model`` (a torchvision name, ``path/file.py:Name`` or a live ``nn.Module``) at ``inputs``.
 
     ``inputs``: a shape string (``"1x3x224x224"``, ``"ids=1x128:int64,mask=1x128:int64"``), a sequence of
@@ -37,13 +38,15 @@ def analyze(model: str | nn.Module, inputs: InputsLike = None, *, dtype: str = "
     Fine-tuning (docs/trace.md): ``lora_rank``/``lora_targets`` (peft LoRA adapters), ``base_dtype`` (frozen
     weights: bf16, fp16, int8, nf4), ``freeze`` (parameter-name globs), ``grad_accum`` (micro-batches per step).
     A live module is never changed: LoRA and quantised layers go on a meta copy.
+    ``moe_routing``: how top-k routers send tokens to experts (``"balanced"``, ``"skewed"``; docs/trace.md).
     Several GPUs (docs/distributed.md): ``strategy`` (ddp, fsdp, fsdp-grad-op, zero1, tp, fsdp+tp), ``world_size``,
     ``tp_size``, ``sequence_parallel``: rank 0's step under torch's own wrappers (on a meta copy of a live module)."""
     options = make_options(dtype=dtype, mode=mode, optimizer=optimizer, precision=precision,
                            checkpointing=checkpointing, convention=convention, optimizer_impl=optimizer_impl,
                            attention=attention, target=target, lora_rank=lora_rank, lora_targets=lora_targets,
-                           base_dtype=base_dtype, freeze=freeze, grad_accum=grad_accum, strategy=strategy,
-                           world_size=world_size, tp_size=tp_size, sequence_parallel=sequence_parallel)
+                           base_dtype=base_dtype, freeze=freeze, grad_accum=grad_accum, moe_routing=moe_routing,
+                           strategy=strategy, world_size=world_size, tp_size=tp_size,
+                           sequence_parallel=sequence_parallel)
     if isinstance(model, nn.Module):
         if model_kwargs:
             raise UserError("model_kwargs only apply when the model is given by name or file", field="model")
@@ -73,14 +76,14 @@ def make_options(*, dtype: str = "fp32", mode: str = "infer", optimizer: str | N
                  precision: str | None = None, checkpointing: bool = False, convention: str = "default",
                  optimizer_impl: str = "auto", attention: str = "auto", target: str | None = None,
                  lora_rank: int = 0, lora_targets=(), base_dtype: str = "auto", freeze=(),
-                 grad_accum: int = 1, strategy: str = "none", world_size: int = 1, tp_size: int = 1,
-                 sequence_parallel: bool = False) -> TraceOptions:
+                 grad_accum: int = 1, moe_routing: str = "balanced", strategy: str = "none", world_size: int = 1,
+                 tp_size: int = 1, sequence_parallel: bool = False) -> TraceOptions:
     """TraceOptions from keyword spellings (engine.vocab normalises and names the bad field)."""
     return TraceOptions(mode=mode, precision=precision or dtype or "fp32", optimizer=optimizer,
                         checkpointing=bool(checkpointing), convention=convention, optimizer_impl=optimizer_impl,
                         attention=attention, target=target or vocab.DEFAULT_TARGET, lora_rank=lora_rank,
                         lora_targets=lora_targets, base_dtype=base_dtype, freeze=freeze, grad_accum=grad_accum,
-                        strategy=strategy, world_size=world_size, tp_size=tp_size,
+                        moe_routing=moe_routing, strategy=strategy, world_size=world_size, tp_size=tp_size,
                         sequence_parallel=sequence_parallel)
 
 

@@ -181,7 +181,7 @@ def required_bytes(events, overheads: Overheads, *, has_conv: bool, sizes=None) 
     """simulate_memory(...).required_bytes without the breakdown or timeline: what the solvers compare
     with ``GpuSpec.available_memory_bytes``."""
     return (_held_bytes(events, overheads, sizes) + workspace_bytes(overheads, has_conv) + overheads.cuda_context_bytes
-            + overheads.communication_bytes)
+            + overheads.communication_bytes(overheads.communicators))
 
 
 def _held_bytes(events, overheads: Overheads, sizes) -> int:
@@ -197,7 +197,8 @@ def fits(events, overheads: Overheads, available_bytes: int, *, has_conv: bool, 
     """(fits, only_after_releasing_the_cache). The whole footprint fits the available memory; or it does
     not, but the allocator, given what is left once the context and workspaces are taken, serves every
     request by freeing its cache and retrying (as PyTorch does before raising out-of-memory)."""
-    fixed = workspace_bytes(overheads, has_conv) + overheads.cuda_context_bytes + overheads.communication_bytes
+    fixed = (workspace_bytes(overheads, has_conv) + overheads.cuda_context_bytes
+             + overheads.communication_bytes(overheads.communicators))
     if _held_bytes(events, overheads, sizes) + fixed <= available_bytes:
         return True, False
     if overheads.allocator is None or available_bytes <= fixed:
@@ -273,8 +274,8 @@ def simulate_memory(result: AnalysisResult, overheads: Overheads = Overheads(), 
     reserved = replayed.reserved_peak_bytes if replayed else tensor_peak
     by_category[MemoryCategory.WORKSPACE] = workspace_bytes(overheads, uses_cudnn(result))
     by_category[MemoryCategory.CUDA_CONTEXT] = overheads.cuda_context_bytes
-    if overheads.communication_bytes:
-        by_category[MemoryCategory.COMMUNICATION] = overheads.communication_bytes
+    if overheads.communicators:
+        by_category[MemoryCategory.COMMUNICATION] = overheads.communication_bytes(overheads.communicators)
     by_category[MemoryCategory.ALLOCATOR] = max(reserved - sum(by_category[c] for c in TRACE_CATEGORIES), 0)
 
     peak_op = int(arrays.op_index[position]) if position >= 0 else -1

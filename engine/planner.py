@@ -105,7 +105,7 @@ def overheads_for(options, overheads: Overheads) -> Overheads:
     if not options.distributed or options.world_size < 2:
         return overheads
     communicators = vocab.strategy(options.strategy).communicators
-    return replace(overheads, communication_bytes=communicators * overheads.nccl_bytes_per_communicator)
+    return replace(overheads, communicators=communicators)
 
 
 def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = Overheads(),

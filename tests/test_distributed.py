@@ -172,7 +172,9 @@ def test_plan_times_collectives_on_the_cluster(fsdp8):
     assert 0 < d.comm.exposed_ms <= d.comm.comm_ms
     assert d.comm.overlapped_ms == pytest.approx(d.comm.comm_ms - d.comm.exposed_ms)
     # NCCL buffers: one communicator
-    assert plan.memory.by_category[MemoryCategory.COMMUNICATION] == 256 * 2**20
+    from torchbudget.engine.overheads import NCCL_BYTES_PER_COMMUNICATOR
+
+    assert plan.memory.by_category[MemoryCategory.COMMUNICATION] == NCCL_BYTES_PER_COMMUNICATOR
 
 
 def test_tp_communication_is_all_exposed():

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from torchbudget.hardware.spec import GpuSpec
 
-try:   # the cluster database (issue 11's hardware half)
-    from torchbudget.hardware.cluster import Cluster
-except ImportError:   # pragma: no cover - until hardware.cluster lands: engine/distributed/_cluster_stub.py
-    from torchbudget.engine.distributed._cluster_stub import Cluster
+from torchbudget.hardware.cluster import Cluster
 
 
 def build_cluster(gpu: GpuSpec, world_size: int, *, gpus_per_node: int | None = None, intra: str | None = None,
