@@ -274,8 +274,7 @@ def simulate_memory(result: AnalysisResult, overheads: Overheads = Overheads(), 
     reserved = replayed.reserved_peak_bytes if replayed else tensor_peak
     by_category[MemoryCategory.WORKSPACE] = workspace_bytes(overheads, uses_cudnn(result))
     by_category[MemoryCategory.CUDA_CONTEXT] = overheads.cuda_context_bytes
-    if overheads.communicators:
-        by_category[MemoryCategory.COMMUNICATION] = overheads.communication_bytes(overheads.communicators)
+    by_category[MemoryCategory.COMMUNICATION] = overheads.communication_bytes(overheads.communicators)   # 0: one GPU
     by_category[MemoryCategory.ALLOCATOR] = max(reserved - sum(by_category[c] for c in TRACE_CATEGORIES), 0)
 
     peak_op = int(arrays.op_index[position]) if position >= 0 else -1
