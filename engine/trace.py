@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -104,7 +104,9 @@ class _Run:
 
 
 def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: TraceOptions = TraceOptions(),
-                *, model_name: str = "", input_names: bool | None = None) -> AnalysisResult:
+                *, model_name: str = "", input_names: bool | None = None,
+                forward_kwargs: Mapping[str, object] | None = None) -> AnalysisResult:
+    """``forward_kwargs``: non-tensor keyword arguments for forward (``use_cache=False``...)."""
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"expected a torch.nn.Module, got {type(model).__name__}", field="model")
     unbuilt = _not_built_yet(options)
@@ -120,7 +122,7 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
     # CPU — like a GPU — picks the flash kernel; one choice everywhere keeps infer and train consistent.
     with _TRACE_LOCK, _restored_state(model), FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
         model.train(options.training)
-        run = _run_step(model, inputs, options, use_names, fake_mode)
+        run = _run_step(model, inputs, options, use_names, fake_mode, dict(forward_kwargs or {}))
     ops = run.recorder.ops
     first_owner = {id(p): name.rpartition(".")[0] for name, p in model.named_parameters()}
     nodes = assemble.module_nodes(model, model_name, ops, run.stack, first_owner)
@@ -141,7 +143,7 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
 
 
 def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, use_names: bool,
-              fake_mode: FakeTensorMode) -> _Run:
+              fake_mode: FakeTensorMode, forward_kwargs: dict | None = None) -> _Run:
     """Forward (and for training: loss, backward, optimizer step) under the recorder. Call inside the
     FakeTensorMode: every tensor made here is a fake CPU tensor."""
     train = options.training
@@ -162,6 +164,7 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
     recorder.nodes.leaf_owner = {id(p): name.rpartition(".")[0] for name, p, _ in stand_ins.params}
     runnable = training.checkpointed_view(model) if train and options.checkpointing else model
     args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
+    kwargs.update(forward_kwargs or {})
     semantics = _target_semantics(options, autocast_dtype, stack)
     run.semantics = semantics
     try:
