@@ -25,6 +25,7 @@ from torchbudget.engine.process import freeze_startup_objects  # noqa: F401 - it
 from torchbudget.engine.errors import InputSpecError, ShapeMismatchError, TraceError, UserError
 from torchbudget.engine.inputs import InputSpec
 from torchbudget.engine.meta_params import StandIns, make_stand_ins, names_for
+from torchbudget.engine.ops.attention import CAUSAL_NOTE
 from torchbudget.engine.target import CudaSemantics
 from torchbudget.engine.results import AnalysisResult, Phase, TraceOptions
 from torchbudget.engine.tracing import assemble, training
@@ -40,7 +41,6 @@ def _not_built_yet(options: TraceOptions) -> str | None:
         "--kv-dtype": options.kv_dtype != "auto", "--base-dtype": options.base_dtype != "auto",
         "LoRA (--lora-rank)": options.lora_rank > 0, "--freeze": bool(options.freeze),
         "--grad-accum": options.grad_accum > 1, "--moe-routing skewed": options.moe_routing != "balanced",
-        "--attention-flops causal": options.attention_flops != "full",
         "the adamw-8bit optimizer": options.optimizer == "adamw-8bit",
     }
     named = [name for name, asked in unbuilt.items() if asked]
@@ -136,7 +136,8 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
         modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(run.recorder.storage.lives, run.roles),
         uncounted_ops=uncounted, coverage=coverage, flop_coverage=flop_coverage, warnings=warnings,
         policies=tuple(run.recorder.policies.applied) + _semantics_notes(run.semantics, options)
-        + ((training.checkpoint_note(model),) if options.training and options.checkpointing else ()),
+        + ((training.checkpoint_note(model),) if options.training and options.checkpointing else ())
+        + ((CAUSAL_NOTE,) if options.attention_flops == "causal" else ()),
         trace_seconds=time.perf_counter() - started,
         target_dependent=not isinstance(run.semantics, CudaSemantics) or bool(run.semantics.sdpa_calls),
     )
@@ -153,7 +154,8 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
                                requires_grad=train, fake_mode=fake_mode)
     tensors = [torch.empty(s.shape, dtype=param_dtype if s.is_floating else s.torch_dtype) for s in inputs]
     stack = ModuleStack(model)
-    run = _Run(stack, Recorder(stack, options.convention), assemble.StorageRoles(), stand_ins,
+    recorder = Recorder(stack, options.convention, options.attention_flops)
+    run = _Run(stack, recorder, assemble.StorageRoles(), stand_ins,
                input_bytes=sum(t.numel() * t.element_size() for t in tensors))
     recorder, roles = run.recorder, run.roles
     for ids, group in ((roles.weights, [p for _, p, _ in stand_ins.params]),
