@@ -359,19 +359,19 @@ def default_inputs(module: nn.Module, config=None) -> tuple[InputSpec, ...]:
                 specs.append(InputSpec((1, int(_get(vision, "num_channels", default=3)), *side), "float32", name))
         elif name == "input_features" and _get(config, "num_mel_bins"):
             frames = 2 * int(_get(config, "max_source_positions", default=1500))   # conv2 has stride 2
-            specs.append(InputSpec((1, int(config.num_mel_bins), frames), "float32", name))
+            specs.append(InputSpec((1, int(_get(config, "num_mel_bins")), frames), "float32", name))
         elif name == "decoder_input_ids" and _get(config, "is_encoder_decoder"):
             target = _get(config, "max_target_positions")
             specs.append(InputSpec((1, min(DEFAULT_TARGET_LEN, target) if target else DEFAULT_TARGET_LEN), "int64",
                                    name))
-        elif name == "sample" and _get(config, "in_channels") and _get(config, "sample_size"):
+        elif name == "sample" and _get(config, "in_channels") and _side(_get(config, "sample_size")):
             side = _side(_get(config, "sample_size"))
-            specs.append(InputSpec((1, int(config.in_channels), *side), "float32", name))
+            specs.append(InputSpec((1, int(_get(config, "in_channels")), *side), "float32", name))
         elif name == "timestep" and any(s.name == "sample" for s in specs):
             specs.append(InputSpec((1,), "int64", name))
         elif name == "encoder_hidden_states" and _get(config, "cross_attention_dim") and any(
                 s.name == "sample" for s in specs):
-            specs.append(InputSpec((1, 77, int(config.cross_attention_dim)), "float32", name))
+            specs.append(InputSpec((1, 77, int(_get(config, "cross_attention_dim"))), "float32", name))
     return tuple(specs)
 
 
