@@ -56,12 +56,17 @@ def analyze_workload(workload: Workload) -> AnalysisResult:
     loaded = load_model(workload.model, workload.model_kwargs)
     inputs = workload.inputs or _resolve_inputs(None, loaded.default_inputs, loaded.name)
     try:
-        return _trace_loaded(loaded, inputs, workload.options, workload.forward_kwargs)
+        result = _trace_loaded(loaded, inputs, workload.options, workload.forward_kwargs)
     except UserError as exc:   # a model with learned positions cannot run past them: say why it broke
         beyond = positions_exceeded(workload.model, workload.model_kwargs, inputs)
         if beyond:
             raise type(exc)(f"{exc} ({beyond})", field=exc.field) from exc
         raise
+    beyond = positions_exceeded(workload.model, workload.model_kwargs, inputs)
+    if beyond:   # rotary positions run past the config's maximum: counted, with a warning (not an error)
+        result = replace(result, warnings=(*result.warnings, f"{beyond} (max_position_embeddings): counted anyway, "
+                                           "but the model was not trained for sequences this long"))
+    return result
 
 
 def default_inputs(model: str, model_kwargs: Mapping | None = None) -> tuple[InputSpec, ...]:

@@ -43,6 +43,7 @@ class Plan:
     throughput_samples_per_s: float
     result: AnalysisResult | None = None
     notes: tuple[str, ...] = ()      # warnings a user should read: tensor-core fallback, unsolved max batch...
+    max_seq_len: int | None = None   # token models: the longest sequence that fits at this batch (None: not solved)
 
     @property
     def fits(self) -> bool:
@@ -92,9 +93,29 @@ def plan_notes(result: AnalysisResult, gpu: GpuSpec, overheads: Overheads) -> tu
     return tuple(notes)
 
 
+def position_notes(workload: Workload | None, result: AnalysisResult, max_seq_len: int | None = None
+                   ) -> tuple[str, ...]:
+    """A sequence longer than the model has positions for (max_position_embeddings: a bundled or local Hugging
+    Face config) is planned, with a note: rotary models run past it, the model was not trained for it."""
+    from torchbudget.engine.hf_catalog import position_limits, positions_exceeded
+
+    if workload is None:
+        return ()
+    notes = []
+    beyond = positions_exceeded(workload.model, workload.model_kwargs, result.inputs)
+    if beyond:
+        notes.append(f"{beyond} (max_position_embeddings): planned anyway, but the model was not trained for "
+                     "sequences this long")
+    limit = position_limits(workload.model, workload.model_kwargs).get("tokens")
+    if max_seq_len and limit and max_seq_len > limit and not beyond:
+        notes.append(f"max seq len {max_seq_len:,} is beyond the model's {limit:,} positions: memory is not what "
+                     "limits it")
+    return tuple(notes)
+
+
 def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = Overheads(),
                 efficiency: Efficiency = Efficiency(), workload: Workload | None = None,
-                max_batch: int | None = None, notes: Sequence[str] = ()) -> Plan:
+                max_batch: int | None = None, notes: Sequence[str] = (), max_seq_len: int | None = None) -> Plan:
     memory = simulate_memory(result, overheads)
     latency = roofline(result, gpu, efficiency)
     capacity = gpu.available_memory_bytes
@@ -115,7 +136,8 @@ def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = 
         headroom_fraction=headroom / capacity if capacity > 0 else None,
         dominant_category=dominant, max_batch=max_batch, latency=latency,
         throughput_samples_per_s=latency.throughput_samples_per_s, result=result,
-        notes=tuple(notes) + plan_notes(result, gpu, overheads),
+        notes=tuple(notes) + plan_notes(result, gpu, overheads) + position_notes(workload, result, max_seq_len),
+        max_seq_len=max_seq_len,
     )
 
 
@@ -132,6 +154,21 @@ def sweep_batches(current_batch: int, max_batches: Sequence[int | None]) -> tupl
         values.add(b)
         b *= 2
     values.update(v for best in max_batches if best for v in (best, best + 1) if v <= MAX_SWEEP_BATCH)
+    return tuple(sorted(values))
+
+
+MAX_SWEEP_SEQ_LEN = 1 << 20
+
+
+def sweep_seq_lens(current: int, max_seq_lens: Sequence[int | None]) -> tuple[int, ...]:
+    """Powers of two from 128 (or below the current length) to past the current length and every longest
+    sequence, plus each longest sequence n and n + 1 (the curve crosses the capacity line there)."""
+    top = max([current, *[(n or 0) + 1 for n in max_seq_lens]])
+    values, n = {current}, min(128, 1 << (current.bit_length() - 1))
+    while n < top * 2 and n <= MAX_SWEEP_SEQ_LEN:
+        values.add(n)
+        n *= 2
+    values.update(v for best in max_seq_lens if best for v in (best, best + 1) if v <= MAX_SWEEP_SEQ_LEN)
     return tuple(sorted(values))
 
 
@@ -153,6 +190,7 @@ class Planner:
         self.overheads = overheads
         self.efficiency = efficiency
         self._max_batches: dict[tuple, int] = {}
+        self._max_seq_lens: dict[tuple, tuple[int | None, str | None]] = {}
         self._lock = threading.Lock()
 
     # -- largest batch ---------------------------------------------------------------------------
@@ -170,9 +208,10 @@ class Planner:
             self._max_batches[self._memo_key(workload, gpu)] = best
 
     def forget_max_batches(self) -> None:
-        """After a user's .py file may have changed."""
+        """After a user's .py file may have changed (largest sequence lengths too)."""
         with self._lock:
             self._max_batches.clear()
+            self._max_seq_lens.clear()
 
     def max_batch(self, workload: Workload, gpu: GpuSpec) -> tuple[int | None, str | None]:
         """(largest batch, None), or (None, why) when a batch the search needs cannot be traced."""
@@ -192,13 +231,52 @@ class Planner:
             self.remember_max_batch(workload, gpu, best)
         return best, why
 
+    # -- largest sequence length (token models: the second axis) ----------------------------------------
+    def _seq_memo_key(self, workload: Workload, gpu: GpuSpec) -> tuple:
+        on_gpu = workload.on_gpu(gpu)
+        return (on_gpu.with_seq_len(1).key() if on_gpu.seq_len is not None else on_gpu.key(),
+                gpu.name, gpu.available_memory_bytes, self.overheads)
+
+    def known_max_seq_len(self, workload: Workload, gpu: GpuSpec) -> int | None:
+        with self._lock:
+            return self._max_seq_lens.get(self._seq_memo_key(workload, gpu), (None, None))[0]
+
+    def max_seq_len(self, workload: Workload, gpu: GpuSpec) -> tuple[int | None, str | None]:
+        """(longest sequence that fits at the workload's batch, None) for a workload with token inputs; (None,
+        None) without them; (answer or None, why) when a length could not be traced. Remembered per workload
+        without its sequence length and GPU: moving a sequence-length slider traces nothing new."""
+        from torchbudget.engine.solver import _require_inputs, try_max_seq_len
+
+        key = self._seq_memo_key(workload, gpu)
+        with self._lock:
+            if key in self._max_seq_lens:
+                return self._max_seq_lens[key]
+        solved = try_max_seq_len(_require_inputs(workload, self.cache), gpu, cache=self.cache,
+                                 overheads=self.overheads)
+        if solved[0] is not None:
+            with self._lock:
+                self._max_seq_lens[key] = solved
+        return solved
+
     # -- plans -----------------------------------------------------------------------------------
-    def plan(self, workload: Workload, gpu: GpuSpec, *, solve_max_batch: bool = True) -> Plan:
+    def plan(self, workload: Workload, gpu: GpuSpec, *, solve_max_batch: bool = True,
+             solve_max_seq_len: bool | None = None) -> Plan:
+        """``solve_max_seq_len``: None solves it with the largest batch, for workloads with token inputs."""
         on_gpu = workload.on_gpu(gpu)
         result = self.cache.get(on_gpu)
         best, why = self.max_batch(on_gpu, gpu) if solve_max_batch else (self.known_max_batch(on_gpu, gpu), None)
+        notes = [why] if why else []
+        tokens = any(s.kind is vocab.InputKind.TOKENS for s in result.inputs)
+        longest = None
+        if tokens and (solve_max_batch if solve_max_seq_len is None else solve_max_seq_len):
+            resolved = on_gpu if on_gpu.inputs else replace(on_gpu, inputs=tuple(result.inputs))
+            longest, seq_why = self.max_seq_len(resolved, gpu)
+            notes += [seq_why] if seq_why else []
+        elif tokens:
+            longest = self.known_max_seq_len(on_gpu if on_gpu.inputs else replace(on_gpu, inputs=tuple(result.inputs)),
+                                             gpu)
         return plan_result(result, gpu, overheads=self.overheads, efficiency=self.efficiency, workload=on_gpu,
-                           max_batch=best, notes=(why,) if why else ())
+                           max_batch=best, notes=notes, max_seq_len=longest)
 
     def plans(self, workload: Workload, gpus: Sequence[GpuSpec], *, solve_max_batch: bool = True) -> tuple[Plan, ...]:
         return tuple(self.plan(workload, gpu, solve_max_batch=solve_max_batch) for gpu in gpus)
@@ -249,6 +327,23 @@ class Planner:
         result = sweep(anchored, gpus, batches=grid, cache=self.cache, overheads=self.overheads,
                        efficiency=self.efficiency, solve_max_batch=False)
         return replace(result, gpus=tuple(replace(g, max_batch=b) for g, b in zip(result.gpus, bests)))
+
+    def seq_len_sweep(self, workload: Workload, gpus: Sequence[GpuSpec], lengths: Sequence[int] | None = None):
+        """Memory and latency against the sequence length of the token inputs (at the workload's batch), with
+        each GPU's longest sequence; None without a token input. Default grid: ``sweep_seq_lens``."""
+        from torchbudget.engine.solver import _require_inputs, sweep
+
+        resolved = _require_inputs(workload, self.cache)
+        if resolved.seq_len is None:
+            return None
+        solved = [self.max_seq_len(resolved, gpu) for gpu in gpus]
+        bests = [best for best, _ in solved]
+        grid = tuple(lengths) if lengths else sweep_seq_lens(resolved.seq_len, bests)
+        result = sweep(resolved, gpus, seq_lens=grid, cache=self.cache, overheads=self.overheads,
+                       efficiency=self.efficiency)
+        whys = tuple(dict.fromkeys(f"{gpu.name}: {why}" for gpu, (_, why) in zip(gpus, solved) if why))
+        return replace(result, gpus=tuple(replace(g, max_seq_len=b) for g, b in zip(result.gpus, bests)),
+                       notes=result.notes + whys)
 
     def resolution_sweep(self, workload: Workload, gpus: Sequence[GpuSpec], resolutions: Sequence[int] | None = None):
         """Memory and latency against the square side of the image inputs; None without an image input."""
