@@ -16,7 +16,7 @@ from torch import nn
 
 from torchbudget.engine import trace, vocab
 from torchbudget.engine.errors import InputSpecError, UserError
-from torchbudget.engine.hf_catalog import positions_exceeded
+from torchbudget.engine.hf_catalog import position_warning, positions_exceeded
 from torchbudget.engine.inputs import InputSpec, dtype_name, parse_inputs
 from torchbudget.engine.results import AnalysisResult, TraceOptions
 from torchbudget.engine.sources import LoadedModel, guess_default_inputs, load_model
@@ -62,10 +62,9 @@ def analyze_workload(workload: Workload) -> AnalysisResult:
         if beyond:
             raise type(exc)(f"{exc} ({beyond})", field=exc.field) from exc
         raise
-    beyond = positions_exceeded(workload.model, workload.model_kwargs, inputs)
-    if beyond:   # rotary positions run past the config's maximum: counted, with a warning (not an error)
-        result = replace(result, warnings=(*result.warnings, f"{beyond} (max_position_embeddings): counted anyway, "
-                                           "but the model was not trained for sequences this long"))
+    warning = position_warning(workload.model, workload.model_kwargs, inputs)
+    if warning:   # past the config's positions: counted, with a warning (not an error)
+        result = replace(result, warnings=(*result.warnings, warning))
     return result
 
 

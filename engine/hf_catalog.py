@@ -131,6 +131,12 @@ def _config_of(model: str, model_kwargs: Mapping | None) -> dict | None:
 
 # roberta-style models number positions from padding_idx + 1: two of max_position_embeddings are not usable
 _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer")
+# Architectures whose positions are rows of a learned table (nn.Embedding of max_position_embeddings rows):
+# a longer sequence indexes past the table, which fake tensors do not notice but a GPU run fails on (an
+# index error). Rotary (Llama, Mistral, Qwen, Gemma, Phi-3) and relative (T5) positions run at any length.
+LEARNED_POSITIONS = frozenset({"gpt2", "bert", "roberta", "xlm-roberta", "camembert", "longformer", "distilbert",
+                               "electra", "clip", "clip_text_model", "whisper", "gpt_neo", "opt", "bart", "mbart",
+                               "blenderbot", "marian", "pegasus", "biogpt", "xglm"})
 
 
 def position_limits(model: str, model_kwargs: Mapping | None = None) -> dict[str, int]:
@@ -155,6 +161,34 @@ def position_limits(model: str, model_kwargs: Mapping | None = None) -> dict[str
     if isinstance(decoder, int) and decoder > 0:
         limits["decoder"] = decoder
     return limits
+
+
+def learned_positions(model: str, model_kwargs: Mapping | None = None) -> bool:
+    """True when the model's positions are a learned table (``LEARNED_POSITIONS``): nothing runs past it."""
+    config = _config_of(model, model_kwargs)
+    return config is not None and config.get("model_type") in LEARNED_POSITIONS
+
+
+def learned_position_limit(model: str, model_kwargs: Mapping | None = None, *, decoder: bool = False) -> int | None:
+    """The longest sequence a learned position table allows (None: no such table known): the (encoder's) token
+    inputs, or with ``decoder`` an encoder-decoder's target tokens (Whisper's 448)."""
+    if not learned_positions(model, model_kwargs):
+        return None
+    limits = position_limits(model, model_kwargs)
+    return limits.get("decoder") if decoder and "decoder" in limits else limits.get("tokens")
+
+
+def position_warning(model: str, model_kwargs: Mapping | None, inputs) -> str | None:
+    """The warning for a token input longer than the model's positions (``positions_exceeded``), saying what a
+    real run would do: index past a learned table (fails), or run rotary/relative positions untrained."""
+    beyond = positions_exceeded(model, model_kwargs, inputs)
+    if beyond is None:
+        return None
+    if learned_positions(model, model_kwargs):
+        return (f"{beyond} (max_position_embeddings, a learned table): counted as if it had more, but a real "
+                "run indexes past the table and fails")
+    return f"{beyond} (max_position_embeddings): counted anyway, but the model was not trained for sequences " \
+           "this long"
 
 
 def positions_exceeded(model: str, model_kwargs: Mapping | None, inputs) -> str | None:

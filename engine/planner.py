@@ -97,15 +97,14 @@ def position_notes(workload: Workload | None, result: AnalysisResult, max_seq_le
                    ) -> tuple[str, ...]:
     """A sequence longer than the model has positions for (max_position_embeddings: a bundled or local Hugging
     Face config) is planned, with a note: rotary models run past it, the model was not trained for it."""
-    from torchbudget.engine.hf_catalog import position_limits, positions_exceeded
+    from torchbudget.engine.hf_catalog import position_limits, position_warning
 
     if workload is None:
         return ()
     notes = []
-    beyond = positions_exceeded(workload.model, workload.model_kwargs, result.inputs)
+    beyond = position_warning(workload.model, workload.model_kwargs, result.inputs)
     if beyond:
-        notes.append(f"{beyond} (max_position_embeddings): planned anyway, but the model was not trained for "
-                     "sequences this long")
+        notes.append(beyond.replace("counted", "planned"))
     limit = position_limits(workload.model, workload.model_kwargs).get("tokens")
     if max_seq_len and limit and max_seq_len > limit and not beyond:
         notes.append(f"max seq len {max_seq_len:,} is beyond the model's {limit:,} positions: memory is not what "

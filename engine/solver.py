@@ -374,6 +374,16 @@ def try_max_seq_len(workload: Workload, gpu: GpuSpec, *, cache: TraceCache, over
         return None, f"largest sequence length not solved: {exc}"
 
 
+def _learned_table(workload: Workload) -> int | None:
+    """The rows of the learned position table the sequence axis indexes (engine.hf_catalog), None without one."""
+    from torchbudget.engine.hf_catalog import learned_position_limit
+    from torchbudget.engine.workload import DECODER_PREFIX
+
+    tokens = [s for s in workload.inputs if s.kind is InputKind.TOKENS]
+    decoder = bool(tokens) and all((s.name or "").startswith(DECODER_PREFIX) for s in tokens)
+    return learned_position_limit(workload.model, workload.model_kwargs, decoder=decoder)
+
+
 def _solve_seq_len(workload: Workload, gpu: GpuSpec, cache: TraceCache, limit: int,
                    overheads: Overheads) -> tuple[int | None, str | None]:
     workload = _require_inputs(workload.on_gpu(gpu), cache)
@@ -396,12 +406,14 @@ def _solve_seq_len(workload: Workload, gpu: GpuSpec, cache: TraceCache, limit: i
             return False
 
     def answer(best: int) -> tuple[int, str | None]:
-        above = [(n, why) for n, why in refused if n > best]
-        if not above:
-            return best, None
-        n, why = min(above)
-        return best, f"sequence length {n:,} cannot run: {why}"
+        """The length and, when the next one was refused (the model's limit, not memory's), why."""
+        why = next((why for n, why in refused if n == best + 1), None)
+        return best, why and f"sequence length {best + 1:,} cannot run: {why}"
 
+    table = _learned_table(workload)
+    if table is not None and table < limit:   # no real run indexes past a learned position table
+        limit = table
+        refused.append((table + 1, f"{workload.model} has {table:,} learned positions"))
     start = min(start, limit)
     if fits_at(start):
         lo, hi = start, None

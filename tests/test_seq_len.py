@@ -106,6 +106,25 @@ def test_a_sequence_above_max_positions_warns_and_plans(capsys):
     assert not any("positions" in w for w in data["warnings"])
 
 
+def test_max_seq_len_stops_at_a_learned_position_table_not_at_rotary_positions(capsys):
+    """GPT-2's positions are rows of a 64-row table (n_positions): fake tensors index past it silently, a GPU
+    run fails, so the answer is 64 with the reason. Llama's rotary positions run past its 64
+    max_position_embeddings: memory decides, with a note."""
+    gpt2 = json.dumps({"n_layer": 1, "n_positions": 64, "n_embd": 64, "n_head": 4})
+    data = cli_json(capsys, "plan", "gpt2", "--kwargs", gpt2, "--seq-len", "16", "--gpu", "H100 SXM", "--no-max-batch")
+    assert data["max_seq_len"] == 64
+    assert "sequence length 65 cannot run: gpt2 has 64 learned positions" in data["notes"]
+    beyond = cli_json(capsys, "plan", "gpt2", "--kwargs", gpt2, "--seq-len", "100", "--gpu", "H100 SXM",
+                      "--no-max-batch")
+    assert beyond["max_seq_len"] == 64 and any("a real run indexes past the table" in n for n in beyond["notes"])
+    rotary = json.dumps(dict(TINY_LLAMA, max_position_embeddings=64))
+    data = cli_json(capsys, "plan", "llama-3.2-1b", "--kwargs", rotary, "--seq-len", "16", "--precision", "bf16",
+                    "--gpu", "T4", "--cuda-context-mib", "15550", "--no-max-batch")
+    assert data["max_seq_len"] > 64
+    assert f"max seq len {data['max_seq_len']:,} is beyond the model's 64 positions: memory is not what limits it" \
+        in data["notes"]
+
+
 def test_planner_remembers_max_seq_len_per_workload_without_its_length():
     calls = []
     cache = TraceCache(maxsize=256)
