@@ -151,6 +151,8 @@ def workload_from_args(args: argparse.Namespace):
         raise UserError("--checkpointing only applies to --mode train", field="checkpointing")
     if args.grad_accum != 1 and not vocab.is_training(args.mode):
         raise UserError("--grad-accum only applies to --mode train", field="grad_accum")
+    if args.freeze and not vocab.is_training(args.mode):
+        raise UserError("--freeze only applies to --mode train", field="freeze")
     if args.context_len and args.mode != "decode":
         raise UserError("--context only applies to --mode decode", field="context_len")
     if args.kv_dtype != "auto" and not vocab.is_generation(args.mode):

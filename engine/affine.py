@@ -22,12 +22,24 @@ def _same_structure(a: AnalysisResult, b: AnalysisResult) -> bool:
                for x, y in zip(a.storage_events, b.storage_events))
 
 
-class AffineTrace:
-    """Built from traces at batch sizes ``batch_a < batch_b``; None-safe constructor: ``fit``."""
+def batch_axis(result: AnalysisResult) -> int:
+    return result.batch_size
 
-    def __init__(self, a: AnalysisResult, b: AnalysisResult):
+
+def context_axis(result: AnalysisResult) -> int:
+    """A decode step's context length (tokens in the KV cache): its sizes are affine in it too."""
+    return result.options.context_len
+
+
+class AffineTrace:
+    """Built from traces at batch sizes ``batch_a < batch_b``; None-safe constructor: ``fit``. ``axis``: the
+    value the model is affine in (default the batch size; ``context_axis`` for a decode step's context, where
+    ``batch_a``/``batch_b`` are context lengths and only the memory methods apply)."""
+
+    def __init__(self, a: AnalysisResult, b: AnalysisResult, axis=batch_axis):
         self.a, self.b = a, b
-        self.batch_a, self.batch_b = a.batch_size, b.batch_size
+        self.axis = axis
+        self.batch_a, self.batch_b = axis(a), axis(b)
         span = self.batch_b - self.batch_a
         self._span = span
         self._has_conv = uses_cudnn(a)
@@ -38,11 +50,11 @@ class AffineTrace:
         self._op_counts = None
 
     @classmethod
-    def fit(cls, a: AnalysisResult, b: AnalysisResult) -> "AffineTrace | None":
+    def fit(cls, a: AnalysisResult, b: AnalysisResult, axis=batch_axis) -> "AffineTrace | None":
         """None when the two traces differ in structure or batch (then only exact traces will do)."""
-        if a.batch_size >= b.batch_size or not _same_structure(a, b):
+        if axis(a) >= axis(b) or not _same_structure(a, b):
             return None
-        return cls(a, b)
+        return cls(a, b, axis)
 
     def _scale(self, base: int, delta: int, batch: int) -> int:
         return max(0, base + (delta * (batch - self.batch_a)) // self._span)
@@ -53,7 +65,7 @@ class AffineTrace:
     def matches(self, exact: AnalysisResult) -> bool:
         """True when the model predicts every storage size of the exact trace ``exact`` byte for byte."""
         return _same_structure(self.a, exact) and np.array_equal(
-            self.sizes_at(exact.batch_size), [e.nbytes for e in exact.storage_events])
+            self.sizes_at(self.axis(exact)), [e.nbytes for e in exact.storage_events])
 
     def required_bytes(self, batch: int, overheads: Overheads) -> int:
         return required_bytes(self.a.storage_events, overheads, has_conv=self._has_conv, sizes=self.sizes_at(batch))
@@ -80,7 +92,7 @@ class AffineTrace:
         moved_at = np.maximum(moved[:, 0] + ((moved[:, 1] - moved[:, 0]) * step) // self._span, 0).tolist()
         phases = phase_totals(zip(self.a.ops, flops_at, moved_at), gpu, tf32=self.a.options.precision == "tf32",
                               efficiency=efficiency)
-        return report_from_phases(phases, gpu, batch, efficiency)
+        return report_from_phases(phases, gpu, batch, efficiency, grad_accum=self.a.options.grad_accum)
 
     def result_at(self, batch: int) -> AnalysisResult:
         """A synthetic trace at ``batch``: sizes, FLOPs and bytes interpolated (for sweeps and plots)."""

@@ -28,16 +28,21 @@ InputsLike = str | Sequence | Mapping | torch.Tensor | None
 def analyze(model: str | nn.Module, inputs: InputsLike = None, *, dtype: str = "fp32", mode: str = "infer",
             optimizer: str | None = "adamw", precision: str | None = None, checkpointing: bool = False,
             convention: str = "default", model_kwargs: Mapping | None = None, optimizer_impl: str = "auto",
-            attention: str = "auto", target: str | None = None) -> AnalysisResult:
+            attention: str = "auto", target: str | None = None, lora_rank: int = 0, lora_targets=(),
+            base_dtype: str = "auto", freeze=(), grad_accum: int = 1) -> AnalysisResult:
     """Count ``model`` (a torchvision name, ``path/file.py:Name`` or a live ``nn.Module``) at ``inputs``.
 
     ``inputs``: a shape string (``"1x3x224x224"``, ``"ids=1x128:int64,mask=1x128:int64"``), a sequence of
     ``InputSpec``, real tensors or shapes, or a dict name -> tensor/shape; None uses the model's default.
     ``dtype`` is shorthand for ``precision`` (which also takes tf32 and the ``-amp`` variants). ``target``:
-    whose kernels to model (``"sm90"``, ``"sm75"``, ``"cpu"``; default: engine.vocab.DEFAULT_TARGET)."""
+    whose kernels to model (``"sm90"``, ``"sm75"``, ``"cpu"``; default: engine.vocab.DEFAULT_TARGET).
+    Fine-tuning (docs/trace.md): ``lora_rank``/``lora_targets`` (peft LoRA adapters), ``base_dtype`` (frozen
+    weights: bf16, fp16, int8, nf4), ``freeze`` (parameter-name globs), ``grad_accum`` (micro-batches per step).
+    A live module is never changed: LoRA and quantised layers go on a meta copy."""
     options = make_options(dtype=dtype, mode=mode, optimizer=optimizer, precision=precision,
                            checkpointing=checkpointing, convention=convention, optimizer_impl=optimizer_impl,
-                           attention=attention, target=target)
+                           attention=attention, target=target, lora_rank=lora_rank, lora_targets=lora_targets,
+                           base_dtype=base_dtype, freeze=freeze, grad_accum=grad_accum)
     if isinstance(model, nn.Module):
         if model_kwargs:
             raise UserError("model_kwargs only apply when the model is given by name or file", field="model")
@@ -75,11 +80,14 @@ def default_inputs(model: str, model_kwargs: Mapping | None = None) -> tuple[Inp
 
 def make_options(*, dtype: str = "fp32", mode: str = "infer", optimizer: str | None = "adamw",
                  precision: str | None = None, checkpointing: bool = False, convention: str = "default",
-                 optimizer_impl: str = "auto", attention: str = "auto", target: str | None = None) -> TraceOptions:
+                 optimizer_impl: str = "auto", attention: str = "auto", target: str | None = None,
+                 lora_rank: int = 0, lora_targets=(), base_dtype: str = "auto", freeze=(),
+                 grad_accum: int = 1) -> TraceOptions:
     """TraceOptions from keyword spellings (engine.vocab normalises and names the bad field)."""
     return TraceOptions(mode=mode, precision=precision or dtype or "fp32", optimizer=optimizer,
                         checkpointing=bool(checkpointing), convention=convention, optimizer_impl=optimizer_impl,
-                        attention=attention, target=target or vocab.DEFAULT_TARGET)
+                        attention=attention, target=target or vocab.DEFAULT_TARGET, lora_rank=lora_rank,
+                        lora_targets=lora_targets, base_dtype=base_dtype, freeze=freeze, grad_accum=grad_accum)
 
 
 def _spec_from(value, name: str | None = None) -> InputSpec:

@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from torchbudget.engine.memory import kv_cache_bytes
 from torchbudget.engine.overheads import Efficiency
 from torchbudget.engine.results import AnalysisResult, OpKind, OpRecord, Phase, frozen_map
+from torchbudget.engine.vocab import InputKind
 from torchbudget.hardware.spec import GpuSpec
 
 @dataclass(frozen=True)
@@ -48,17 +50,76 @@ class PhaseLatency:
 @dataclass(frozen=True)
 class LatencyReport:
     gpu_name: str
-    lower_bound_ms: float
-    estimate_ms: float
-    forward: PhaseLatency
+    lower_bound_ms: float                     # one step: with gradient accumulation K, K x (forward + backward)
+    estimate_ms: float                        # + the optimizer (one optimizer step, the global batch)
+    forward: PhaseLatency                     # phases as traced: one (micro-)batch
     backward: PhaseLatency
     optimizer: PhaseLatency
     per_module: Mapping[str, ModuleLatency]   # inclusive: a module's time includes its children's
     per_op: tuple[OpPoint, ...]               # ops that launch a kernel
-    batch_size: int
-    throughput_samples_per_s: float           # batch / estimate
-    max_throughput_samples_per_s: float       # batch / lower bound
+    batch_size: int                           # the traced (micro-)batch
+    throughput_samples_per_s: float           # global batch / estimate
+    max_throughput_samples_per_s: float       # global batch / lower bound
     efficiency: Efficiency
+    grad_accum: int = 1                       # micro-batches per optimizer step
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum
+
+
+@dataclass(frozen=True)
+class GenerationReport:
+    """Prefill and decode figures of one step (engine.tracing.generation). A decode step's sequences each get
+    ``new_tokens`` (one) per step; a prefill step is the time to the first token."""
+    mode: str                            # "prefill" | "decode"
+    sequences: int                       # the batch: concurrent sequences
+    new_tokens: int                      # tokens per sequence this step (decode: 1; prefill: the prompt)
+    context_tokens: int                  # decode: tokens in the cache before the step; prefill: 0
+    weight_bytes: int                    # parameter bytes: each weight is read once per step
+    kv_read_bytes: int                   # the KV cache before the step (decode reads all of it; prefill: 0)
+    kv_cache_bytes: int                  # the KV cache when the step ends (context + new tokens)
+    bandwidth_bound_ms: float            # (weights + KV read) / bandwidth: what no decode step can beat
+    step_bound_ms: float                 # the roofline lower bound of the whole step (per-op sum)
+    step_estimate_ms: float
+    tokens_per_s: float                  # sequences x new tokens / estimate
+    max_tokens_per_s: float              # ... / the larger of the roofline and bandwidth bounds
+    per_sequence_tokens_per_s: float     # new tokens / estimate: the rate each sequence sees (decode)
+    max_context: int | None = None       # decode: the largest context that fits at this batch (None: not solved)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.sequences * self.new_tokens
+
+    @property
+    def time_to_first_token_ms(self) -> float | None:
+        """Prefill: the step's estimate (the prompt's forward, which yields the first token's logits)."""
+        return self.step_estimate_ms if self.mode == "prefill" else None
+
+
+def generation_report(result: AnalysisResult, gpu: GpuSpec, latency: "LatencyReport") -> GenerationReport | None:
+    """The generation figures of a prefill/decode trace; None for other modes."""
+    options = result.options
+    if not options.generation:
+        return None
+    tokens = [s for s in result.inputs if s.kind is InputKind.TOKENS and s.name != "attention_mask"]
+    spec = next((s for s in tokens if s.name == "input_ids"), tokens[0] if tokens else None)
+    sequences, new = (spec.shape[0], spec.shape[1]) if spec is not None else (result.batch_size, 1)
+    before, after = kv_cache_bytes(result.storage_events)
+    weights = result.totals.param_bytes
+    bandwidth = gpu.bandwidth_bytes_per_s
+    bound_ms = (weights + before) / bandwidth * 1000.0 if bandwidth > 0 else 0.0
+    tokens_per_step = sequences * new
+    ceiling_ms = max(latency.lower_bound_ms, bound_ms)
+    estimate_s = latency.estimate_ms / 1000.0
+    return GenerationReport(
+        mode=options.mode, sequences=sequences, new_tokens=new, context_tokens=options.context_len,
+        weight_bytes=weights, kv_read_bytes=before, kv_cache_bytes=after, bandwidth_bound_ms=bound_ms,
+        step_bound_ms=latency.lower_bound_ms, step_estimate_ms=latency.estimate_ms,
+        tokens_per_s=tokens_per_step / estimate_s if estimate_s > 0 else 0.0,
+        max_tokens_per_s=tokens_per_step / (ceiling_ms / 1000.0) if ceiling_ms > 0 else 0.0,
+        per_sequence_tokens_per_s=new / estimate_s if estimate_s > 0 else 0.0,
+    )
 
 
 def _efficiency_for(op: OpRecord, efficiency: Efficiency) -> float:
@@ -100,9 +161,14 @@ def phase_totals(counted_ops, gpu: GpuSpec, *, tf32: bool, efficiency: Efficienc
 
 
 def report_from_phases(phases: dict, gpu: GpuSpec, batch: int, efficiency: Efficiency, per_module=None,
-                       per_op=()) -> LatencyReport:
-    lower = sum(v[0] for v in phases.values())
-    estimate = sum(v[1] for v in phases.values())
+                       per_op=(), grad_accum: int = 1) -> LatencyReport:
+    """Totals per optimizer step: with gradient accumulation, ``grad_accum`` forward+backward passes of the
+    traced micro-batch and one optimizer step; throughput is over the global batch."""
+    def step(i: int) -> float:
+        return grad_accum * (phases[Phase.FORWARD][i] + phases[Phase.BACKWARD][i]) + phases[Phase.OPTIMIZER][i]
+
+    lower, estimate = step(0), step(1)
+    samples = batch * grad_accum
     return LatencyReport(
         gpu_name=gpu.name,
         lower_bound_ms=lower,
@@ -113,9 +179,10 @@ def report_from_phases(phases: dict, gpu: GpuSpec, batch: int, efficiency: Effic
         per_module=frozen_map(per_module),
         per_op=tuple(per_op),
         batch_size=batch,
-        throughput_samples_per_s=batch / (estimate / 1000.0) if estimate > 0 else 0.0,
-        max_throughput_samples_per_s=batch / (lower / 1000.0) if lower > 0 else 0.0,
+        throughput_samples_per_s=samples / (estimate / 1000.0) if estimate > 0 else 0.0,
+        max_throughput_samples_per_s=samples / (lower / 1000.0) if lower > 0 else 0.0,
         efficiency=efficiency,
+        grad_accum=grad_accum,
     )
 
 
@@ -126,7 +193,8 @@ def roofline(result: AnalysisResult, gpu: GpuSpec, efficiency: Efficiency = Effi
     if not detail:
         phases = phase_totals(((op, op.flops, op.bytes_read + op.bytes_written) for op in result.ops), gpu,
                               tf32=tf32, efficiency=efficiency)
-        return report_from_phases(phases, gpu, result.batch_size, efficiency)
+        return report_from_phases(phases, gpu, result.batch_size, efficiency,
+                                  grad_accum=result.options.grad_accum)
     bandwidth = gpu.bandwidth_bytes_per_s
     points: list[OpPoint] = []
     phases = {p: [0.0, 0.0] for p in Phase}
@@ -149,4 +217,5 @@ def roofline(result: AnalysisResult, gpu: GpuSpec, efficiency: Efficiency = Effi
             acc[2] += compute_s * 1000.0
             acc[3] += memory_s * 1000.0
     per_module = {path: ModuleLatency(path, b, e, c, m, c >= m) for path, (b, e, c, m) in modules.items()}
-    return report_from_phases(phases, gpu, result.batch_size, efficiency, per_module, points)
+    return report_from_phases(phases, gpu, result.batch_size, efficiency, per_module, points,
+                              grad_accum=result.options.grad_accum)

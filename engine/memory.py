@@ -205,6 +205,21 @@ def fits(events, overheads: Overheads, available_bytes: int, *, has_conv: bool, 
     return (not squeezed.oom), not squeezed.oom
 
 
+def kv_cache_bytes(events) -> tuple[int, int]:
+    """(KV cache before the step, KV cache when it ends) in storage bytes: the KV_CACHE storages allocated
+    before the first op (a decode step's context), and those still alive after the last event (what the
+    cache holds for the next step: a prefill's prompt, a decode step's context plus its new tokens)."""
+    before = after = 0
+    for e in events:
+        if e.category is not MemoryCategory.KV_CACHE:
+            continue
+        sign = 1 if e.kind == "alloc" else -1
+        after += sign * e.nbytes
+        if e.kind == "alloc" and e.op_index < 0:
+            before += e.nbytes
+    return before, after
+
+
 def uses_cudnn(result: AnalysisResult) -> bool:
     return any(op.kind is OpKind.CONV for op in result.ops)
 

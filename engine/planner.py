@@ -13,11 +13,11 @@ from typing import Sequence
 from torchbudget.engine import vocab
 from torchbudget.engine.cache import TraceCache
 from torchbudget.engine.compare import Comparison, row_of
-from torchbudget.engine.latency import LatencyReport, roofline
+from torchbudget.engine.latency import GenerationReport, LatencyReport, generation_report, roofline
 from torchbudget.engine.memory import MemoryProfile, fits, simulate_memory, uses_cudnn
 from torchbudget.engine.overheads import Efficiency, Overheads
 from torchbudget.engine.report.units import human_bytes
-from torchbudget.engine.results import AnalysisResult, MemoryCategory
+from torchbudget.engine.results import GENERATION_WARNING, AnalysisResult, MemoryCategory
 from torchbudget.engine.workload import Workload
 from torchbudget.hardware.spec import GpuSpec
 
@@ -43,6 +43,7 @@ class Plan:
     throughput_samples_per_s: float
     result: AnalysisResult | None = None
     notes: tuple[str, ...] = ()      # warnings a user should read: tensor-core fallback, unsolved max batch...
+    generation: GenerationReport | None = None   # prefill/decode: tokens/s, KV cache, decode bounds, max context
     max_seq_len: int | None = None   # token models: the longest sequence that fits at this batch (None: not solved)
 
     @property
@@ -86,6 +87,7 @@ def plan_notes(result: AnalysisResult, gpu: GpuSpec, overheads: Overheads) -> tu
     if gpu.available_memory_bytes <= overheads.cuda_context_bytes:
         notes.append(f"{gpu.name} offers {human_bytes(gpu.available_memory_bytes)}, not even the CUDA context "
                      f"({human_bytes(overheads.cuda_context_bytes)})")
+    notes += [w for w in result.warnings if w.startswith(GENERATION_WARNING)]
     uncounted = sum(op.calls for op in result.uncounted_ops)
     if uncounted:
         notes.append(f"{uncounted} op calls have no FLOP formula (see analyze); their arithmetic is not in the "
@@ -102,7 +104,9 @@ def position_notes(workload: Workload | None, result: AnalysisResult, max_seq_le
     if workload is None:
         return ()
     notes = []
-    beyond = position_warning(workload.model, workload.model_kwargs, result.inputs)
+    # prefill/decode traces warn past the positions themselves (GENERATION_WARNING, in plan_notes)
+    beyond = None if vocab.is_generation(workload.options.mode) else position_warning(
+        workload.model, workload.model_kwargs, result.inputs)
     if beyond:
         notes.append(beyond.replace("counted", "planned"))
     limit = position_limits(workload.model, workload.model_kwargs).get("tokens")
@@ -114,9 +118,13 @@ def position_notes(workload: Workload | None, result: AnalysisResult, max_seq_le
 
 def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = Overheads(),
                 efficiency: Efficiency = Efficiency(), workload: Workload | None = None,
-                max_batch: int | None = None, notes: Sequence[str] = (), max_seq_len: int | None = None) -> Plan:
+                max_batch: int | None = None, notes: Sequence[str] = (), max_context: int | None = None,
+                max_seq_len: int | None = None) -> Plan:
     memory = simulate_memory(result, overheads)
     latency = roofline(result, gpu, efficiency)
+    generation = generation_report(result, gpu, latency)
+    if generation is not None and max_context is not None:
+        generation = replace(generation, max_context=max_context)
     capacity = gpu.available_memory_bytes
     headroom = capacity - memory.required_bytes
     dominant = max(memory.by_category.items(), key=lambda kv: kv[1])[0]
@@ -136,7 +144,7 @@ def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = 
         dominant_category=dominant, max_batch=max_batch, latency=latency,
         throughput_samples_per_s=latency.throughput_samples_per_s, result=result,
         notes=tuple(notes) + plan_notes(result, gpu, overheads) + position_notes(workload, result, max_seq_len),
-        max_seq_len=max_seq_len,
+        generation=generation, max_seq_len=max_seq_len,
     )
 
 
@@ -190,6 +198,7 @@ class Planner:
         self.efficiency = efficiency
         self._max_batches: dict[tuple, int] = {}
         self._max_seq_lens: dict[tuple, tuple[int | None, str | None]] = {}
+        self._max_contexts: dict[tuple, int] = {}
         self._lock = threading.Lock()
 
     # -- largest batch ---------------------------------------------------------------------------
@@ -257,25 +266,71 @@ class Planner:
                 self._max_seq_lens[key] = solved
         return solved
 
+    # -- generation (decode) ------------------------------------------------------------------------
+    def max_concurrent_sequences(self, workload: Workload, gpu: GpuSpec) -> tuple[int | None, str | None]:
+        """Decode: the most sequences decoded together at the workload's context (the largest batch)."""
+        from torchbudget.engine.solver import _require_decode
+
+        _require_decode(workload, "largest number of concurrent sequences")
+        return self.max_batch(workload, gpu)
+
+    def _context_key(self, workload: Workload, gpu: GpuSpec) -> tuple:
+        return (workload.on_gpu(gpu).with_options(context_len=1).key(), gpu.name, gpu.available_memory_bytes,
+                self.overheads)
+
+    def known_max_context(self, workload: Workload, gpu: GpuSpec) -> int | None:
+        with self._lock:
+            return self._max_contexts.get(self._context_key(workload, gpu))
+
+    def max_context(self, workload: Workload, gpu: GpuSpec) -> tuple[int | None, str | None]:
+        """Decode: (the largest context that fits at the workload's batch, None), or (None, why); remembered
+        per (workload without its context, GPU)."""
+        from torchbudget.engine.solver import _require_decode, try_max_context
+
+        _require_decode(workload, "largest context")
+        best = self.known_max_context(workload, gpu)
+        if best is not None:
+            return best, None
+        best, why = try_max_context(workload.on_gpu(gpu), gpu, cache=self.cache, overheads=self.overheads)
+        if best is not None:
+            with self._lock:
+                self._max_contexts[self._context_key(workload, gpu)] = best
+        return best, why
+
+    def _beyond_positions(self, workload: Workload, context: int | None) -> list[str]:
+        """The largest context's own trace (the solver's last) says whether it is past the model's positions."""
+        at = workload.with_options(context_len=context) if context else None
+        if at is None or at == workload or not self.cache.in_memory(at):
+            return []
+        warnings = [w for w in self.cache.get(at).warnings if w.startswith(GENERATION_WARNING)]
+        return [f"at the largest context: {w.removeprefix(GENERATION_WARNING)}" for w in warnings[:1]]
+
     # -- plans -----------------------------------------------------------------------------------
     def plan(self, workload: Workload, gpu: GpuSpec, *, solve_max_batch: bool = True,
              solve_max_seq_len: bool | None = None) -> Plan:
-        """``solve_max_seq_len``: None solves it with the largest batch, for workloads with token inputs."""
+        """``solve_max_batch``: solve the largest batch (decode: concurrent sequences, and the largest context).
+        ``solve_max_seq_len``: the longest sequence at the plan's batch, for workloads with token inputs except
+        decode (whose question is the context); None: with the largest batch."""
         on_gpu = workload.on_gpu(gpu)
         result = self.cache.get(on_gpu)
         best, why = self.max_batch(on_gpu, gpu) if solve_max_batch else (self.known_max_batch(on_gpu, gpu), None)
         notes = [why] if why else []
-        tokens = any(s.kind is vocab.InputKind.TOKENS for s in result.inputs)
+        context = None
+        if on_gpu.options.mode == "decode":
+            context, why = self.max_context(on_gpu, gpu) if solve_max_batch else \
+                (self.known_max_context(on_gpu, gpu), None)
+            notes += [why] if why else []
+            notes += self._beyond_positions(on_gpu, context)
+        tokens = on_gpu.options.mode != "decode" and any(s.kind is vocab.InputKind.TOKENS for s in result.inputs)
+        resolved = on_gpu if on_gpu.inputs else replace(on_gpu, inputs=tuple(result.inputs))
         longest = None
         if tokens and (solve_max_batch if solve_max_seq_len is None else solve_max_seq_len):
-            resolved = on_gpu if on_gpu.inputs else replace(on_gpu, inputs=tuple(result.inputs))
             longest, seq_why = self.max_seq_len(resolved, gpu)
             notes += [seq_why] if seq_why else []
         elif tokens:
-            longest = self.known_max_seq_len(on_gpu if on_gpu.inputs else replace(on_gpu, inputs=tuple(result.inputs)),
-                                             gpu)
+            longest = self.known_max_seq_len(resolved, gpu)
         return plan_result(result, gpu, overheads=self.overheads, efficiency=self.efficiency, workload=on_gpu,
-                           max_batch=best, notes=notes, max_seq_len=longest)
+                           max_batch=best, notes=notes, max_context=context, max_seq_len=longest)
 
     def plans(self, workload: Workload, gpus: Sequence[GpuSpec], *, solve_max_batch: bool = True) -> tuple[Plan, ...]:
         return tuple(self.plan(workload, gpu, solve_max_batch=solve_max_batch) for gpu in gpus)
@@ -305,8 +360,10 @@ class Planner:
                         break
             if result is None:
                 return None
+            context = self.known_max_context(on_gpu, gpu) if on_gpu.options.mode == "decode" else None
             plans.append(plan_result(result, gpu, overheads=self.overheads, efficiency=self.efficiency,
-                                     workload=on_gpu, max_batch=self.known_max_batch(on_gpu, gpu)))
+                                     workload=on_gpu, max_batch=self.known_max_batch(on_gpu, gpu),
+                                     max_context=context))
         return tuple(plans), interpolated
 
     def compare(self, workload: Workload, gpus: Sequence[GpuSpec], *, solve_max_batch: bool = True) -> Comparison:

@@ -61,6 +61,11 @@ class MemoryCategory(str, Enum):
     ALLOCATOR = "allocator"              # caching-allocator rounding and reserve
 
 
+# AnalysisResult.warnings of a prefill/decode trace that plans repeat as notes (a context beyond the model's
+# positions): they start with this
+GENERATION_WARNING = "generation: "
+
+
 def frozen_map(d: Mapping | None = None) -> Mapping:
     return MappingProxyType(dict(d or {}))
 
@@ -209,7 +214,8 @@ class TraceOptions:
         if targets and not self.lora_rank:
             raise UserError("LoRA targets need a LoRA rank (--lora-rank)", field="lora_targets")
         put("lora_targets", targets)
-        put("freeze", vocab.normalise_names(self.freeze, "freeze patterns", "freeze"))
+        freeze = vocab.normalise_names(self.freeze, "freeze patterns", "freeze")
+        put("freeze", freeze if training else ())   # nothing trains outside training: nothing to freeze
         grad_accum = vocab.check_count(self.grad_accum, "gradient accumulation steps", "grad_accum", lowest=1)
         put("grad_accum", grad_accum if training else 1)
         put("moe_routing", vocab.normalise_moe_routing(self.moe_routing))

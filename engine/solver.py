@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
-from torchbudget.engine.affine import AffineTrace
+from torchbudget.engine.affine import AffineTrace, context_axis
 from torchbudget.engine.cache import TraceCache
 from torchbudget.engine.errors import InputSpecError, UserError
 from torchbudget.engine.latency import roofline
@@ -125,6 +125,83 @@ def try_max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache, overhe
         return max_batch(workload, gpu, cache=cache, overheads=overheads), None
     except UserError as exc:
         return None, f"largest batch not solved: {exc}"
+
+
+# ------------------------------------------------------------------------------------- generation (decode)
+DEFAULT_CONTEXT_LIMIT = 1 << 24     # tokens: far beyond any model's positions; the search stops here
+
+
+def _require_decode(workload: Workload, what: str) -> None:
+    if workload.options.mode != "decode":
+        raise UserError(f"the {what} is a decode question (--mode decode --context TOKENS); this workload is "
+                        f"{workload.options.mode}", field="mode")
+
+
+def max_concurrent_sequences(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = None,
+                             limit: int = DEFAULT_BATCH_LIMIT, overheads: Overheads = Overheads()) -> int:
+    """Decode: the most sequences decoded together (the batch) at the workload's context that fit; 0 if one
+    does not. The batch solver's answer (every sequence's cache grows the batch's KV tensors)."""
+    _require_decode(workload, "largest number of concurrent sequences")
+    return max_batch(workload, gpu, cache=cache, limit=limit, overheads=overheads)
+
+
+def max_context(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = None,
+                limit: int = DEFAULT_CONTEXT_LIMIT, overheads: Overheads = Overheads()) -> int:
+    """Decode: the largest context (tokens already in the KV cache) that fits at the workload's batch; 0 if a
+    context of one token does not. Exact against the simulation, as max_batch: exact traces at the workload's
+    context L and L + 1 give an affine model in the context (``engine.affine.context_axis``), its boundary is
+    confirmed by an exact trace (and boundary + 1 unless that trace matches the model byte for byte). Memory is
+    assumed monotone in the context; a sliding-window model's cache stops growing at its window, so its answer
+    can be the search limit."""
+    _require_decode(workload, "largest context")
+    cache = cache if cache is not None else TraceCache()
+    workload = _require_inputs(workload.on_gpu(gpu), cache)
+    capacity = gpu.available_memory_bytes
+    return _largest_fitting(lambda n: cache.get(workload.with_options(context_len=n)), workload.options.context_len,
+                            limit, lambda result: result_fits(result, overheads, capacity),
+                            lambda model, n: model.fits(n, overheads, capacity), context_axis)
+
+
+def try_max_context(workload: Workload, gpu: GpuSpec, *, cache: TraceCache, overheads: Overheads = Overheads()
+                    ) -> tuple[int | None, str | None]:
+    """max_context, or (None, why) when a context the search needs cannot be traced."""
+    try:
+        return max_context(workload, gpu, cache=cache, overheads=overheads), None
+    except UserError as exc:
+        return None, f"largest context not solved: {exc}"
+
+
+def _largest_fitting(trace_at: Callable[[int], object], start: int, limit: int, fits_exactly: Callable,
+                     fits_model: Callable, axis) -> int:
+    """max_batch's search along any axis the traces are affine in (``axis`` reads its value from a trace):
+    exact traces at ``start`` and ``start + 1``, the affine model's boundary, an exact trace confirming it."""
+    def fits(n: int) -> bool:
+        return fits_exactly(trace_at(n))
+
+    start = max(1, min(start, limit))
+    if fits(start):
+        anchor, hi = start, None
+    elif start == 1 or not fits(1):
+        return 0
+    else:
+        anchor, hi = 1, start
+    if anchor >= limit or anchor + 1 == hi or not fits(anchor + 1):
+        return anchor
+    lo = anchor + 1
+    model = AffineTrace.fit(trace_at(anchor), trace_at(anchor + 1), axis)
+    if model is None:
+        return largest_true(fits, lo, hi, limit)
+    guess = largest_true(lambda n: fits_model(model, n), lo, hi, limit)
+    if fits(guess):
+        if guess == limit or guess + 1 == hi or model.matches(trace_at(guess)) or not fits(guess + 1):
+            return guess
+        return largest_true(fits, guess + 1, hi, limit)
+    top, step = guess, 1
+    while True:
+        probe = max(lo, top - step)
+        if fits(probe):
+            return largest_true(fits, probe, top, limit)
+        top, step = probe, step * 2
 
 
 def _spatial(workload: Workload) -> tuple[int, int]:

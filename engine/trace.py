@@ -20,7 +20,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_leaves
 
-from torchbudget.engine import vocab
+from torchbudget.engine import finetune, vocab
 from torchbudget.engine.process import freeze_startup_objects  # noqa: F401 - its old home
 from torchbudget.engine.errors import InputSpecError, ShapeMismatchError, TraceError, UserError
 from torchbudget.engine.inputs import InputSpec
@@ -28,7 +28,7 @@ from torchbudget.engine.meta_params import StandIns, make_stand_ins, names_for
 from torchbudget.engine.ops.attention import CAUSAL_NOTE
 from torchbudget.engine.target import CudaSemantics
 from torchbudget.engine.results import AnalysisResult, Phase, TraceOptions
-from torchbudget.engine.tracing import assemble, training
+from torchbudget.engine.tracing import assemble, generation, training
 from torchbudget.engine.tracing.errors import looks_like_shapes
 from torchbudget.engine.tracing.modules import ModuleStack
 from torchbudget.engine.tracing.recorder import Recorder
@@ -37,11 +37,7 @@ def _not_built_yet(options: TraceOptions) -> str | None:
     """Options the workload vocabulary knows (issue 10's LLM workloads) whose tracing is not built yet: an
     error, never a silently ignored setting."""
     unbuilt = {
-        "prefill mode": options.mode == "prefill", "decode mode": options.mode == "decode",
-        "--kv-dtype": options.kv_dtype != "auto", "--base-dtype": options.base_dtype != "auto",
-        "LoRA (--lora-rank)": options.lora_rank > 0, "--freeze": bool(options.freeze),
-        "--grad-accum": options.grad_accum > 1, "--moe-routing skewed": options.moe_routing != "balanced",
-        "the adamw-8bit optimizer": options.optimizer == "adamw-8bit",
+        "--moe-routing skewed": options.moe_routing != "balanced",
     }
     named = [name for name, asked in unbuilt.items() if asked]
     return ", ".join(named) if named else None
@@ -101,6 +97,7 @@ class _Run:
     input_bytes: int = 0
     output_bytes: int = 0
     semantics: object = None     # CudaSemantics (its notes go into the result's policies) or a CPU context
+    generation: object = None    # engine.tracing.generation.GenerationStep of a prefill/decode step
 
 
 def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: TraceOptions = TraceOptions(),
@@ -120,23 +117,32 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
     # Fake CPU tensors (meta storage, CPU dispatch) for every trace, inference included: on plain meta
     # tensors SDPA takes the math path (materializing the score matrix) and autocast does nothing, while
     # CPU — like a GPU — picks the flash kernel; one choice everywhere keeps infer and train consistent.
-    with _TRACE_LOCK, _restored_state(model), FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
-        model.train(options.training)
-        run = _run_step(model, inputs, options, use_names, fake_mode, dict(forward_kwargs or {}))
+    with _TRACE_LOCK:
+        # LoRA / quantised layers: a meta copy of the module (engine.finetune); else the module itself
+        prepared = finetune.prepare(model, options, *precision_dtypes(options.precision))
+        traced = prepared.module
+        with _restored_state(traced), FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
+            traced.train(options.training)
+            run = _run_step(traced, inputs, options, use_names, fake_mode, prepared, dict(forward_kwargs or {}))
     ops = run.recorder.ops
-    first_owner = {id(p): name.rpartition(".")[0] for name, p in model.named_parameters()}
-    nodes = assemble.module_nodes(model, model_name, ops, run.stack, first_owner)
+    first_owner = {id(p): name.rpartition(".")[0] for name, p in traced.named_parameters()}
+    nodes = assemble.module_nodes(traced, model_name or type(model).__name__, ops, run.stack, first_owner,
+                                  _trains(run.stand_ins))
     uncounted, coverage, flop_coverage = assemble.uncounted(ops)
     warnings = tuple(f"formula for {op} failed ({why}); counted as uncounted"
                      for op, why in run.recorder.formula_errors.items())
+    warnings += tuple(run.generation.warnings) if run.generation else ()
     return AnalysisResult(
         model_name=model_name or type(model).__name__, inputs=inputs, options=options,
         totals=assemble.totals(ops, nodes, run.stand_ins.params, run.stand_ins.buffers,
-                               run.input_bytes, run.output_bytes),
+                               run.input_bytes, run.output_bytes, numel=run.stand_ins.numel,
+                               weight_extras=run.stand_ins.weight_buffers),
         modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(run.recorder.storage.lives, run.roles),
         uncounted_ops=uncounted, coverage=coverage, flop_coverage=flop_coverage, warnings=warnings,
-        policies=tuple(run.recorder.policies.applied) + _semantics_notes(run.semantics, options)
-        + ((training.checkpoint_note(model),) if options.training and options.checkpointing else ())
+        policies=((run.generation.description,) if run.generation else ())
+        + tuple(run.recorder.policies.applied) + _semantics_notes(run.semantics, options)
+        + ((training.checkpoint_note(traced),) if options.training and options.checkpointing else ())
+        + prepared.notes + training.grad_accum_notes(options, inputs)
         + ((CAUSAL_NOTE,) if options.attention_flops == "causal" else ()),
         trace_seconds=time.perf_counter() - started,
         target_dependent=not isinstance(run.semantics, CudaSemantics) or bool(run.semantics.sdpa_calls),
@@ -144,30 +150,48 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
 
 
 def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, use_names: bool,
-              fake_mode: FakeTensorMode, forward_kwargs: dict | None = None) -> _Run:
+              fake_mode: FakeTensorMode, prepared: finetune.Prepared, forward_kwargs: dict | None = None) -> _Run:
     """Forward (and for training: loss, backward, optimizer step) under the recorder. Call inside the
     FakeTensorMode: every tensor made here is a fake CPU tensor."""
     train = options.training
     param_dtype, autocast_dtype = precision_dtypes(options.precision)
     stand_ins = make_stand_ins(model, device="cpu", param_dtype=_cast(param_dtype),
                                buffer_dtype=_cast(param_dtype) if autocast_dtype is None else (lambda d: d),
-                               requires_grad=train, fake_mode=fake_mode)
-    tensors = [torch.empty(s.shape, dtype=param_dtype if s.is_floating else s.torch_dtype) for s in inputs]
+                               requires_grad=train, fake_mode=fake_mode, param_plan=prepared.param_plan,
+                               weight_buffers=prepared.weight_buffers)
+
+    def make_input(spec: InputSpec, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.empty(shape, dtype=param_dtype if spec.is_floating else spec.torch_dtype)
+
+    shapes = generation.step_shapes(inputs, options) if options.generation else [s.shape for s in inputs]
+    tensors = [make_input(s, shape) for s, shape in zip(inputs, shapes)]
+    # before recording: a decode step's cache of the context, filled by the model's own (unrecorded) prefill
+    step = _generation_step(model, inputs, options, use_names, stand_ins, autocast_dtype, make_input) \
+        if options.generation else None
     stack = ModuleStack(model)
     recorder = Recorder(stack, options.convention, options.attention_flops)
     run = _Run(stack, recorder, assemble.StorageRoles(), stand_ins,
                input_bytes=sum(t.numel() * t.element_size() for t in tensors))
     recorder, roles = run.recorder, run.roles
-    for ids, group in ((roles.weights, [p for _, p, _ in stand_ins.params]),
-                       (roles.buffers, [b for _, b in stand_ins.buffers]), (roles.inputs, tensors)):
+    for ids, group in ((roles.weights, [p for _, p, _ in stand_ins.params] + [t for _, t in stand_ins.weight_buffers]),
+                       (roles.buffers, [b for _, b in stand_ins.buffers]),
+                       (roles.inputs, tensors + (step.extra_inputs if step else [])),
+                       (roles.gradients, training.accumulated_gradients(stand_ins, options, fake_mode))):
         for t in group:
             if recorder.storage.track(t, -1):
                 ids.add(recorder.storage.storage_id(t))
+    if step is not None:   # the cache alone holds its tensors from here: the step's own update frees them
+        _track_at_start(recorder, roles.kv_cache, step.take_context())
     recorder.nodes.leaf_owner = {id(p): name.rpartition(".")[0] for name, p, _ in stand_ins.params}
     runnable = training.checkpointed_view(model) if train and options.checkpointing else model
     args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
+    # training: no KV cache (use_cache=False); then the model's and the user's keyword arguments (--forward-kwargs
+    # may ask for use_cache=True); a generation step's cache arguments last (the mode defines the cache)
+    kwargs.update(generation.training_kwargs(model) if train and not step else {})
     kwargs.update(forward_kwargs or {})
-    semantics = _target_semantics(options, autocast_dtype, stack)
+    kwargs.update(step.kwargs if step else {})
+    run.generation = step
+    semantics = _target_semantics(options, autocast_dtype, lambda: stack.current)
     run.semantics = semantics
     try:
         with stack, recorder, (contextlib.nullcontext() if train else torch.no_grad()):
@@ -179,6 +203,8 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
                     output = runnable(*args, **kwargs)
                 roles.forward_end_seq = recorder.storage.seq
                 stack.recording = False
+                if step is not None:   # what the cache holds when the step ends: KV_CACHE, not activations
+                    _add_roles(recorder, roles.kv_cache, step.cache_after(output, model))
                 run.output_bytes = sum(t.numel() * t.element_size() for t in tree_leaves(output)
                                        if isinstance(t, torch.Tensor))
                 if train:
@@ -197,12 +223,57 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
     return run
 
 
-def _target_semantics(options: TraceOptions, autocast_dtype, stack: ModuleStack):
+def _track_at_start(recorder: Recorder, ids: set[int], tensors: list) -> None:
+    """Allocations before the first op (like the weights); the list is emptied, so no reference is left here."""
+    while tensors:
+        t = tensors.pop()
+        if recorder.storage.track(t, -1):
+            ids.add(recorder.storage.storage_id(t))
+
+
+def _add_roles(recorder: Recorder, ids: set[int], tensors) -> None:
+    for t in tensors:
+        sid = recorder.storage.storage_id(t)
+        if sid is not None:
+            ids.add(sid)
+
+
+def _generation_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, use_names: bool,
+                     stand_ins: StandIns, autocast_dtype, make_input) -> generation.GenerationStep:
+    """The cache and keyword arguments of a prefill/decode step (engine.tracing.generation). A decode step's
+    context is filled by the model's own prefill, run here unrecorded: stand-ins swapped in, the target's
+    semantics (autocast decides the cache's dtype), no grad."""
+    def run_untraced(args: tuple, kwargs: dict):
+        with _reparametrize_module(model, names_for(model, stand_ins), tie_weights=True, strict=False), \
+                torch.no_grad(), _target_semantics(options, autocast_dtype, lambda: None), generation.untraced():
+            return model(*args, **kwargs)
+
+    param_dtype, _ = precision_dtypes(options.precision)
+    try:
+        return generation.prepare(model, inputs, options, use_names=use_names,
+                                  model_dtype=None if autocast_dtype else param_dtype, run_untraced=run_untraced,
+                                  make_input=make_input)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (the model's own prefill of the context failed)
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TraceError(f"filling the KV cache of {options.context_len} token(s) (the model's own prefill) failed: "
+                         f"{type(exc).__name__}: {message}") from exc
+
+
+def _trains(stand_ins: StandIns):
+    """Whether the step trains a module parameter: the stand-in's decision (--freeze, LoRA), by identity."""
+    trainable = {id(t) for _, t, trains in stand_ins.params if trains}
+    return lambda p: id(stand_ins.original_ids.get(id(p))) in trainable
+
+
+def _target_semantics(options: TraceOptions, autocast_dtype, where):
     """What the target device runs around the forward: CUDA's SDPA backends and autocast lists
-    (engine.target, docs/target.md) for a CUDA target; CPU autocast for the cpu target."""
+    (engine.target, docs/target.md) for a CUDA target; CPU autocast for the cpu target. ``where``: the running
+    module's path, for the notes."""
     target = vocab.parse_target(options.target)
     if target.kind == "cuda":
-        return CudaSemantics(target.capability, autocast_dtype, options.attention, where=lambda: stack.current)
+        return CudaSemantics(target.capability, autocast_dtype, options.attention, where=where)
     return torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
 
 

@@ -20,7 +20,7 @@ from torchbudget.engine.vocab import InputKind
 from torchbudget.engine.workload import Workload
 
 OPTION_FIELDS = tuple(f.name for f in fields(TraceOptions))
-TRAINING_ONLY = ("optimizer", "optimizer_impl", "checkpointing", "grad_accum")   # TraceOptions clears them for inference
+TRAINING_ONLY = ("optimizer", "optimizer_impl", "checkpointing", "grad_accum", "freeze")   # TraceOptions clears them for inference
 TEXT_FIELDS = ("inputs", "model_kwargs")                            # typed as text: may hold a draft
 # The largest dimension the app takes: what its spin boxes hold (Qt ints are 32-bit), and beyond what
 # PyTorch's CUDA kernels index in one grid dimension. Elements per input: PyTorch indexes with int64.
@@ -292,18 +292,13 @@ class WorkloadState:
             inputs = parse_inputs(inputs) if isinstance(inputs, str) else tuple(inputs)
             check_inputs(inputs)
             workload = replace(workload, inputs=inputs)
-        if "model_kwargs" in changes:
-            kwargs = changes["model_kwargs"]
-            kwargs = parse_kwargs(kwargs) if isinstance(kwargs, str) else kwargs
-            if not isinstance(kwargs, Mapping):
-                raise UserError("model kwargs must be a mapping of names to values", field="model_kwargs")
-            workload = replace(workload, model_kwargs=dict(kwargs))
-        if "forward_kwargs" in changes:
-            kwargs = changes["forward_kwargs"]
-            kwargs = parse_kwargs(kwargs) if isinstance(kwargs, str) else kwargs
-            if not isinstance(kwargs, Mapping):
-                raise UserError("forward kwargs must be a mapping of names to values", field="forward_kwargs")
-            workload = replace(workload, forward_kwargs=dict(kwargs))
+        for name in ("model_kwargs", "forward_kwargs"):   # typed as JSON text, or given as a mapping
+            if name in changes:
+                kwargs = changes[name]
+                kwargs = parse_kwargs(kwargs) if isinstance(kwargs, str) else kwargs
+                if not isinstance(kwargs, Mapping):
+                    raise UserError(f"{name.replace('_', ' ')} must be a mapping of names to values", field=name)
+                workload = replace(workload, **{name: dict(kwargs)})
         if "batch" in changes:
             batch = int(changes["batch"])
             if not 1 <= batch <= MAX_DIM:

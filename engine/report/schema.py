@@ -82,7 +82,29 @@ def plan_to_dict(plan) -> dict:
         "throughput": {
             "samples_per_s": latency.throughput_samples_per_s,
             "max_samples_per_s": latency.max_throughput_samples_per_s,
+            "micro_batch": latency.batch_size,
+            "grad_accum": latency.grad_accum,
+            "global_batch": latency.global_batch,
         },
+        "generation": generation_to_dict(plan.generation, plan.max_batch),
+    }
+
+
+def generation_to_dict(g, max_batch: int | None) -> dict | None:
+    """A prefill/decode plan's figures (null for other modes); bytes and ms as everywhere."""
+    if g is None:
+        return None
+    return {
+        "mode": g.mode, "sequences": g.sequences, "new_tokens": g.new_tokens, "context_tokens": g.context_tokens,
+        "tokens_per_step": g.tokens_per_step,
+        "kv_cache_bytes": g.kv_cache_bytes, "kv_cache_bytes_before_step": g.kv_read_bytes,
+        "weight_bytes": g.weight_bytes, "bandwidth_bound_ms": g.bandwidth_bound_ms,
+        "step_bound_ms": g.step_bound_ms, "step_estimate_ms": g.step_estimate_ms,
+        "time_to_first_token_ms": g.time_to_first_token_ms,
+        "tokens_per_s": g.tokens_per_s, "max_tokens_per_s": g.max_tokens_per_s,
+        "per_sequence_tokens_per_s": g.per_sequence_tokens_per_s,
+        "max_concurrent_sequences": max_batch if g.mode == "decode" else None,
+        "max_context": g.max_context,
     }
 
 
@@ -111,6 +133,11 @@ def sweep_from_dict(data: dict | None) -> Sweep | None:
 
 def gpu_to_dict(spec: GpuSpec) -> dict:
     return to_plain(spec)
+
+
+def interconnect_to_dict(link) -> dict:
+    """An Interconnect as JSON, with the bus bandwidth it implies (bandwidth_gb_s x efficiency)."""
+    return {**to_plain(link), "bus_bandwidth_gb_s": link.bus_bandwidth_gb_s}
 
 
 def gpu_from_dict(data: dict) -> GpuSpec:

@@ -35,6 +35,18 @@ def options_text(options) -> str:
             text += ", no optimizer"
         if options.checkpointing:
             text += ", checkpointing"
+        if options.grad_accum > 1:
+            text += f", grad-accum {options.grad_accum}"
+        if options.freeze:
+            text += f", freeze {','.join(options.freeze)}"
+    if options.mode == "decode":
+        text += f", context {options.context_len:,}"
+    if options.generation and options.kv_dtype != "auto":
+        text += f", KV cache {options.kv_dtype}"
+    if options.lora_rank:
+        text += f", LoRA r{options.lora_rank}" + (f" on {','.join(options.lora_targets)}" if options.lora_targets else "")
+    if options.base_dtype != "auto":
+        text += f", base {options.base_dtype}"
     if options.attention != "auto":
         text += f", attention {options.attention}"
     return text
@@ -126,18 +138,50 @@ def render_plan(plan) -> str:
         lines.append(f"caching allocator: allocated peak {human_bytes(memory.allocated_peak_bytes)}, reserved peak "
                      f"{human_bytes(memory.reserved_peak_bytes)} in {memory.segments} segment(s) "
                      f"(fragmentation {human_bytes(memory.fragmentation_bytes)})")
-    lines.append("max batch: " + ("not solved" if plan.max_batch is None else f"{plan.max_batch}"))
+    generation = plan.generation
+    if generation is None:
+        lines.append("max batch: " + ("not solved" if plan.max_batch is None else f"{plan.max_batch}"))
     if plan.max_seq_len is not None:
         lines.append(f"max seq len: {plan.max_seq_len:,} at batch {result.batch_size if result else 1}")
-    parts = ", ".join(f"{name} {human_ms(p.estimate_ms)}" for name, p in
-                      (("forward", latency.forward), ("backward", latency.backward), ("optimizer", latency.optimizer))
-                      if p.estimate_ms)
+    k = latency.grad_accum
+    parts = ", ".join(f"{name} {human_ms(p.estimate_ms)}" + (" per micro-batch" if k > 1 and name != "optimizer" else "")
+                      for name, p in (("forward", latency.forward), ("backward", latency.backward),
+                                      ("optimizer", latency.optimizer)) if p.estimate_ms)
+    per_step = f" per optimizer step of {k} micro-batches" if k > 1 else ""
     lines.append(f"latency: lower bound {human_ms(latency.lower_bound_ms)}, estimate {human_ms(latency.estimate_ms)}"
-                 + (f" ({parts})" if parts else ""))
-    lines.append(f"throughput: {latency.throughput_samples_per_s:,.1f} samples/s estimated, "
-                 f"at most {latency.max_throughput_samples_per_s:,.1f} samples/s (roofline bound)")
+                 + per_step + (f" ({parts})" if parts and generation is None else ""))
+    if generation is None:
+        lines.append(f"throughput: {latency.throughput_samples_per_s:,.1f} samples/s estimated, "
+                     f"at most {latency.max_throughput_samples_per_s:,.1f} samples/s (roofline bound)"
+                     + (f"; global batch {latency.global_batch} ({k} x {latency.batch_size})" if k > 1 else ""))
+    else:
+        lines += generation_lines(generation, plan.max_batch, plan.gpu)
     lines += [f"note: {note}" for note in plan.notes]
     return "\n".join(lines)
+
+
+def generation_lines(g, max_batch: int | None, gpu) -> list[str]:
+    """The prefill/decode lines of a plan: KV cache, the decode bandwidth bound, tokens/s, the solvers."""
+    tokens = f"{g.sequences:,} x {g.context_tokens + g.new_tokens:,} tokens"
+    if g.mode == "prefill":
+        lines = [f"KV cache: {human_bytes(g.kv_cache_bytes)} for {tokens} when the prompt is in (kept for decoding)",
+                 f"time to first token: {human_ms(g.step_estimate_ms)} estimated, at least "
+                 f"{human_ms(g.step_bound_ms)} (roofline bound)",
+                 f"prefill throughput: {g.tokens_per_s:,.1f} tokens/s estimated, at most {g.max_tokens_per_s:,.1f} "
+                 "tokens/s"]
+        solved = "not solved" if max_batch is None else f"{max_batch:,}"
+        return lines + [f"max batch: {solved} (prompts of {g.new_tokens:,} tokens)"]
+    lines = [f"KV cache: {human_bytes(g.kv_read_bytes)} for {g.sequences:,} x {g.context_tokens:,} tokens before the "
+             f"step, {human_bytes(g.kv_cache_bytes)} for {tokens} after it",
+             f"decode bound: weights {human_bytes(g.weight_bytes)} + KV cache {human_bytes(g.kv_read_bytes)} read per "
+             f"step at {gpu.bandwidth_gbs:,.0f} GB/s = {human_ms(g.bandwidth_bound_ms)}",
+             f"throughput: {g.tokens_per_s:,.1f} tokens/s estimated ({g.per_sequence_tokens_per_s:,.1f} per "
+             f"sequence), at most {g.max_tokens_per_s:,.1f} tokens/s (the roofline and decode bounds)"]
+    lines.append("max concurrent sequences: " + ("not solved" if max_batch is None else
+                                                 f"{max_batch:,} (at context {g.context_tokens:,})"))
+    lines.append("max context: " + ("not solved" if g.max_context is None else
+                                    f"{g.max_context:,} tokens (at {g.sequences:,} sequences)"))
+    return lines
 
 
 # ---------------------------------------------------------------------------------------- comparison
@@ -202,6 +246,15 @@ def render_gpu_table(specs) -> str:
     headers = ["GPU", "memory GiB", "GB/s", *(f"{d} TF" for d in TABLE_DTYPES), "origin"]
     rows = [[s.name, f"{s.memory_bytes / 2**30:g}", f"{s.bandwidth_gbs:,.0f}",
              *(_tflops(s.peak_tflops.get(d)) for d in TABLE_DTYPES), s.origin] for s in specs]
+    return table(headers, rows)
+
+
+def render_interconnect_table(links) -> str:
+    """The interconnect table: per GPU, one direction; bus GB/s = peak x efficiency (what NCCL reaches)."""
+    headers = ["Interconnect", "kind", "GB/s", "efficiency", "bus GB/s", "latency us", "domain", "origin"]
+    rows = [[link.name, link.kind, f"{link.bandwidth_gb_s:,.2f}".rstrip("0").rstrip("."), f"{link.efficiency:.2f}",
+             f"{link.bus_bandwidth_gb_s:,.1f}", f"{link.latency_us:g}",
+             "-" if link.domain_gpus is None else f"{link.domain_gpus}", link.origin] for link in links]
     return table(headers, rows)
 
 

@@ -77,7 +77,10 @@ def _rollup(ops: list[OpRecord], phase: Phase, attr: str) -> tuple[dict[str, int
 
 
 def module_nodes(model: torch.nn.Module, model_name: str, ops: list[OpRecord], stack: ModuleStack,
-                 first_owner: dict[int, str]) -> tuple[ModuleNode, ...]:
+                 first_owner: dict[int, str], trains=None) -> tuple[ModuleNode, ...]:
+    """``trains(parameter) -> bool``: whether the step trains it (default: its ``requires_grad``; the trace
+    passes its own decision, which --freeze changes without touching the module)."""
+    trains = trains or (lambda p: p.requires_grad)
     macs_own, macs = _rollup(ops, Phase.FORWARD, "macs")
     flops_own, flops = _rollup(ops, Phase.FORWARD, "flops")
     _, backward_flops = _rollup(ops, Phase.BACKWARD, "flops")
@@ -102,7 +105,7 @@ def module_nodes(model: torch.nn.Module, model_name: str, ops: list[OpRecord], s
             calls=stats.calls if stats else 0,
             params_own=sum(p.numel() for p in module.parameters(recurse=False) if first_owner.get(id(p)) == path),
             params=sum(p.numel() for p in subtree),
-            trainable_params=sum(p.numel() for p in subtree if p.requires_grad),
+            trainable_params=sum(p.numel() for p in subtree if trains(p)),
             macs_own=macs_own.get(path, 0), macs=macs.get(path, 0),
             flops_own=flops_own.get(path, 0), flops=flops.get(path, 0),
             backward_flops=backward_flops.get(path, 0),
@@ -146,9 +149,13 @@ def uncounted(ops: list[OpRecord]) -> tuple[tuple[UncountedOp, ...], float, floa
 
 
 def totals(ops: list[OpRecord], nodes: tuple[ModuleNode, ...], params: list[tuple[str, torch.Tensor, bool]],
-           buffers: list[tuple[str, torch.Tensor]], input_bytes: int, output_bytes: int) -> Totals:
+           buffers: list[tuple[str, torch.Tensor]], input_bytes: int, output_bytes: int, *,
+           numel=None, weight_extras: list[tuple[str, torch.Tensor]] = ()) -> Totals:
+    """``numel(stand-in)``: the elements a parameter counts as (a quantised weight's logical count, not its
+    packed bytes); ``weight_extras``: quantisation scales, in the weights' bytes but not in the counts."""
+    numel = numel or (lambda t: t.numel())
     by_dtype: dict[str, int] = defaultdict(int)
-    for _, p, _ in params:
+    for p in [p for _, p, _ in params] + [t for _, t in weight_extras]:
         by_dtype[dtype_name(p.dtype)] += p.numel() * p.element_size()
     sums: dict[tuple[Phase, str], int] = defaultdict(int)
     for op in ops:
@@ -157,8 +164,8 @@ def totals(ops: list[OpRecord], nodes: tuple[ModuleNode, ...], params: list[tupl
         sums[op.phase, "read"] += op.bytes_read
         sums[op.phase, "written"] += op.bytes_written
     return Totals(
-        params=sum(p.numel() for _, p, _ in params),
-        trainable_params=sum(p.numel() for _, p, trainable in params if trainable),
+        params=sum(numel(p) for _, p, _ in params),
+        trainable_params=sum(numel(p) for _, p, trainable in params if trainable),
         buffers=sum(b.numel() for _, b in buffers),
         param_bytes=sum(by_dtype.values()),
         buffer_bytes=sum(b.numel() * b.element_size() for _, b in buffers),

@@ -9,7 +9,9 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import checkpoint
 
 from torchbudget.engine import vocab
-from torchbudget.engine.errors import TraceError
+from torchbudget.engine.errors import TraceError, UserError
+from torchbudget.engine.meta_params import empty_maker
+from torchbudget.engine.optimizers8bit import AdamW8bit
 from torchbudget.engine.target import checkpoint_context_fn
 
 
@@ -32,14 +34,52 @@ def make_optimizer(name: str, params: list[torch.Tensor], impl: str = "auto") ->
     """The real torch.optim class (engine.vocab.OPTIMIZERS) with the implementation ``impl``
     (engine.vocab.OPTIMIZER_IMPLS). "auto" is what torch.optim picks for CUDA parameters
     (``_default_to_fused_or_foreach``: foreach in 2.14). Fake tensors are not plain Tensors, so torch itself
-    would pick the for-loop for them: the choice is always passed explicitly."""
+    would pick the for-loop for them: the choice is always passed explicitly. ``adamw-8bit`` is
+    engine.optimizers8bit.AdamW8bit (bitsandbytes' state layout and per-parameter kernels)."""
     spec = vocab.optimizer(name)
+    impl = vocab.normalise_optimizer_impl(impl)
+    if name == "adamw-8bit":
+        if impl not in ("auto", "for-loop"):
+            raise UserError(f"--optimizer-impl {impl} does not apply to adamw-8bit: bitsandbytes runs its own "
+                            "kernel per parameter (use auto)", field="optimizer_impl")
+        return AdamW8bit(params, lr=1e-3)
+    if name == "adafactor" and impl == "fused":
+        raise UserError("torch.optim.Adafactor has no fused implementation; use foreach (auto) or for-loop",
+                        field="optimizer_impl")
     flags = dict(vocab.optimizer_impl(impl).torch_flags)
     return getattr(torch.optim, spec.torch_class)(params, lr=1e-3, **dict(spec.kwargs), **flags)
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+
+
+def accumulated_gradients(stand_ins, options, fake_mode) -> list[torch.Tensor]:
+    """Gradient accumulation (``grad_accum`` K > 1): the traced micro-batch is one of 2..K, whose step starts
+    with every trainable parameter's gradient alive (the sum so far); backward then adds into it in place
+    (AccumulateGrad's ``grad += new``). Micro-batch 1 has no gradients at its start and never needs more
+    memory than a later one, and the optimizer step follows the last: this is the micro-batch that decides
+    the peak. Returns the gradients, already set as ``.grad`` of the stand-ins."""
+    if not options.training or options.grad_accum <= 1:
+        return []
+    empty = empty_maker("cpu", fake_mode)
+    grads = []
+    for _, p, trains in stand_ins.params:
+        if trains and p.requires_grad:
+            p.grad = empty(p.shape, p.dtype)
+            grads.append(p.grad)
+    return grads
+
+
+def grad_accum_notes(options, inputs) -> tuple[str, ...]:
+    """What a grad-accumulation trace is, stated in the result's policies."""
+    if not options.training or options.grad_accum <= 1:
+        return ()
+    k = options.grad_accum
+    batch = inputs[0].shape[0] if inputs and inputs[0].shape else 1
+    return (f"gradient accumulation: {k} micro-batches of {batch} per optimizer step (global batch {k * batch}); "
+            f"the trace is micro-batch 2..{k}: gradients alive from its start and accumulated in place; latency "
+            f"counts {k} forward+backward passes and one optimizer step",)
 
 
 class Checkpointed(torch.nn.Module):
