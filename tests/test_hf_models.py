@@ -317,3 +317,10 @@ def test_macs_by_name_equal_flop_counter_mode_on_transformers_own_model(capsys, 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         real(**inputs, use_cache=False)
     assert counter.get_total_flops() == 2 * data["totals"]["macs"]
+
+
+def test_docs_list_every_bundled_config_with_its_source():
+    text = (ROOT / "docs" / "models.md").read_text(encoding="utf-8")
+    for m in bundled_models():
+        assert f"[`{m.hub_id}`]({m.source})" in text, m.hub_id
+        assert f"{expected_params(dict(m.config)):,}" in text, m.hub_id
