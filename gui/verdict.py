@@ -1,5 +1,7 @@
 """The verdict: fits / tight / does not fit (icon + words + colour), a stacked memory bar against the
-GPU's capacity with a legend, and the headline figures (largest batch, latency, throughput)."""
+GPU's capacity with a legend, and the headline figures (largest batch, latency, throughput); for prefill/decode
+the generation figures (KV cache, tokens/s, time to first token, max concurrent sequences, max context) and for
+training the fine-tuning figures (trainable parameters, global batch), both from engine.report.figures."""
 from __future__ import annotations
 
 from PySide6.QtCore import QRectF, QSize, Qt
@@ -7,6 +9,7 @@ from PySide6.QtGui import QColor, QPainter, QPalette, QPen
 from PySide6.QtWidgets import QFormLayout, QFrame, QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from torchbudget.engine.overheads import Overheads
+from torchbudget.engine.report.figures import finetune_figures, generation_figures
 from torchbudget.engine.report.labels import CATEGORY_LABELS, CATEGORY_TIPS, VERDICT_LABELS, verdict_rule
 from torchbudget.engine.report.units import human_bytes, human_ms
 from torchbudget.gui.colors import CATEGORY_COLORS, VERDICT_COLORS, VERDICT_TEXT, contrast_text
@@ -93,6 +96,7 @@ class VerdictWidget(QWidget):
         layout.addLayout(self.legend)
 
         figures = QFormLayout()
+        self.figures = figures
         self.max_batch = QLabel("—")
         self.max_batch.setToolTip("Largest batch size whose peak memory still fits on this GPU (solved by bisection "
                                   "on traced memory)")
@@ -113,11 +117,19 @@ class VerdictWidget(QWidget):
         self.others.setWordWrap(True)
         self.others.setToolTip("The verdict for each other ticked GPU")
         for text, label in (("Largest batch", self.max_batch), ("Latency bound", self.bound),
-                            ("Latency estimate", self.estimate), ("Throughput", self.throughput),
-                            ("Other GPUs", self.others)):
+                            ("Latency estimate", self.estimate), ("Throughput", self.throughput)):
             figures.addRow(text, label)
             if label is self.estimate:
                 figures.addRow("", self.peak_note)
+        # generation / fine-tuning figures (engine.report.figures), keyed by Figure.key: rows made per plan
+        self.extra_title = QLabel()
+        self.extra_title.setStyleSheet("font-weight: bold;")
+        self.extra_title.setVisible(False)
+        figures.addRow(self.extra_title)
+        self.extra = QFormLayout()
+        figures.addRow(self.extra)
+        self.extra_labels: dict[str, QLabel] = {}
+        figures.addRow("Other GPUs", self.others)
         layout.addLayout(figures)
         layout.addStretch(1)
 
@@ -166,6 +178,7 @@ class VerdictWidget(QWidget):
         self.peak_note.setVisible(bool(plan.notes))
         self.throughput.setText(f"{plan.throughput_samples_per_s:,.0f} samples/s "
                                 f"(≤ {latency.max_throughput_samples_per_s:,.0f})")
+        self._show_extra(plan)
         self.others.setText("\n".join(
             f"{p.gpu.name}: {VERDICT_LABELS[p.verdict.value].lower()}"
             f" ({human_bytes(p.required_bytes)} of {human_bytes(p.capacity_bytes)})" for p in plans[1:]) or "—")
@@ -183,3 +196,30 @@ class VerdictWidget(QWidget):
             text.setToolTip(CATEGORY_TIPS[category])
             self.legend.addWidget(swatch, row, col * 2)
             self.legend.addWidget(text, row, col * 2 + 1)
+
+    def _show_extra(self, plan):
+        """The generation or fine-tuning figures of ``plan``; a generation plan's own rows replace the
+        largest batch and samples/s (sequences and tokens are what count there)."""
+        generation = generation_figures(plan)
+        rows = generation or finetune_figures(plan)
+        self.figures.setRowVisible(self.max_batch, not generation)
+        self.figures.setRowVisible(self.throughput, not generation)
+        while self.extra.rowCount():
+            self.extra.removeRow(0)
+        self.extra_labels = {}
+        self.extra_title.setText("Generation" if generation else "Fine-tuning" if rows else "")
+        self.extra_title.setVisible(bool(rows))
+        for figure in rows:
+            value = QLabel(figure.value)
+            value.setWordWrap(True)
+            value.setToolTip(figure.tip)
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            name = QLabel(figure.label)
+            name.setToolTip(figure.tip)
+            self.extra.addRow(name, value)
+            self.extra_labels[figure.key] = value
+
+    def figure_text(self, key: str) -> str | None:
+        """What the verdict shows for an engine.report.figures key (None: not shown)."""
+        label = self.extra_labels.get(key)
+        return label.text() if label is not None else None
