@@ -214,6 +214,11 @@ class Planner:
         with self._lock:
             return self._max_contexts.get(self._context_key(workload, gpu))
 
+    def remember_max_context(self, workload: Workload, gpu: GpuSpec, best: int) -> None:
+        """For answers solved elsewhere (the GUI's model process for a user's .py file)."""
+        with self._lock:
+            self._max_contexts[self._context_key(workload, gpu)] = best
+
     def max_context(self, workload: Workload, gpu: GpuSpec) -> tuple[int | None, str | None]:
         """Decode: (the largest context that fits at the workload's batch, None), or (None, why); remembered
         per (workload without its context, GPU)."""

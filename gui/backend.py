@@ -159,6 +159,11 @@ def resolution_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCa
     return planner_for(cache).resolution_sweep(workload, gpus)
 
 
+def remember_max_context(cache: TraceCache, workload: Workload, gpu: GpuSpec, best: int) -> None:
+    """Decode: the largest context solved elsewhere (the model process of a .py model)."""
+    planner_for(cache).remember_max_context(workload, gpu, best)
+
+
 def comparison(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *, solve: bool = True) -> Comparison:
     return planner_for(cache).compare(workload, gpus, solve_max_batch=solve and bool(workload.inputs))
 

@@ -424,6 +424,9 @@ class MainWindow(QMainWindow):
         for gpu, best in zip(gpus, sweeps.get("max_batches") or ()):
             if best is not None:
                 backend.remember_max_batch(self.file_cache, workload, gpu, best)
+        for gpu, best in zip(gpus, sweeps.get("max_contexts") or ()):
+            if best is not None:
+                backend.remember_max_context(self.file_cache, workload, gpu, best)
         self._file_sweeps_for = (workload.key(), tuple(g.name for g in gpus))
         self._sweep_keys = {"batch": None, "resolution": None}   # the in-process sweeps are off screen now
         self.plots.restore_titles()
