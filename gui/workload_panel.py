@@ -180,7 +180,7 @@ class WorkloadPanel(QGroupBox):
         self.option_combos: dict[str, QComboBox] = {}
         for name, label, terms, tip in OPTION_COMBOS:
             combo = self._combo(name, terms, tip)
-            form.addRow(label, combo)
+            form.addRow(label, self._with_error(combo, name))   # e.g. "not supported yet" under Mode
             if name == "optimizer_impl":
                 self.checkpoint_box = QCheckBox("Activation checkpointing")
                 self.checkpoint_box.setToolTip("What-if: recompute activations in backward instead of keeping them "
@@ -306,7 +306,8 @@ class WorkloadPanel(QGroupBox):
         self.context_spin.valueChanged.connect(lambda v: self._change("context_len", context_len=v))
         # no adapters, no targets for them: rank "none" drops the targets too
         self.lora_rank_spin.valueChanged.connect(
-            lambda v: self._change("lora_rank", lora_rank=v, **({} if v else {"lora_targets": ()})))
+            lambda v: self._change("lora_rank", lora_rank=v, **({} if v else {"lora_targets": ()}))
+            and "lora_targets" in self.state.drafts and self._on_option_text("lora_targets", self.lora_targets_edit))
         self.grad_accum_spin.valueChanged.connect(lambda v: self._change("grad_accum", grad_accum=v))
         for name, edit in self.text_edits.items():
             edit.editingFinished.connect(lambda n=name, e=edit: self._on_option_text(n, e))
@@ -376,8 +377,7 @@ class WorkloadPanel(QGroupBox):
 
     def _on_option_text(self, name: str, edit: QLineEdit):
         """LoRA targets / freeze globs: applied when typing ends (a half-typed glob is not traced)."""
-        shown = self.state.drafts.get(name, ",".join(self.state.choice(name)))
-        if edit.text() != shown:
+        if name in self.state.drafts or edit.text() != ",".join(self.state.choice(name)):
             self.state.edit_text(name, edit.text(), source=name)
 
     def _on_option(self, name: str, combo: QComboBox):
