@@ -442,6 +442,7 @@ class WorkloadPanel(QGroupBox):
                     self.resolution_slider.setValue(min(side, RESOLUTION_SLIDER_MAX) // RESOLUTION_STEP)
             length = w.seq_len
             if length is not None:
+                self.seq_len_spin.setSuffix(" token" if length == 1 else " tokens")
                 if source != "seq_len_spin":
                     self.seq_len_spin.setValue(min(length, MAX_DIM))
                 if source != "seq_len_slider":
