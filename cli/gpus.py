@@ -1,12 +1,13 @@
-"""`torchbudget gpus [--local] [--json]`: local GPUs (live memory), then the spec database."""
+"""`torchbudget gpus [--local] [--interconnects] [--json]`: local GPUs (live memory), then the spec database; or
+the interconnect table."""
 from __future__ import annotations
 
 import argparse
 
 from torchbudget.cli import common_options, emit
-from torchbudget.engine.report.schema import dump_json, gpu_to_dict
-from torchbudget.engine.report.text import render_gpu_table, render_local_gpus
-from torchbudget.hardware import catalog, nvml
+from torchbudget.engine.report.schema import dump_json, gpu_to_dict, interconnect_to_dict
+from torchbudget.engine.report.text import render_gpu_table, render_interconnect_table, render_local_gpus
+from torchbudget.hardware import catalog, interconnect, nvml
 
 
 def register(subparsers) -> None:
@@ -17,10 +18,15 @@ def register(subparsers) -> None:
                     "peaks), then every GPU in the database. Peaks are dense TFLOPS; memory in GiB (2**30 B); "
                     "bandwidth in GB/s (1e9 B/s).")
     parser.add_argument("--local", action="store_true", help="only the GPUs in this machine")
+    parser.add_argument("--interconnects", action="store_true",
+                        help="list the links between GPUs instead (NVLink, Infinity Fabric, PCIe, InfiniBand, RoCE): "
+                             "GB/s per GPU and direction, the share NCCL reaches, latency per collective")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.interconnects:
+        return _run_interconnects(args)
     probe = nvml.probe()
     database = catalog.database()
     local = catalog.local_gpus()
@@ -41,6 +47,19 @@ def run(args: argparse.Namespace) -> int:
         emit(args, f"GPU database ({len(database)} GPUs; dense peak TFLOPS, FP32 accumulate; "
                    f"user file: {_user_file_note()}):")
         emit(args, render_gpu_table(database))
+    return 0
+
+
+def _run_interconnects(args: argparse.Namespace) -> int:
+    links = interconnect.interconnects()
+    inter = interconnect.default_inter_node().name
+    if args.json:
+        emit(args, dump_json({"interconnects": [interconnect_to_dict(link) for link in links],
+                              "default_inter_node": inter}))
+        return 0
+    emit(args, f"Interconnects ({len(links)}; per GPU and direction, GB/s = 1e9 B/s; bus GB/s = GB/s x the "
+               f"efficiency NCCL reaches; default between nodes: {inter}; user file: {_user_file_note()}):")
+    emit(args, render_interconnect_table(links))
     return 0
 
 

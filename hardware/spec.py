@@ -33,6 +33,8 @@ class GpuSpec:
     nvml_names: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     source: str = ""
+    interconnect: str = ""                     # its usual intra-node link, a name in resources/interconnects.toml
+                                               # ("" = by compute capability: hardware.interconnect.default_intra_node)
     origin: str = "database"                   # "database" | "user" | "live" | "derived"
     local_index: int | None = None             # NVML index for a detected device
 

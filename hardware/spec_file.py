@@ -48,7 +48,8 @@ MIN_MEMORY_GIB = 1 / 1024      # 1 MiB: less is a unit slip (bytes in TiB?) or a
 # would keep the CLI and the app waiting)
 MAX_FILE_BYTES = 4 * 2**20
 
-_STRING_KEYS = ("name", "vendor", "segment", "architecture", "compute_capability", "memory_type", "source")
+_STRING_KEYS = ("name", "vendor", "segment", "architecture", "compute_capability", "memory_type", "source",
+                "interconnect")
 _INT_KEYS = ("sm_count", "boost_clock_mhz", "tdp_w")
 _NUMBER_KEYS = ("memory_gib", "bandwidth_gbs", "available_memory_gib", "fp16_acc16_tflops", *PEAK_KEYS)
 _LIST_KEYS = ("nvml_names", "aliases")
@@ -178,8 +179,12 @@ def _read_text(path: Path) -> str:
                             "save it as UTF-8", field="gpu") from None
 
 
-def load_entries(path: Path, *, require_source: bool = False) -> list[dict]:
-    """The validated [[gpu]] tables of a spec file; anything wrong is one SpecFileError naming the file."""
+# top-level tables a hardware file may hold: [[gpu]] here, [[interconnect]] read by hardware/interconnect.py
+TOP_LEVEL_TABLES = ("gpu", "interconnect")
+
+
+def read_document(path: Path) -> dict:
+    """A hardware file parsed as TOML, with only known top-level tables; one SpecFileError naming the file."""
     text = _read_text(path)
     try:
         document = tomllib.loads(text)
@@ -187,10 +192,16 @@ def load_entries(path: Path, *, require_source: bool = False) -> list[dict]:
         raise SpecFileError(f"{path}: not valid TOML: {exc}", field="gpu") from None
     except RecursionError:   # tomllib recurses once per nested array or inline table
         raise SpecFileError(f"{path}: nests too deeply to be a GPU spec file", field="gpu") from None
-    unknown = set(document) - {"gpu"}
+    unknown = set(document) - set(TOP_LEVEL_TABLES)
     if unknown:
         raise SpecFileError(f"{path}: unknown top-level key(s) {_short(sorted(unknown))}; entries go in [[gpu]] "
-                            "tables", field="gpu")
+                            "(or [[interconnect]]) tables", field="gpu")
+    return document
+
+
+def load_entries(path: Path, *, require_source: bool = False) -> list[dict]:
+    """The validated [[gpu]] tables of a spec file; anything wrong is one SpecFileError naming the file."""
+    document = read_document(path)
     entries = document.get("gpu", [])
     if not isinstance(entries, list):
         raise SpecFileError(f"{path}: 'gpu' must be an array of tables ([[gpu]])", field="gpu")
@@ -232,6 +243,7 @@ def spec_from_entry(entry: dict, *, origin: str) -> GpuSpec:
         nvml_names=tuple(entry.get("nvml_names", ())),
         aliases=tuple(entry.get("aliases", ())),
         source=entry.get("source", ""),
+        interconnect=entry.get("interconnect", ""),
         origin=origin,
     )
 
@@ -248,7 +260,8 @@ def entry_from_spec(spec: GpuSpec) -> dict:
     optional = {"memory_type": spec.memory_type, "architecture": spec.architecture,
                 "compute_capability": spec.compute_capability, "sm_count": spec.sm_count,
                 "boost_clock_mhz": spec.boost_clock_mhz, "tdp_w": spec.tdp_w, "source": spec.source,
-                "nvml_names": list(spec.nvml_names), "aliases": list(spec.aliases)}
+                "nvml_names": list(spec.nvml_names), "aliases": list(spec.aliases),
+                "interconnect": spec.interconnect}
     entry.update({k: v for k, v in optional.items() if v})
     return entry
 
@@ -265,9 +278,10 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to a GPU spec file")
 
 
-def dump_entries(entries: list[dict], header: str = "") -> str:
-    """TOML text for flat [[gpu]] tables (the only shape spec files have)."""
+def dump_entries(entries: list[dict], header: str = "", interconnects: list[dict] = ()) -> str:
+    """TOML text for flat [[gpu]] tables, then flat [[interconnect]] tables (the only shapes hardware files have)."""
     lines = [f"# {line}" for line in header.splitlines()]
-    for entry in entries:
-        lines += ["", "[[gpu]]"] + [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
+    for table, rows in (("gpu", entries), ("interconnect", interconnects)):
+        for entry in rows:
+            lines += ["", f"[[{table}]]"] + [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
     return "\n".join(lines) + "\n"

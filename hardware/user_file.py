@@ -1,4 +1,5 @@
-"""The user's hardware file: extra GPUs, or overrides of built-in ones by name.
+"""The user's hardware file: extra GPUs, or overrides of built-in ones by name; extra interconnects, or overrides of
+a built-in interconnect's figures ([[interconnect]] tables, read by hardware/interconnect.py).
 
 It lives at platformdirs' ``user_config_dir("torchbudget")/gpus.toml``; the environment variable
 ``TORCHBUDGET_CONFIG_DIR`` points it elsewhere (tests, portable installs). Same schema as
@@ -16,11 +17,13 @@ from torchbudget.hardware.errors import SpecFileError
 from torchbudget.hardware.names import name_key
 from torchbudget.hardware.spec import GpuSpec
 from torchbudget.hardware.spec_file import (builtin_file_path, check_entry, dump_entries, entry_from_spec, load_entries,
-                                            merge_entries)
+                                            merge_entries, read_document)
 
 CONFIG_DIR_ENV = "TORCHBUDGET_CONFIG_DIR"
 _HEADER = ("TorchBudget user GPU file: entries here add to or override (by name) the built-in database.\n"
-           "Units: memory_gib (GiB), bandwidth_gbs (1e9 B/s), *_tflops dense TFLOPS. See docs/hardware.md.")
+           "Units: memory_gib (GiB), bandwidth_gbs (1e9 B/s), *_tflops dense TFLOPS. See docs/hardware.md.\n"
+           "[[interconnect]] tables add links or override a built-in's figures (bandwidth_gb_s per direction, "
+           "efficiency, latency_us).")
 
 
 def user_file_path() -> Path:
@@ -40,7 +43,13 @@ def _write(entries: list[dict]) -> None:
     path = user_file_path()
     # the file must still load: valid entries, no name or alias clashing with a built-in GPU
     merge_entries(load_entries(builtin_file_path()), entries, path)
-    text = dump_entries(entries, _HEADER)
+    # the file's [[interconnect]] tables (hardware/interconnect.py) are kept as they are
+    interconnects = read_document(path).get("interconnect", []) if path.exists() else []
+    try:
+        text = dump_entries(entries, _HEADER, interconnects if isinstance(interconnects, list) else [])
+    except TypeError:
+        raise SpecFileError(f"{path}: its [[interconnect]] tables hold values this file cannot write back (nested "
+                            "tables?); fix them first, the file is unchanged", field="interconnect") from None
     tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

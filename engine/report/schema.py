@@ -134,6 +134,11 @@ def gpu_to_dict(spec: GpuSpec) -> dict:
     return to_plain(spec)
 
 
+def interconnect_to_dict(link) -> dict:
+    """An Interconnect as JSON, with the bus bandwidth it implies (bandwidth_gb_s x efficiency)."""
+    return {**to_plain(link), "bus_bandwidth_gb_s": link.bus_bandwidth_gb_s}
+
+
 def gpu_from_dict(data: dict) -> GpuSpec:
     return from_plain(GpuSpec, data)
 

@@ -244,6 +244,15 @@ def render_gpu_table(specs) -> str:
     return table(headers, rows)
 
 
+def render_interconnect_table(links) -> str:
+    """The interconnect table: per GPU, one direction; bus GB/s = peak x efficiency (what NCCL reaches)."""
+    headers = ["Interconnect", "kind", "GB/s", "efficiency", "bus GB/s", "latency us", "domain", "origin"]
+    rows = [[link.name, link.kind, f"{link.bandwidth_gb_s:,.2f}".rstrip("0").rstrip("."), f"{link.efficiency:.2f}",
+             f"{link.bus_bandwidth_gb_s:,.1f}", f"{link.latency_us:g}",
+             "-" if link.domain_gpus is None else f"{link.domain_gpus}", link.origin] for link in links]
+    return table(headers, rows)
+
+
 def render_local_gpus(local, probe) -> str:
     if not local:
         return f"No local GPU found ({probe.error or 'no GPU detected'})."
