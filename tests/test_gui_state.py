@@ -132,3 +132,26 @@ def test_limits_are_the_spin_boxes():
     assert state.workload.batch_size == MAX_DIM
     with pytest.raises(UserError, match="batch size must be from 1 to 2,147,483,647"):
         state.update(batch=MAX_DIM + 1)
+
+
+def test_mode_dependent_options_come_back_and_sequence_length_is_a_field():
+    from torchbudget.gui.state import DEFAULT_CONTEXT
+
+    state = WorkloadState(Workload("m.py:Llama", parse_inputs("input_ids=2x16:int64")))
+    state.update(mode="decode")   # decode needs a context: the default one
+    assert state.workload.options.context_len == DEFAULT_CONTEXT
+    state.update(context_len=300, kv_dtype="fp8")
+    state.update(mode="train", grad_accum=4)
+    assert (state.workload.options.context_len, state.workload.options.kv_dtype) == (0, "auto")
+    assert state.choice("context_len") == 300 and state.choice("kv_dtype") == "fp8"
+    state.update(mode="prefill")   # the KV dtype applies, the context does not
+    assert (state.workload.options.context_len, state.workload.options.kv_dtype) == (0, "fp8")
+    assert state.choice("grad_accum") == 4
+    state.update(mode="decode")
+    assert (state.workload.options.context_len, state.workload.options.kv_dtype) == (300, "fp8")
+    state.update(seq_len=64)
+    assert state.workload.inputs == parse_inputs("input_ids=2x64:int64")
+    assert state.edit_text("freeze", "model.embed_tokens.*") is None   # cleared outside training, kept for it
+    assert state.choice("freeze") == ("model.embed_tokens.*",) and state.workload.options.freeze == ()
+    error = state.edit_text("lora_targets", "q_proj")   # targets without a rank: a draft with its error
+    assert error is not None and error.field == "lora_targets" and state.drafts == {"lora_targets": "q_proj"}
