@@ -1,10 +1,11 @@
 """Reference peaks from a real CPU run measured by torch.profiler (``profile_memory=True``), not our trace.
 
 The workload is the one the trace models: eval + no_grad for inference; for training, train mode, the
-loss ``sum(out.float().sum())``, backward, and one step of the real optimizer with foreach=True, starting
-from no gradients and no optimizer state (iteration 1). The peak is the bytes alive before the step
-(parameters, buffers, inputs: distinct storages) plus the largest running sum of the profiler's
-allocation events (each carries +size or -size), in time order, by default without CPU-kernel scratch."""
+loss ``sum(out.float().sum())`` (the output dropped once the loss exists), backward, and one step of the
+real optimizer with foreach=True, starting from no gradients and no optimizer state (iteration 1). The
+peak is the bytes alive before the step (parameters, buffers, inputs: distinct storages) plus the largest
+running sum of the profiler's allocation events (each carries +size or -size), in time order, by default
+without CPU-kernel scratch."""
 from __future__ import annotations
 
 import contextlib
@@ -41,7 +42,10 @@ def profiled_peak_bytes(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
         if train:
             with amp:
                 output = runnable(*inputs)
-            scalar_loss(output).backward()
+            loss = scalar_loss(output)
+            del output   # dropped once the loss exists, as a training loop (and the trace) does: an LLM's
+            loss.backward()   # logits are not alive in backward and the optimizer step
+            del loss
             if opt is not None:
                 opt.step()
         else:

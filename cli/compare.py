@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 
 from torchbudget.cli import common_options, emit
-from torchbudget.cli.workload_args import (add_planner_arguments, add_workload_arguments, overheads_from_args,
-                                           resolve_gpus, trace_cache_from_args, workload_from_args)
+from torchbudget.cli.workload_args import (add_cluster_arguments, add_planner_arguments, add_workload_arguments,
+                                           cluster_from_args, overheads_from_args, resolve_gpus,
+                                           trace_cache_from_args, workload_from_args)
 from torchbudget.engine.report.schema import comparison_to_dict, dump_json
 from torchbudget.engine.report.text import render_comparison
 
@@ -17,6 +18,7 @@ def register(subparsers) -> None:
                     "(each traced for its own GPU's kernels).")
     add_workload_arguments(parser)
     add_planner_arguments(parser)
+    add_cluster_arguments(parser)
     parser.add_argument("--gpus", required=True, metavar="NAMES", help='comma-separated, e.g. "H100 SXM,RTX 4090"')
     parser.add_argument("--no-max-batch", action="store_true", help="skip the largest-batch search")
     parser.set_defaults(func=run)
@@ -27,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     workload = workload_from_args(args)
     planner = Planner(trace_cache_from_args(args), overheads=overheads_from_args(args))
-    result = planner.compare(workload, resolve_gpus(args.gpus), solve_max_batch=not args.no_max_batch)
+    result = planner.compare(workload, resolve_gpus(args.gpus), solve_max_batch=not args.no_max_batch,
+                             cluster=cluster_from_args(args))
     emit(args, dump_json(comparison_to_dict(result)) if args.json else render_comparison(result))
     return 0

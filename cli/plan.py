@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 
 from torchbudget.cli import common_options, emit
-from torchbudget.cli.workload_args import (add_planner_arguments, add_workload_arguments, overheads_from_args,
-                                           resolve_gpus, trace_cache_from_args, workload_from_args)
+from torchbudget.cli.workload_args import (add_cluster_arguments, add_planner_arguments, add_workload_arguments,
+                                           cluster_from_args, overheads_from_args, resolve_gpus,
+                                           trace_cache_from_args, workload_from_args)
 from torchbudget.engine.report.schema import dump_json, plan_to_dict
 from torchbudget.engine.report.text import render_plan
 from torchbudget.errors import UserError
@@ -18,6 +19,7 @@ def register(subparsers) -> None:
                     "fit verdict, largest batch that fits, roofline lower bound and realistic latency estimate.")
     add_workload_arguments(parser)
     add_planner_arguments(parser)
+    add_cluster_arguments(parser)
     parser.add_argument("--gpu", required=True, metavar="NAME", help="GPU name or alias, or 'local'")
     parser.add_argument("--no-max-batch", action="store_true", help="skip the largest-batch search")
     parser.set_defaults(func=run)
@@ -31,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if len(gpus) != 1:
         raise UserError("plan takes one GPU; use the compare command for several", field="gpu")
     planner = Planner(trace_cache_from_args(args), overheads=overheads_from_args(args))
-    result = planner.plan(workload, gpus[0], solve_max_batch=not args.no_max_batch)
+    result = planner.plan(workload, gpus[0], solve_max_batch=not args.no_max_batch,
+                          cluster=cluster_from_args(args))
     emit(args, dump_json(plan_to_dict(result)) if args.json else render_plan(result))
     return 0

@@ -50,6 +50,14 @@ def add_workload_arguments(parser: argparse.ArgumentParser, *, target: bool = Fa
                      help=_choices_help(vocab.ATTENTION_FLOPS))
     llm.add_argument("--forward-kwargs", default=None, metavar="JSON",
                      help='non-tensor forward() arguments, e.g. \'{"output_attentions": false}\'')
+    dist = parser.add_argument_group("several GPUs (docs/distributed.md)")
+    dist.add_argument("--world-size", type=int, default=1, metavar="N",
+                      help="GPUs in the job (needs --strategy); memory and fits are then per rank")
+    dist.add_argument("--strategy", default="none", choices=vocab.STRATEGY_NAMES, help=_choices_help(vocab.STRATEGIES))
+    dist.add_argument("--tp", dest="tp_size", type=int, default=1, metavar="N",
+                      help="tensor-parallel degree (fsdp+tp: TP within groups of N, FSDP across them; tp: the world size)")
+    dist.add_argument("--sequence-parallel", action="store_true",
+                      help="tp / fsdp+tp: norms and residuals sharded along the sequence")
     if target:
         parser.add_argument("--target", default=vocab.DEFAULT_TARGET, metavar="DEVICE",
                             help=f"whose kernels to model: a CUDA compute capability (sm90, sm80, sm75) or cpu "
@@ -85,6 +93,32 @@ def add_planner_arguments(parser: argparse.ArgumentParser) -> None:
                              "else PyTorch's defaults)")
     parser.add_argument("--cuda-context-mib", type=float, default=None, metavar="MIB",
                         help="memory the CUDA context takes (default 512; `validate` measures yours)")
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the GPUs of a --world-size job are joined (hardware.cluster; defaults: the GPU's own link)."""
+    group = parser.add_argument_group("cluster (with --world-size)")
+    group.add_argument("--gpus-per-node", type=int, default=None, metavar="N",
+                       help="GPUs per node (default: min(world size, 8))")
+    group.add_argument("--interconnect", default=None, metavar="NAME",
+                       help="the link inside a node, e.g. 'NVLink 4', 'PCIe 5 x16' (default: the GPU's)")
+    group.add_argument("--inter-node", default=None, metavar="NAME",
+                       help="the link between nodes, e.g. 'InfiniBand NDR' (default)")
+
+
+def cluster_from_args(args: argparse.Namespace):
+    """engine.distributed.plan.ClusterChoice, or None for a one-GPU plan (UserError for cluster flags alone)."""
+    given = {"--gpus-per-node": args.gpus_per_node, "--interconnect": args.interconnect,
+             "--inter-node": args.inter_node}
+    if args.strategy == "none" or args.world_size == 1:
+        used = [flag for flag, value in given.items() if value is not None]
+        if used and args.strategy == "none":
+            raise UserError(f"{used[0]} only applies with --world-size N and a --strategy", field="world_size")
+    if args.gpus_per_node is not None and args.gpus_per_node < 1:
+        raise UserError(f"--gpus-per-node must be 1 or more, got {args.gpus_per_node}", field="gpus_per_node")
+    from torchbudget.engine.distributed.plan import ClusterChoice
+
+    return ClusterChoice(args.gpus_per_node, args.interconnect, args.inter_node)
 
 
 def overheads_from_args(args: argparse.Namespace):
@@ -156,7 +190,9 @@ def workload_from_args(args: argparse.Namespace):
                            context_len=args.context_len, kv_dtype=args.kv_dtype, base_dtype=args.base_dtype,
                            lora_rank=args.lora_rank or 0, lora_targets=args.lora_targets or (),
                            freeze=args.freeze or (), grad_accum=args.grad_accum, moe_routing=args.moe_routing,
-                           attention_flops=args.attention_flops)
+                           attention_flops=args.attention_flops, strategy=args.strategy,
+                           world_size=args.world_size, tp_size=args.tp_size,
+                           sequence_parallel=args.sequence_parallel)
     inputs = parse_inputs(args.input) if args.input else ()
     return Workload(args.model.strip(), inputs, options, parse_kwargs(args.kwargs),
                     parse_kwargs(args.forward_kwargs, "--forward-kwargs"))

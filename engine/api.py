@@ -26,7 +26,9 @@ def analyze(model: str | nn.Module, inputs: InputsLike = None, *, dtype: str = "
             optimizer: str | None = "adamw", precision: str | None = None, checkpointing: bool = False,
             convention: str = "default", model_kwargs: Mapping | None = None, optimizer_impl: str = "auto",
             attention: str = "auto", target: str | None = None, lora_rank: int = 0, lora_targets=(),
-            base_dtype: str = "auto", freeze=(), grad_accum: int = 1) -> AnalysisResult:
+            base_dtype: str = "auto", freeze=(), grad_accum: int = 1, moe_routing: str = "balanced",
+            strategy: str = "none", world_size: int = 1, tp_size: int = 1,
+            sequence_parallel: bool = False) -> AnalysisResult:
     """Count ``model`` (a torchvision name, ``path/file.py:Name`` or a live ``nn.Module``) at ``inputs``.
 
     ``inputs``: a shape string (``"1x3x224x224"``, ``"ids=1x128:int64,mask=1x128:int64"``), a sequence of
@@ -35,17 +37,22 @@ def analyze(model: str | nn.Module, inputs: InputsLike = None, *, dtype: str = "
     whose kernels to model (``"sm90"``, ``"sm75"``, ``"cpu"``; default: engine.vocab.DEFAULT_TARGET).
     Fine-tuning (docs/trace.md): ``lora_rank``/``lora_targets`` (peft LoRA adapters), ``base_dtype`` (frozen
     weights: bf16, fp16, int8, nf4), ``freeze`` (parameter-name globs), ``grad_accum`` (micro-batches per step).
-    A live module is never changed: LoRA and quantised layers go on a meta copy."""
+    A live module is never changed: LoRA and quantised layers go on a meta copy.
+    ``moe_routing``: how top-k routers send tokens to experts (``"balanced"``, ``"skewed"``; docs/trace.md).
+    Several GPUs (docs/distributed.md): ``strategy`` (ddp, fsdp, fsdp-grad-op, zero1, tp, fsdp+tp), ``world_size``,
+    ``tp_size``, ``sequence_parallel``: rank 0's step under torch's own wrappers (on a meta copy of a live module)."""
     options = make_options(dtype=dtype, mode=mode, optimizer=optimizer, precision=precision,
                            checkpointing=checkpointing, convention=convention, optimizer_impl=optimizer_impl,
                            attention=attention, target=target, lora_rank=lora_rank, lora_targets=lora_targets,
-                           base_dtype=base_dtype, freeze=freeze, grad_accum=grad_accum)
+                           base_dtype=base_dtype, freeze=freeze, grad_accum=grad_accum, moe_routing=moe_routing,
+                           strategy=strategy, world_size=world_size, tp_size=tp_size,
+                           sequence_parallel=sequence_parallel)
     if isinstance(model, nn.Module):
         if model_kwargs:
             raise UserError("model_kwargs only apply when the model is given by name or file", field="model")
         name = type(model).__name__
         defaults = guess_default_inputs(model, getattr(model, "example_input_shapes", None))
-        return _trace(model, _resolve_inputs(inputs, defaults, name), options, name)
+        return _trace_live(model, _resolve_inputs(inputs, defaults, name), options, name)
     if not isinstance(model, str):
         raise UserError(f"model must be a name, a path/to/file.py:Name or an nn.Module, not {type(model).__name__}",
                         field="model")
@@ -69,12 +76,15 @@ def make_options(*, dtype: str = "fp32", mode: str = "infer", optimizer: str | N
                  precision: str | None = None, checkpointing: bool = False, convention: str = "default",
                  optimizer_impl: str = "auto", attention: str = "auto", target: str | None = None,
                  lora_rank: int = 0, lora_targets=(), base_dtype: str = "auto", freeze=(),
-                 grad_accum: int = 1) -> TraceOptions:
+                 grad_accum: int = 1, moe_routing: str = "balanced", strategy: str = "none", world_size: int = 1,
+                 tp_size: int = 1, sequence_parallel: bool = False) -> TraceOptions:
     """TraceOptions from keyword spellings (engine.vocab normalises and names the bad field)."""
     return TraceOptions(mode=mode, precision=precision or dtype or "fp32", optimizer=optimizer,
                         checkpointing=bool(checkpointing), convention=convention, optimizer_impl=optimizer_impl,
                         attention=attention, target=target or vocab.DEFAULT_TARGET, lora_rank=lora_rank,
-                        lora_targets=lora_targets, base_dtype=base_dtype, freeze=freeze, grad_accum=grad_accum)
+                        lora_targets=lora_targets, base_dtype=base_dtype, freeze=freeze, grad_accum=grad_accum,
+                        moe_routing=moe_routing, strategy=strategy, world_size=world_size, tp_size=tp_size,
+                        sequence_parallel=sequence_parallel)
 
 
 def _spec_from(value, name: str | None = None) -> InputSpec:
@@ -124,4 +134,27 @@ def _trace_loaded(loaded: LoadedModel, inputs: tuple[InputSpec, ...], options: T
 
 
 def _trace(module: nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, name: str) -> AnalysisResult:
+    if options.distributed:   # rank 0 under torch's own wrappers: the module must be ours (built for this trace)
+        from torchbudget.engine.distributed.trace import trace_distributed
+
+        return trace_distributed(module, inputs, options, model_name=name)
+    return trace.trace_model(module, inputs, options, model_name=name)
+
+
+def _meta_copy(module: nn.Module) -> nn.Module:
+    """A copy of a live module whose parameters and buffers are on meta (no memory): the distributed trace
+    wraps and materialises the module it gets, which must never be the user's."""
+    import copy
+
+    memo = {}
+    for p in module.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in module.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(module, memo)
+
+
+def _trace_live(module: nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, name: str) -> AnalysisResult:
+    if options.distributed:
+        return _trace(_meta_copy(module), inputs, options, name)
     return trace.trace_model(module, inputs, options, model_name=name)

@@ -148,6 +148,14 @@ def _op_time(op: OpRecord, flops: int, moved: int, gpu: GpuSpec, tf32: bool, eff
     return peak, compute_s, memory_s, bound_ms, estimate_ms
 
 
+def op_estimates_ms(result: AnalysisResult, gpu: GpuSpec, efficiency: Efficiency = Efficiency()) -> list[float]:
+    """Each op's realistic estimate (ms; 0 for ops that launch no kernel), in op order: the compute stream of
+    engine.distributed.comm's timeline."""
+    tf32 = result.options.precision == "tf32"
+    return [_op_time(op, op.flops, op.bytes_read + op.bytes_written, gpu, tf32, efficiency)[4]
+            if op.launches_kernel else 0.0 for op in result.ops]
+
+
 def phase_totals(counted_ops, gpu: GpuSpec, *, tf32: bool, efficiency: Efficiency = Efficiency()) -> dict:
     """{phase: [bound ms, estimate ms]} from ``(op, flops, bytes moved)`` triples: the cheap path for
     sweeps, where the counts come from the affine batch model instead of an op record."""

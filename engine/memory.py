@@ -20,7 +20,8 @@ TRACE_CATEGORIES = (
     MemoryCategory.WEIGHTS, MemoryCategory.BUFFERS, MemoryCategory.INPUTS, MemoryCategory.KV_CACHE,
     MemoryCategory.ACTIVATIONS, MemoryCategory.TEMPORARIES, MemoryCategory.GRADIENTS, MemoryCategory.OPTIMIZER_STATE,
 )
-OVERHEAD_CATEGORIES = (MemoryCategory.WORKSPACE, MemoryCategory.CUDA_CONTEXT, MemoryCategory.ALLOCATOR)
+OVERHEAD_CATEGORIES = (MemoryCategory.WORKSPACE, MemoryCategory.CUDA_CONTEXT, MemoryCategory.COMMUNICATION,
+                       MemoryCategory.ALLOCATOR)
 ALLOCATOR_BLOCK_BYTES = 512   # the caching allocator's rounding (kMinBlockSize): the live tensor peaks' unit
 
 
@@ -179,7 +180,8 @@ def _block(overheads: Overheads) -> int:
 def required_bytes(events, overheads: Overheads, *, has_conv: bool, sizes=None) -> int:
     """simulate_memory(...).required_bytes without the breakdown or timeline: what the solvers compare
     with ``GpuSpec.available_memory_bytes``."""
-    return _held_bytes(events, overheads, sizes) + workspace_bytes(overheads, has_conv) + overheads.cuda_context_bytes
+    return (_held_bytes(events, overheads, sizes) + workspace_bytes(overheads, has_conv) + overheads.cuda_context_bytes
+            + overheads.communication_bytes(overheads.communicators))
 
 
 def _held_bytes(events, overheads: Overheads, sizes) -> int:
@@ -195,7 +197,8 @@ def fits(events, overheads: Overheads, available_bytes: int, *, has_conv: bool, 
     """(fits, only_after_releasing_the_cache). The whole footprint fits the available memory; or it does
     not, but the allocator, given what is left once the context and workspaces are taken, serves every
     request by freeing its cache and retrying (as PyTorch does before raising out-of-memory)."""
-    fixed = workspace_bytes(overheads, has_conv) + overheads.cuda_context_bytes
+    fixed = (workspace_bytes(overheads, has_conv) + overheads.cuda_context_bytes
+             + overheads.communication_bytes(overheads.communicators))
     if _held_bytes(events, overheads, sizes) + fixed <= available_bytes:
         return True, False
     if overheads.allocator is None or available_bytes <= fixed:
@@ -271,6 +274,7 @@ def simulate_memory(result: AnalysisResult, overheads: Overheads = Overheads(), 
     reserved = replayed.reserved_peak_bytes if replayed else tensor_peak
     by_category[MemoryCategory.WORKSPACE] = workspace_bytes(overheads, uses_cudnn(result))
     by_category[MemoryCategory.CUDA_CONTEXT] = overheads.cuda_context_bytes
+    by_category[MemoryCategory.COMMUNICATION] = overheads.communication_bytes(overheads.communicators)   # 0: one GPU
     by_category[MemoryCategory.ALLOCATOR] = max(reserved - sum(by_category[c] for c in TRACE_CATEGORIES), 0)
 
     peak_op = int(arrays.op_index[position]) if position >= 0 else -1

@@ -45,12 +45,14 @@ class Overheads:
     # NCCL buffers each process group (communicator) holds on every rank it spans, outside PyTorch's allocator;
     # 0 on one GPU (no communicator). Set NCCL_BUFFSIZE / fewer channels lower -> lower this.
     nccl_bytes_per_communicator: int = NCCL_BYTES_PER_COMMUNICATOR
+    # process groups this rank runs collectives in: set by the planner for a distributed workload (0: one GPU)
+    communicators: int = 0
     # "tight" when the requirement uses more than (1 - this) of the available memory.
     tight_threshold_fraction: float = 0.10
 
     def __post_init__(self):
         for name in ("cuda_context_bytes", "cublas_workspace_bytes", "cudnn_workspace_bytes",
-                     "nccl_bytes_per_communicator"):
+                     "nccl_bytes_per_communicator", "communicators"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if not 0 <= self.tight_threshold_fraction < 1:

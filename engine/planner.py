@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from torchbudget.engine import vocab
 from torchbudget.engine.cache import TraceCache
@@ -20,6 +20,9 @@ from torchbudget.engine.report.units import human_bytes
 from torchbudget.engine.results import GENERATION_WARNING, AnalysisResult, MemoryCategory
 from torchbudget.engine.workload import Workload
 from torchbudget.hardware.spec import GpuSpec
+
+if TYPE_CHECKING:
+    from torchbudget.engine.distributed.plan import ClusterChoice, DistributedPlan
 
 
 class Verdict(str, Enum):
@@ -44,6 +47,9 @@ class Plan:
     result: AnalysisResult | None = None
     notes: tuple[str, ...] = ()      # warnings a user should read: tensor-core fallback, unsolved max batch...
     generation: GenerationReport | None = None   # prefill/decode: tokens/s, KV cache, decode bounds, max context
+    # several GPUs: memory, verdict and max batch are per rank; this holds the cluster, the collectives, the step
+    # time with communication and the job's throughput (engine.distributed.plan)
+    distributed: "DistributedPlan | None" = None
 
     @property
     def fits(self) -> bool:
@@ -94,11 +100,27 @@ def plan_notes(result: AnalysisResult, gpu: GpuSpec, overheads: Overheads) -> tu
     return tuple(notes)
 
 
+def overheads_for(options, overheads: Overheads) -> Overheads:
+    """The overheads of one rank: a distributed workload adds NCCL's buffers, one set per communicator."""
+    if not options.distributed or options.world_size < 2:
+        return overheads
+    communicators = vocab.strategy(options.strategy).communicators
+    return replace(overheads, communicators=communicators)
+
+
 def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = Overheads(),
                 efficiency: Efficiency = Efficiency(), workload: Workload | None = None,
-                max_batch: int | None = None, notes: Sequence[str] = (), max_context: int | None = None) -> Plan:
+                max_batch: int | None = None, notes: Sequence[str] = (), max_context: int | None = None,
+                cluster: "ClusterChoice | None" = None) -> Plan:
+    overheads = overheads_for(result.options, overheads)
     memory = simulate_memory(result, overheads)
     latency = roofline(result, gpu, efficiency)
+    distributed = None
+    if result.distributed is not None:
+        from torchbudget.engine.distributed.plan import distributed_plan
+        from torchbudget.engine.latency import op_estimates_ms
+
+        distributed = distributed_plan(result, gpu, op_estimates_ms(result, gpu, efficiency), cluster)
     generation = generation_report(result, gpu, latency)
     if generation is not None and max_context is not None:
         generation = replace(generation, max_context=max_context)
@@ -119,8 +141,9 @@ def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = 
         capacity_bytes=capacity, headroom_bytes=headroom,
         headroom_fraction=headroom / capacity if capacity > 0 else None,
         dominant_category=dominant, max_batch=max_batch, latency=latency,
-        throughput_samples_per_s=latency.throughput_samples_per_s, result=result,
-        notes=tuple(notes) + plan_notes(result, gpu, overheads), generation=generation,
+        throughput_samples_per_s=distributed.samples_per_s if distributed else latency.throughput_samples_per_s,
+        result=result, notes=tuple(notes) + plan_notes(result, gpu, overheads), generation=generation,
+        distributed=distributed,
     )
 
 
@@ -193,7 +216,8 @@ class Planner:
         low = on_gpu.with_batch(1) if on_gpu.inputs else on_gpu
         anchored = low if on_gpu.inputs and self.cache.in_memory(low) and self.cache.in_memory(on_gpu.with_batch(2)) \
             else on_gpu
-        best, why = try_max_batch(anchored, gpu, cache=self.cache, overheads=self.overheads)
+        best, why = try_max_batch(anchored, gpu, cache=self.cache,
+                                  overheads=overheads_for(workload.options, self.overheads))
         if best is not None:
             self.remember_max_batch(workload, gpu, best)
         return best, why
@@ -243,7 +267,8 @@ class Planner:
         return [f"at the largest context: {w.removeprefix(GENERATION_WARNING)}" for w in warnings[:1]]
 
     # -- plans -----------------------------------------------------------------------------------
-    def plan(self, workload: Workload, gpu: GpuSpec, *, solve_max_batch: bool = True) -> Plan:
+    def plan(self, workload: Workload, gpu: GpuSpec, *, solve_max_batch: bool = True,
+             cluster: "ClusterChoice | None" = None) -> Plan:
         """``solve_max_batch``: solve the largest batch (decode: concurrent sequences, and the largest context)."""
         on_gpu = workload.on_gpu(gpu)
         result = self.cache.get(on_gpu)
@@ -256,7 +281,7 @@ class Planner:
             notes += [why] if why else []
             notes += self._beyond_positions(on_gpu, context)
         return plan_result(result, gpu, overheads=self.overheads, efficiency=self.efficiency, workload=on_gpu,
-                           max_batch=best, notes=notes, max_context=context)
+                           max_batch=best, notes=notes, max_context=context, cluster=cluster)
 
     def plans(self, workload: Workload, gpus: Sequence[GpuSpec], *, solve_max_batch: bool = True) -> tuple[Plan, ...]:
         return tuple(self.plan(workload, gpu, solve_max_batch=solve_max_batch) for gpu in gpus)
@@ -292,9 +317,10 @@ class Planner:
                                      max_context=context))
         return tuple(plans), interpolated
 
-    def compare(self, workload: Workload, gpus: Sequence[GpuSpec], *, solve_max_batch: bool = True) -> Comparison:
-        return Comparison(workload, tuple(row_of(self.plan(workload, gpu, solve_max_batch=solve_max_batch))
-                                          for gpu in gpus))
+    def compare(self, workload: Workload, gpus: Sequence[GpuSpec], *, solve_max_batch: bool = True,
+                cluster: "ClusterChoice | None" = None) -> Comparison:
+        return Comparison(workload, tuple(row_of(self.plan(workload, gpu, solve_max_batch=solve_max_batch,
+                                                           cluster=cluster)) for gpu in gpus))
 
     # -- sweeps ----------------------------------------------------------------------------------
     def batch_sweep(self, workload: Workload, gpus: Sequence[GpuSpec], batches: Sequence[int] | None = None):

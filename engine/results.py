@@ -38,6 +38,8 @@ class OpKind(str, Enum):
     VIEW = "view"              # no kernel: views, metadata
     MEMORY = "memory"          # moves bytes, no arithmetic: copies, cat, gather, pad, sort
     ALLOCATION = "allocation"  # allocations and constant fills
+    COLLECTIVE = "collective"  # torch.distributed collectives (c10d, functional): no FLOPs, timed on the
+                               # interconnect (engine.distributed.comm), not on the GPU's roofline
     OTHER = "other"            # no formula: uncounted
 
     @property
@@ -59,6 +61,7 @@ class MemoryCategory(str, Enum):
     WORKSPACE = "workspace"
     CUDA_CONTEXT = "cuda_context"
     ALLOCATOR = "allocator"              # caching-allocator rounding and reserve
+    COMMUNICATION = "communication"      # NCCL's buffers per communicator (several GPUs only)
 
 
 # AnalysisResult.warnings of a prefill/decode trace that plans repeat as notes (a context beyond the model's
@@ -185,6 +188,11 @@ class TraceOptions:
     grad_accum: int = 1               # training only: micro-batches per optimizer step
     moe_routing: str = "balanced"     # engine.vocab.MOE_ROUTINGS
     attention_flops: str = "full"     # engine.vocab.ATTENTION_FLOPS
+    # several GPUs (engine.distributed): the trace is rank 0's step under the strategy's real wrappers
+    strategy: str = "none"            # engine.vocab.STRATEGIES ("none": one GPU)
+    world_size: int = 1               # GPUs in the job
+    tp_size: int = 1                  # tensor-parallel degree (tp: the world size; fsdp+tp: --tp)
+    sequence_parallel: bool = False   # tp / fsdp+tp: norms and residuals sharded along the sequence
 
     def __post_init__(self):
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
@@ -220,6 +228,12 @@ class TraceOptions:
         put("grad_accum", grad_accum if training else 1)
         put("moe_routing", vocab.normalise_moe_routing(self.moe_routing))
         put("attention_flops", vocab.normalise_attention_flops(self.attention_flops))
+        strategy, world, tp, sp = vocab.normalise_parallelism(self.strategy, self.world_size, self.tp_size,
+                                                             self.sequence_parallel, training=training)
+        put("strategy", strategy)
+        put("world_size", world)
+        put("tp_size", tp)
+        put("sequence_parallel", sp)
 
     @property
     def training(self) -> bool:
@@ -228,6 +242,50 @@ class TraceOptions:
     @property
     def generation(self) -> bool:
         return vocab.is_generation(self.mode)
+
+    @property
+    def distributed(self) -> bool:
+        """A step of one rank among several GPUs (engine.distributed), not a single GPU's."""
+        return self.strategy != "none"
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel replicas: how many different batches one step processes."""
+        return self.world_size // self.tp_size
+
+
+@dataclass(frozen=True)
+class CollectiveCall:
+    """One collective in the traced step of rank 0 (engine.distributed): what the bus-bandwidth formulas
+    need. ``nbytes`` is the S of nccl-tests: the whole gathered/reduced buffer (all-gather: the output;
+    reduce-scatter: the input; all-reduce and broadcast: the tensor)."""
+
+    op_index: int                    # the OpRecord it is
+    kind: str                        # all_reduce | all_gather | reduce_scatter | broadcast | all_to_all
+    nbytes: int
+    group_size: int
+    group: str                       # "world", "dp" or "tp": which process group (engine.distributed.mesh)
+    phase: Phase
+    module_path: str
+
+
+@dataclass(frozen=True)
+class DistributedInfo:
+    """How rank 0's step was obtained, and its collectives."""
+
+    strategy: str
+    world_size: int
+    tp_size: int
+    groups: Mapping[str, tuple[int, ...]]        # group name -> the global ranks in rank 0's group
+    collectives: tuple[CollectiveCall, ...] = ()
+    method: str = "traced"                       # "traced": the real wrappers on a fake process group
+    global_params: int = 0                       # the model's parameters before sharding
+    global_param_bytes: int = 0
+    notes: tuple[str, ...] = ()
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.tp_size
 
 
 @dataclass(frozen=True)
@@ -247,6 +305,7 @@ class AnalysisResult:
     flop_coverage: float = 1.0        # counted FLOPs / (counted + uncounted ops' estimated FLOPs)
     target_dependent: bool = True     # False: no decision depended on the CUDA capability (no SDPA call), so
                                       # the trace holds for every CUDA target (engine.cache shares it)
+    distributed: DistributedInfo | None = None   # several GPUs: rank 0's step (engine.distributed)
 
     @property
     def batch_size(self) -> int:

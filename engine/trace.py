@@ -27,7 +27,7 @@ from torchbudget.engine.inputs import InputSpec
 from torchbudget.engine.meta_params import StandIns, make_stand_ins, names_for
 from torchbudget.engine.target import CudaSemantics
 from torchbudget.engine.results import AnalysisResult, Phase, TraceOptions
-from torchbudget.engine.tracing import assemble, generation, training
+from torchbudget.engine.tracing import assemble, generation, hf_masks, training
 from torchbudget.engine.tracing.errors import looks_like_shapes
 from torchbudget.engine.tracing.modules import ModuleStack
 from torchbudget.engine.tracing.recorder import Recorder
@@ -36,7 +36,6 @@ def _not_built_yet(options: TraceOptions) -> str | None:
     """Options the workload vocabulary knows (issue 10's LLM workloads) whose tracing is not built yet: an
     error, never a silently ignored setting."""
     unbuilt = {
-        "--moe-routing skewed": options.moe_routing != "balanced",
         "--attention-flops causal": options.attention_flops != "full",
     }
     named = [name for name, asked in unbuilt.items() if asked]
@@ -98,6 +97,7 @@ class _Run:
     output_bytes: int = 0
     semantics: object = None     # CudaSemantics (its notes go into the result's policies) or a CPU context
     generation: object = None    # engine.tracing.generation.GenerationStep of a prefill/decode step
+    notes: tuple[str, ...] = ()  # decisions taken for the model's own code (hf_masks)
 
 
 def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: TraceOptions = TraceOptions(),
@@ -138,7 +138,7 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
         modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(run.recorder.storage.lives, run.roles),
         uncounted_ops=uncounted, coverage=coverage, flop_coverage=flop_coverage, warnings=warnings,
         policies=((run.generation.description,) if run.generation else ())
-        + tuple(run.recorder.policies.applied) + _semantics_notes(run.semantics, options)
+        + tuple(run.recorder.policies.applied) + run.notes + _semantics_notes(run.semantics, options)
         + ((training.checkpoint_note(traced),) if options.training and options.checkpointing else ())
         + prepared.notes + training.grad_accum_notes(options, inputs),
         trace_seconds=time.perf_counter() - started,
@@ -166,7 +166,7 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
     step = _generation_step(model, inputs, options, use_names, stand_ins, autocast_dtype, make_input) \
         if options.generation else None
     stack = ModuleStack(model)
-    run = _Run(stack, Recorder(stack, options.convention), assemble.StorageRoles(), stand_ins,
+    run = _Run(stack, Recorder(stack, options.convention, options.moe_routing), assemble.StorageRoles(), stand_ins,
                input_bytes=sum(t.numel() * t.element_size() for t in tensors))
     recorder, roles = run.recorder, run.roles
     for ids, group in ((roles.weights, [p for _, p, _ in stand_ins.params] + [t for _, t in stand_ins.weight_buffers]),
@@ -186,7 +186,8 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
     semantics = _target_semantics(options, autocast_dtype, lambda: stack.current)
     run.semantics = semantics
     try:
-        with stack, recorder, (contextlib.nullcontext() if train else torch.no_grad()):
+        with stack, recorder, (contextlib.nullcontext() if train else torch.no_grad()), \
+                hf_masks.one_sequence_per_row() as masks:
             # the stand-ins replace the module's tensors for forward AND backward: activation
             # checkpointing recomputes forward code in backward, which must find them (and never the user's
             # own tensors, which it would update in place); the module is restored on the way out
@@ -206,6 +207,7 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
             if train:
                 # kept in a local: its state must stay alive until the recording closes
                 optimizer = _optimizer_step(recorder, roles, backward_done, options)  # noqa: F841
+        run.notes = (hf_masks.NOTE,) if masks.used else ()
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001  (an op failed, or Python code in forward raised)
@@ -322,3 +324,12 @@ def _forward_error(exc: Exception, stack: ModuleStack, recorder: Recorder) -> Us
 
 
 __all__ = ["trace_model", "freeze_startup_objects", "precision_dtypes"]
+
+
+# -- for engine.distributed (issue 11): a distributed trace runs under the same lock, state guard, target
+# semantics and error translation as this one; it applies torch's own wrappers instead of the stand-ins above
+TRACE_LOCK = _TRACE_LOCK
+restored_state = _restored_state
+target_semantics = _target_semantics
+semantics_notes = _semantics_notes
+forward_error = _forward_error

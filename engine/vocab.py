@@ -246,6 +246,81 @@ def check_count(value, what: str, field: str, *, lowest: int) -> int:
     return value
 
 
+# ----------------------------------------------------------------------------------- several GPUs
+@dataclass(frozen=True)
+class Strategy(Term):
+    training_only: bool = False     # meaningless for inference (a replica per GPU, or only the optimizer sharded)
+    tensor_parallel: bool = False   # uses a tensor-parallel group (--tp)
+    communicators: int = 1          # process groups that run collectives (NCCL communicators per rank)
+
+
+STRATEGIES = (
+    Strategy("none", "one GPU", "One GPU: the whole step on one device.", communicators=0),
+    Strategy("ddp", "DDP", "DistributedDataParallel: a full replica on every GPU; gradients all-reduced in 25 MiB "
+                           "buckets during backward.", training_only=True),
+    Strategy("fsdp", "FSDP", "FSDP2 fully_shard, FULL_SHARD (reshard after forward, ZeRO-3): parameters, gradients "
+                             "and optimizer state sharded; each block all-gathered in forward and again in backward."),
+    Strategy("fsdp-grad-op", "FSDP grad-op", "FSDP2 fully_shard, SHARD_GRAD_OP (no reshard after forward, ZeRO-2-"
+                                             "like): blocks stay gathered from forward to backward.",
+             training_only=True),
+    Strategy("zero1", "ZeRO-1", "DDP + torch's ZeroRedundancyOptimizer: only the optimizer state is sharded (whole "
+                                "parameters per rank); updated parameters broadcast from their owners.",
+             training_only=True),
+    Strategy("tp", "tensor parallel", "parallelize_module on every GPU: attention q/k/v and MLP gate/up column-wise, "
+                                      "o and down row-wise (Megatron-style), embedding and head sharded.",
+             tensor_parallel=True),
+    Strategy("fsdp+tp", "FSDP + TP", "2-D mesh: tensor parallel within groups of --tp GPUs, FSDP across the groups.",
+             tensor_parallel=True, communicators=2),
+)
+STRATEGY_NAMES = _names(STRATEGIES)
+_STRATEGY_ALIASES = {"single": "none", "1gpu": "none", "zero3": "fsdp", "full_shard": "fsdp", "full-shard": "fsdp",
+                     "fsdp2": "fsdp", "shard_grad_op": "fsdp-grad-op", "shard-grad-op": "fsdp-grad-op",
+                     "fsdp_grad_op": "fsdp-grad-op", "zero2": "fsdp-grad-op", "zero-1": "zero1",
+                     "tensor-parallel": "tp", "fsdp-tp": "fsdp+tp", "2d": "fsdp+tp", "fsdp_tp": "fsdp+tp"}
+MAX_WORLD_SIZE = 1 << 16
+
+
+def normalise_strategy(value) -> str:
+    return _normalise(value if value is not None else "none", STRATEGIES, "strategy", "strategy", _STRATEGY_ALIASES)
+
+
+def strategy(name: str) -> Strategy:
+    return next(s for s in STRATEGIES if s.name == normalise_strategy(name))
+
+
+def normalise_parallelism(strategy_name, world_size, tp_size, sequence_parallel, *, training: bool
+                          ) -> tuple[str, int, int, bool]:
+    """(strategy, world size, tensor-parallel degree, sequence parallel), checked together: one UserError
+    naming what does not fit (a world size the TP degree does not divide, --tp without a TP strategy...)."""
+    chosen = strategy(strategy_name)
+    world = check_count(world_size, "the world size (number of GPUs)", "world_size", lowest=1)
+    if world > MAX_WORLD_SIZE:
+        raise UserError(f"the world size must be at most {MAX_WORLD_SIZE}, got {world}", field="world_size")
+    tp = check_count(tp_size, "the tensor-parallel degree", "tp_size", lowest=1)
+    if chosen.name == "none":
+        if world != 1:
+            raise UserError(f"--world-size {world} needs a --strategy ({', '.join(STRATEGY_NAMES[1:])})",
+                            field="strategy")
+    if chosen.training_only and not training:
+        raise UserError(f"the {chosen.name} strategy only applies to --mode train", field="strategy")
+    if chosen.name == "tp":
+        if tp not in (1, world):
+            raise UserError(f"the tp strategy uses every GPU for tensor parallel: --tp {tp} must equal the world "
+                            f"size {world} (fsdp+tp combines a smaller TP degree with FSDP)", field="tp_size")
+        tp = world
+    elif chosen.name == "fsdp+tp":
+        if tp < 2:
+            raise UserError("fsdp+tp needs a tensor-parallel degree: --tp 2 or more", field="tp_size")
+        if world % tp:
+            raise UserError(f"world size {world} is not divisible by the tensor-parallel degree {tp}",
+                            field="tp_size")
+    elif tp != 1:
+        raise UserError(f"--tp only applies to the tp and fsdp+tp strategies, not {chosen.name}", field="tp_size")
+    if sequence_parallel and not chosen.tensor_parallel:
+        raise UserError("sequence parallel only applies to the tp and fsdp+tp strategies", field="sequence_parallel")
+    return chosen.name, world, tp, bool(sequence_parallel)
+
+
 # ----------------------------------------------------------------------------------------- conventions
 CONVENTIONS = (
     Term("default", "default", "TorchBudget's counts: one formula per aten op (docs/conventions.md)."),
@@ -360,7 +435,8 @@ def markdown_tables() -> str:
     for title, terms in (("mode", MODES), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS),
                          ("optimizer implementation", OPTIMIZER_IMPLS), ("attention backend", ATTENTION_BACKENDS),
                          ("convention", CONVENTIONS), ("KV-cache dtype", KV_DTYPES), ("base dtype", BASE_DTYPES),
-                         ("MoE routing", MOE_ROUTINGS), ("attention FLOPs", ATTENTION_FLOPS)):
+                         ("MoE routing", MOE_ROUTINGS), ("attention FLOPs", ATTENTION_FLOPS),
+                         ("strategy", STRATEGIES)):
         out += [f"| {title} | meaning |", "|---|---|"]
         out += [f"| `{t.name}` | {t.tip} |" for t in terms]
         out.append("")

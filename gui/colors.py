@@ -21,6 +21,7 @@ CATEGORY_COLORS = {
     MemoryCategory.OPTIMIZER_STATE: "#D55E00",
     MemoryCategory.WORKSPACE: "#009E73",
     MemoryCategory.CUDA_CONTEXT: "#7F7F7F",
+    MemoryCategory.COMMUNICATION: "#332288",
     MemoryCategory.ALLOCATOR: "#B0B0B0",
 }
 

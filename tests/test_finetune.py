@@ -253,6 +253,32 @@ def test_grad_accumulation_memory_and_time():
     assert lat.throughput_samples_per_s == pytest.approx(8 / (lat.estimate_ms / 1000))
 
 
+# ------------------------------------------------------------------------------------ transformers' mask
+@pytest.mark.parametrize("target", ["cpu", "sm90"])
+def test_causal_mask_left_to_sdpa_as_a_real_run_decides(target):
+    """use_cache=False and no attention mask (a training step on input ids): a real run finds one sequence per
+    row in the position ids the model makes, skips the 4-D mask (SDPA's is_causal) and passes GQA to SDPA
+    (enable_gqa) instead of repeating K and V; on data-less ids transformers would keep the mask (it takes a
+    FakeTensor for a compile trace). The trace decides as the real run does and says so; transformers' function
+    is put back."""
+    import transformers.masking_utils as masking
+    from transformers import LlamaForCausalLM
+
+    from torchbudget.engine.tracing import hf_masks
+
+    original = masking.find_packed_sequence_indices
+    cfg = config()
+    cfg.use_cache = False
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    result = analyze(model, INPUT, mode="train", target=target)
+    assert hf_masks.NOTE in result.policies
+    forward = [op for op in result.ops if op.phase is Phase.FORWARD]
+    assert not [op for op in forward if op.op in ("aten.where.self", "aten.bitwise_and.Tensor")]   # no mask built
+    assert not [op for op in forward if op.op == "aten.clone.default" and op.module_path.endswith("self_attn")]
+    assert masking.find_packed_sequence_indices is original
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def test_cli_qlora_plan_on_a_llama(capsys):
     argv = ["plan", MODEL, "--mode", "train", "--lora-rank", "16", "--base-dtype", "nf4", "--precision", "bf16-amp",

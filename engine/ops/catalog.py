@@ -19,6 +19,9 @@ class OpRow:
 
 
 def op_rows(convention: str = "default") -> tuple[OpRow, ...]:
+    from torchbudget.engine.ops.collective import register_fsdp_ops
+
+    register_fsdp_ops()   # FSDP2's ops exist once torch.distributed.fsdp is imported: list them either way
     rows = []
     for name, status in sorted(registry.registered_ops(convention).items()):
         entry = registry.lookup(registry.packet_named(name), convention) if status == "counted" else None

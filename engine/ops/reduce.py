@@ -3,7 +3,11 @@
 sum/amax/amin/max/min/prod/argmax/any/all/cumsum: 1 per input element; mean: 1 per input element
 + 1 divide per output element; var/std/norms: 2 per input element (+1 per output element for the
 sqrt/divide); logsumexp: 3 per input element. Scatter-adds (index_add, scatter_add, embedding
-backward, index_put with accumulate, col2im/fold): 1 per source element."""
+backward, index_put with accumulate, col2im/fold): 1 per source element. Histograms (the token counts
+per expert of a mixture-of-experts layer): bincount 1 per input element (its count increment, or the
+weighted add), histc 4 (the bin position (x - min)·bins/(max - min): 3, and the increment). Negative
+log-likelihood (cross-entropy after its log_softmax): 1 per target element (the picked log-probability summed,
+or scattered back as the gradient)."""
 from __future__ import annotations
 
 from functools import partial
@@ -45,6 +49,30 @@ def logsumexp_flops(args, kwargs, out) -> int:
 def scatter_add_flops(args, kwargs, out) -> int:
     """1 × source elements (args: self, dim, index, source)"""
     return numel(args[3])
+
+
+@register(*ops("bincount"))
+def bincount_flops(args, kwargs, out) -> int:
+    """1 × input elements (one count increment, or weighted add, per element)"""
+    return numel(args[0])
+
+
+@register(*ops("histc"))
+def histc_flops(args, kwargs, out) -> int:
+    """4 × input elements (bin position (x - min)·bins/(max - min): 3, the count increment: 1)"""
+    return 4 * numel(args[0])
+
+
+@register(*ops("nll_loss_forward", "nll_loss2d_forward"))
+def nll_loss_flops(args, kwargs, out) -> int:
+    """1 × target elements (the picked log-probabilities summed; the mean's one divide not counted)"""
+    return numel(args[1])
+
+
+@register(*ops("nll_loss_backward", "nll_loss2d_backward"))
+def nll_loss_backward_flops(args, kwargs, out) -> int:
+    """1 × target elements (-grad_output / total weight scattered to each target's class)"""
+    return numel(args[2])
 
 
 @register(*ops("embedding_dense_backward", "embedding_backward"))

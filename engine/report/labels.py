@@ -19,6 +19,7 @@ CATEGORY_LABELS = {
     MemoryCategory.OPTIMIZER_STATE: "Optimizer state",
     MemoryCategory.WORKSPACE: "Workspace",
     MemoryCategory.CUDA_CONTEXT: "CUDA context",
+    MemoryCategory.COMMUNICATION: "NCCL buffers",
     MemoryCategory.ALLOCATOR: "Allocator slack",
 }
 
@@ -34,6 +35,7 @@ CATEGORY_TIPS = {
     MemoryCategory.OPTIMIZER_STATE: "Optimizer state, e.g. Adam's two moments per parameter.",
     MemoryCategory.WORKSPACE: "cuBLAS/cuDNN scratch space.",
     MemoryCategory.CUDA_CONTEXT: "Memory the CUDA driver and PyTorch kernels hold once CUDA starts.",
+    MemoryCategory.COMMUNICATION: "NCCL's buffers, per process group that runs collectives (several GPUs).",
     MemoryCategory.ALLOCATOR: "Caching-allocator rounding and reserved-but-unused segments.",
 }
 

@@ -86,6 +86,30 @@ def plan_to_dict(plan) -> dict:
             "global_batch": latency.global_batch,
         },
         "generation": generation_to_dict(plan.generation, plan.max_batch),
+        "distributed": distributed_to_dict(plan),
+    }
+
+
+def distributed_to_dict(plan) -> dict | None:
+    """Several GPUs (engine.distributed.plan): ``memory``, ``fits`` and ``max_batch`` above are per rank."""
+    d = plan.distributed
+    if d is None:
+        return None
+    c = d.comm
+    return {
+        "world_size": d.world_size, "strategy": d.strategy, "tp_size": d.tp_size, "dp_size": d.dp_size,
+        "method": d.method, "cluster": d.cluster, "gpus_per_node": d.gpus_per_node,
+        "intra_node": d.intra, "inter_node": d.inter,
+        "per_rank_memory": {"peak_bytes": plan.memory.peak_bytes,
+                            "by_category": {cat.value: n for cat, n in plan.memory.by_category.items()}},
+        "collectives": [{"kind": t.call.kind, "bytes": t.call.nbytes, "group_size": t.call.group_size,
+                         "group": t.call.group, "phase": t.call.phase.value, "module": t.call.module_path,
+                         "link": t.link, "ms": t.ms, "blocking": t.blocking} for t in c.collectives],
+        "by_kind": {k: {"calls": n, "bytes": b, "ms": ms} for k, (n, b, ms) in c.by_kind.items()},
+        "compute_ms": c.compute_ms, "comm_time_ms": c.comm_ms, "exposed_comm_ms": c.exposed_ms,
+        "overlapped_comm_ms": c.overlapped_ms, "step_ms": d.step_ms,
+        "global_batch": d.global_batch, "samples_per_s": d.samples_per_s, "tokens_per_s": d.tokens_per_s,
+        "scaling_efficiency": d.scaling_efficiency, "notes": list(d.notes),
     }
 
 

@@ -154,8 +154,29 @@ def render_plan(plan) -> str:
                      + (f"; global batch {latency.global_batch} ({k} x {latency.batch_size})" if k > 1 else ""))
     else:
         lines += generation_lines(generation, plan.max_batch, plan.gpu)
+    if plan.distributed is not None:
+        lines += distributed_lines(plan.distributed)
     lines += [f"note: {note}" for note in plan.notes]
     return "\n".join(lines)
+
+
+def distributed_lines(d) -> list[str]:
+    """A distributed plan's lines: memory, verdict and max batch above are per rank; these add the cluster,
+    the collectives and the step with communication."""
+    c = d.comm
+    tp = f", TP {d.tp_size} x DP {d.dp_size}" if d.tp_size > 1 else ""
+    lines = [f"cluster: {d.cluster}; {d.strategy}{tp} ({d.method}: "
+             + ("torch's own wrappers on a fake process group" if d.method == "traced" else "a formula") + ")",
+             "memory, verdict and max batch are per rank (rank 0's traced step)"]
+    for kind, (calls, nbytes, ms) in sorted(c.by_kind.items()):
+        lines.append(f"  {kind.replace('_', '-')}: {calls} call(s), {human_bytes(nbytes)}, {human_ms(ms)}")
+    lines.append(f"communication: {human_ms(c.comm_ms)} ({human_ms(c.exposed_ms)} exposed, "
+                 f"{human_ms(c.overlapped_ms)} overlapped with compute)")
+    tokens = f", {d.tokens_per_s:,.0f} tokens/s" if d.tokens_per_s else ""
+    lines.append(f"step: {human_ms(d.step_ms)} = compute {human_ms(c.compute_ms)} + exposed communication "
+                 f"{human_ms(c.exposed_ms)}; {d.samples_per_s:,.1f} samples/s over the job (global batch "
+                 f"{d.global_batch}){tokens}; scaling efficiency {d.scaling_efficiency:.0%}")
+    return lines
 
 
 def generation_lines(g, max_batch: int | None, gpu) -> list[str]:

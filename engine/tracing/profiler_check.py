@@ -58,9 +58,11 @@ def allocation_peak_bytes(allocations, exclude_kernel_scratch: bool = True) -> i
 
 def kernel_scratch_ids(allocations) -> set[int]:
     """ids of the profiler allocation events (and their frees) that are freed inside the same op call
-    that made them (oneDNN weight/layout reorders, im2col columns): kernel-private scratch that no aten
-    op returns; its GPU counterpart is the cuDNN/cuBLAS workspace, which the planner models separately.
-    ``allocations`` are OpTree allocation nodes in time order (shared with bench/profiler_reference.py)."""
+    that made them (oneDNN weight/layout reorders, im2col columns), or a kernel's private copy of an operand
+    (CPU ``mm`` of a stride-0 operand: ``aten::mm`` -> ``clone`` -> ``empty_like`` -> ``empty``, freed by the
+    ``mm`` call): kernel-private scratch that no aten op a trace records returns; its GPU counterpart is
+    the cuDNN/cuBLAS workspace, which the planner models separately. ``allocations`` are OpTree allocation
+    nodes in time order (shared with bench/profiler_reference.py)."""
     open_by_ptr: dict[int, object] = {}
     scratch: set[int] = set()
     for event in allocations:
@@ -69,6 +71,43 @@ def kernel_scratch_ids(allocations) -> set[int]:
             open_by_ptr[fields.ptr] = event
         else:
             alloc = open_by_ptr.pop(fields.ptr, None)
-            if alloc is not None and alloc.parent is not None and alloc.parent is event.parent:
+            if alloc is not None and alloc.parent is not None and (
+                    alloc.parent is event.parent or _operand_copy_of(alloc.parent, event.parent)):
                 scratch.update((id(alloc), id(event)))
     return scratch
+
+
+# the ops a kernel's .contiguous()/.clone() of an operand runs (the allocation sits in the innermost)
+_COPY_OPS = frozenset({"aten::contiguous", "aten::clone", "aten::empty_like", "aten::empty", "aten::empty_strided"})
+
+
+def _operand_copy_of(node, kernel) -> bool:
+    """Whether profiler node ``node`` is a copy a kernel op call ``kernel`` made inside itself: only copy
+    ops between them, and ``kernel`` an aten op that runs a kernel (no CompositeImplicitAutograd kernel; a
+    composite op's copies are ops a dispatch-mode trace records one by one)."""
+    if kernel is None or not kernel.name.startswith("aten::") or _decomposes(kernel.name):
+        return False
+    while node is not None and node is not kernel:
+        if node.name not in _COPY_OPS:
+            return False
+        node = node.parent
+    return node is kernel
+
+
+_DECOMPOSES: dict[str, bool] = {}
+
+
+def _decomposes(name: str) -> bool:
+    """Whether aten op ``name`` (its default overload, else any) has a CompositeImplicitAutograd kernel: it runs
+    as other ops, which a trace records one by one; an unknown name counts as decomposing (nothing is taken
+    as scratch)."""
+    if name not in _DECOMPOSES:
+        packet = getattr(torch.ops.aten, name.removeprefix("aten::"), None)
+        try:
+            names = packet.overloads() if packet else []
+            overloads = [name] if "default" in names else [f"{name}.{o}" for o in names]
+            _DECOMPOSES[name] = not overloads or any(
+                torch._C._dispatch_has_kernel_for_dispatch_key(o, "CompositeImplicitAutograd") for o in overloads)
+        except RuntimeError:
+            _DECOMPOSES[name] = True
+    return _DECOMPOSES[name]

@@ -65,13 +65,13 @@ def _compute_dtype(inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> s
 class Recorder(TorchDispatchMode):
     """Records every aten op dispatched below autograd (so backward and optimizer ops too)."""
 
-    def __init__(self, modules: ModuleStack, convention: str = "default"):
+    def __init__(self, modules: ModuleStack, convention: str = "default", moe_routing: str = "balanced"):
         super().__init__()
         self.modules = modules
         self.convention = convention
         self.storage = StorageTracker()
         self.nodes = ForwardNodeMap()
-        self.policies = DataDependentPolicies()
+        self.policies = DataDependentPolicies(moe_routing, where=self._module_path, module_at=modules.module_at)
         self.ops: list[OpRecord] = []
         self.formula_errors: dict[str, str] = {}
         # the last op failure, translated while its module is still running; the original exception

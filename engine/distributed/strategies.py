@@ -1,0 +1,245 @@
+"""PyTorch's own wrappers, applied to a model built for the trace: DDP, FSDP2 (``fully_shard``), ZeRO-1
+(``ZeroRedundancyOptimizer``), tensor parallel (``parallelize_module``) and FSDP + TP on a 2-D mesh.
+
+The model is materialised on fake tensors first (``to_empty``: no memory, no values), so the wrappers own the
+parameters exactly as in a real job; the caller's recorder is in set-up mode meanwhile (engine.distributed.recorder).
+
+Granularity, shared by FSDP units and activation checkpointing: the **blocks** are the non-leaf children of
+the shallowest ModuleList/Sequential holding at least two of them (a decoder's layers, ResNet's stages' blocks,
+ViT's encoder layers); everything else (embeddings, final norm, head) belongs to the root unit."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from torchbudget.engine import vocab
+from torchbudget.engine.errors import UserError
+from torchbudget.engine.tracing import training
+
+CONTAINERS = (nn.ModuleList, nn.Sequential)
+
+# Megatron-style tensor parallel: projections into the wide space are split by output feature (column-wise),
+# the projections back by input feature (row-wise): one all-reduce after each pair in forward, one in backward
+COLWISE = frozenset({"q", "k", "v", "q_proj", "k_proj", "v_proj", "wq", "wk", "wv", "query", "key", "value",
+                     "gate", "up", "gate_proj", "up_proj", "w1", "w3", "fc1", "fc_in", "dense_h_to_4h", "w_in"})
+ROWWISE = frozenset({"o", "o_proj", "wo", "out_proj", "down", "down_proj", "w2", "fc2", "fc_out", "dense_4h_to_h",
+                     "w_out"})
+
+
+def _is_leaf(module: nn.Module | None) -> bool:
+    return module is None or not module._modules
+
+
+def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, block) of the repeated blocks, in order; [] when the model has none (one unit: the model)."""
+    best: list[tuple[str, nn.Module]] = []
+    best_depth = None
+    for path, module in model.named_modules():
+        if not path or not isinstance(module, CONTAINERS):
+            continue
+        blocks = [(f"{path}.{name}", child) for name, child in module._modules.items() if not _is_leaf(child)]
+        if len(blocks) < 2:
+            continue
+        depth = path.count(".")
+        if best_depth is None or depth < best_depth:
+            best, best_depth = blocks, depth
+        elif depth == best_depth:
+            best += blocks
+    return best
+
+
+def _set_child(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    owner._modules[name] = new
+
+
+def checkpoint_blocks(model: nn.Module, blocks: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """Each block runs under non-reentrant activation checkpointing (engine.tracing.training.Checkpointed, with
+    the target's semantics in the recomputation), wrapped before the data-parallel wrapper as torchtitan does.
+    Returns the wrappers (they become the FSDP units)."""
+    wrapped = []
+    for path, block in blocks:
+        wrapper = training.Checkpointed(block)
+        _set_child(model, path, wrapper)
+        wrapped.append((path, wrapper))
+    return wrapped
+
+
+def checkpoint_note(blocks: list[tuple[str, nn.Module]]) -> str:
+    if not blocks:
+        return "activation checkpointing: no repeated blocks found; nothing recomputed"
+    names = [p for p, _ in blocks]
+    shown = names if len(names) <= 6 else names[:3] + ["…"] + names[-2:]
+    return f"activation checkpointing: {len(names)} block(s) recomputed in backward ({', '.join(shown)})"
+
+
+@dataclass
+class Prepared:
+    """The wrapped model to run, its optimizer's parameters, and what the output should say."""
+
+    runnable: nn.Module
+    params: list = field(default_factory=list)                # (name, parameter, trainable), the model's own
+    optimizer_groups: list = field(default_factory=list)      # param groups for the real optimizer
+    zero: bool = False                                        # ZeroRedundancyOptimizer around the optimizer
+    autocast: bool = True                                     # autocast the forward (amp without FSDP's policy)
+    notes: list[str] = field(default_factory=list)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _ddp(model: nn.Module, prepared: Prepared, world: int) -> nn.Module:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    try:   # the steady state's buckets: 1 MiB first, then 25 MiB (iteration 1 uses one bucket for everything)
+        wrapped = DDP(model, bucket_cap_mb_list=[1, 25])
+    except TypeError:    # an older torch without per-bucket caps
+        wrapped = DDP(model)
+
+    def allreduce(state, bucket):
+        # DDP's default hook (divide, all-reduce the bucket in place), run synchronously: the fake process
+        # group's futures carry no value
+        buffer = bucket.buffer()
+        buffer.div_(world)
+        dist.all_reduce(buffer)
+        done = torch.futures.Future()
+        done.set_result(buffer)
+        return done
+
+    wrapped.register_comm_hook(None, allreduce)
+    prepared.notes.append("DDP: gradient buckets 1 MiB then 25 MiB (the steady state's rebuilt buckets), "
+                          "gradient_as_bucket_view=False (torch's default: buckets are a second copy of the gradients)")
+    return wrapped
+
+
+def _fsdp(model: nn.Module, units: list[tuple[str, nn.Module]], mesh, *, reshard: bool, mixed: torch.dtype | None,
+          prepared: Prepared) -> nn.Module:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=mixed, reduce_dtype=torch.float32) if mixed else MixedPrecisionPolicy()
+    for _, unit in units:
+        fully_shard(unit, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
+    prepared.autocast = mixed is None
+    what = "FULL_SHARD (reshard after forward)" if reshard else "SHARD_GRAD_OP (no reshard after forward)"
+    prepared.notes.append(f"FSDP2 fully_shard {what} over {mesh.size()} rank(s): {len(units)} block unit(s) + the root"
+                          + (f"; MixedPrecisionPolicy(param_dtype={str(mixed).removeprefix('torch.')}, "
+                             "reduce_dtype=float32) instead of autocast" if mixed else ""))
+    if not units:
+        prepared.notes.append("FSDP: no repeated blocks found, so the whole model is one unit (all its parameters "
+                              "are gathered at once)")
+    return model
+
+
+def tp_plan(model: nn.Module, blocks: list[tuple[str, nn.Module]], tp: int, sequence_parallel: bool) -> dict:
+    """{module path: ParallelStyle} for parallelize_module (torchtitan's Llama plan, found by projection names)."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
+
+    if not blocks:
+        raise UserError("tensor parallel needs a model made of repeated transformer blocks (a ModuleList of "
+                        "layers); this model has none", field="strategy")
+    plan: dict = {}
+    seq = Shard(1)
+    for path, block in blocks:
+        col, row = [], []
+        for sub, module in block.named_modules():
+            leaf = sub.rpartition(".")[2]
+            if isinstance(module, nn.Linear):
+                if leaf in COLWISE:
+                    col.append((sub, module))
+                elif leaf in ROWWISE:
+                    row.append((sub, module))
+            elif sequence_parallel and "norm" in type(module).__name__.lower():
+                plan[f"{path}.{sub}"] = SequenceParallel()
+        if not col or not row:
+            raise UserError(f"tensor parallel: {path} ({type(block).__name__}) has no projections it can split "
+                            f"(column-wise: {', '.join(sorted(COLWISE)[:8])}…; row-wise: "
+                            f"{', '.join(sorted(ROWWISE)[:6])}…, as nn.Linear)", field="strategy")
+        for sub, module in col:
+            if module.out_features % tp:
+                raise UserError(f"tensor parallel degree {tp} does not divide the {module.out_features} output "
+                                f"features of {path}.{sub}", field="tp_size")
+            plan[f"{path}.{sub}"] = ColwiseParallel(input_layouts=seq) if sequence_parallel else ColwiseParallel()
+        for sub, module in row:
+            if module.in_features % tp:
+                raise UserError(f"tensor parallel degree {tp} does not divide the {module.in_features} input "
+                                f"features of {path}.{sub}", field="tp_size")
+            plan[f"{path}.{sub}"] = RowwiseParallel(output_layouts=seq) if sequence_parallel else RowwiseParallel()
+    inside = tuple(p + "." for p, _ in blocks)
+    embeddings = [(p, m) for p, m in model.named_modules() if isinstance(m, nn.Embedding) and not p.startswith(inside)]
+    if embeddings:
+        epath, embed = max(embeddings, key=lambda pm: pm[1].num_embeddings)
+        heads = [(p, m) for p, m in model.named_modules() if isinstance(m, nn.Linear) and not p.startswith(inside)
+                 and m.out_features == embed.num_embeddings]
+        tied = any(h.weight is embed.weight for _, h in heads)
+        if not tied:
+            plan[epath] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq if sequence_parallel
+                                          else Replicate())
+            for hpath, _ in heads:   # logits stay sharded by vocabulary (loss parallel)
+                plan[hpath] = ColwiseParallel(input_layouts=seq if sequence_parallel else Replicate(),
+                                              output_layouts=Shard(-1), use_local_output=True)
+    if sequence_parallel:
+        for p, m in model.named_modules():
+            if not p.startswith(inside) and p and "norm" in type(m).__name__.lower() and _is_leaf(m):
+                plan[p] = SequenceParallel()
+    return plan
+
+
+def _tensor_parallel(model: nn.Module, blocks, mesh, tp: int, sequence_parallel: bool, prepared: Prepared) -> None:
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    plan = tp_plan(model, blocks, tp, sequence_parallel)
+    parallelize_module(model, mesh, plan)
+    styles: dict[str, int] = {}
+    for style in plan.values():
+        styles[type(style).__name__] = styles.get(type(style).__name__, 0) + 1
+    prepared.notes.append(f"tensor parallel over {tp} rank(s): " + ", ".join(f"{n} {s}" for s, n in styles.items())
+                          + (" (sequence parallel)" if sequence_parallel else ""))
+
+
+def prepare(model: nn.Module, options, cluster, *, autocast_dtype: torch.dtype | None) -> Prepared:
+    """Wrap ``model`` (materialised, ours) for ``options.strategy`` on ``cluster``'s fake process group."""
+    strategy = options.strategy
+    prepared = Prepared(model)
+    blocks = find_blocks(model)
+    if options.training and options.checkpointing:
+        units = checkpoint_blocks(model, blocks)
+        prepared.notes.append(checkpoint_note(blocks))
+    else:
+        units = blocks
+    if vocab.strategy(strategy).tensor_parallel:
+        _tensor_parallel(model, blocks, cluster.submesh("tp"), options.tp_size, options.sequence_parallel, prepared)
+    runnable = model
+    if strategy in ("fsdp", "fsdp-grad-op", "fsdp+tp"):
+        try:
+            runnable = _fsdp(model, units, cluster.submesh("dp"), reshard=strategy != "fsdp-grad-op",
+                             mixed=autocast_dtype, prepared=prepared)
+        except (ValueError, RuntimeError, AssertionError, NotImplementedError) as exc:
+            raise UserError(f"FSDP cannot wrap this model: {type(exc).__name__}: {_first_line(exc)}",
+                            field="strategy") from None
+    elif strategy in ("ddp", "zero1"):
+        runnable = _ddp(model, prepared, cluster.world_size)
+        prepared.zero = strategy == "zero1"
+    prepared.runnable = runnable
+    prepared.params = [(name, p, p.requires_grad) for name, p in model.named_parameters()]
+    trainable = [p for _, p, t in prepared.params if t]
+    from torch.distributed.tensor import DTensor
+
+    sharded = [p for p in trainable if isinstance(p, DTensor)]
+    plain = [p for p in trainable if not isinstance(p, DTensor)]
+    # foreach kernels cannot mix DTensors and plain tensors (TP leaves norms unsharded): one group each
+    prepared.optimizer_groups = [{"params": g} for g in (sharded, plain) if g]
+    return prepared
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -1,0 +1,221 @@
+"""``trace_distributed``: one training (or inference) step of rank 0 under the strategy's real wrappers.
+
+The model is ours (built on meta by engine.sources for this trace): it is materialised on fake CPU tensors,
+wrapped (DDP / fully_shard / ZeroRedundancyOptimizer / parallelize_module, engine.distributed.strategies) on
+a fake process group of the workload's world size (engine.distributed.session), then run with
+engine.tracing's recorder (one ``DistributedRecorder``: local shards, collectives, FSDP's in-place storage
+resizes) under the target GPU's semantics. The result is an ordinary ``AnalysisResult`` of rank 0 (per-rank
+storage events, so engine.memory simulates per-rank memory and the caching allocator as for one GPU) plus
+``AnalysisResult.distributed``: the strategy, the process groups and every collective."""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._pytree import tree_leaves
+
+from torchbudget.engine import trace as single
+from torchbudget.engine.errors import InputSpecError, UserError
+from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.ops.collective import register_fsdp_ops
+from torchbudget.engine.results import AnalysisResult, DistributedInfo, MemoryCategory, Phase, TraceOptions
+from torchbudget.engine.target import CudaSemantics
+from torchbudget.engine.tracing import assemble, generation, training
+from torchbudget.engine.tracing.modules import ModuleStack
+from torchbudget.engine.distributed import strategies
+from torchbudget.engine.distributed.recorder import DistributedRecorder
+from torchbudget.engine.distributed.session import fake_cluster
+
+
+def _mesh_dims(options: TraceOptions) -> tuple[str, ...]:
+    return {"fsdp": ("dp",), "fsdp-grad-op": ("dp",), "tp": ("tp",), "fsdp+tp": ("dp", "tp")}.get(options.strategy, ())
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: TraceOptions, *,
+                      model_name: str = "", input_names: bool | None = None) -> AnalysisResult:
+    """Rank 0's step of ``model`` (built on meta, owned by this trace: it is materialised and wrapped in place)."""
+    if not options.distributed:
+        raise ValueError("trace_distributed needs a distributed strategy in the options")
+    unbuilt = single._not_built_yet(options)
+    if unbuilt:
+        raise UserError(f"not supported yet: {unbuilt}", field="mode")
+    finetuning = {"--lora-rank": options.lora_rank, "--freeze": options.freeze,
+                  "--base-dtype": options.base_dtype != "auto", "--grad-accum": options.grad_accum > 1}
+    unbuilt = [flag for flag, used in finetuning.items() if used]
+    if unbuilt:
+        raise UserError(f"not supported yet: {', '.join(unbuilt)} with --strategy {options.strategy} (plan the "
+                        "fine-tuning on one GPU, or full training with the strategy)", field="strategy")
+    if options.generation:
+        raise UserError(f"the {options.strategy} strategy is planned for training and inference, not "
+                        f"{options.mode} yet", field="strategy")
+    inputs = tuple(inputs)
+    use_names = all(spec.name for spec in inputs) if input_names is None else input_names
+    if use_names and not all(spec.name for spec in inputs):
+        raise InputSpecError("input_names=True needs a name on every input")
+    register_fsdp_ops()
+    started = time.perf_counter()
+    param_dtype, autocast_dtype = single.precision_dtypes(options.precision)
+    global_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    global_bytes = sum(p.numel() * param_dtype.itemsize if p.is_floating_point() else p.numel() * p.element_size()
+                       for p in {id(p): p for p in model.parameters()}.values())
+    with single.TRACE_LOCK, single.restored_state(model), \
+            fake_cluster(options.world_size, options.tp_size, _mesh_dims(options)) as cluster, \
+            FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
+        model.train(options.training)
+        stack = ModuleStack(model)
+        recorder = DistributedRecorder(stack, options.convention, fake_mode, cluster)
+        cluster.resize_listener = recorder.on_resize
+        try:
+            run = _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtype, autocast_dtype)
+        finally:
+            cluster.resize_listener = None
+    ops = recorder.ops
+    first_owner = {id(p): name.rpartition(".")[0] for name, p in model.named_parameters()}
+    nodes = assemble.module_nodes(model, model_name, ops, stack, first_owner)
+    uncounted, coverage, flop_coverage = assemble.uncounted(ops)
+    warnings = tuple(f"formula for {op} failed ({why}); counted as uncounted"
+                     for op, why in recorder.formula_errors.items())
+    info = DistributedInfo(
+        strategy=options.strategy, world_size=options.world_size, tp_size=options.tp_size,
+        groups={label: ranks for label, ranks in cluster.group_ranks.items()},
+        collectives=tuple(recorder.collectives), method="traced", global_params=global_params,
+        global_param_bytes=global_bytes, notes=tuple(run["notes"]))
+    semantics = run["semantics"]
+    return AnalysisResult(
+        model_name=model_name or type(model).__name__, inputs=inputs, options=options,
+        totals=assemble.totals(ops, nodes, run["params"], run["buffers"], run["input_bytes"], run["output_bytes"]),
+        modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(recorder.storage.lives, run["roles"]),
+        uncounted_ops=uncounted, coverage=coverage, flop_coverage=flop_coverage, warnings=warnings,
+        policies=tuple(recorder.policies.applied) + single.semantics_notes(semantics, options) + tuple(run["notes"]),
+        trace_seconds=time.perf_counter() - started,
+        target_dependent=not isinstance(semantics, CudaSemantics) or bool(semantics.sdpa_calls),
+        distributed=info,
+    )
+
+
+def _materialise(model: nn.Module, options: TraceOptions, param_dtype: torch.dtype, autocast_dtype) -> None:
+    """Fake CPU parameters and buffers in the precision's dtypes (inside the FakeTensorMode: no memory)."""
+    model.to_empty(device="cpu")
+    if param_dtype != torch.float32:
+        for module in model.modules():
+            for name, p in list(module._parameters.items()):
+                if p is not None and p.is_floating_point():
+                    module._parameters[name] = nn.Parameter(p.to(param_dtype), requires_grad=p.requires_grad)
+            if autocast_dtype is None:
+                for name, b in list(module._buffers.items()):
+                    if b is not None and b.is_floating_point():
+                        module._buffers[name] = b.to(param_dtype)
+    if not options.training:
+        model.requires_grad_(False)
+
+
+def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtype, autocast_dtype) -> dict:
+    train = options.training
+    storage = recorder.storage
+    roles = assemble.StorageRoles()
+    _materialise(model, options, param_dtype, autocast_dtype)
+    recorder.setup = True
+    with recorder:   # set-up: storages only (DDP's buckets, FSDP's shards), no ops
+        try:
+            prepared = strategies.prepare(model, options, cluster, autocast_dtype=autocast_dtype)
+        finally:
+            recorder.setup = False
+    storage.forget_dead()   # the full parameters FSDP replaced, DDP's broadcast buffer: before the step
+    setup_survivors = {life.storage_id for life in storage.lives}
+    params = prepared.params
+    for _, p, _ in params:
+        storage.track(_local(p), -1)
+        roles.weights.update(storage.sids_of(_local(p)))
+    buffers = [(name, b) for name, b in model.named_buffers()]
+    for _, b in buffers:
+        storage.track(_local(b), -1)
+        roles.buffers.update(storage.sids_of(_local(b)))
+    # what the wrappers keep besides the parameters: DDP's gradient buckets; FSDP's padded shard storage
+    leftover = setup_survivors - roles.weights - roles.buffers
+    (roles.gradients if options.strategy in ("ddp", "zero1") else roles.weights).update(leftover)
+    tensors = [torch.empty(s.shape, dtype=param_dtype if s.is_floating else s.torch_dtype) for s in inputs]
+    for t in tensors:
+        storage.track(t, -1)
+        roles.inputs.update(storage.sids_of(t))
+    run = {"params": params, "buffers": buffers, "roles": roles, "notes": list(prepared.notes),
+           "input_bytes": sum(t.numel() * t.element_size() for t in tensors), "output_bytes": 0}
+    recorder.nodes.leaf_owner = {id(_local(p)): name.rpartition(".")[0] for name, p, _ in params}
+    args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
+    kwargs.update(generation.training_kwargs(model) if train else {})
+    semantics = single.target_semantics(options, autocast_dtype if prepared.autocast else None,
+                                        lambda: stack.current)
+    run["semantics"] = semantics
+    try:
+        with stack, recorder, (contextlib.nullcontext() if train else torch.no_grad()):
+            with semantics:
+                output = prepared.runnable(*args, **kwargs)
+            roles.forward_end_seq = storage.seq
+            stack.recording = False
+            run["output_bytes"] = sum(t.numel() * t.element_size() for t in tree_leaves(output)
+                                      if isinstance(t, torch.Tensor))
+            if train:
+                outputs = [output]
+                del output
+                recorder.phase = Phase.BACKWARD
+                loss = training.scalar_loss(outputs.pop())
+                loss.backward()
+                del loss
+                trainable = [p for _, p, t in params if t]
+                for p in trainable:
+                    if p.grad is not None:
+                        grad = _local(p.grad)
+                        storage.track(grad, storage.op_index)
+                        roles.gradients.update(storage.sids_of(grad))
+                optimizer = _optimizer_step(recorder, roles, prepared, options)  # noqa: F841 - kept alive
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise single.forward_error(exc, stack, recorder) from exc
+    finally:
+        storage.close()
+    for sid, role in recorder.role_sids.items():
+        _add_role(roles, role, (sid,))
+    _add_role(roles, MemoryCategory.WEIGHTS, recorder.resized_sids)   # FSDP's gathered (unsharded) parameters
+    return run
+
+
+def _add_role(roles: assemble.StorageRoles, role: MemoryCategory, sids) -> None:
+    target = {MemoryCategory.WEIGHTS: roles.weights, MemoryCategory.GRADIENTS: roles.gradients}[role]
+    taken = roles.weights | roles.buffers | roles.inputs | roles.gradients | roles.optimizer_state
+    target.update(s for s in sids if s not in taken)
+
+
+def _optimizer_step(recorder, roles, prepared, options):
+    if options.optimizer is None or not prepared.optimizer_groups:
+        return None
+    recorder.phase = Phase.OPTIMIZER
+    recorder.policies.reporting = False
+    if prepared.zero:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        spec = training.make_optimizer(options.optimizer, [torch.empty(1, requires_grad=True)], options.optimizer_impl)
+        import inspect
+
+        accepted = inspect.signature(type(spec).__init__).parameters   # defaults hold more than __init__ takes
+        defaults = {k: v for k, v in spec.defaults.items() if k in accepted and k != "differentiable"}
+        params = [p for group in prepared.optimizer_groups for p in group["params"]]
+        optimizer = ZeroRedundancyOptimizer(params, optimizer_class=type(spec), **defaults)
+        optimizer.step()
+        state_of = optimizer.optim
+    else:
+        optimizer = training.make_optimizer(options.optimizer, prepared.optimizer_groups, options.optimizer_impl)
+        optimizer.step()
+        state_of = optimizer
+    for t in training.optimizer_state_tensors(state_of):
+        roles.optimizer_state.update(recorder.storage.sids_of(_local(t)))
+    return optimizer

@@ -1,0 +1,275 @@
+"""Several GPUs (issue 11): rank 0's step traced under torch's own DDP, FSDP2, ZeRO-1 and tensor parallel on a
+fake process group, checked against closed forms of the same model (tests/models/tiny_llms.py's Llama: every
+dimension divisible by 8, so FSDP's padding is zero and its shards are exact), the collectives' bytes and their
+bus-bandwidth times, and the CLI's plan and one-line errors."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+transformers = pytest.importorskip("transformers")
+
+from torchbudget.cli import run_cli as _run_cli  # noqa: E402
+from torchbudget.engine.api import analyze  # noqa: E402
+from torchbudget.engine.distributed import comm  # noqa: E402
+from torchbudget.engine.errors import UserError  # noqa: E402
+from torchbudget.engine.results import MemoryCategory, Phase, TraceOptions  # noqa: E402
+from tests.models.tiny_llms import LLAMA  # noqa: E402
+
+LLAMA_FILE = str(Path(__file__).parent / "models" / "tiny_llms.py") + ":TinyLlama"
+TOKENS = "input_ids=2x16:int64"
+
+
+def llama_shapes() -> dict[str, tuple[int, ...]]:
+    """Every parameter's shape, from the config (untied embedding and head)."""
+    h, i, v, layers = LLAMA["hidden_size"], LLAMA["intermediate_size"], LLAMA["vocab_size"], LLAMA["num_hidden_layers"]
+    kv = LLAMA["num_key_value_heads"] * h // LLAMA["num_attention_heads"]
+    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
+    for n in range(layers):
+        p = f"model.layers.{n}."
+        shapes.update({p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (kv, h),
+                       p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, h),
+                       p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
+                       p + "mlp.down_proj.weight": (h, i), p + "input_layernorm.weight": (h,),
+                       p + "post_attention_layernorm.weight": (h,)})
+    return shapes
+
+
+def numel(shape) -> int:
+    return math.prod(shape)
+
+
+def fsdp_shard_elements(shape, n: int) -> int:
+    """FSDP2 shards dim 0 in chunks of ceil(d0 / n) (padded): rank 0 holds one whole chunk."""
+    return math.ceil(shape[0] / n) * numel(shape[1:])
+
+
+PARAMS = sum(numel(s) for s in llama_shapes().values())
+N_TENSORS = len(llama_shapes())
+
+
+def allocated(result, category: MemoryCategory) -> int:
+    return sum(e.nbytes for e in result.storage_events if e.kind == "alloc" and e.category is category)
+
+
+def at_start(result, category: MemoryCategory) -> int:
+    return sum(e.nbytes for e in result.storage_events
+               if e.kind == "alloc" and e.op_index == -1 and e.category is category)
+
+
+def calls(result, kind: str, phase: Phase | None = None):
+    return [c for c in result.distributed.collectives if c.kind == kind and (phase is None or c.phase is phase)]
+
+
+@pytest.fixture(scope="module")
+def fsdp8():
+    return analyze(LLAMA_FILE, TOKENS, mode="train", strategy="fsdp", world_size=8, optimizer_impl="foreach")
+
+
+@pytest.fixture(scope="module")
+def ddp2():
+    return analyze(LLAMA_FILE, TOKENS, mode="train", strategy="ddp", world_size=2, optimizer_impl="foreach")
+
+
+def test_llama_params_closed_form(fsdp8):
+    assert PARAMS == fsdp8.distributed.global_params == 574_336
+
+
+def test_fsdp_shards_params_and_optimizer_state(fsdp8):
+    shard = sum(fsdp_shard_elements(s, 8) for s in llama_shapes().values())
+    assert shard * 8 == PARAMS    # no padding: every dim 0 divides by 8
+    # the sharded parameters are what the step starts with (fp32)
+    assert at_start(fsdp8, MemoryCategory.WEIGHTS) == shard * 4
+    # AdamW: exp_avg and exp_avg_sq per shard, one fp32 step tensor per parameter
+    assert allocated(fsdp8, MemoryCategory.OPTIMIZER_STATE) == 2 * shard * 4 + 4 * N_TENSORS
+
+
+def test_fsdp_collective_volume(fsdp8):
+    """FULL_SHARD gathers every parameter in forward and again in backward, and reduce-scatters every gradient:
+    all-gather volume = 2 x params x 4 bytes, reduce-scatter = grads x 4 bytes (S of nccl-tests)."""
+    units = LLAMA["num_hidden_layers"] + 1
+    assert len(calls(fsdp8, "all_gather", Phase.FORWARD)) == units
+    assert len(calls(fsdp8, "all_gather", Phase.BACKWARD)) == units
+    assert len(calls(fsdp8, "reduce_scatter", Phase.BACKWARD)) == units
+    assert sum(c.nbytes for c in calls(fsdp8, "all_gather")) == 2 * PARAMS * 4
+    assert sum(c.nbytes for c in calls(fsdp8, "reduce_scatter")) == PARAMS * 4
+    block = sum(numel(s) for name, s in llama_shapes().items() if name.startswith("model.layers.0."))
+    assert block * 4 in {c.nbytes for c in calls(fsdp8, "all_gather", Phase.FORWARD)}
+    assert {c.group_size for c in fsdp8.distributed.collectives} == {8}
+
+
+def test_fsdp_grad_op_gathers_once_in_bf16():
+    result = analyze(LLAMA_FILE, TOKENS, mode="train", precision="bf16-amp", strategy="fsdp-grad-op",
+                     world_size=4, optimizer_impl="foreach")
+    # no reshard after forward: nothing gathered again in backward; MixedPrecisionPolicy gathers bf16
+    assert not calls(result, "all_gather", Phase.BACKWARD)
+    assert sum(c.nbytes for c in calls(result, "all_gather")) == PARAMS * 2
+    # reduce_dtype float32: gradients reduce-scattered in fp32
+    assert sum(c.nbytes for c in calls(result, "reduce_scatter")) == PARAMS * 4
+
+
+def test_ddp_keeps_everything_full_and_all_reduces_buckets(ddp2):
+    assert at_start(ddp2, MemoryCategory.WEIGHTS) == PARAMS * 4
+    assert allocated(ddp2, MemoryCategory.OPTIMIZER_STATE) == 2 * PARAMS * 4 + 4 * N_TENSORS
+    reduces = calls(ddp2, "all_reduce", Phase.BACKWARD)
+    # buckets of 1 MiB then 25 MiB (the steady state): 2.19 MiB of fp32 gradients -> 2 buckets covering all
+    assert len(reduces) == 2
+    assert sum(c.nbytes for c in reduces) == PARAMS * 4
+    assert reduces[0].nbytes >= 2**20
+    # DDP's gradient buckets are a second copy of the gradients, allocated before the step
+    assert at_start(ddp2, MemoryCategory.GRADIENTS) == PARAMS * 4
+
+
+def test_zero1_shards_only_the_optimizer_state():
+    result = analyze(LLAMA_FILE, TOKENS, mode="train", strategy="zero1", world_size=4, optimizer_impl="foreach")
+    assert at_start(result, MemoryCategory.WEIGHTS) == PARAMS * 4
+    state = allocated(result, MemoryCategory.OPTIMIZER_STATE)
+    assert 0 < state < 2 * PARAMS * 4 / 2     # well under the full state (a quarter, by ZeRO's greedy partition)
+    assert calls(result, "broadcast", Phase.OPTIMIZER)    # updated parameters broadcast from their owners
+
+
+def test_tensor_parallel_shards_the_projections():
+    result = analyze(LLAMA_FILE, TOKENS, mode="train", strategy="tp", world_size=2, optimizer_impl="foreach")
+    shapes = llama_shapes()
+    norms = sum(numel(s) for name, s in shapes.items() if "norm" in name)
+    # every projection, the embedding and the head are split by 2; the norms stay whole
+    assert at_start(result, MemoryCategory.WEIGHTS) == ((PARAMS - norms) // 2 + norms) * 4
+    # Megatron: one all-reduce after each row-wise projection in forward (o, down per block; the embedding)
+    assert len(calls(result, "all_reduce", Phase.FORWARD)) == 2 * LLAMA["num_hidden_layers"] + 1
+    assert {c.group for c in result.distributed.collectives} == {"tp"}
+
+
+def test_bus_bandwidth_formulas():
+    s, b = 1e9, 100.0   # 1 GB over 100 GB/s at efficiency 1, no latency
+    assert comm.collective_seconds("all_reduce", s, 8, b, 1.0, 0.0) == pytest.approx(2 * 7 / 8 * 0.01)
+    assert comm.collective_seconds("all_gather", s, 8, b, 1.0, 0.0) == pytest.approx(7 / 8 * 0.01)
+    assert comm.collective_seconds("reduce_scatter", s, 4, b, 0.5, 0.0) == pytest.approx(3 / 4 * 0.02)
+    assert comm.collective_seconds("broadcast", s, 8, b, 1.0, 10.0) == pytest.approx(0.01 + 10e-6)
+    assert comm.collective_seconds("all_to_all", s, 2, b, 1.0, 0.0) == pytest.approx(0.005)
+    assert comm.collective_seconds("all_reduce", s, 1, b, 1.0, 10.0) == 0.0
+
+
+def test_plan_times_collectives_on_the_cluster(fsdp8):
+    from torchbudget.engine.planner import plan_result
+    from torchbudget.hardware.catalog import resolve_gpu
+
+    gpu = resolve_gpu("H100 SXM")
+    plan = plan_result(fsdp8, gpu)
+    d = plan.distributed
+    link = d.comm.collectives[0]
+    assert d.world_size == 8 and d.method == "traced" and d.global_batch == 2 * 8
+    from torchbudget.engine.distributed.links import build_cluster
+
+    intra = build_cluster(gpu, 8).intra
+    expected = sum(comm.collective_seconds(c.kind, c.nbytes, 8, intra.bandwidth_gb_s, intra.efficiency,
+                                           intra.latency_us) for c in fsdp8.distributed.collectives) * 1000
+    assert link.link == intra.name
+    assert d.comm.comm_ms == pytest.approx(expected)
+    assert d.step_ms == pytest.approx(d.comm.compute_ms + d.comm.exposed_ms)
+    assert 0 < d.comm.exposed_ms <= d.comm.comm_ms
+    assert d.comm.overlapped_ms == pytest.approx(d.comm.comm_ms - d.comm.exposed_ms)
+    # NCCL buffers: one communicator
+    from torchbudget.engine.overheads import NCCL_BYTES_PER_COMMUNICATOR
+
+    assert plan.memory.by_category[MemoryCategory.COMMUNICATION] == NCCL_BYTES_PER_COMMUNICATOR
+
+
+def test_tp_communication_is_all_exposed():
+    from torchbudget.engine.planner import plan_result
+    from torchbudget.hardware.catalog import resolve_gpu
+
+    result = analyze(LLAMA_FILE, TOKENS, mode="infer", strategy="tp", world_size=2)
+    d = plan_result(result, resolve_gpu("H100 SXM")).distributed
+    assert d.comm.exposed_ms == pytest.approx(d.comm.comm_ms)
+    assert d.global_batch == 2      # tensor parallel: one replica
+
+
+def run_cli(argv):
+    return _run_cli(argv + ["--no-isolation", "--no-store"])
+
+
+def test_cli_plan_fsdp_json(capsys):
+    argv = ["plan", LLAMA_FILE, "--input", TOKENS, "--mode", "train", "--gpu", "H100 SXM", "--world-size", "8",
+            "--strategy", "fsdp", "--no-max-batch"]
+    assert run_cli(argv + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    d = out["distributed"]
+    assert (d["world_size"], d["strategy"], d["method"]) == (8, "fsdp", "traced")
+    assert d["per_rank_memory"]["peak_bytes"] == out["memory"]["peak_bytes"]
+    assert sum(c["bytes"] for c in d["collectives"] if c["kind"] == "all_gather") == 2 * PARAMS * 4
+    assert d["comm_time_ms"] == pytest.approx(d["exposed_comm_ms"] + d["overlapped_comm_ms"])
+    assert out["fits"] is True and d["tokens_per_s"] > 0
+    assert run_cli(argv) == 0
+    text = capsys.readouterr().out
+    assert "cluster: 8x H100 SXM" in text and "per rank" in text and "exposed" in text
+
+
+def test_cli_plan_ddp_on_torchvision(capsys):
+    argv = ["plan", "resnet18", "--input", "2x3x64x64", "--mode", "train", "--gpu", "A100 SXM 80GB",
+            "--world-size", "4", "--strategy", "ddp", "--no-max-batch", "--json"]
+    assert run_cli(argv) == 0
+    d = json.loads(capsys.readouterr().out)["distributed"]
+    resnet18_params = 11_689_512
+    assert sum(c["bytes"] for c in d["collectives"] if c["kind"] == "all_reduce" and c["phase"] == "backward") \
+        == resnet18_params * 4
+    assert d["global_batch"] == 8
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--world-size", "8", "--strategy", "fsdp+tp", "--tp", "3"], "not divisible by the tensor-parallel degree 3"),
+    (["--world-size", "4"], "needs a --strategy"),
+    (["--world-size", "2", "--strategy", "tp", "--tp", "4"], "must equal the world size"),
+    (["--world-size", "2", "--strategy", "fsdp", "--tp", "2"], "--tp only applies"),
+    (["--interconnect", "NVLink 4"], "only applies with --world-size"),
+])
+def test_cli_bad_combinations_are_one_line(capsys, extra, message):
+    assert run_cli(["plan", LLAMA_FILE, "--input", TOKENS, "--mode", "train", "--gpu", "H100 SXM",
+                    "--no-max-batch", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_inference_with_ddp_is_refused():
+    with pytest.raises(UserError, match="only applies to --mode train"):
+        TraceOptions(mode="infer", strategy="ddp", world_size=2)
+
+
+def test_tp_on_a_model_without_projections_is_one_line():
+    with pytest.raises(UserError, match="tensor parallel"):
+        analyze("resnet18", "1x3x32x32", mode="train", strategy="tp", world_size=2)
+
+
+def test_fine_tuning_with_a_strategy_is_refused():
+    with pytest.raises(UserError, match="not supported yet"):
+        analyze(LLAMA_FILE, TOKENS, mode="train", strategy="fsdp", world_size=2, grad_accum=2)
+
+
+def test_fewest_gpus_and_strategies_side_by_side():
+    """A GPU too small for the whole training step: DDP never fits (a full replica), FSDP does once sharded."""
+    from dataclasses import replace
+
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.distributed.solve import compare_strategies, fewest_gpus
+    from torchbudget.engine.overheads import Overheads
+    from torchbudget.engine.planner import Planner
+    from torchbudget.engine.workload import Workload
+    from torchbudget.engine.inputs import parse_inputs
+    from torchbudget.hardware.catalog import resolve_gpu
+
+    overheads = Overheads(cuda_context_bytes=0, cublas_workspace_bytes=0, nccl_bytes_per_communicator=0)
+    planner = Planner(TraceCache(), overheads=overheads)
+    workload = Workload(LLAMA_FILE, parse_inputs(TOKENS), TraceOptions(mode="train", optimizer_impl="foreach"))
+    h100 = resolve_gpu("H100 SXM")
+    ddp = planner.plan(workload.with_options(strategy="ddp", world_size=2), h100, solve_max_batch=False)
+    budget = ddp.required_bytes - 1            # a GPU one byte too small for DDP's rank
+    small = replace(h100, name="small", available_memory_bytes=budget)
+    assert fewest_gpus(planner, workload, small, "ddp", limit=8) == (None, None)
+    world, plan = fewest_gpus(planner, workload, small, "fsdp", limit=8)
+    assert world in (1, 2) and plan.fits   # FSDP keeps no second copy of the gradients (DDP's buckets)
+    rows = compare_strategies(planner, workload, h100, 4, ["ddp", "fsdp", "zero1"])
+    by = {r.strategy: r for r in rows}
+    assert by["fsdp"].per_rank_bytes < by["zero1"].per_rank_bytes < by["ddp"].per_rank_bytes
+    assert all(0 < r.scaling_efficiency <= 1 and r.samples_per_s > 0 for r in rows)
