@@ -22,6 +22,8 @@ def register(subparsers) -> None:
     add_cluster_arguments(parser)
     parser.add_argument("--gpu", required=True, metavar="NAME", help="GPU name or alias, or 'local'")
     parser.add_argument("--no-max-batch", action="store_true", help="skip the largest-batch search")
+    parser.add_argument("--no-max-seq-len", action="store_true",
+                        help="token models: skip the longest-sequence search (default: solved with the largest batch)")
     parser.set_defaults(func=run)
 
 
@@ -34,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("plan takes one GPU; use the compare command for several", field="gpu")
     planner = Planner(trace_cache_from_args(args), overheads=overheads_from_args(args))
     result = planner.plan(workload, gpus[0], solve_max_batch=not args.no_max_batch,
-                          cluster=cluster_from_args(args))
+                          solve_max_seq_len=not args.no_max_seq_len, cluster=cluster_from_args(args))
     emit(args, dump_json(plan_to_dict(result)) if args.json else render_plan(result))
     return 0

@@ -13,12 +13,21 @@ def _choices_help(terms) -> str:
     return "; ".join(f"{t.name}: {t.tip}" for t in terms)
 
 
-def add_workload_arguments(parser: argparse.ArgumentParser, *, target: bool = False) -> None:
-    """MODEL and how it runs. ``target``: also ``--target`` (analyze; plan/compare/sweep take the GPU's)."""
+def add_workload_arguments(parser: argparse.ArgumentParser, *, target: bool = False, sizes: bool = True) -> None:
+    """MODEL and how it runs. ``target``: also ``--target`` (analyze; plan/compare/sweep take the GPU's).
+    ``sizes``: also ``--batch N`` and ``--seq-len N`` (sweep has its own lists)."""
     parser.add_argument("model", nargs="?", metavar="MODEL",
-                        help="torchvision name (resnet50) or path/to/file.py:Name")
+                        help="torchvision name (resnet50), Hugging Face hub id or alias (meta-llama/Llama-3.1-8B, "
+                             "gpt2), path/to/config.json or model folder, timm/NAME, or path/to/file.py:Name")
     parser.add_argument("--input", action="append", metavar="SHAPE",
                         help="input shape, e.g. 8x3x224x224 or ids=8x128:int64 (repeatable); default: the model's")
+    if sizes:
+        parser.add_argument("--batch", type=int, default=None, metavar="N",
+                            help="batch size of every input (default: the input's own, 1 for the model's defaults)")
+        parser.add_argument("--seq-len", type=int, default=None, metavar="N",
+                            help="tokens per sequence of the token inputs (ids, masks; an encoder-decoder's encoder)")
+    parser.add_argument("--target-len", type=int, default=None, metavar="N",
+                        help="an encoder-decoder's target tokens (decoder_input_ids: T5, Whisper)")
     parser.add_argument("--mode", default="infer", choices=vocab.MODE_NAMES, help=_choices_help(vocab.MODES))
     parser.add_argument("--precision", "--dtype", dest="precision", default="fp32", choices=vocab.PRECISION_NAMES,
                         help=_choices_help(vocab.PRECISIONS))
@@ -169,7 +178,8 @@ def workload_from_args(args: argparse.Namespace):
     from torchbudget.engine.workload import Workload
 
     if not args.model:
-        raise UserError("name a model: a torchvision name (see analyze --list) or path/to/file.py:Name", field="model")
+        raise UserError("name a model: a torchvision or Hugging Face name (see analyze --list), path/to/config.json "
+                        "or path/to/file.py:Name", field="model")
     # an option that does nothing in the chosen mode is a mistake worth one line, not silence
     if args.checkpointing and not vocab.is_training(args.mode):
         raise UserError("--checkpointing only applies to --mode train", field="checkpointing")
@@ -194,8 +204,46 @@ def workload_from_args(args: argparse.Namespace):
                            world_size=args.world_size, tp_size=args.tp_size,
                            sequence_parallel=args.sequence_parallel)
     inputs = parse_inputs(args.input) if args.input else ()
-    return Workload(args.model.strip(), inputs, options, parse_kwargs(args.kwargs),
-                    parse_kwargs(args.forward_kwargs, "--forward-kwargs"))
+    workload = Workload(args.model.strip(), inputs, options, parse_kwargs(args.kwargs),
+                        parse_kwargs(args.forward_kwargs, "--forward-kwargs"))
+    return with_sizes(workload, batch=_size(args, "batch"), seq_len=_size(args, "seq_len"),
+                      target_len=_size(args, "target_len"))
+
+
+def _size(args: argparse.Namespace, name: str) -> int | None:
+    value = getattr(args, name, None)
+    if value is not None and not isinstance(value, int):   # sweep's lists are read by sweep itself
+        return None
+    if value is not None and value < 1:
+        raise UserError(f"--{name.replace('_', '-')} must be 1 or more, got {value}", field=name)
+    return value
+
+
+def with_sizes(workload, *, batch: int | None = None, seq_len: int | None = None, target_len: int | None = None):
+    """The workload at ``--batch``/``--seq-len``/``--target-len``: applied to its inputs, or to the model's default
+    inputs when none were given (resolving them builds the model on meta)."""
+    if batch is None and seq_len is None and target_len is None:
+        return workload
+    from dataclasses import replace
+
+    if not workload.inputs:
+        from torchbudget.engine.api import default_inputs
+
+        defaults = default_inputs(workload.model, workload.model_kwargs)
+        if not defaults:
+            raise UserError(f"{workload.model} has no default input to size; give --input", field="input")
+        workload = replace(workload, inputs=tuple(defaults))
+    if seq_len is not None:
+        if workload.seq_len is None:
+            raise UserError(f"--seq-len needs a token input (N x L integer ids); {workload.model} takes "
+                            f"{', '.join(s.text() for s in workload.inputs)}", field="input")
+        workload = workload.with_seq_len(seq_len)
+    if target_len is not None:
+        if workload.target_len is None:
+            raise UserError(f"--target-len needs an encoder-decoder's target input (decoder_input_ids); "
+                            f"{workload.model} takes {', '.join(s.text() for s in workload.inputs)}", field="input")
+        workload = workload.with_target_len(target_len)
+    return workload.with_batch(batch) if batch is not None else workload
 
 
 def resolve_gpus(text: str) -> list:

@@ -7,6 +7,8 @@
 A live module is traced without being changed (parameters, buffers, flags and hooks are left as found)."""
 from __future__ import annotations
 
+import contextlib
+from dataclasses import replace
 from typing import Mapping, Sequence
 
 import torch
@@ -14,6 +16,7 @@ from torch import nn
 
 from torchbudget.engine import trace, vocab
 from torchbudget.engine.errors import InputSpecError, UserError
+from torchbudget.engine.hf_catalog import position_warning, positions_exceeded
 from torchbudget.engine.inputs import InputSpec, dtype_name, parse_inputs
 from torchbudget.engine.results import AnalysisResult, TraceOptions
 from torchbudget.engine.sources import LoadedModel, guess_default_inputs, load_model
@@ -64,7 +67,17 @@ def analyze_workload(workload: Workload) -> AnalysisResult:
     """The planner's and the GUI's entry point: a saved workload -> its analysis."""
     loaded = load_model(workload.model, workload.model_kwargs)
     inputs = workload.inputs or _resolve_inputs(None, loaded.default_inputs, loaded.name)
-    return _trace_loaded(loaded, inputs, workload.options)
+    try:
+        result = _trace_loaded(loaded, inputs, workload.options, workload.forward_kwargs)
+    except UserError as exc:   # a model with learned positions cannot run past them: say why it broke
+        beyond = positions_exceeded(workload.model, workload.model_kwargs, inputs)
+        if beyond:
+            raise type(exc)(f"{exc} ({beyond})", field=exc.field) from exc
+        raise
+    warning = position_warning(workload.model, workload.model_kwargs, inputs)
+    if warning:   # past the config's positions: counted, with a warning (not an error)
+        result = replace(result, warnings=(*result.warnings, warning))
+    return result
 
 
 def default_inputs(model: str, model_kwargs: Mapping | None = None) -> tuple[InputSpec, ...]:
@@ -129,16 +142,26 @@ def _resolve_inputs(inputs: InputsLike, defaults: tuple[InputSpec, ...], model_n
     raise InputSpecError(f"cannot use a {type(inputs).__name__} as model inputs")
 
 
-def _trace_loaded(loaded: LoadedModel, inputs: tuple[InputSpec, ...], options: TraceOptions) -> AnalysisResult:
-    return _trace(loaded.module, inputs, options, loaded.name)
+def _trace_loaded(loaded: LoadedModel, inputs: tuple[InputSpec, ...], options: TraceOptions,
+                  forward_kwargs: Mapping | None = None) -> AnalysisResult:
+    names = {spec.name for spec in inputs if spec.name}
+    clash = sorted(names & set(forward_kwargs or {}))
+    if clash:
+        raise InputSpecError(f"--forward-kwargs {clash[0]!r} is also an input; give it one way")
+    context = loaded.trace_context() if loaded.trace_context is not None else contextlib.nullcontext([])
+    with context as notes:
+        result = _trace(loaded.module, inputs, options, loaded.name, {**loaded.forward_kwargs, **(forward_kwargs or {})})
+    extra = tuple(loaded.notes) + tuple(notes)
+    return replace(result, policies=result.policies + extra) if extra else result
 
 
-def _trace(module: nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, name: str) -> AnalysisResult:
+def _trace(module: nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, name: str,
+           forward_kwargs: Mapping | None = None) -> AnalysisResult:
     if options.distributed:   # rank 0 under torch's own wrappers: the module must be ours (built for this trace)
         from torchbudget.engine.distributed.trace import trace_distributed
 
-        return trace_distributed(module, inputs, options, model_name=name)
-    return trace.trace_model(module, inputs, options, model_name=name)
+        return trace_distributed(module, inputs, options, model_name=name, forward_kwargs=forward_kwargs)
+    return trace.trace_model(module, inputs, options, model_name=name, forward_kwargs=forward_kwargs)
 
 
 def _meta_copy(module: nn.Module) -> nn.Module:

@@ -50,6 +50,7 @@ class Plan:
     # several GPUs: memory, verdict and max batch are per rank; this holds the cluster, the collectives, the step
     # time with communication and the job's throughput (engine.distributed.plan)
     distributed: "DistributedPlan | None" = None
+    max_seq_len: int | None = None   # token models: the longest sequence that fits at this batch (None: not solved)
 
     @property
     def fits(self) -> bool:
@@ -108,10 +109,31 @@ def overheads_for(options, overheads: Overheads) -> Overheads:
     return replace(overheads, communicators=communicators)
 
 
+def position_notes(workload: Workload | None, result: AnalysisResult, max_seq_len: int | None = None
+                   ) -> tuple[str, ...]:
+    """A sequence longer than the model has positions for (max_position_embeddings: a bundled or local Hugging
+    Face config) is planned, with a note: rotary models run past it, the model was not trained for it."""
+    from torchbudget.engine.hf_catalog import position_limits, position_warning
+
+    if workload is None:
+        return ()
+    notes = []
+    # prefill/decode traces warn past the positions themselves (GENERATION_WARNING, in plan_notes)
+    beyond = None if vocab.is_generation(workload.options.mode) else position_warning(
+        workload.model, workload.model_kwargs, result.inputs)
+    if beyond:
+        notes.append(beyond.replace("counted", "planned"))
+    limit = position_limits(workload.model, workload.model_kwargs).get("tokens")
+    if max_seq_len and limit and max_seq_len > limit and not beyond:
+        notes.append(f"max seq len {max_seq_len:,} is beyond the model's {limit:,} positions: memory is not what "
+                     "limits it")
+    return tuple(notes)
+
+
 def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = Overheads(),
                 efficiency: Efficiency = Efficiency(), workload: Workload | None = None,
                 max_batch: int | None = None, notes: Sequence[str] = (), max_context: int | None = None,
-                cluster: "ClusterChoice | None" = None) -> Plan:
+                cluster: "ClusterChoice | None" = None, max_seq_len: int | None = None) -> Plan:
     overheads = overheads_for(result.options, overheads)
     memory = simulate_memory(result, overheads)
     latency = roofline(result, gpu, efficiency)
@@ -142,8 +164,9 @@ def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = 
         headroom_fraction=headroom / capacity if capacity > 0 else None,
         dominant_category=dominant, max_batch=max_batch, latency=latency,
         throughput_samples_per_s=distributed.samples_per_s if distributed else latency.throughput_samples_per_s,
-        result=result, notes=tuple(notes) + plan_notes(result, gpu, overheads), generation=generation,
-        distributed=distributed,
+        result=result,
+        notes=tuple(notes) + plan_notes(result, gpu, overheads) + position_notes(workload, result, max_seq_len),
+        generation=generation, distributed=distributed, max_seq_len=max_seq_len,
     )
 
 
@@ -160,6 +183,21 @@ def sweep_batches(current_batch: int, max_batches: Sequence[int | None]) -> tupl
         values.add(b)
         b *= 2
     values.update(v for best in max_batches if best for v in (best, best + 1) if v <= MAX_SWEEP_BATCH)
+    return tuple(sorted(values))
+
+
+MAX_SWEEP_SEQ_LEN = 1 << 20
+
+
+def sweep_seq_lens(current: int, max_seq_lens: Sequence[int | None]) -> tuple[int, ...]:
+    """Powers of two from 128 (or below the current length) to past the current length and every longest
+    sequence, plus each longest sequence n and n + 1 (the curve crosses the capacity line there)."""
+    top = max([current, *[(n or 0) + 1 for n in max_seq_lens]])
+    values, n = {current}, min(128, 1 << (current.bit_length() - 1))
+    while n < top * 2 and n <= MAX_SWEEP_SEQ_LEN:
+        values.add(n)
+        n *= 2
+    values.update(v for best in max_seq_lens if best for v in (best, best + 1) if v <= MAX_SWEEP_SEQ_LEN)
     return tuple(sorted(values))
 
 
@@ -181,6 +219,7 @@ class Planner:
         self.overheads = overheads
         self.efficiency = efficiency
         self._max_batches: dict[tuple, int] = {}
+        self._max_seq_lens: dict[tuple, tuple[int | None, str | None]] = {}
         self._max_contexts: dict[tuple, int] = {}
         self._lock = threading.Lock()
 
@@ -199,9 +238,10 @@ class Planner:
             self._max_batches[self._memo_key(workload, gpu)] = best
 
     def forget_max_batches(self) -> None:
-        """After a user's .py file may have changed."""
+        """After a user's .py file may have changed (largest sequence lengths too)."""
         with self._lock:
             self._max_batches.clear()
+            self._max_seq_lens.clear()
 
     def max_batch(self, workload: Workload, gpu: GpuSpec) -> tuple[int | None, str | None]:
         """(largest batch, None), or (None, why) when a batch the search needs cannot be traced."""
@@ -221,6 +261,33 @@ class Planner:
         if best is not None:
             self.remember_max_batch(workload, gpu, best)
         return best, why
+
+    # -- largest sequence length (token models: the second axis) ----------------------------------------
+    def _seq_memo_key(self, workload: Workload, gpu: GpuSpec) -> tuple:
+        on_gpu = workload.on_gpu(gpu)
+        return (on_gpu.with_seq_len(1).key() if on_gpu.seq_len is not None else on_gpu.key(),
+                gpu.name, gpu.available_memory_bytes, self.overheads)
+
+    def known_max_seq_len(self, workload: Workload, gpu: GpuSpec) -> int | None:
+        with self._lock:
+            return self._max_seq_lens.get(self._seq_memo_key(workload, gpu), (None, None))[0]
+
+    def max_seq_len(self, workload: Workload, gpu: GpuSpec) -> tuple[int | None, str | None]:
+        """(longest sequence that fits at the workload's batch, None) for a workload with token inputs; (None,
+        None) without them; (answer or None, why) when a length could not be traced. Remembered per workload
+        without its sequence length and GPU: moving a sequence-length slider traces nothing new."""
+        from torchbudget.engine.solver import _require_inputs, try_max_seq_len
+
+        key = self._seq_memo_key(workload, gpu)
+        with self._lock:
+            if key in self._max_seq_lens:
+                return self._max_seq_lens[key]
+        solved = try_max_seq_len(_require_inputs(workload, self.cache), gpu, cache=self.cache,
+                                 overheads=self.overheads)
+        if solved[0] is not None:
+            with self._lock:
+                self._max_seq_lens[key] = solved
+        return solved
 
     # -- generation (decode) ------------------------------------------------------------------------
     def max_concurrent_sequences(self, workload: Workload, gpu: GpuSpec) -> tuple[int | None, str | None]:
@@ -268,8 +335,10 @@ class Planner:
 
     # -- plans -----------------------------------------------------------------------------------
     def plan(self, workload: Workload, gpu: GpuSpec, *, solve_max_batch: bool = True,
-             cluster: "ClusterChoice | None" = None) -> Plan:
-        """``solve_max_batch``: solve the largest batch (decode: concurrent sequences, and the largest context)."""
+             solve_max_seq_len: bool | None = None, cluster: "ClusterChoice | None" = None) -> Plan:
+        """``solve_max_batch``: solve the largest batch (decode: concurrent sequences, and the largest context).
+        ``solve_max_seq_len``: the longest sequence at the plan's batch, for workloads with token inputs except
+        decode (whose question is the context); None: with the largest batch."""
         on_gpu = workload.on_gpu(gpu)
         result = self.cache.get(on_gpu)
         best, why = self.max_batch(on_gpu, gpu) if solve_max_batch else (self.known_max_batch(on_gpu, gpu), None)
@@ -280,8 +349,16 @@ class Planner:
                 (self.known_max_context(on_gpu, gpu), None)
             notes += [why] if why else []
             notes += self._beyond_positions(on_gpu, context)
+        tokens = on_gpu.options.mode != "decode" and any(s.kind is vocab.InputKind.TOKENS for s in result.inputs)
+        resolved = on_gpu if on_gpu.inputs else replace(on_gpu, inputs=tuple(result.inputs))
+        longest = None
+        if tokens and (solve_max_batch if solve_max_seq_len is None else solve_max_seq_len):
+            longest, seq_why = self.max_seq_len(resolved, gpu)
+            notes += [seq_why] if seq_why else []
+        elif tokens:
+            longest = self.known_max_seq_len(resolved, gpu)
         return plan_result(result, gpu, overheads=self.overheads, efficiency=self.efficiency, workload=on_gpu,
-                           max_batch=best, notes=notes, max_context=context, cluster=cluster)
+                           max_batch=best, notes=notes, max_context=context, max_seq_len=longest, cluster=cluster)
 
     def plans(self, workload: Workload, gpus: Sequence[GpuSpec], *, solve_max_batch: bool = True) -> tuple[Plan, ...]:
         return tuple(self.plan(workload, gpu, solve_max_batch=solve_max_batch) for gpu in gpus)
@@ -335,6 +412,23 @@ class Planner:
         result = sweep(anchored, gpus, batches=grid, cache=self.cache, overheads=self.overheads,
                        efficiency=self.efficiency, solve_max_batch=False)
         return replace(result, gpus=tuple(replace(g, max_batch=b) for g, b in zip(result.gpus, bests)))
+
+    def seq_len_sweep(self, workload: Workload, gpus: Sequence[GpuSpec], lengths: Sequence[int] | None = None):
+        """Memory and latency against the sequence length of the token inputs (at the workload's batch), with
+        each GPU's longest sequence; None without a token input. Default grid: ``sweep_seq_lens``."""
+        from torchbudget.engine.solver import _require_inputs, sweep
+
+        resolved = _require_inputs(workload, self.cache)
+        if resolved.seq_len is None:
+            return None
+        solved = [self.max_seq_len(resolved, gpu) for gpu in gpus]
+        bests = [best for best, _ in solved]
+        grid = tuple(lengths) if lengths else sweep_seq_lens(resolved.seq_len, bests)
+        result = sweep(resolved, gpus, seq_lens=grid, cache=self.cache, overheads=self.overheads,
+                       efficiency=self.efficiency)
+        whys = tuple(dict.fromkeys(f"{gpu.name}: {why}" for gpu, (_, why) in zip(gpus, solved) if why))
+        return replace(result, gpus=tuple(replace(g, max_seq_len=b) for g, b in zip(result.gpus, bests)),
+                       notes=result.notes + whys)
 
     def resolution_sweep(self, workload: Workload, gpus: Sequence[GpuSpec], resolutions: Sequence[int] | None = None):
         """Memory and latency against the square side of the image inputs; None without an image input."""

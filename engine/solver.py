@@ -247,7 +247,7 @@ class SweepGpuPoint:
 
 @dataclass(frozen=True)
 class SweepPoint:
-    value: int                        # the batch size or the (square) resolution
+    value: int                        # the batch size, the (square) resolution or the sequence length
     batch_size: int
     interpolated: bool                # from the affine batch model rather than its own trace
     per_gpu: tuple[SweepGpuPoint, ...]
@@ -259,11 +259,12 @@ class SweepGpu:
     capacity_bytes: int
     target: str                       # whose kernels the points of this GPU were traced for
     max_batch: int | None             # batch sweeps only
+    max_seq_len: int | None = None    # sequence-length sweeps only
 
 
 @dataclass(frozen=True)
 class Sweep:
-    axis: str                         # "batch" | "resolution"
+    axis: str                         # "batch" | "resolution" | "seq_len"
     points: tuple[SweepPoint, ...]
     gpus: tuple[SweepGpu, ...]
     notes: tuple[str, ...] = ()       # e.g. points skipped because the model cannot run them
@@ -275,17 +276,19 @@ DEFAULT_SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
 def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int] | None = None,
           resolutions: Sequence[int] | None = None, cache: TraceCache | None = None,
           overheads: Overheads = Overheads(), efficiency: Efficiency = Efficiency(),
-          solve_max_batch: bool = True) -> Sweep:
-    """Memory and latency against batch (default) or resolution, on each GPU (traced for each GPU's
-    target: GPUs of one compute capability share their traces). A point the model cannot run (BatchNorm
-    at 1x1, a fixed-size Linear at another resolution) is left out and named in ``notes``."""
-    if batches is not None and resolutions is not None:
-        raise UserError("sweep either batch or resolution, not both", field="input")
+          solve_max_batch: bool = True, seq_lens: Sequence[int] | None = None) -> Sweep:
+    """Memory and latency against batch (default), resolution or sequence length (``seq_lens``: the token
+    inputs, at the workload's batch; exact traces), on each GPU (traced for each GPU's target: GPUs of one
+    compute capability share their traces). A point the model cannot run (BatchNorm at 1x1, a fixed-size Linear
+    at another resolution, BERT past 512 positions) is left out and named in ``notes``."""
+    if sum(axis is not None for axis in (batches, resolutions, seq_lens)) > 1:
+        raise UserError("sweep one axis: batch, resolution or sequence length", field="input")
     if not gpus:
         raise UserError("a sweep needs at least one GPU", field="gpu")
     cache = cache if cache is not None else TraceCache()
-    axis = "resolution" if resolutions is not None else "batch"
+    axis = "resolution" if resolutions is not None else "seq_len" if seq_lens is not None else "batch"
     values = _checked(resolutions, "resolution") if resolutions is not None else \
+        _checked(seq_lens, "sequence length") if seq_lens is not None else \
         _checked(batches or DEFAULT_SWEEP_BATCHES, "batch size")
     by_target: dict[str, list] = {}      # target -> [(value, source, interpolated) or (value, error)]
     best: dict[str, int | None] = {}
@@ -303,6 +306,10 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
             if axis == "resolution":
                 _spatial(on_gpu)
                 by_target[target] = [_traced(lambda v: cache.get(on_gpu.with_resolution(v, v)), v) for v in values]
+            elif axis == "seq_len":
+                if on_gpu.seq_len is None:
+                    raise InputSpecError("a sequence-length sweep needs a token input (N x L integer ids)")
+                by_target[target] = [_traced(lambda v: cache.get(on_gpu.with_seq_len(v)), v) for v in values]
             else:
                 by_target[target] = _batch_traces(on_gpu, values, cache)
     points = []
@@ -368,3 +375,157 @@ def _batch_traces(workload: Workload, values: tuple[int, ...], cache: TraceCache
         else:
             out.append((v, model, True))
     return out
+
+
+# ------------------------------------------------------------------------------------- sequence length
+# The second axis of token models, as resolution is for images: the largest sequence length (every token
+# input on the sequence axis, Workload.with_seq_len) that fits at the workload's batch. Exact against the
+# simulation like max_batch: the answer's own trace fits and answer + 1's does not (or is taken from a
+# model that reproduced the answer's trace byte for byte). Storage sizes of a transformer are polynomials of
+# degree <= 2 in the sequence length (activations S, attention scores and masks S²), so three traces with
+# the same structure give a quadratic model to search on; it is only a guess, always confirmed by exact traces
+# (a size that is not quadratic — a kernel padding to 32 — or a structure that changes with the length — a
+# sliding window — only costs more exact traces).
+DEFAULT_SEQ_LEN_LIMIT = 1 << 20
+
+
+class QuadraticSeqTrace:
+    """Every storage size as a quadratic polynomial of the sequence length, through traces at three lengths
+    (Lagrange interpolation); None-safe constructor: ``fit``."""
+
+    def __init__(self, traces: Sequence, lengths: Sequence[int]):
+        import numpy as np
+
+        self.a = traces[0]
+        self.lengths = tuple(lengths)
+        self._sizes = [np.fromiter((e.nbytes for e in t.storage_events), np.float64, len(t.storage_events))
+                       for t in traces]
+        self._has_conv = uses_cudnn(self.a)
+
+    @classmethod
+    def fit(cls, traces: Sequence, lengths: Sequence[int]) -> "QuadraticSeqTrace | None":
+        from torchbudget.engine.affine import _same_structure
+
+        if len(set(lengths)) != 3 or any(not _same_structure(traces[0], t) for t in traces[1:]):
+            return None
+        return cls(traces, lengths)
+
+    def sizes_at(self, length: int):
+        import numpy as np
+
+        (x0, x1, x2), (y0, y1, y2) = self.lengths, self._sizes
+        x = float(length)
+        value = (y0 * ((x - x1) * (x - x2) / ((x0 - x1) * (x0 - x2)))
+                 + y1 * ((x - x0) * (x - x2) / ((x1 - x0) * (x1 - x2)))
+                 + y2 * ((x - x0) * (x - x1) / ((x2 - x0) * (x2 - x1))))
+        return np.maximum(np.rint(value), 0).astype(np.int64)
+
+    def fits(self, length: int, overheads: Overheads, available_bytes: int) -> bool:
+        return fits(self.a.storage_events, overheads, available_bytes, has_conv=self._has_conv,
+                    sizes=self.sizes_at(length))[0]
+
+    def matches(self, exact, length: int) -> bool:
+        """True when the model predicts every storage size of ``exact`` (the trace at ``length``) exactly."""
+        import numpy as np
+        from torchbudget.engine.affine import _same_structure
+
+        return _same_structure(self.a, exact) and np.array_equal(
+            self.sizes_at(length), [e.nbytes for e in exact.storage_events])
+
+
+def max_seq_len(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = None,
+                limit: int = DEFAULT_SEQ_LEN_LIMIT, overheads: Overheads = Overheads()) -> int | None:
+    """Largest sequence length whose simulated requirement fits ``gpu`` at the workload's batch; 0 if length 1
+    does not fit; None for a workload without token inputs. A length the model cannot run (BERT past its 512
+    positions) counts as not fitting; ``try_max_seq_len`` says why."""
+    return _solve_seq_len(workload, gpu, cache if cache is not None else TraceCache(), limit, overheads)[0]
+
+
+def try_max_seq_len(workload: Workload, gpu: GpuSpec, *, cache: TraceCache, overheads: Overheads = Overheads(),
+                    limit: int = DEFAULT_SEQ_LEN_LIMIT) -> tuple[int | None, str | None]:
+    """(max_seq_len, None), or (answer, why) when a longer length could not be traced (the model's limit, not
+    memory's), or (None, why) when the search itself failed."""
+    try:
+        return _solve_seq_len(workload, gpu, cache, limit, overheads)
+    except UserError as exc:
+        return None, f"largest sequence length not solved: {exc}"
+
+
+def _learned_table(workload: Workload) -> int | None:
+    """The rows of the learned position table the sequence axis indexes (engine.hf_catalog), None without one."""
+    from torchbudget.engine.hf_catalog import learned_position_limit
+    from torchbudget.engine.workload import DECODER_PREFIX
+
+    tokens = [s for s in workload.inputs if s.kind is InputKind.TOKENS]
+    decoder = bool(tokens) and all((s.name or "").startswith(DECODER_PREFIX) for s in tokens)
+    return learned_position_limit(workload.model, workload.model_kwargs, decoder=decoder)
+
+
+def _solve_seq_len(workload: Workload, gpu: GpuSpec, cache: TraceCache, limit: int,
+                   overheads: Overheads) -> tuple[int | None, str | None]:
+    workload = _require_inputs(workload.on_gpu(gpu), cache)
+    start = workload.seq_len
+    if start is None:
+        return None, None
+    capacity = gpu.available_memory_bytes
+    refused: list[tuple[int, str]] = []
+
+    def trace(length: int):
+        return cache.get(workload.with_seq_len(length))
+
+    def fits_at(length: int) -> bool:
+        if length == start:    # the workload's own length must trace: its error is the user's to see
+            return result_fits(trace(length), overheads, capacity)
+        try:
+            return result_fits(trace(length), overheads, capacity)
+        except UserError as exc:   # a length the model cannot run does not fit (noted once)
+            refused.append((length, str(exc)))
+            return False
+
+    def answer(best: int) -> tuple[int, str | None]:
+        """The length and, when the next one was refused (the model's limit, not memory's), why."""
+        why = next((why for n, why in refused if n == best + 1), None)
+        return best, why and f"sequence length {best + 1:,} cannot run: {why}"
+
+    table = _learned_table(workload)
+    if table is not None and table < limit:   # no real run indexes past a learned position table
+        limit = table
+        refused.append((table + 1, f"{workload.model} has {table:,} learned positions"))
+    start = min(start, limit)
+    if fits_at(start):
+        lo, hi = start, None
+    elif start == 1 or not fits_at(1):
+        return answer(0)
+    else:
+        lo, hi = 1, start
+    if lo >= limit or lo + 1 == hi or not fits_at(lo + 1):
+        return answer(lo)
+    # anchors: the length that fits and 1.5x, 2x of it; inside a known bracket, spread over its upper part
+    # (the model interpolates better than it extrapolates; length 1 is often traced differently: a decode step)
+    if hi is None:
+        step = max(1, lo // 2)
+        lengths = (lo, lo + step, lo + 2 * step)
+    else:
+        first = max(lo, (hi - 1) // 4)
+        lengths = (first, (first + hi - 1) // 2, hi - 1)
+    model = None
+    if len(set(lengths)) == 3:
+        try:
+            model = QuadraticSeqTrace.fit([trace(n) for n in lengths], lengths)
+        except UserError:
+            model = None
+    if model is None:
+        return answer(largest_true(fits_at, lo + 1, hi, limit))
+    guess = largest_true(lambda n: model.fits(n, overheads, capacity), lo, hi, limit)
+    if fits_at(guess):
+        if guess == limit or guess + 1 == hi:
+            return answer(guess)
+        if model.matches(trace(guess), guess) or not fits_at(guess + 1):
+            return answer(guess)
+        return answer(largest_true(fits_at, guess + 1, hi, limit))
+    top, down = guess, 1      # the model was optimistic: step down to a length that fits, then bisect
+    while True:
+        probe = max(lo, top - down)
+        if fits_at(probe):
+            return answer(largest_true(fits_at, probe, top, limit))
+        top, down = probe, down * 2

@@ -1,16 +1,16 @@
-"""Where models come from: every torchvision model by name, or a user file ``path/to/file.py:Name``.
-Models are built with parameters and buffers on meta (no weights are ever downloaded or initialised)."""
+"""Where models come from: every torchvision model by name, Hugging Face architectures by hub id or alias
+(bundled configs, engine.hf), a local ``config.json`` or model folder, timm names (``timm/NAME``, where timm is
+installed), or a user file ``path/to/file.py:Name``. Models are built with parameters and buffers on meta (no
+weights are ever downloaded, read or initialised)."""
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import inspect
 import sys
 import traceback
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from types import MappingProxyType, ModuleType
+from types import ModuleType
 from typing import Mapping
 
 import torchvision.models as tvm
@@ -18,6 +18,7 @@ from torch import nn
 
 from torchbudget.engine.errors import ModelLoadError, UnknownModelError
 from torchbudget.engine.inputs import InputSpec
+from torchbudget.engine.loaded import LoadedModel  # noqa: F401 - its old home
 from torchbudget.engine.meta_init import build_on_meta
 from torchbudget.engine.user_code import (FILE_SPEC_SEPARATOR, is_file_spec, model_file_problem,  # noqa: F401
                                          report_stage, split_file_spec, system_exit_message, user_argv)
@@ -36,18 +37,6 @@ OPTICAL_FLOW_SIZE = (360, 640)     # RAFT needs sides divisible by 8
 DETECTION_SIZE = (480, 640)        # detection models resize internally; one image per batch element
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    module: nn.Module                          # parameters and buffers on meta
-    name: str
-    default_inputs: tuple[InputSpec, ...]      # empty: no sensible default is known (user files)
-    family: str                                # "classification", "segmentation", ..., "file"
-    build_kwargs: Mapping[str, object] = field(default_factory=dict)  # what the builder was called with
-
-    def __post_init__(self):
-        object.__setattr__(self, "build_kwargs", MappingProxyType(dict(self.build_kwargs)))
-
-
 @lru_cache(maxsize=1)
 def _torchvision_families() -> dict[str, str]:
     families: dict[str, str] = {}
@@ -62,28 +51,65 @@ def list_model_names() -> list[str]:
     return sorted(_torchvision_families())
 
 
+def model_groups() -> dict[str, list[str]]:
+    """Every model name by where it comes from (``analyze --list``): torchvision, the bundled Hugging Face
+    configs (hub ids; their aliases are in resources/hf_models.toml) and timm (``timm/NAME``, when installed)."""
+    from torchbudget.engine import hf, hf_catalog
+
+    return {"torchvision": list_model_names(),
+            "huggingface": [m.hub_id for m in hf_catalog.bundled_models()],
+            "timm": [f"{hf_catalog.TIMM_PREFIX}{name}" for name in hf.timm_names()]}
+
+
 def model_family(name: str) -> str | None:
     return _torchvision_families().get(name)
 
 
 def load_model(spec: str, model_kwargs: Mapping | None = None) -> LoadedModel:
-    """``resnet50`` or ``path/to/file.py:Name`` -> a model on meta with its default inputs."""
+    """``resnet50``, ``meta-llama/Llama-3.1-8B``, ``path/to/config.json``, ``timm/NAME`` or
+    ``path/to/file.py:Name`` -> a model on meta with its default inputs."""
     spec = spec.strip()
     if not spec:
         raise UnknownModelError("no model given; name a torchvision model (e.g. resnet50) or path/to/file.py:Name")
     kwargs = dict(model_kwargs or {})
     if is_file_spec(spec):
         return _load_from_file(spec, kwargs)
-    return _load_torchvision(spec, kwargs)
+    if model_family(spec) is not None:
+        return _load_torchvision(spec, kwargs)
+    from torchbudget.engine import hf, hf_catalog
+
+    loaded = hf.load_hf(spec, kwargs)
+    if loaded is None and hf_catalog.is_timm_name(spec):
+        loaded = hf.load_timm(spec, kwargs)
+        if loaded is None:
+            why = "is not a timm model" if hf.timm_available() else "needs timm, which is not installed"
+            close = hf.close_names(spec, [f"timm/{n}" for n in hf.timm_names()])
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UnknownModelError(f"{_quoted(spec)} {why}{hint}")
+    if loaded is not None:
+        return loaded
+    raise UnknownModelError(_unknown_model_message(spec))
+
+
+def _unknown_model_message(spec: str) -> str:
+    from torchbudget.engine import hf, hf_catalog
+
+    if hf_catalog.looks_like_path(spec):
+        return (f"{_quoted(spec)} does not exist (give a config.json, a model folder holding one, or a model name; "
+                "see `main.py analyze --list`)")
+    close = hf.close_names(spec, list_model_names() + hf_catalog.bundled_names())
+    hint = f"; did you mean {', '.join(close)}?" if close else "; run `main.py analyze --list` for all names"
+    if "/" in spec:   # a hub id: nothing is downloaded, so only bundled configs are known by name
+        return (f"unknown model {_quoted(spec)}: not a bundled Hugging Face config (nothing is downloaded; give "
+                f"path/to/config.json for others){hint}")
+    return f"unknown model {_quoted(spec)}{hint}"
 
 
 # ----------------------------------------------------------------------------------------- torchvision
 def _load_torchvision(name: str, user_kwargs: dict) -> LoadedModel:
     family = model_family(name)
     if family is None:
-        close = difflib.get_close_matches(name[:200], list_model_names(), n=5, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; run `main.py analyze --list` for all names"
-        raise UnknownModelError(f"unknown model {_quoted(name)}{hint}")
+        raise UnknownModelError(_unknown_model_message(name))
     build_kwargs: dict[str, object] = {"weights": None}  # never download weights
     if family in ("segmentation", "detection"):
         build_kwargs["weights_backbone"] = None
@@ -264,11 +290,17 @@ _CONV_SPATIAL = ((nn.Conv1d, (224,)), (nn.Conv2d, (224, 224)), (nn.Conv3d, (16, 
 
 
 def guess_default_inputs(module: nn.Module, declared) -> tuple[InputSpec, ...]:
-    """A file may declare ``EXAMPLE_INPUTS = "1x3x224x224"``; otherwise guess from the first layer."""
+    """A file may declare ``EXAMPLE_INPUTS = "1x3x224x224"``; a model with a Hugging Face or diffusers style
+    ``config`` gets inputs by meaning (engine.hf.default_inputs: its forward parameters sized from the config);
+    otherwise guess from the first layer."""
+    from torchbudget.engine.hf import default_inputs
     from torchbudget.engine.inputs import parse_inputs
 
     if declared:
         return parse_inputs(declared)
+    by_meaning = default_inputs(module) if getattr(module, "config", None) is not None else ()
+    if by_meaning:
+        return by_meaning
     for leaf in module.modules():
         for conv_type, spatial in _CONV_SPATIAL:
             if isinstance(leaf, conv_type):

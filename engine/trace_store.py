@@ -3,8 +3,9 @@
 
 An entry is reused only by the same torch, torchvision, Python and engine source code: their fingerprint
 is part of every entry's name, so upgrading any of them, or editing the engine, starts afresh. Only models
-named from the registry (identifiers such as ``resnet50``) are stored: a user's ``.py`` file can change
-under the same name. Small facts of the same environment (the model list, which needs torchvision) are
+named from a registry are stored (torchvision names such as ``resnet50``, bundled Hugging Face configs by hub
+id or alias — the entry's content is part of the key, so editing a bundled config starts its traces afresh —
+and ``timm/NAME``): a user's ``.py`` file or config.json can change under the same name. Small facts of the same environment (the model list, which needs torchvision) are
 kept beside the traces (``load_fact``). Entries are gzip'd JSON (``engine.serialize``, never pickle); a
 damaged or foreign file reads as a miss. No torch import here."""
 from __future__ import annotations
@@ -19,8 +20,10 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+from torchbudget.engine import hf_catalog
 from torchbudget.engine.results import AnalysisResult
 from torchbudget.engine.serialize import result_from_dict, result_to_dict
+from torchbudget.engine.user_code import is_file_spec
 from torchbudget.engine.workload import Workload
 
 CACHE_DIR_ENV = "TORCHBUDGET_CACHE_DIR"
@@ -49,7 +52,8 @@ def _version(dist: str) -> str:
 def environment_fingerprint() -> str:
     """Hash of what a trace depends on: torch/torchvision versions, Python, and the engine's own source."""
     digest = hashlib.sha256()
-    digest.update(f"{_version('torch')}|{_version('torchvision')}|{sys.version_info[:2]}".encode())
+    digest.update(f"{_version('torch')}|{_version('torchvision')}|{_version('transformers')}|{_version('timm')}|"
+                  f"{sys.version_info[:2]}".encode())
     root = Path(__file__).resolve().parent
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode())
@@ -58,7 +62,14 @@ def environment_fingerprint() -> str:
 
 
 def storable(workload: Workload) -> bool:
-    return workload.model.isidentifier()
+    """A model named from a registry: a torchvision name (an identifier: never a file spec), a bundled Hugging
+    Face config (hub id or alias) or ``timm/NAME``. Not a user's ``.py`` file or a local config.json."""
+    model = workload.model.strip()
+    if is_file_spec(model):
+        return False
+    if model.isidentifier() or hf_catalog.find_bundled(model) is not None:
+        return True
+    return hf_catalog.is_timm_name(model) and model[len(hf_catalog.TIMM_PREFIX):].replace(".", "_").isidentifier()
 
 
 class TraceStore:
@@ -67,7 +78,8 @@ class TraceStore:
         self.max_entries = max_entries
 
     def path_for(self, workload: Workload) -> Path:
-        name = hashlib.sha256(f"{environment_fingerprint()}|{workload.key()!r}".encode()).hexdigest()[:32]
+        name = hashlib.sha256(f"{environment_fingerprint()}|{hf_catalog.model_digest(workload.model)}|"
+                              f"{workload.key()!r}".encode()).hexdigest()[:32]
         return self.directory / f"{name}{ENTRY_SUFFIX}"
 
     def has(self, workload: Workload) -> bool:

@@ -13,6 +13,7 @@ from torchbudget.engine import vocab
 from torchbudget.engine.vocab import InputKind
 
 WORKLOAD_FORMAT = "torchbudget-workload/1"
+DECODER_PREFIX = "decoder_"   # an encoder-decoder's target inputs (Hugging Face's decoder_input_ids...)
 
 
 @dataclass(frozen=True)
@@ -41,18 +42,42 @@ class Workload:
         return replace(self, inputs=tuple(s.with_resolution(height, width) if s.kind is InputKind.IMAGE else s
                                           for s in self.inputs))
 
+    def _sequence_inputs(self, target: bool = False) -> list[int]:
+        """Indices of the token inputs (engine.vocab.InputKind.TOKENS: ids, masks) on the sequence axis: all of
+        them, except an encoder-decoder's target tokens (named ``decoder_*``, as Hugging Face names them) beside
+        its encoder's; ``target``: those target tokens."""
+        tokens = [i for i, s in enumerate(self.inputs) if s.kind is InputKind.TOKENS]
+        decoder = [i for i in tokens if (self.inputs[i].name or "").startswith(DECODER_PREFIX)]
+        if target:
+            return decoder
+        return [i for i in tokens if i not in decoder] or decoder
+
     @property
     def seq_len(self) -> int | None:
         """The sequence length of the token inputs (None without one)."""
-        tokens = [s for s in self.inputs if s.kind is InputKind.TOKENS]
-        return tokens[0].shape[1] if tokens else None
+        tokens = self._sequence_inputs()
+        return self.inputs[tokens[0]].shape[1] if tokens else None
 
     def with_seq_len(self, length: int) -> "Workload":
-        """Every token input (engine.vocab.InputKind.TOKENS: ids, masks) at ``length`` positions."""
+        """Every token input on the sequence axis (ids, masks; an encoder-decoder's encoder tokens) at ``length``
+        positions."""
+        return self._with_length(self._sequence_inputs(), length, "sequence length")
+
+    @property
+    def target_len(self) -> int | None:
+        """An encoder-decoder's target length (its ``decoder_*`` token inputs; None without them)."""
+        tokens = self._sequence_inputs(target=True)
+        return self.inputs[tokens[0]].shape[1] if tokens else None
+
+    def with_target_len(self, length: int) -> "Workload":
+        """An encoder-decoder's target tokens (``decoder_input_ids``...) at ``length`` positions."""
+        return self._with_length(self._sequence_inputs(target=True), length, "target length")
+
+    def _with_length(self, indices: list[int], length: int, what: str) -> "Workload":
         if length < 1:
-            raise InputSpecError(f"sequence length must be at least 1, got {length}")
-        return replace(self, inputs=tuple(InputSpec((s.shape[0], length), s.dtype, s.name)
-                                          if s.kind is InputKind.TOKENS else s for s in self.inputs))
+            raise InputSpecError(f"{what} must be at least 1, got {length}")
+        return replace(self, inputs=tuple(InputSpec((s.shape[0], length), s.dtype, s.name) if i in indices else s
+                                          for i, s in enumerate(self.inputs)))
 
     @property
     def input_kind(self) -> InputKind:

@@ -144,8 +144,9 @@ _ROLES = {"fsdp.all_gather_copy_in": MemoryCategory.WEIGHTS, "c10d._allgather_ba
 
 
 class DistributedRecorder(Recorder):
-    def __init__(self, modules: ModuleStack, convention: str, fake_mode, cluster: FakeCluster):
-        super().__init__(modules, convention)
+    def __init__(self, modules: ModuleStack, convention: str, fake_mode, cluster: FakeCluster,
+                 moe_routing: str = "balanced", attention_flops: str = "full"):
+        super().__init__(modules, convention, moe_routing, attention_flops)
         self.storage = ResizingStorageTracker()
         self.fake_mode = fake_mode
         self.cluster = cluster

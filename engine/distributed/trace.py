@@ -24,7 +24,7 @@ from torchbudget.engine.inputs import InputSpec
 from torchbudget.engine.ops.collective import register_fsdp_ops
 from torchbudget.engine.results import AnalysisResult, DistributedInfo, MemoryCategory, Phase, TraceOptions
 from torchbudget.engine.target import CudaSemantics
-from torchbudget.engine.tracing import assemble, generation, training
+from torchbudget.engine.tracing import assemble, generation, hf_masks, training
 from torchbudget.engine.tracing.modules import ModuleStack
 from torchbudget.engine.distributed import strategies
 from torchbudget.engine.distributed.recorder import DistributedRecorder
@@ -42,7 +42,8 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: TraceOptions, *,
-                      model_name: str = "", input_names: bool | None = None) -> AnalysisResult:
+                      model_name: str = "", input_names: bool | None = None,
+                      forward_kwargs=None) -> AnalysisResult:
     """Rank 0's step of ``model`` (built on meta, owned by this trace: it is materialised and wrapped in place)."""
     if not options.distributed:
         raise ValueError("trace_distributed needs a distributed strategy in the options")
@@ -73,10 +74,12 @@ def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: Tr
             FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
         model.train(options.training)
         stack = ModuleStack(model)
-        recorder = DistributedRecorder(stack, options.convention, fake_mode, cluster)
+        recorder = DistributedRecorder(stack, options.convention, fake_mode, cluster, options.moe_routing,
+                                       options.attention_flops)
         cluster.resize_listener = recorder.on_resize
         try:
-            run = _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtype, autocast_dtype)
+            run = _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtype, autocast_dtype,
+                       dict(forward_kwargs or {}))
         finally:
             cluster.resize_listener = None
     ops = recorder.ops
@@ -119,7 +122,8 @@ def _materialise(model: nn.Module, options: TraceOptions, param_dtype: torch.dty
         model.requires_grad_(False)
 
 
-def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtype, autocast_dtype) -> dict:
+def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtype, autocast_dtype,
+         forward_kwargs: dict) -> dict:
     train = options.training
     storage = recorder.storage
     roles = assemble.StorageRoles()
@@ -152,11 +156,13 @@ def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtyp
     recorder.nodes.leaf_owner = {id(_local(p)): name.rpartition(".")[0] for name, p, _ in params}
     args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
     kwargs.update(generation.training_kwargs(model) if train else {})
+    kwargs.update(forward_kwargs)
     semantics = single.target_semantics(options, autocast_dtype if prepared.autocast else None,
                                         lambda: stack.current)
     run["semantics"] = semantics
     try:
-        with stack, recorder, (contextlib.nullcontext() if train else torch.no_grad()):
+        with stack, recorder, (contextlib.nullcontext() if train else torch.no_grad()), \
+                hf_masks.one_sequence_per_row() as masks:
             with semantics:
                 output = prepared.runnable(*args, **kwargs)
             roles.forward_end_seq = storage.seq
@@ -177,6 +183,7 @@ def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtyp
                         storage.track(grad, storage.op_index)
                         roles.gradients.update(storage.sids_of(grad))
                 optimizer = _optimizer_step(recorder, roles, prepared, options)  # noqa: F841 - kept alive
+        run["notes"] += [hf_masks.NOTE] if masks.used else []
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001

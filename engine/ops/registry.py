@@ -79,10 +79,16 @@ def packet_named(name: str):
     return getattr(getattr(torch.ops, namespace), op)
 
 
-def lookup(op, convention: str = "default") -> _Entry | None:
+def lookup(op, convention: str = "default", attention_flops: str = "full") -> _Entry | None:
+    """The formula of ``op``: the convention's own, else (``attention_flops`` other than "full") the attention
+    formula of that counting rule (table ``attention-<rule>``, engine/ops/attention.py), else the default."""
     key = _packet(op)
     if convention != "default":
         entry = _FORMULAS.get(convention, {}).get(key)
+        if entry is not None:
+            return entry
+    if attention_flops != "full":
+        entry = _FORMULAS.get(f"attention-{attention_flops}", {}).get(key)
         if entry is not None:
             return entry
     return _FORMULAS["default"].get(key)
@@ -92,10 +98,10 @@ def is_known_zero(op) -> bool:
     return _packet(op) in _ZERO
 
 
-def count(op, args: tuple, kwargs: dict, out, convention: str = "default") -> OpCount:
+def count(op, args: tuple, kwargs: dict, out, convention: str = "default", attention_flops: str = "full") -> OpCount:
     """The trace's single entry point: MACs/FLOPs, status and kind of one op call. A formula that raises
     propagates: the recorder is the one boundary that catches it and reports it (never a silent zero)."""
-    entry = lookup(op, convention)
+    entry = lookup(op, convention, attention_flops)
     if entry is None:
         zero_kind = _ZERO.get(_packet(op))
         return UNCOUNTED if zero_kind is None else OpCount(0, 0, OpStatus.ZERO, zero_kind)

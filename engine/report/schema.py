@@ -55,6 +55,7 @@ def plan_to_dict(plan) -> dict:
         "headroom_fraction": plan.headroom_fraction,
         "dominant_category": plan.dominant_category.value,
         "max_batch": plan.max_batch,
+        "max_seq_len": plan.max_seq_len,
         "notes": list(plan.notes),
         "memory": {
             "peak_bytes": memory.peak_bytes,

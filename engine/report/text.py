@@ -141,6 +141,8 @@ def render_plan(plan) -> str:
     generation = plan.generation
     if generation is None:
         lines.append("max batch: " + ("not solved" if plan.max_batch is None else f"{plan.max_batch}"))
+    if plan.max_seq_len is not None:
+        lines.append(f"max seq len: {plan.max_seq_len:,} at batch {result.batch_size if result else 1}")
     k = latency.grad_accum
     parts = ", ".join(f"{name} {human_ms(p.estimate_ms)}" + (" per micro-batch" if k > 1 and name != "optimizer" else "")
                       for name, p in (("forward", latency.forward), ("backward", latency.backward),
@@ -244,7 +246,10 @@ def render_sweep(sweep) -> str:
     if any(p.interpolated for p in sweep.points):
         lines.append("* from the affine batch model, checked byte for byte against an exact trace at a larger batch")
     for gpu in sweep.gpus:
-        solved = f"max batch {gpu.max_batch}" if gpu.max_batch is not None else "max batch not solved"
+        if sweep.axis == "seq_len":
+            solved = f"max seq len {gpu.max_seq_len:,}" if gpu.max_seq_len is not None else "max seq len not solved"
+        else:
+            solved = f"max batch {gpu.max_batch}" if gpu.max_batch is not None else "max batch not solved"
         lines.append(f"{gpu.gpu_name}: {human_bytes(gpu.capacity_bytes)} available, target {gpu.target}, {solved}")
     lines += [f"note: {note}" for note in sweep.notes]
     return "\n".join(lines)

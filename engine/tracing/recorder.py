@@ -65,10 +65,12 @@ def _compute_dtype(inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> s
 class Recorder(TorchDispatchMode):
     """Records every aten op dispatched below autograd (so backward and optimizer ops too)."""
 
-    def __init__(self, modules: ModuleStack, convention: str = "default", moe_routing: str = "balanced"):
+    def __init__(self, modules: ModuleStack, convention: str = "default", moe_routing: str = "balanced",
+                 attention_flops: str = "full"):
         super().__init__()
         self.modules = modules
         self.convention = convention
+        self.attention_flops = attention_flops   # engine.vocab.ATTENTION_FLOPS: how fused attention is counted
         self.storage = StorageTracker()
         self.nodes = ForwardNodeMap()
         self.policies = DataDependentPolicies(moe_routing, where=self._module_path, module_at=modules.module_at)
@@ -137,7 +139,7 @@ class Recorder(TorchDispatchMode):
         index = len(self.ops)
         name = str(func)
         try:
-            counted = registry.count(func, args, kwargs, out, self.convention)
+            counted = registry.count(func, args, kwargs, out, self.convention, self.attention_flops)
         except Exception as exc:  # noqa: BLE001  (a formula bug must not kill the trace; it is reported)
             self.formula_errors.setdefault(name, f"{type(exc).__name__}: {exc}")
             counted = registry.UNCOUNTED
