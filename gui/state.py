@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
 from typing import Callable, Mapping
 
+from torchbudget.engine.distributed.plan import ClusterChoice
 from torchbudget.engine.errors import InputSpecError, UserError
 from torchbudget.engine.inputs import InputSpec, parse_inputs
 from torchbudget.engine.results import TraceOptions
@@ -25,6 +26,9 @@ TRAINING_ONLY = ("optimizer", "optimizer_impl", "checkpointing", "grad_accum", "
 GENERATION_ONLY = ("context_len", "kv_dtype")   # TraceOptions clears them outside prefill/decode (context: decode only)
 MODE_DEPENDENT = TRAINING_ONLY + GENERATION_ONLY
 DEFAULT_CONTEXT = 1024   # the KV cache's context when decode is first chosen (TraceOptions needs one)
+PARALLEL_FIELDS = ("strategy", "world_size", "tp_size", "sequence_parallel")   # several GPUs (engine.distributed)
+DEFAULT_WORLD_SIZE = 8   # GPUs when a strategy is first chosen: one HGX/DGX node
+DEFAULT_TP = 2           # fsdp+tp's tensor-parallel degree when first chosen
 TEXT_FIELDS = ("inputs", "model_kwargs", "lora_targets", "freeze")   # typed as text: may hold a draft
 OPTION_TEXT_FIELDS = ("lora_targets", "freeze")                      # comma-separated names or globs
 # The largest dimension the app takes: what its spin boxes hold (Qt ints are 32-bit), and beyond what
@@ -108,7 +112,8 @@ class Change:
     workload: Workload
     previous: Workload
     fields: frozenset[str]   # "model", "inputs", "model_kwargs", option names, "batch", "resolution", "seq_len",
-    #                          "drafts" (a draft or its error changed), "pending" (default inputs awaited)
+    #                          "drafts" (a draft or its error changed), "pending" (default inputs awaited),
+    #                          "cluster" (GPUs per node or an interconnect: the cluster, not the workload)
     source: str              # who changed it: a widget's name, "file", "settings", "gpu", "defaults", ...
 
 
@@ -151,6 +156,9 @@ class WorkloadState:
         # applied: another mode clears them (TraceOptions), choosing a mode they apply to again brings them back
         self._memo = self._mode_options(workload.options)
         self.pending_inputs_for: str | None = None   # a model picked whose default inputs are on their way
+        self._cluster = ClusterChoice()
+        # the several-GPU choices made while a strategy was chosen: one GPU clears them, a strategy brings them back
+        self._parallel = self._parallel_memo(workload.options)
 
     # -- reading --------------------------------------------------------------------------------
     @property
@@ -191,6 +199,12 @@ class WorkloadState:
 
     training_choice = choice
 
+    @property
+    def cluster(self) -> ClusterChoice:
+        """GPUs per node and the interconnects of a distributed workload (None: hardware.cluster's defaults).
+        Not part of the workload (no trace depends on it): the plan's communication does."""
+        return self._cluster
+
     # -- listening ------------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
         self._listeners.append(callback)
@@ -225,6 +239,7 @@ class WorkloadState:
         self.pending_inputs_for = None
         self._workload = workload
         self._memo = self._mode_options(workload.options)
+        self._parallel = self._parallel_memo(workload.options)
         self._notify(previous, changed, source)
 
     def update(self, *, source: str = "edit", **changes) -> None:
@@ -306,7 +321,71 @@ class WorkloadState:
             self.pending_inputs_for = None
             self._notify(self._workload, {"pending"}, "defaults")
 
+    def set_cluster(self, choice: ClusterChoice | None = None, *, source: str = "cluster", **changes) -> None:
+        """Replace the cluster choice, or change some of it (``gpus_per_node``, ``intra``, ``inter``): names
+        checked against hardware.interconnect (any spelling, kept canonical); raises UserError, changing
+        nothing, when refused. Whether the world size fits the nodes is the plan's check (hardware.cluster)."""
+        from torchbudget.hardware.interconnect import find_interconnect
+
+        unknown = set(changes) - {"gpus_per_node", "intra", "inter"}
+        if unknown:
+            raise TypeError(f"unknown cluster field(s): {', '.join(sorted(unknown))}")
+        choice = replace(choice or self._cluster, **changes)
+        per_node = choice.gpus_per_node
+        if per_node is not None:
+            per_node = vocab.check_count(per_node, "GPUs per node", "gpus_per_node", lowest=1)
+            if per_node > vocab.MAX_WORLD_SIZE:
+                raise UserError(f"GPUs per node must be at most {vocab.MAX_WORLD_SIZE}, got {per_node}",
+                                field="gpus_per_node")
+        names = {k: find_interconnect(getattr(choice, k)).name if getattr(choice, k) else None
+                 for k in ("intra", "inter")}
+        choice = ClusterChoice(gpus_per_node=per_node, **names)
+        if choice == self._cluster:
+            return
+        self._cluster = choice
+        self._notify(self._workload, {"cluster"}, source)
+
     # -- rules ----------------------------------------------------------------------------------
+    @staticmethod
+    def _parallel_memo(options: TraceOptions) -> dict:
+        """What to bring back: the GPU count of any strategy, the TP degree of fsdp+tp (tp's is the world)."""
+        if not options.distributed:
+            return {}
+        memo = {"world_size": options.world_size}
+        if options.strategy == "fsdp+tp":
+            memo["tp_size"] = options.tp_size
+        return memo
+
+    def _parallel_changes(self, current: TraceOptions, changes: dict) -> dict:
+        """What a user expects of the several-GPU fields when only some are chosen: picking a strategy brings
+        back the GPU count chosen before (else a node of 8), one GPU clears them, and the tensor-parallel degree
+        and sequence parallel follow the strategy (tp: the whole world; fsdp+tp: 2 or the degree chosen before)."""
+        if not set(PARALLEL_FIELDS) & set(changes):
+            return changes
+        out = dict(changes)
+        memo = {**self._parallel, **self._parallel_memo(current)}
+        chosen = vocab.strategy(out.get("strategy", current.strategy))
+        if chosen.name == "none":
+            if "strategy" in changes:
+                out.setdefault("world_size", 1)
+                out.setdefault("tp_size", 1)
+                out.setdefault("sequence_parallel", False)
+            return out
+        if "strategy" in changes and current.strategy == "none" and "world_size" not in changes:
+            out["world_size"] = memo.get("world_size", DEFAULT_WORLD_SIZE)
+        if "tp_size" not in changes:
+            if chosen.name == "tp":
+                out["tp_size"] = 1   # TraceOptions makes it the world size
+            elif chosen.name == "fsdp+tp":
+                world = out.get("world_size", current.world_size)
+                tp = current.tp_size if current.strategy == "fsdp+tp" else memo.get("tp_size", DEFAULT_TP)
+                out["tp_size"] = tp if 2 <= tp <= world and world % tp == 0 else DEFAULT_TP
+            elif "strategy" in changes:
+                out["tp_size"] = 1
+        if not chosen.tensor_parallel and "sequence_parallel" not in changes:
+            out["sequence_parallel"] = False
+        return out
+
     @staticmethod
     def _mode_options(options: TraceOptions) -> dict:
         return {name: getattr(options, name) for name in MODE_DEPENDENT if applies(name, options.mode)}
@@ -358,6 +437,7 @@ class WorkloadState:
             check_inputs(workload.inputs)
         options = {k: v for k, v in changes.items() if k in OPTION_FIELDS}
         if options:
+            options = self._parallel_changes(workload.options, options)
             workload = replace(workload, options=self._options(workload.options, options))
         return workload
 
@@ -382,4 +462,5 @@ class WorkloadState:
                     memo.update({n: getattr(check, n) for n in names})
         memo.update(self._mode_options(new))
         self._memo = memo
+        self._parallel.update(self._parallel_memo(new))
         return new

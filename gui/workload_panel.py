@@ -3,7 +3,8 @@ arguments, inputs, batch and the second axis (slider + spin box: resolution for 
 for token inputs), precision, mode, optimizer and its implementation, attention backend, checkpointing,
 counting convention, MoE routing and the attention FLOP convention; a Generation group (prefill/decode: KV
 cache context and dtype) and a Fine-tuning group (training: LoRA rank and targets, frozen-weight dtype,
-freeze globs, gradient accumulation), each shown only in the modes it means something in.
+freeze globs, gradient accumulation), each shown only in the modes it means something in; and the Cluster group
+(gui.cluster_panel: strategy, GPU count, TP degree, sequence parallel, GPUs per node, interconnects).
 
 It edits a ``gui.state.WorkloadState`` and renders from it (it keeps no workload of its own): a slider
 changes the state's batch, and the input field is then redrawn from the state, never re-parsed. Text that
@@ -244,6 +245,13 @@ class WorkloadPanel(QGroupBox):
         self.text_edits = {"lora_targets": self.lora_targets_edit, "freeze": self.freeze_edit}
         form.insertRow(after + 2, self.finetune_group)
 
+        # several GPUs: the strategy and the cluster (gui.cluster_panel)
+        from torchbudget.gui.cluster_panel import ClusterGroup
+
+        self.cluster_group = ClusterGroup(self)
+        self.strategy_combo = self.option_combos["strategy"]
+        form.addRow(self.cluster_group)
+
         self.set_recent_models(recent_models or [])
         self._connect()
         self.state.subscribe(self._on_state_changed)
@@ -314,6 +322,7 @@ class WorkloadPanel(QGroupBox):
         for name, combo in self.option_combos.items():
             combo.currentIndexChanged.connect(lambda _i, n=name, c=combo: self._on_option(n, c))
         self.checkpoint_box.toggled.connect(lambda on: self._change("checkpointing", checkpointing=on))
+        self.cluster_group.connect(self)
 
     # -- model list -----------------------------------------------------------------
     def set_recent_models(self, recent: list[str]):
@@ -365,6 +374,15 @@ class WorkloadPanel(QGroupBox):
             self.state.update(source=source, **changes)
         except UserError as exc:
             self.render()   # the widget shows what the workload still is; the error says why
+            self.show_error(exc)
+            return False
+        return True
+
+    def _cluster_change(self, source: str, **changes) -> bool:
+        try:
+            self.state.set_cluster(source=source, **changes)
+        except UserError as exc:
+            self.render({"cluster"})
             self.show_error(exc)
             return False
         return True
@@ -421,7 +439,8 @@ class WorkloadPanel(QGroupBox):
                                                 self.batch_slider, self.resolution_spin, self.resolution_slider,
                                                 self.seq_len_spin, self.seq_len_slider, self.context_spin,
                                                 self.lora_rank_spin, self.grad_accum_spin, *self.text_edits.values(),
-                                                self.checkpoint_box, *self.option_combos.values())]
+                                                self.checkpoint_box, *self.option_combos.values(),
+                                                *self.cluster_group.widgets())]
         if show("model") and source not in ("model",):
             self.model_combo.setCurrentText(w.model)
         if show("inputs", "drafts") and source != "inputs":
@@ -489,6 +508,7 @@ class WorkloadPanel(QGroupBox):
         for widget in (self.freeze_edit, self.grad_accum_spin):
             widget.setEnabled(applies("grad_accum", mode))
         self.lora_targets_edit.setEnabled(bool(w.options.lora_rank) or "lora_targets" in state.drafts)
+        self.cluster_group.render(state, show, source)
         del blockers
 
     # -- workload in/out -----------------------------------------------------------
