@@ -11,6 +11,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QLabel
 
 from torchbudget.engine import vocab
+from torchbudget.gui.spin_box import LimitedSpinBox
 
 AUTO = ""   # a combo's data for "hardware.cluster's default"
 
@@ -37,8 +38,6 @@ class ClusterGroup(QGroupBox):
                         "per rank (per GPU); the step adds communication (docs/distributed.md)")
         form = QFormLayout(self)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        from torchbudget.gui.workload_panel import LimitedSpinBox
-
         self.strategy_combo = panel._combo("strategy", vocab.STRATEGIES, "How the model is spread over the GPUs: "
                                            "PyTorch's own DDP, FSDP2, ZeRO-1 or tensor parallel")
         form.addRow("Strategy", panel._with_error(self.strategy_combo, "strategy"))

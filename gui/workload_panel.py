@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 from PySide6.QtCore import QSignalBlocker, Qt, Signal
-from PySide6.QtGui import QStandardItem, QStandardItemModel, QValidator
+from PySide6.QtGui import QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QCompleter, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLabel,
-    QLineEdit, QPushButton, QSlider, QSpinBox, QVBoxLayout, QWidget,
+    QLineEdit, QPushButton, QSlider, QVBoxLayout, QWidget,
 )
 
 from torchbudget.engine import vocab
@@ -28,6 +28,7 @@ from torchbudget.engine.errors import UserError
 from torchbudget.engine.workload import Workload
 from torchbudget.gui.backend import model_names
 from torchbudget.gui.field_error import FieldError
+from torchbudget.gui.spin_box import LimitedSpinBox
 from torchbudget.gui.state import (
     MAX_DIM, OPTION_TEXT_FIELDS, Change, WorkloadState, applies, image_side, inputs_text, kwargs_text,
 )
@@ -77,21 +78,6 @@ def python_file_entries(path: str) -> list[str]:
     if not names:
         raise UserError(f"{Path(path).name} defines no class or function to build a model from", field="model")
     return names
-
-
-class LimitedSpinBox(QSpinBox):
-    """A spin box that says so when a typed number is beyond its range, instead of silently refusing
-    the key (Qt's own behaviour)."""
-
-    tooLarge = Signal(str)   # the refused text
-
-    def validate(self, text: str, pos: int):
-        result = super().validate(text, pos)
-        state = result[0] if isinstance(result, tuple) else result
-        digits = text.removesuffix(self.suffix()).strip().replace(",", "")
-        if state == QValidator.State.Invalid and digits.isdigit() and int(digits) > self.maximum():
-            self.tooLarge.emit(digits)
-        return result
 
 
 class WorkloadPanel(QGroupBox):
