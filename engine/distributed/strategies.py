@@ -4,9 +4,9 @@
 The model is materialised on fake tensors first (``to_empty``: no memory, no values), so the wrappers own the
 parameters exactly as in a real job; the caller's recorder is in set-up mode meanwhile (engine.distributed.recorder).
 
-Granularity, shared by FSDP units and activation checkpointing: the **blocks** are the non-leaf children of
-the shallowest ModuleList/Sequential holding at least two of them (a decoder's layers, ResNet's stages' blocks,
-ViT's encoder layers); everything else (embeddings, final norm, head) belongs to the root unit."""
+Granularity, shared by FSDP units and activation checkpointing: the repeated **blocks** of
+engine.tracing.blocks.find_blocks (a decoder's layers, ResNet's stages' blocks, ViT's encoder layers);
+everything else (embeddings, final norm, head) belongs to the root unit."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,8 +17,7 @@ from torch import nn
 from torchbudget.engine import vocab
 from torchbudget.engine.errors import UserError
 from torchbudget.engine.tracing import training
-
-CONTAINERS = (nn.ModuleList, nn.Sequential)
+from torchbudget.engine.tracing.blocks import find_blocks, is_leaf as _is_leaf, own_checkpointing
 
 # Megatron-style tensor parallel: projections into the wide space are split by output feature (column-wise),
 # the projections back by input feature (row-wise): one all-reduce after each pair in forward, one in backward
@@ -26,28 +25,6 @@ COLWISE = frozenset({"q", "k", "v", "q_proj", "k_proj", "v_proj", "wq", "wk", "w
                      "gate", "up", "gate_proj", "up_proj", "w1", "w3", "fc1", "fc_in", "dense_h_to_4h", "w_in"})
 ROWWISE = frozenset({"o", "o_proj", "wo", "out_proj", "down", "down_proj", "w2", "fc2", "fc_out", "dense_4h_to_h",
                      "w_out"})
-
-
-def _is_leaf(module: nn.Module | None) -> bool:
-    return module is None or not module._modules
-
-
-def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(path, block) of the repeated blocks, in order; [] when the model has none (one unit: the model)."""
-    best: list[tuple[str, nn.Module]] = []
-    best_depth = None
-    for path, module in model.named_modules():
-        if not path or not isinstance(module, CONTAINERS):
-            continue
-        blocks = [(f"{path}.{name}", child) for name, child in module._modules.items() if not _is_leaf(child)]
-        if len(blocks) < 2:
-            continue
-        depth = path.count(".")
-        if best_depth is None or depth < best_depth:
-            best, best_depth = blocks, depth
-        elif depth == best_depth:
-            best += blocks
-    return best
 
 
 def _set_child(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -210,9 +187,17 @@ def prepare(model: nn.Module, options, cluster, *, autocast_dtype: torch.dtype |
     strategy = options.strategy
     prepared = Prepared(model)
     blocks = find_blocks(model)
-    if options.training and options.checkpointing:
+    # the model's own (transformers) gradient checkpointing: switched off here (the model is ours), its
+    # blocks checkpointed by us instead: never twice, and the recompute under the target's semantics
+    own, _, _ = own_checkpointing(model)
+    for path in own:
+        model.get_submodule(path).gradient_checkpointing = False
+    if options.training and (options.checkpointing or own):
         units = checkpoint_blocks(model, blocks)
-        prepared.notes.append(checkpoint_note(blocks))
+        prepared.notes.append(checkpoint_note(blocks) + (
+            "" if not own else "; the model's own gradient checkpointing is switched off in the trace (the same "
+            "blocks checkpointed once)" if options.checkpointing else
+            "; asked for by the model itself (transformers gradient_checkpointing_enable), traced per block"))
     else:
         units = blocks
     if vocab.strategy(strategy).tensor_parallel:
