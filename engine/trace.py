@@ -97,6 +97,7 @@ class _Run:
     semantics: object = None     # CudaSemantics (its notes go into the result's policies) or a CPU context
     generation: object = None    # engine.tracing.generation.GenerationStep of a prefill/decode step
     notes: tuple[str, ...] = ()  # decisions taken for the model's own code (hf_masks)
+    checkpointing: tuple[str, ...] = ()   # the activation-checkpointing note (engine.tracing.training)
 
 
 def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: TraceOptions = TraceOptions(),
@@ -140,7 +141,7 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
         uncounted_ops=uncounted, coverage=coverage, flop_coverage=flop_coverage, warnings=warnings,
         policies=((run.generation.description,) if run.generation else ())
         + tuple(run.recorder.policies.applied) + run.notes + _semantics_notes(run.semantics, options)
-        + ((training.checkpoint_note(traced),) if options.training and options.checkpointing else ())
+        + run.checkpointing
         + prepared.notes + training.grad_accum_notes(options, inputs)
         + ((CAUSAL_NOTE,) if options.attention_flops == "causal" else ()),
         trace_seconds=time.perf_counter() - started,
@@ -182,7 +183,13 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
     if step is not None:   # the cache alone holds its tensors from here: the step's own update frees them
         _track_at_start(recorder, roles.kv_cache, step.take_context())
     recorder.nodes.leaf_owner = {id(p): name.rpartition(".")[0] for name, p, _ in stand_ins.params}
-    runnable = training.checkpointed_view(model) if train and options.checkpointing else model
+    # activation checkpointing (asked for, or the model's own): a view with the regions wrapped; its copies of
+    # the modules on the way to them are attributed to the paths they stand for
+    plan = training.checkpoint_plan(model, options.checkpointing) if train else None
+    runnable = training.checkpointed_view(model, plan) if plan is not None else model
+    if plan is not None:
+        stack.paths.update(training.view_paths(runnable, model))
+        run.checkpointing = (training.checkpoint_note(plan),)
     args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
     # training: no KV cache (use_cache=False); then the model's and the user's keyword arguments (--forward-kwargs
     # may ask for use_cache=True); a generation step's cache arguments last (the mode defines the cache)

@@ -146,7 +146,8 @@ def build_step(workload: Workload, result, device):
     args, kwargs = _real_inputs(result.inputs, device, param_dtype)
     train = options.training
     model.train(train)
-    runnable = training.checkpointed_view(model) if train and options.checkpointing else model
+    plan = training.checkpoint_plan(model, options.checkpointing) if train else None   # as the trace runs it
+    runnable = training.checkpointed_view(model, plan) if plan is not None else model
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = (training.make_optimizer(options.optimizer, trainable, options.optimizer_impl)
                  if train and options.optimizer else None)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 from torch.utils._pytree import tree_leaves
@@ -13,6 +14,7 @@ from torchbudget.engine.errors import TraceError, UserError
 from torchbudget.engine.meta_params import empty_maker
 from torchbudget.engine.optimizers8bit import AdamW8bit
 from torchbudget.engine.target import checkpoint_context_fn
+from torchbudget.engine.tracing import blocks
 
 
 
@@ -98,41 +100,29 @@ class Checkpointed(torch.nn.Module):
 _CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Sequential)
 
 
-def _checkpointed_container(container: torch.nn.Module) -> torch.nn.Module:
-    copy_ = copy.copy(container)
-    object.__setattr__(copy_, "_modules", OrderedDict(
-        (key, Checkpointed(sub) if sub is not None else None) for key, sub in container._modules.items()))
-    return copy_
+def _shown(paths) -> str:
+    paths = list(paths)
+    return ", ".join(paths if len(paths) <= 6 else paths[:3] + ["…"] + paths[-2:])
 
 
-def _is_leaf(module: torch.nn.Module | None) -> bool:
-    return module is None or not module._modules
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """Which modules run as checkpointed regions, and why (the rule is stated in the note).
+
+    rule: "blocks" (each repeated block of engine.tracing.blocks.find_blocks is a region: what transformers'
+    gradient_checkpointing_enable, timm's set_grad_checkpointing and torch's checkpoint_wrapper recipes do),
+    "top-level" (no repeated blocks: each top-level child with children is a region, leaf layers stay as they
+    are) or "own" (not asked for, but the model checkpoints its own layers: transformers' flag, modelled)."""
+
+    rule: str
+    regions: tuple[str, ...]
+    plain: tuple[str, ...] = ()           # top-level rule: top-level leaf children left as they are
+    own: tuple[str, ...] = ()             # modules whose own gradient_checkpointing flag the view switches off
+    own_layers: int = 0                   # how many of them are transformers' per-layer checkpointing layers
+    own_kwargs: tuple = ()                # (key, value) the model's own checkpoint function passes
 
 
-def checkpointed_view(model: torch.nn.Module) -> torch.nn.Module:
-    """A shallow copy of ``model`` with checkpointed regions (non-reentrant), granularity:
-    - a top-level container (Sequential/ModuleList/ModuleDict) of blocks (non-leaf modules, e.g. ResNet
-      stages, a decoder's layers): each block is one region;
-    - a top-level container of leaf layers only (VGG ``features``), or any other top-level module with
-      children (ViT ``encoder``): the whole child is one region;
-    - top-level leaf layers (stem conv, norms, in-place activations, head) are not checkpointed: an
-      in-place layer cannot be checkpointed on its own input.
-    The user's module and its ``_modules`` dicts are not touched: the copies get their own dicts."""
-    view = copy.copy(model)
-    wrapped = OrderedDict()
-    for name, child in model._modules.items():
-        if _is_leaf(child):
-            wrapped[name] = child
-        elif isinstance(child, _CONTAINERS) and not all(_is_leaf(sub) for sub in child._modules.values()):
-            wrapped[name] = _checkpointed_container(child)
-        else:
-            wrapped[name] = Checkpointed(child)
-    object.__setattr__(view, "_modules", wrapped)
-    return view
-
-
-def checkpoint_regions(model: torch.nn.Module) -> tuple[list[str], list[str]]:
-    """(checkpointed regions, top-level children left as they are) of ``checkpointed_view(model)``."""
+def _top_level(model: torch.nn.Module) -> tuple[list[str], list[str]]:
     regions, plain = [], []
     for name, child in model._modules.items():
         if _is_leaf(child):
@@ -144,11 +134,102 @@ def checkpoint_regions(model: torch.nn.Module) -> tuple[list[str], list[str]]:
     return regions, plain
 
 
-def checkpoint_note(model: torch.nn.Module) -> str:
-    """The granularity, stated in the output: which regions are recomputed in backward."""
-    regions, plain = checkpoint_regions(model)
-    if not regions:
-        return "activation checkpointing: no region (every top-level child is a single layer); nothing recomputed"
-    shown = regions if len(regions) <= 6 else regions[:3] + ["…"] + regions[-2:]
-    note = f"activation checkpointing: {len(regions)} region(s) recomputed in backward ({', '.join(shown)})"
-    return note + (f"; kept as they are: {', '.join(plain)}" if plain else "")
+def checkpoint_plan(model: torch.nn.Module, requested: bool = True) -> CheckpointPlan | None:
+    """The regions of ``checkpointed_view``; None when nothing is checkpointed (not requested, and the model
+    does not checkpoint itself). Granularity:
+    - each repeated block (engine.tracing.blocks.find_blocks) is a region: a decoder's layers, ViT's
+      encoder layers, ResNet's stages' blocks; everything else (embeddings, final norm, head) keeps its
+      activations;
+    - a model without repeated blocks: each top-level child with children is one region (VGG ``features``),
+      top-level leaf layers (stem conv, norms, in-place activations, head) are not checkpointed: an in-place
+      layer cannot be checkpointed on its own input (a block has children by definition);
+    - a model that checkpoints itself (transformers' ``gradient_checkpointing_enable()`` before it reaches us)
+      has its flag switched off in the view and its layers become our regions: never checkpointed twice,
+      and the recompute runs under the target's semantics (the model's own call of torch.utils.checkpoint
+      passes no ``context_fn``). Not requested, its own layers are the regions (what its real run does)."""
+    own, own_layers, own_kwargs = blocks.own_checkpointing(model)
+    extra = dict(own=tuple(own), own_layers=len(own_layers), own_kwargs=tuple(sorted(own_kwargs.items())))
+    found = [path for path, _ in blocks.find_blocks(model)]
+    if not requested:
+        if not own:
+            return None
+        return CheckpointPlan("own", tuple(own_layers or found), **extra)
+    if found:
+        return CheckpointPlan("blocks", tuple(found), **extra)
+    regions, plain = _top_level(model)
+    return CheckpointPlan("top-level", tuple(regions), tuple(plain), **extra)
+
+
+def _is_leaf(module: torch.nn.Module | None) -> bool:
+    return blocks.is_leaf(module)
+
+
+def _viewed(module: torch.nn.Module, path: str, plan: CheckpointPlan) -> torch.nn.Module:
+    """``module`` itself when nothing at or under ``path`` changes; else a shallow copy with its own
+    ``_modules`` dict (and its own flag switched off), wrapped in Checkpointed when ``path`` is a region."""
+    prefix = f"{path}." if path else ""
+    below = any(p.startswith(prefix) and p != path for p in (*plan.regions, *plan.own))
+    if below or path in plan.own:
+        copy_ = copy.copy(module)
+        if path in plan.own:
+            object.__setattr__(copy_, "gradient_checkpointing", False)
+        if below:
+            object.__setattr__(copy_, "_modules", OrderedDict(
+                (key, _viewed(sub, prefix + key, plan) if sub is not None else None)
+                for key, sub in module._modules.items()))
+        module = copy_
+    return Checkpointed(module) if path in plan.regions else module
+
+
+def checkpointed_view(model: torch.nn.Module, plan: CheckpointPlan | None = None) -> torch.nn.Module:
+    """A shallow copy of ``model`` whose ``plan`` regions (default: ``checkpoint_plan(model)``) run under
+    non-reentrant checkpointing. The user's module and its ``_modules`` dicts are not touched: every module on
+    the way to a region is a shallow copy with its own dict (parameters shared: the trace's stand-ins reach
+    both); ``view_paths`` gives the copies' module paths."""
+    plan = checkpoint_plan(model) if plan is None else plan
+    return _viewed(model, "", plan) if plan is not None else model
+
+
+def view_paths(view: torch.nn.Module, model: torch.nn.Module) -> dict[int, str]:
+    """id -> module path of the view's copies (each stands for the module of ``model`` at that path)."""
+    paths = {}
+    for path, module in model.named_modules():
+        here = view
+        for key in path.split(".") if path else ():
+            here = here._modules.get(key) if here is not None else None
+            while isinstance(here, Checkpointed):
+                here = here.inner
+        if here is not None and here is not module:
+            paths[id(here)] = path
+    return paths
+
+
+def checkpoint_regions(model: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """(checkpointed regions, top-level children left as they are) of ``checkpointed_view(model)``."""
+    plan = checkpoint_plan(model)
+    return list(plan.regions), list(plan.plain)
+
+
+def checkpoint_note(plan: CheckpointPlan) -> str:
+    """The granularity, stated in the output: which regions are recomputed in backward, and by which rule."""
+    n = len(plan.regions)
+    if plan.rule == "own":
+        note = (f"activation checkpointing: the model's own (transformers gradient_checkpointing_enable, "
+                f"{plan.own_layers} layer(s)): {n} region(s) recomputed in backward ({_shown(plan.regions)}), "
+                "traced as non-reentrant torch.utils.checkpoint per layer")
+    elif not n:
+        note = "activation checkpointing: no region (every top-level child is a single layer); nothing recomputed"
+    elif plan.rule == "blocks":
+        note = (f"activation checkpointing: {n} region(s) recomputed in backward, one per repeated block "
+                f"({_shown(plan.regions)})")
+    else:
+        note = (f"activation checkpointing: {n} region(s) recomputed in backward ({_shown(plan.regions)}): no "
+                "repeated blocks, so each top-level child with children is a region")
+        note += f"; kept as they are: {', '.join(plan.plain)}" if plan.plain else ""
+    kwargs = dict(plan.own_kwargs)
+    if plan.own and plan.rule != "own":
+        note += (f"; the model's own gradient checkpointing ({plan.own_layers} layer(s)) is switched off in the "
+                 "trace, so nothing is checkpointed twice")
+    if plan.own and kwargs.get("use_reentrant", False):
+        note += "; its use_reentrant=True is traced as non-reentrant (the same regions and saved inputs)"
+    return note
