@@ -276,3 +276,75 @@ def test_fewest_gpus_and_strategies_side_by_side():
     by = {r.strategy: r for r in rows}
     assert by["fsdp"].per_rank_bytes < by["zero1"].per_rank_bytes < by["ddp"].per_rank_bytes
     assert all(0 < r.scaling_efficiency <= 1 and r.samples_per_s > 0 for r in rows)
+
+
+def test_cli_compare_strategies_side_by_side(capsys):
+    argv = ["compare", LLAMA_FILE, "--input", TOKENS, "--mode", "train", "--gpus", "H100 SXM", "--world-size", "8",
+            "--strategy", "ddp,fsdp,fsdp+tp", "--no-max-batch"]
+    assert run_cli(argv + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {r["strategy"]: r for r in out["rows"]}
+    assert list(rows) == ["ddp", "fsdp", "fsdp+tp"]
+    assert {r["world_size"] for r in rows.values()} == {8}
+    assert rows["fsdp+tp"]["tp_size"] == 2          # the default TP degree of a list
+    assert rows["fsdp"]["per_rank_bytes"] < rows["ddp"]["per_rank_bytes"]
+    for r in rows.values():
+        assert r["fits"] and r["tokens_per_s"] == pytest.approx(r["samples_per_s"] * 16)
+        assert 0 < r["scaling_efficiency"] <= 1 and r["step_ms"] >= r["exposed_comm_ms"]
+        assert r["per_rank_bytes"] == r["plan"]["memory"]["peak_bytes"]
+    assert out["fastest"]["strategy"] in rows
+    assert run_cli(argv) == 0
+    text = capsys.readouterr().out
+    assert "Comm exposed" in text and "fsdp+tp (tp 2)" in text and "fastest that fits: 8x H100 SXM" in text
+
+
+def test_cli_compare_clusters_side_by_side(capsys):
+    argv = ["compare", LLAMA_FILE, "--input", TOKENS, "--mode", "train", "--gpus", "8x H100 SXM,16x A100 PCIe 80GB",
+            "--strategy", "fsdp", "--no-max-batch", "--json"]
+    assert run_cli(argv) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["gpu"], r["world_size"]) for r in rows] == [("H100 SXM", 8), ("A100 PCIe 80GB", 16)]
+    assert "InfiniBand" in rows[1]["cluster"]       # 16 GPUs: two nodes of 8
+    # FSDP over 16 holds half the shard of FSDP over 8: less state per rank
+    state = [r["plan"]["memory"]["by_category"]["optimizer_state"] for r in rows]
+    assert state[1] < state[0]
+
+
+def test_cli_plan_world_size_auto(capsys):
+    """The fewest GPUs per strategy; a workload that fits one GPU is said to need no strategy."""
+    argv = ["plan", LLAMA_FILE, "--input", TOKENS, "--mode", "train", "--gpu", "T4", "--world-size", "auto",
+            "--strategy", "fsdp,fsdp+tp", "--no-max-batch", "--no-max-seq-len"]
+    assert run_cli(argv + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    fewest = {s["strategy"]: s for s in out["fewest_gpus"]}
+    assert fewest["fsdp"]["world_size"] == 1 and fewest["fsdp+tp"]["world_size"] == 2
+    assert out["chosen"] == {"strategy": "fsdp", "world_size": 1, "gpu": "T4"}
+    assert out["plan"]["fits"] and out["plan"]["distributed"]["world_size"] == 1
+    assert run_cli(argv) == 0
+    assert "fits one GPU (no strategy needed" in capsys.readouterr().out
+
+
+def test_fewest_search_stops_when_memory_stops_shrinking():
+    """DDP's replica does not shrink with more GPUs: two traces say no world size fits (not ten)."""
+    from dataclasses import replace
+
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.distributed.solve import search_fewest
+    from torchbudget.engine.inputs import parse_inputs
+    from torchbudget.engine.overheads import Overheads
+    from torchbudget.engine.planner import Planner
+    from torchbudget.engine.workload import Workload
+    from torchbudget.hardware.catalog import resolve_gpu
+
+    planner = Planner(TraceCache(), overheads=Overheads(cuda_context_bytes=0, cublas_workspace_bytes=0,
+                                                        nccl_bytes_per_communicator=0))
+    workload = Workload(LLAMA_FILE, parse_inputs(TOKENS), TraceOptions(mode="train", optimizer_impl="foreach"))
+    fsdp1 = planner.plan(workload.with_options(strategy="fsdp", world_size=1), resolve_gpu("H100 SXM"),
+                         solve_max_batch=False)
+    small = replace(resolve_gpu("H100 SXM"), name="small", available_memory_bytes=fsdp1.required_bytes * 2 // 3)
+    ddp = search_fewest(planner, workload, small, "ddp")
+    assert ddp.world_size is None and len(ddp.tried) == 2 and "does not shrink" in ddp.reason
+    fsdp = search_fewest(planner, workload, small, "fsdp")
+    assert fsdp.world_size is not None and fsdp.plan.fits
+    smaller = [w for w, _, fits in fsdp.tried if w < fsdp.world_size]
+    assert smaller and all(not fits for w, _, fits in fsdp.tried if w < fsdp.world_size)

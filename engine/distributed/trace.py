@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings as pywarnings
 from typing import Sequence
 
 import torch
@@ -69,9 +70,12 @@ def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: Tr
     global_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     global_bytes = sum(p.numel() * param_dtype.itemsize if p.is_floating_point() else p.numel() * p.element_size()
                        for p in {id(p): p for p in model.parameters()}.values())
-    with single.TRACE_LOCK, single.restored_state(model), \
+    with single.TRACE_LOCK, single.restored_state(model), pywarnings.catch_warnings(), \
             fake_cluster(options.world_size, options.tp_size, _mesh_dims(options)) as cluster, \
             FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
+        # FSDP2 warns that the root returned a view (an in-place op on it would skip its pre-backward hook):
+        # the trace does no such thing, and the user's terminal is no place for it
+        pywarnings.filterwarnings("ignore", message="FSDP2-wrapped module")
         model.train(options.training)
         stack = ModuleStack(model)
         recorder = DistributedRecorder(stack, options.convention, fake_mode, cluster, options.moe_routing,
