@@ -60,11 +60,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _row(planner, workload, spec, strategy: str, world, args, cluster):
-    from torchbudget.engine.distributed.solve import compare_strategies, search_fewest
+    from torchbudget.engine.distributed.solve import compare_strategies, search_fewest, state_guess
 
     tp = tp_from_args(args)
     if world == AUTO:
-        return search_fewest(planner, workload, spec, strategy, tp_size=tp, cluster=cluster)
+        return search_fewest(planner, workload, spec, strategy, tp_size=tp, cluster=cluster,
+                             guess=state_guess(workload, spec))
     (row,) = compare_strategies(planner, workload, spec, world, [strategy], tp_size=tp, cluster=cluster,
                                 solve_max_batch=not args.no_max_batch)
     return row

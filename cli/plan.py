@@ -49,10 +49,11 @@ def run(args: argparse.Namespace) -> int:
 def _fewest(args: argparse.Namespace, planner, workload, gpu, cluster) -> int:
     """--world-size auto: the fewest GPUs per strategy, then the plan of the strategy needing the fewest (among
     equals the fastest step), solved as an ordinary plan."""
-    from torchbudget.engine.distributed.solve import best_of, search_fewest
+    from torchbudget.engine.distributed.solve import best_of, search_fewest, state_guess
 
-    searches = [search_fewest(planner, workload, gpu, name, tp_size=tp_from_args(args), cluster=cluster)
-                for name in strategies_from_args(args)]
+    guess = state_guess(workload, gpu)
+    searches = [search_fewest(planner, workload, gpu, name, tp_size=tp_from_args(args), cluster=cluster,
+                              guess=guess) for name in strategies_from_args(args)]
     best = best_of(searches)
     plan = None
     if best is not None:

@@ -101,10 +101,37 @@ def _without_nccl(plan) -> int:
     return plan.required_bytes - plan.memory.by_category.get(MemoryCategory.COMMUNICATION, 0)
 
 
+# strategies that shard parameters, gradients and optimizer state over every GPU: rank 0 holds at least
+# 1/N of the model's state, so the search may start at the first N where that share fits (state_lower_bound)
+SHARDS_STATE = frozenset({"fsdp", "fsdp-grad-op", "fsdp+tp", "tp"})
+
+
+def model_state_bytes(workload) -> int:
+    """A lower bound of the training state (parameters, gradients, optimizer state) of the whole model, from
+    its parameter count (the model built on meta) and the bytes per parameter the precision and optimizer
+    keep at the least: fp32 master weights and gradients in fp32 and the amp precisions (else the dtype's),
+    AdamW/Adam 2 fp32 moments, SGD with momentum 1, 8-bit AdamW 2 bytes. Inference: the weights. Only a
+    starting point for the search: every size it reports is traced."""
+    from torchbudget.engine.sources import load_model
+
+    options = workload.options
+    module = load_model(workload.model, workload.model_kwargs).module
+    params = sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+    weight = 2 if options.precision in ("bf16", "fp16") else 4
+    if not options.training:
+        return params * weight
+    state = {"adamw": 8, "adam": 8, "sgd-momentum": 4, "adamw-8bit": 2}.get(options.optimizer or "", 0)
+    if weight == 2 and options.optimizer in ("adamw", "adam", "sgd-momentum"):
+        state //= 2
+    return params * (2 * weight + state)
+
+
 def search_fewest(planner, workload, gpu: GpuSpec, strategy: str, *, tp_size: int = DEFAULT_TP,
-                  limit: int = MAX_FEWEST, cluster=None) -> FewestSearch:
+                  limit: int = MAX_FEWEST, cluster=None, guess: float | None = None) -> FewestSearch:
     """The fewest GPUs (the strategy's smallest world size times a power of two, up to ``limit``) whose rank 0
-    fits ``gpu``. See the module's note for the search."""
+    fits ``gpu``. See the module's note for the search. ``guess``: a world size below which a sharding strategy
+    cannot fit (model_state_bytes / the GPU's memory): the search starts there; if that size fits, the sizes
+    below it are traced until one does not, so the guess saves traces but never changes the answer."""
     strategy = vocab.normalise_strategy(strategy)
     plans: dict[int, object] = {}
 
@@ -122,9 +149,15 @@ def search_fewest(planner, workload, gpu: GpuSpec, strategy: str, *, tp_size: in
     start = smallest_world(strategy, tp_size)
     if start > limit:
         return done(None, f"its smallest world size {start} is over the limit {limit}")
-    if at(start).fits:
-        return done(start)
-    lower, upper = start, start * 2          # the two sizes the memory model is fitted on
+    first = start
+    if guess and guess > start and strategy in SHARDS_STATE:
+        first = min(start * 2 ** math.ceil(math.log2(guess / start)), limit)
+    if at(first).fits:
+        world = first
+        while world // 2 >= start and at(world // 2).fits:
+            world //= 2
+        return done(world)
+    lower, upper = first, first * 2          # the two sizes the memory model is fitted on
     while upper <= limit:
         if at(upper).fits:
             # the sizes between the last that did not fit and this one were never traced: halve down
@@ -150,6 +183,11 @@ def search_fewest(planner, workload, gpu: GpuSpec, strategy: str, *, tp_size: in
     return done(None, f"no world size up to {limit} fits")
 
 
+def state_guess(workload, gpu: GpuSpec) -> float:
+    """The world size at which 1/N of the model's state (model_state_bytes) fills the GPU."""
+    return model_state_bytes(workload) / max(gpu.available_memory_bytes, 1)
+
+
 def fewest_gpus(planner, workload, gpu: GpuSpec, strategy: str, *, tp_size: int = DEFAULT_TP,
                 limit: int = MAX_FEWEST, cluster=None) -> tuple[int | None, object | None]:
     """(the fewest GPUs whose rank 0 fits; its plan), or (None, None) up to ``limit``."""
@@ -167,4 +205,4 @@ def best_of(searches: Sequence[FewestSearch]) -> FewestSearch | None:
 
 
 __all__ = ["DEFAULT_TP", "FewestSearch", "StrategyRow", "best_of", "compare_strategies", "fewest_gpus",
-           "search_fewest", "smallest_world"]
+           "model_state_bytes", "search_fewest", "smallest_world", "state_guess"]
