@@ -111,6 +111,9 @@ def strategies_from_args(args: argparse.Namespace) -> tuple[str, ...]:
         training = vocab.is_training(args.mode)
         return tuple(n for n in AUTO_STRATEGIES if training or not vocab.strategy(n).training_only)
     chosen = tuple(dict.fromkeys(vocab.normalise_strategy(n) for n in names))
+    if args.world_size == AUTO and "none" in chosen:
+        raise UserError(f"--world-size auto needs --strategy (one, several, or auto to try "
+                        f"{', '.join(AUTO_STRATEGIES)})", field="world_size")
     if len(chosen) > 1 and "none" in chosen:
         raise UserError("--strategy none (one GPU) cannot be listed with other strategies", field="strategy")
     return chosen

@@ -348,3 +348,31 @@ def test_fewest_search_stops_when_memory_stops_shrinking():
     assert fsdp.world_size is not None and fsdp.plan.fits
     smaller = [w for w, _, fits in fsdp.tried if w < fsdp.world_size]
     assert smaller and all(not fits for w, _, fits in fsdp.tried if w < fsdp.world_size)
+
+
+UNSHARDABLE = str(Path(__file__).parent / "models" / "unshardable.py") + ":ScalarGate"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", LLAMA_FILE, "--input", TOKENS, "--gpu", "H100 SXM", "--world-size", "8", "--strategy", "zero4"],
+     "unknown strategy 'zero4'; use one of: none, ddp, fsdp"),
+    (["compare", LLAMA_FILE, "--input", TOKENS, "--gpus", "H100 SXM", "--world-size", "8",
+      "--strategy", "ddp,fsdp3"], "unknown strategy 'fsdp3'"),
+    (["compare", LLAMA_FILE, "--input", TOKENS, "--gpus", "6x H100 SXM", "--strategy", "fsdp+tp", "--tp", "4"],
+     "world size 6 is not divisible by the tensor-parallel degree 4"),
+    (["plan", UNSHARDABLE, "--input", "2x4", "--gpu", "H100 SXM", "--world-size", "2", "--strategy", "fsdp"],
+     "FSDP cannot wrap this model: ValueError: fully_shard doesn't support scalar parameters"),
+    (["plan", LLAMA_FILE, "--input", TOKENS, "--gpu", "H100 SXM", "--world-size", "8", "--strategy", "auto"],
+     "use it with --world-size auto"),
+    (["plan", LLAMA_FILE, "--input", TOKENS, "--gpu", "H100 SXM", "--world-size", "8", "--strategy", "ddp,fsdp"],
+     "plan plans one strategy; compare takes several"),
+    (["plan", LLAMA_FILE, "--input", TOKENS, "--gpu", "H100 SXM", "--world-size", "auto"],
+     "--world-size auto needs --strategy"),
+    (["compare", LLAMA_FILE, "--input", TOKENS, "--gpus", "8x H100 SXM"], "needs a --strategy"),
+    (["compare", LLAMA_FILE, "--input", TOKENS, "--gpus", "H100 SXM", "--strategy", "fsdp"],
+     "give --world-size N (or auto), or the GPUs as COUNTx NAME"),
+])
+def test_cli_several_gpus_bad_input_is_one_line(capsys, argv, message):
+    assert run_cli([*argv, "--mode", "train", "--no-max-batch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
