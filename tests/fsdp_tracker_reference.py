@@ -27,7 +27,10 @@ import json
 import sys
 
 
-def peak_snapshot(world: int, precision: str, iteration: int, checkpointing: bool) -> dict[str, int]:
+def peak_snapshot(world: int, precision: str, iteration: int, checkpointing: bool, model=None,
+                  tokens: tuple[int, int] = (2, 16)) -> dict[str, int]:
+    """The tracker's peak snapshot; ``model``: a decoder built on meta with ``.model.layers`` (default: the
+    tiny Llama), run on ``tokens`` = (batch, sequence) input ids."""
     import torch
     import torch.distributed as dist
     import torch.distributed.tensor._sharding_prop as sharding_prop
@@ -48,7 +51,7 @@ def peak_snapshot(world: int, precision: str, iteration: int, checkpointing: boo
         sharding_prop.detect_fake_mode = lambda *args, **kwargs: propagation
         low = {"bf16-amp": torch.bfloat16, "fp16-amp": torch.float16}.get(precision)
         policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32) if low else MixedPrecisionPolicy()
-        model = TinyLlama()   # on meta
+        model = TinyLlama() if model is None else model   # on meta
         with FakeTensorMode(allow_non_fake_inputs=True):
             model.to_empty(device="cpu")
             layers = model.model.layers
@@ -59,7 +62,7 @@ def peak_snapshot(world: int, precision: str, iteration: int, checkpointing: boo
                 fully_shard(layer, mesh=mesh, mp_policy=policy)
             fully_shard(model, mesh=mesh, mp_policy=policy)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
-            input_ids = torch.randint(0, 512, (2, 16))
+            input_ids = torch.randint(0, 512, tokens)
 
             def step():
                 with hf_masks.one_sequence_per_row():
