@@ -305,6 +305,11 @@ class Planner:
         with self._lock:
             return self._max_contexts.get(self._context_key(workload, gpu))
 
+    def remember_max_context(self, workload: Workload, gpu: GpuSpec, best: int) -> None:
+        """For answers solved elsewhere (the GUI's model process for a user's .py file)."""
+        with self._lock:
+            self._max_contexts[self._context_key(workload, gpu)] = best
+
     def max_context(self, workload: Workload, gpu: GpuSpec) -> tuple[int | None, str | None]:
         """Decode: (the largest context that fits at the workload's batch, None), or (None, why); remembered
         per (workload without its context, GPU)."""
@@ -355,13 +360,15 @@ class Planner:
         return plan_result(result, gpu, overheads=self.overheads, efficiency=self.efficiency, workload=on_gpu,
                            max_batch=best, notes=notes, max_context=context, max_seq_len=longest, cluster=cluster)
 
-    def plans(self, workload: Workload, gpus: Sequence[GpuSpec], *, solve_max_batch: bool = True) -> tuple[Plan, ...]:
-        return tuple(self.plan(workload, gpu, solve_max_batch=solve_max_batch) for gpu in gpus)
+    def plans(self, workload: Workload, gpus: Sequence[GpuSpec], *, solve_max_batch: bool = True,
+              cluster: "ClusterChoice | None" = None) -> tuple[Plan, ...]:
+        return tuple(self.plan(workload, gpu, solve_max_batch=solve_max_batch, cluster=cluster) for gpu in gpus)
 
-    def quick_plans(self, workload: Workload, gpus: Sequence[GpuSpec]) -> tuple[tuple[Plan, ...], bool] | None:
+    def quick_plans(self, workload: Workload, gpus: Sequence[GpuSpec], *, cluster: "ClusterChoice | None" = None
+                    ) -> tuple[tuple[Plan, ...], bool] | None:
         """Plans without tracing, when possible: (plans, interpolated). The exact traces are cached, or
         batches 1 and 2 of the same workload are (the affine batch model predicts this batch). None when
-        a trace is needed."""
+        a trace is needed. ``cluster``: a distributed workload's links and nodes (engine.distributed.plan)."""
         from torchbudget.engine.affine import AffineTrace
 
         if not gpus or not workload.inputs:
@@ -386,7 +393,7 @@ class Planner:
             context = self.known_max_context(on_gpu, gpu) if on_gpu.options.mode == "decode" else None
             plans.append(plan_result(result, gpu, overheads=self.overheads, efficiency=self.efficiency,
                                      workload=on_gpu, max_batch=self.known_max_batch(on_gpu, gpu),
-                                     max_context=context))
+                                     max_context=context, cluster=cluster))
         return tuple(plans), interpolated
 
     def compare(self, workload: Workload, gpus: Sequence[GpuSpec], *, solve_max_batch: bool = True,

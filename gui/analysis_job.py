@@ -20,6 +20,7 @@ class Request:
     in_process: bool = True           # False for user .py models: only what is cached can be planned
     batch_sweep_key: tuple | None = None       # the sweep on screen; not redone when unchanged
     resolution_sweep_key: tuple | None = None
+    cluster: object = None            # engine.distributed.plan.ClusterChoice (several GPUs: nodes and links)
 
 
 def batch_key(request: Request, values: tuple[int, ...]) -> tuple:
@@ -34,20 +35,20 @@ SHOWN_WAIT_S = 0.5   # a verdict is painted before the next stage competes for t
 
 
 def run_request(request: Request, ctx: JobContext) -> str:
-    workload, gpus, cache = request.workload, request.gpus, request.cache
-    latest = backend.quick_evaluation(workload, gpus, cache)
+    workload, gpus, cache, cluster = request.workload, request.gpus, request.cache, request.cluster
+    latest = backend.quick_evaluation(workload, gpus, cache, cluster)
     if latest is not None:
         ctx.partial("evaluation", latest, wait_shown_s=SHOWN_WAIT_S)
     if latest is None or latest.interpolated or latest.plans[0].max_batch is None:
         ctx.progress("Tracing the model…")
-        latest = backend.full_evaluation(workload, gpus, cache, solve_max_batch=False)
+        latest = backend.full_evaluation(workload, gpus, cache, solve_max_batch=False, cluster=cluster)
         ctx.partial("evaluation", latest, wait_shown_s=SHOWN_WAIT_S)
         if request.in_process:
             ctx.progress("Solving the largest batch…")
-            latest = backend.full_evaluation(workload, gpus, cache)
+            latest = backend.full_evaluation(workload, gpus, cache, cluster=cluster)
             ctx.partial("evaluation", latest, wait_shown_s=SHOWN_WAIT_S)
     if not request.in_process:
-        ctx.partial("comparison", backend.comparison(workload, gpus, cache, solve=False))
+        ctx.partial("comparison", backend.comparison(workload, gpus, cache, solve=False, cluster=cluster))
         return "done"
     values = backend.batch_sweep_values(workload, gpus, cache)
     key = batch_key(request, values)
@@ -55,7 +56,7 @@ def run_request(request: Request, ctx: JobContext) -> str:
         ctx.progress("Sweeping batch sizes…")
         ctx.partial("batch_sweep", (key, backend.batch_sweep(workload, gpus, cache)))
     ctx.progress("Comparing GPUs…")
-    ctx.partial("comparison", backend.comparison(workload, gpus, cache))
+    ctx.partial("comparison", backend.comparison(workload, gpus, cache, cluster=cluster))
     images = [s for s in workload.inputs if s.kind is InputKind.IMAGE]
     if images:
         values = backend.sweep_resolutions(images[0].shape[-1])

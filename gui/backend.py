@@ -130,9 +130,11 @@ def remember_max_batch(cache: TraceCache, workload: Workload, gpu: GpuSpec, best
     planner_for(cache).remember_max_batch(workload, gpu, best)
 
 
-def quick_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> Evaluation | None:
-    """Plans without tracing, when possible (Planner.quick_plans); None when a trace is needed."""
-    quick = planner_for(cache).quick_plans(workload, gpus)
+def quick_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, cluster=None
+                     ) -> Evaluation | None:
+    """Plans without tracing, when possible (Planner.quick_plans); None when a trace is needed. ``cluster``:
+    engine.distributed.plan.ClusterChoice (GPUs per node, interconnects) of a distributed workload."""
+    quick = planner_for(cache).quick_plans(workload, gpus, cluster=cluster)
     if quick is None:
         return None
     plans, interpolated = quick
@@ -140,8 +142,9 @@ def quick_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCa
 
 
 def full_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *,
-                    solve_max_batch: bool = True) -> Evaluation:
-    plans = planner_for(cache).plans(workload, gpus, solve_max_batch=solve_max_batch and bool(workload.inputs))
+                    solve_max_batch: bool = True, cluster=None) -> Evaluation:
+    plans = planner_for(cache).plans(workload, gpus, solve_max_batch=solve_max_batch and bool(workload.inputs),
+                                     cluster=cluster)
     return Evaluation(workload, plans[0].result if plans else cache.get(workload), plans, False)
 
 
@@ -159,8 +162,14 @@ def resolution_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCa
     return planner_for(cache).resolution_sweep(workload, gpus)
 
 
-def comparison(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *, solve: bool = True) -> Comparison:
-    return planner_for(cache).compare(workload, gpus, solve_max_batch=solve and bool(workload.inputs))
+def remember_max_context(cache: TraceCache, workload: Workload, gpu: GpuSpec, best: int) -> None:
+    """Decode: the largest context solved elsewhere (the model process of a .py model)."""
+    planner_for(cache).remember_max_context(workload, gpu, best)
+
+
+def comparison(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *, solve: bool = True,
+               cluster=None) -> Comparison:
+    return planner_for(cache).compare(workload, gpus, solve_max_batch=solve and bool(workload.inputs), cluster=cluster)
 
 
 # -- hardware ----------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ def results_for(workload, gpus: list[GpuSpec], cache) -> list[tuple[dict, Analys
 
 
 def sweeps_for(workload, gpus: list[GpuSpec], cache) -> dict:
-    """Largest batch per GPU and the batch/resolution sweeps, as JSON-ready data (run in the child).
+    """Largest batch per GPU (decode: and largest context) and the batch/resolution sweeps, as JSON-ready data
+    (run in the child).
     A sweep the model cannot do (e.g. a fixed-size Linear at other resolutions) comes back as its error."""
     from torchbudget.gui import backend
 
@@ -24,6 +25,8 @@ def sweeps_for(workload, gpus: list[GpuSpec], cache) -> dict:
     try:
         out["max_batches"] = [backend.planner_for(cache).max_batch(workload, gpu)[0] if workload.inputs else None
                               for gpu in gpus]
+        if workload.options.mode == "decode":
+            out["max_contexts"] = [backend.planner_for(cache).max_context(workload, gpu)[0] for gpu in gpus]
         out["batch_sweep"] = sweep_to_dict(backend.batch_sweep(workload, gpus, cache))
     except UserError as exc:
         out["batch_error"] = str(exc)

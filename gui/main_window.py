@@ -99,6 +99,10 @@ class MainWindow(QMainWindow):
         except UserError as exc:
             notes.append(f"the last workload was ignored ({exc})")
             self.load_workload(DEFAULT_WORKLOAD, source="settings")
+        try:
+            self.state.set_cluster(source="settings", **self.settings.cluster())
+        except (UserError, TypeError) as exc:
+            notes.append(f"the last cluster was ignored ({exc})")
         return notes
 
     # -- layout ---------------------------------------------------------------------------
@@ -180,6 +184,7 @@ class MainWindow(QMainWindow):
         self.defaults_runner.finished.connect(lambda pair: self.state.apply_default_inputs(*pair))
         self.defaults_runner.failed.connect(self._on_defaults_failed)
         self.hardware_panel.tickedChanged.connect(self._on_gpus_changed)
+        self.hardware_panel.primaryChanged.connect(self._on_primary_changed)
         self.layer_search.textChanged.connect(self.layer_proxy.set_search)
         self.only_uncounted.toggled.connect(self.layer_proxy.set_only_uncounted)
         self.runner.partial.connect(self._on_partial)
@@ -298,6 +303,16 @@ class MainWindow(QMainWindow):
             return
         self.request()
 
+    def _on_primary_changed(self, gpu):
+        """The cluster's "auto" link inside a node is the primary GPU's own (hardware.interconnect)."""
+        from torchbudget.hardware.interconnect import default_intra_node
+
+        try:
+            own = default_intra_node(gpu).name
+        except UserError:
+            own = None
+        self.workload_panel.cluster_group.fill_links(own)
+
     def _on_gpus_changed(self, _gpus):
         if not self._retarget():
             self.request()
@@ -333,13 +348,15 @@ class MainWindow(QMainWindow):
         if not gpus:
             return
         self.settings.set_last_workload(workload)
+        self.settings.set_cluster(self.state.cluster)
         self.settings.set_ticked_gpus([g.name for g in gpus[1:]] + [gpus[0].name])
         self.settings.set_primary_gpu(gpus[0].name)
         if backend.is_file_model(workload.model):
             self.runner.cancel()
             cached = workload in self.file_cache
             if cached:   # the verdict at once; sweeps for a new set of GPUs come from the model's process
-                self._submit(Request(workload, gpus, self.file_cache, in_process=False), immediate=True)
+                self._submit(Request(workload, gpus, self.file_cache, in_process=False, cluster=self.state.cluster),
+                             immediate=True)
             if not cached or self._file_sweeps_for != (workload.key(), tuple(g.name for g in gpus)):
                 if not cached:
                     self.verdict.set_busy(f"Analysing {workload.model.rsplit('/', 1)[-1]} in a separate process…")
@@ -352,7 +369,7 @@ class MainWindow(QMainWindow):
         if not cached:
             self.verdict.set_busy()   # a trace is coming: the verdict on screen is not this workload's
         self._submit(Request(workload, gpus, self.cache, True, self._sweep_keys["batch"],
-                             self._sweep_keys["resolution"]), immediate=immediate or cached)
+                             self._sweep_keys["resolution"], cluster=self.state.cluster), immediate=immediate or cached)
 
     def _fetch_default_inputs(self, model: str):
         self.verdict.set_busy(f"Reading {model}'s input shape…")
@@ -397,7 +414,8 @@ class MainWindow(QMainWindow):
             self.file_cache.put(target_workload, target_result)
         self.settings.add_recent_model(workload.model)
         if self._is_current(workload):
-            self._submit(Request(workload, tuple(self.hardware_panel.ticked()), self.file_cache, in_process=False),
+            self._submit(Request(workload, tuple(self.hardware_panel.ticked()), self.file_cache, in_process=False,
+                                 cluster=self.state.cluster),
                          immediate=True)
 
     def _on_file_model_failed(self, workload, error):
@@ -409,7 +427,8 @@ class MainWindow(QMainWindow):
         if self._is_current(workload):
             self._show_child_sweeps(workload, gpus, sweeps)
             # the verdict again, now with the largest batch the model's process solved
-            self._submit(Request(workload, tuple(self.hardware_panel.ticked()), self.file_cache, in_process=False),
+            self._submit(Request(workload, tuple(self.hardware_panel.ticked()), self.file_cache, in_process=False,
+                                 cluster=self.state.cluster),
                          immediate=True)
 
     def _on_file_sweeps_failed(self, workload, message: str):
@@ -424,6 +443,9 @@ class MainWindow(QMainWindow):
         for gpu, best in zip(gpus, sweeps.get("max_batches") or ()):
             if best is not None:
                 backend.remember_max_batch(self.file_cache, workload, gpu, best)
+        for gpu, best in zip(gpus, sweeps.get("max_contexts") or ()):
+            if best is not None:
+                backend.remember_max_context(self.file_cache, workload, gpu, best)
         self._file_sweeps_for = (workload.key(), tuple(g.name for g in gpus))
         self._sweep_keys = {"batch": None, "resolution": None}   # the in-process sweeps are off screen now
         self.plots.restore_titles()

@@ -13,6 +13,11 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 WORKLOAD_JSON = """{"format": "torchbudget-workload/1", "model": "resnet50", "inputs": ["64x3x224x224"],
  "mode": "train", "precision": "bf16-amp", "optimizer": "adamw", "checkpointing": false}"""
 PRIMARY, TICKED = "RTX 4090", ("A100 SXM 80GB", "L4", "T4")
+# the token mode: a small Llama (the tests' own model file) decoding 8 sequences against a 2,048-token fp8 cache
+TOKEN_MODEL = Path(__file__).resolve().parents[1] / "tests" / "models" / "tiny_llms.py"
+TOKEN_WORKLOAD = {"format": "torchbudget-workload/1", "model": f"{TOKEN_MODEL}:TinyLlama",
+                  "inputs": ["input_ids=8x1:int64"], "mode": "decode", "precision": "bf16", "context_len": 2048,
+                  "kv_dtype": "fp8"}
 SIZE = (1600, 1000)
 TIMEOUT_S = 600
 
@@ -32,23 +37,26 @@ def _dark_palette():
     return palette
 
 
-def _open_window(app, tmp: Path):
+def _open_window(app, tmp: Path, workload_json: str = WORKLOAD_JSON, ticked=TICKED, primary=PRIMARY):
     from torchbudget.engine.workload import Workload
     from torchbudget.gui.main_window import MainWindow
     from torchbudget.gui.settings import Settings
 
     settings = Settings(str(tmp / f"settings-{time.monotonic_ns()}.ini"))
-    settings.set_last_workload(Workload.from_json(WORKLOAD_JSON))
-    settings.set_ticked_gpus(list(TICKED))
-    settings.set_primary_gpu(PRIMARY)
+    workload = Workload.from_json(workload_json)
+    settings.set_last_workload(workload)
+    settings.set_ticked_gpus(list(ticked))
+    settings.set_primary_gpu(primary)
     window = MainWindow(settings=settings)
     window.resize(*SIZE)
     window.show()
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
         app.processEvents()
-        done = (window.evaluation is not None and not window.evaluation.interpolated and not window.busy
-                and window.comparison is not None and window.resolution_sweep is not None)
+        ev = window.evaluation
+        done = (ev is not None and not ev.interpolated and not window.busy and window.comparison is not None
+                and (window.resolution_sweep is not None if workload.options.mode != "decode" else
+                     ev.plans[0].max_batch is not None and ev.plans[0].generation.max_context is not None))
         if done:
             break
         time.sleep(0.02)
@@ -99,6 +107,19 @@ def render(out_dir: str) -> list[Path]:
     dark.grab().save(str(path), "PNG")
     written.append(path)
     dark.close()
+    if TOKEN_MODEL.exists():   # a checkout: the token mode, decoding with the tests' small Llama
+        import json
+
+        from torchbudget.gui import user_code
+
+        app.setPalette(app.style().standardPalette())
+        user_code.ask = lambda parent, path, why: True   # the project's own model file
+        token = _open_window(app, tmp, json.dumps(TOKEN_WORKLOAD), ticked=("L4",), primary="H100 SXM")
+        _show_tab(app, token, "Memory vs batch")
+        path = out / "token_mode.png"
+        token.grab().save(str(path), "PNG")
+        written.append(path)
+        token.close()
     return written
 
 

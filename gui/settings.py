@@ -1,4 +1,4 @@
-"""Persistent settings (QSettings): the last workload, recent models, ticked GPUs, window geometry.
+"""Persistent settings (QSettings): the last workload and cluster, recent models, ticked GPUs, window geometry.
 Tests and screenshots point TORCHBUDGET_SETTINGS at a temporary .ini file so they never touch the user's.
 
 Whatever the file holds (hand edits, another version's values, binary junk), reading it never fails: a
@@ -87,6 +87,27 @@ class Settings:
 
     def set_last_workload(self, workload: Workload) -> None:
         self._qs.setValue("workload/last", workload.to_json())
+
+    def cluster(self) -> dict:
+        """The last cluster choice (GPUs per node, interconnect names) as WorkloadState.set_cluster takes it;
+        anything unreadable is left out (the state checks the names)."""
+        import json
+
+        text = self._value("workload/cluster", "", str)
+        try:
+            data = json.loads(text) if isinstance(text, str) and text else {}
+        except (ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict):
+            self._problems["workload/cluster"] = "the last cluster (GPUs per node, interconnects) was ignored"
+            return {}
+        return {k: data[k] for k in ("gpus_per_node", "intra", "inter") if data.get(k) is not None}
+
+    def set_cluster(self, choice) -> None:
+        import json
+
+        self._qs.setValue("workload/cluster", json.dumps({"gpus_per_node": choice.gpus_per_node,
+                                                          "intra": choice.intra, "inter": choice.inter}))
 
     def _strings(self, key: str) -> list[str]:
         value = self._value(key, [], list)

@@ -13,15 +13,24 @@ from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
 from typing import Callable, Mapping
 
+from torchbudget.engine.distributed.plan import ClusterChoice
 from torchbudget.engine.errors import InputSpecError, UserError
 from torchbudget.engine.inputs import InputSpec, parse_inputs
 from torchbudget.engine.results import TraceOptions
+from torchbudget.engine import vocab
 from torchbudget.engine.vocab import InputKind
 from torchbudget.engine.workload import Workload
 
 OPTION_FIELDS = tuple(f.name for f in fields(TraceOptions))
 TRAINING_ONLY = ("optimizer", "optimizer_impl", "checkpointing", "grad_accum", "freeze")   # TraceOptions clears them for inference
-TEXT_FIELDS = ("inputs", "model_kwargs")                            # typed as text: may hold a draft
+GENERATION_ONLY = ("context_len", "kv_dtype")   # TraceOptions clears them outside prefill/decode (context: decode only)
+MODE_DEPENDENT = TRAINING_ONLY + GENERATION_ONLY
+DEFAULT_CONTEXT = 1024   # the KV cache's context when decode is first chosen (TraceOptions needs one)
+PARALLEL_FIELDS = ("strategy", "world_size", "tp_size", "sequence_parallel")   # several GPUs (engine.distributed)
+DEFAULT_WORLD_SIZE = 8   # GPUs when a strategy is first chosen: one HGX/DGX node
+DEFAULT_TP = 2           # fsdp+tp's tensor-parallel degree when first chosen
+TEXT_FIELDS = ("inputs", "model_kwargs", "lora_targets", "freeze")   # typed as text: may hold a draft
+OPTION_TEXT_FIELDS = ("lora_targets", "freeze")                      # comma-separated names or globs
 # The largest dimension the app takes: what its spin boxes hold (Qt ints are 32-bit), and beyond what
 # PyTorch's CUDA kernels index in one grid dimension. Elements per input: PyTorch indexes with int64.
 MAX_DIM = 2**31 - 1
@@ -74,6 +83,22 @@ def kwargs_text(kwargs: Mapping) -> str:
     return json.dumps(dict(kwargs)) if kwargs else ""
 
 
+def applies(name: str, mode: str) -> bool:
+    """Whether a mode-dependent option means something in ``mode`` (TraceOptions keeps it then)."""
+    if name in TRAINING_ONLY:
+        return vocab.is_training(mode)
+    if name == "context_len":
+        return mode == "decode"
+    if name in GENERATION_ONLY:
+        return vocab.is_generation(mode)
+    return True
+
+
+def _default(name: str, mode: str):
+    """What a mode-dependent option is in ``mode`` when nothing was chosen for it yet."""
+    return DEFAULT_CONTEXT if name == "context_len" else getattr(TraceOptions(mode="train"), name)
+
+
 def image_side(workload: Workload) -> int | None:
     """The resolution the app shows: the last dimension of the first image input."""
     images = [s for s in workload.inputs if s.kind is InputKind.IMAGE]
@@ -86,8 +111,9 @@ class Change:
 
     workload: Workload
     previous: Workload
-    fields: frozenset[str]   # "model", "inputs", "model_kwargs", option names, "batch", "resolution",
-    #                          "drafts" (a draft or its error changed), "pending" (default inputs awaited)
+    fields: frozenset[str]   # "model", "inputs", "model_kwargs", option names, "batch", "resolution", "seq_len",
+    #                          "drafts" (a draft or its error changed), "pending" (default inputs awaited),
+    #                          "cluster" (GPUs per node or an interconnect: the cluster, not the workload)
     source: str              # who changed it: a widget's name, "file", "settings", "gpu", "defaults", ...
 
 
@@ -101,6 +127,8 @@ def _diff(old: Workload, new: Workload) -> set[str]:
             out.add("batch")
         if image_side(old) != image_side(new):
             out.add("resolution")
+        if old.seq_len != new.seq_len:
+            out.add("seq_len")
     if dict(old.model_kwargs) != dict(new.model_kwargs):
         out.add("model_kwargs")
     out.update(name for name in OPTION_FIELDS if getattr(old.options, name) != getattr(new.options, name))
@@ -111,7 +139,7 @@ class WorkloadState:
     """The current workload, the drafts of fields being typed, and who listens.
 
     Public API: ``workload``, ``drafts``, ``errors``, ``ready``, ``revision``, ``edited_at(field)``,
-    ``pending_inputs_for``, ``training_choice(name)``; ``set``, ``update``, ``edit_text``, ``pick_model``,
+    ``pending_inputs_for``, ``choice(name)``; ``set``, ``update``, ``edit_text``, ``pick_model``,
     ``apply_default_inputs``, ``cancel_default_inputs``; ``subscribe`` (returns an unsubscribe function)."""
 
     def __init__(self, workload: Workload = DEFAULT_WORKLOAD):
@@ -124,8 +152,13 @@ class WorkloadState:
         self._listeners: list[Callable[[Change], None]] = []
         # training-only options chosen while in training mode: inference clears them (TraceOptions), but
         # switching back to training brings them back
-        self._training = self._training_options(workload.options) if workload.options.training else {}
+        # options that only some modes have (training's optimizer, decode's context...), chosen while they
+        # applied: another mode clears them (TraceOptions), choosing a mode they apply to again brings them back
+        self._memo = self._mode_options(workload.options)
         self.pending_inputs_for: str | None = None   # a model picked whose default inputs are on their way
+        self._cluster = ClusterChoice()
+        # the several-GPU choices made while a strategy was chosen: one GPU clears them, a strategy brings them back
+        self._parallel = self._parallel_memo(workload.options)
 
     # -- reading --------------------------------------------------------------------------------
     @property
@@ -156,11 +189,21 @@ class WorkloadState:
         """The revision of the last change the user made to ``field`` (0: never)."""
         return self._edited.get(field, 0)
 
-    def training_choice(self, name: str):
-        """What a training-only option is (or will be again once training is chosen)."""
-        if self._workload.options.training:
-            return getattr(self._workload.options, name)
-        return self._training.get(name, getattr(TraceOptions(mode="train"), name))
+    def choice(self, name: str):
+        """What an option is now, or, for one the mode clears (training's optimizer, decode's context), what
+        it will be again once a mode it applies to is chosen."""
+        options = self._workload.options
+        if name not in MODE_DEPENDENT or applies(name, options.mode):
+            return getattr(options, name)
+        return self._memo.get(name, _default(name, options.mode))
+
+    training_choice = choice
+
+    @property
+    def cluster(self) -> ClusterChoice:
+        """GPUs per node and the interconnects of a distributed workload (None: hardware.cluster's defaults).
+        Not part of the workload (no trace depends on it): the plan's communication does."""
+        return self._cluster
 
     # -- listening ------------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
@@ -195,12 +238,14 @@ class WorkloadState:
         self._errors.clear()
         self.pending_inputs_for = None
         self._workload = workload
-        self._training = self._training_options(workload.options) if workload.options.training else {}
+        self._memo = self._mode_options(workload.options)
+        self._parallel = self._parallel_memo(workload.options)
         self._notify(previous, changed, source)
 
     def update(self, *, source: str = "edit", **changes) -> None:
         """Change some fields: ``model``, ``inputs`` (InputSpecs or text), ``model_kwargs``, ``batch``,
-        ``resolution`` (square side of the image inputs) or any TraceOptions field. Raises UserError and
+        ``resolution`` (square side of the image inputs), ``seq_len`` (positions of the token inputs) or any
+        TraceOptions field. Raises UserError and
         changes nothing when a value is refused."""
         previous = self._workload
         workload = self._apply(previous, changes)
@@ -218,16 +263,22 @@ class WorkloadState:
         self._notify(previous, changed or self._touched(changes), source)
 
     def _touched(self, changes) -> set[str]:
-        # a training-only option chosen while in inference changes no workload, but it is an edit
-        return {k for k in changes if k in TRAINING_ONLY and not self._workload.options.training}
+        # an option chosen while its mode is not (an optimizer in inference) changes no workload, but it is an edit
+        mode = self._workload.options.mode
+        return {k for k in changes if k in MODE_DEPENDENT and not applies(k, mode)}
 
     def edit_text(self, field: str, text: str, *, source: str | None = None) -> UserError | None:
-        """The user typed ``text`` into ``field`` ("inputs" or "model_kwargs"): applied when it parses,
-        else kept as a draft with its error (returned). The workload is never lost either way."""
+        """The user typed ``text`` into ``field`` ("inputs", "model_kwargs", "lora_targets", "freeze"):
+        applied when it parses, else kept as a draft with its error (returned). The workload is never lost
+        either way."""
         if field not in TEXT_FIELDS:
             raise ValueError(f"{field!r} is not a text field; use update()")
         try:
-            value = parse_inputs(text) if field == "inputs" else parse_kwargs(text)
+            if field in OPTION_TEXT_FIELDS:
+                value = text
+                self._apply(self._workload, {field: text})   # e.g. LoRA targets without a rank: refused
+            else:
+                value = parse_inputs(text) if field == "inputs" else parse_kwargs(text)
             if field == "inputs":
                 check_inputs(value)
         except UserError as exc:
@@ -270,18 +321,82 @@ class WorkloadState:
             self.pending_inputs_for = None
             self._notify(self._workload, {"pending"}, "defaults")
 
+    def set_cluster(self, choice: ClusterChoice | None = None, *, source: str = "cluster", **changes) -> None:
+        """Replace the cluster choice, or change some of it (``gpus_per_node``, ``intra``, ``inter``): names
+        checked against hardware.interconnect (any spelling, kept canonical); raises UserError, changing
+        nothing, when refused. Whether the world size fits the nodes is the plan's check (hardware.cluster)."""
+        from torchbudget.hardware.interconnect import find_interconnect
+
+        unknown = set(changes) - {"gpus_per_node", "intra", "inter"}
+        if unknown:
+            raise TypeError(f"unknown cluster field(s): {', '.join(sorted(unknown))}")
+        choice = replace(choice or self._cluster, **changes)
+        per_node = choice.gpus_per_node
+        if per_node is not None:
+            per_node = vocab.check_count(per_node, "GPUs per node", "gpus_per_node", lowest=1)
+            if per_node > vocab.MAX_WORLD_SIZE:
+                raise UserError(f"GPUs per node must be at most {vocab.MAX_WORLD_SIZE}, got {per_node}",
+                                field="gpus_per_node")
+        names = {k: find_interconnect(getattr(choice, k)).name if getattr(choice, k) else None
+                 for k in ("intra", "inter")}
+        choice = ClusterChoice(gpus_per_node=per_node, **names)
+        if choice == self._cluster:
+            return
+        self._cluster = choice
+        self._notify(self._workload, {"cluster"}, source)
+
     # -- rules ----------------------------------------------------------------------------------
     @staticmethod
-    def _training_options(options: TraceOptions) -> dict:
-        return {name: getattr(options, name) for name in TRAINING_ONLY}
+    def _parallel_memo(options: TraceOptions) -> dict:
+        """What to bring back: the GPU count of any strategy, the TP degree of fsdp+tp (tp's is the world)."""
+        if not options.distributed:
+            return {}
+        memo = {"world_size": options.world_size}
+        if options.strategy == "fsdp+tp":
+            memo["tp_size"] = options.tp_size
+        return memo
+
+    def _parallel_changes(self, current: TraceOptions, changes: dict) -> dict:
+        """What a user expects of the several-GPU fields when only some are chosen: picking a strategy brings
+        back the GPU count chosen before (else a node of 8), one GPU clears them, and the tensor-parallel degree
+        and sequence parallel follow the strategy (tp: the whole world; fsdp+tp: 2 or the degree chosen before)."""
+        if not set(PARALLEL_FIELDS) & set(changes):
+            return changes
+        out = dict(changes)
+        memo = {**self._parallel, **self._parallel_memo(current)}
+        chosen = vocab.strategy(out.get("strategy", current.strategy))
+        if chosen.name == "none":
+            if "strategy" in changes:
+                out.setdefault("world_size", 1)
+                out.setdefault("tp_size", 1)
+                out.setdefault("sequence_parallel", False)
+            return out
+        if "strategy" in changes and current.strategy == "none" and "world_size" not in changes:
+            out["world_size"] = memo.get("world_size", DEFAULT_WORLD_SIZE)
+        if "tp_size" not in changes:
+            if chosen.name == "tp":
+                out["tp_size"] = 1   # TraceOptions makes it the world size
+            elif chosen.name == "fsdp+tp":
+                world = out.get("world_size", current.world_size)
+                tp = current.tp_size if current.strategy == "fsdp+tp" else memo.get("tp_size", DEFAULT_TP)
+                out["tp_size"] = tp if 2 <= tp <= world and world % tp == 0 else DEFAULT_TP
+            elif "strategy" in changes:
+                out["tp_size"] = 1
+        if not chosen.tensor_parallel and "sequence_parallel" not in changes:
+            out["sequence_parallel"] = False
+        return out
+
+    @staticmethod
+    def _mode_options(options: TraceOptions) -> dict:
+        return {name: getattr(options, name) for name in MODE_DEPENDENT if applies(name, options.mode)}
 
     def _apply(self, workload: Workload, changes: dict) -> Workload:
         unknown = set(changes) - {"model", "inputs", "model_kwargs", "forward_kwargs", "batch", "resolution",
-                                  *OPTION_FIELDS}
+                                  "seq_len", *OPTION_FIELDS}
         if unknown:
             raise TypeError(f"unknown workload field(s): {', '.join(sorted(unknown))}")
-        if ("batch" in changes or "resolution" in changes) and "inputs" in self._drafts:
-            raise InputSpecError("fix the input shape first: batch and resolution are part of it")
+        if {"batch", "resolution", "seq_len"} & set(changes) and "inputs" in self._drafts:
+            raise InputSpecError("fix the input shape first: batch, resolution and sequence length are part of it")
         if "model" in changes:
             model = str(changes["model"]).strip()
             if not model:
@@ -312,23 +427,40 @@ class WorkloadState:
                 raise InputSpecError(f"resolution must be from 1 to {MAX_DIM:,} px, not {_short_int(side)}")
             workload = workload.with_resolution(side, side)
             check_inputs(workload.inputs)
+        if "seq_len" in changes:
+            length = int(changes["seq_len"])
+            if workload.seq_len is None:
+                raise InputSpecError("the inputs have no token sequence to lengthen")
+            if not 1 <= length <= MAX_DIM:
+                raise InputSpecError(f"sequence length must be from 1 to {MAX_DIM:,} tokens, not {_short_int(length)}")
+            workload = workload.with_seq_len(length)
+            check_inputs(workload.inputs)
         options = {k: v for k, v in changes.items() if k in OPTION_FIELDS}
         if options:
+            options = self._parallel_changes(workload.options, options)
             workload = replace(workload, options=self._options(workload.options, options))
         return workload
 
     def _options(self, current: TraceOptions, changes: dict) -> TraceOptions:
         values = {**{name: getattr(current, name) for name in OPTION_FIELDS}, **changes}
-        chosen = {k: v for k, v in changes.items() if k in TRAINING_ONLY}
+        chosen = {k: v for k, v in changes.items() if k in MODE_DEPENDENT}
+        mode = vocab.normalise_mode(values["mode"])
+        memo = dict(self._memo)
+        memo.update(self._mode_options(current))   # kept for when their mode is chosen again
+        for name in MODE_DEPENDENT:
+            if name not in chosen and applies(name, mode) and not applies(name, current.mode):
+                values[name] = memo.get(name, _default(name, mode))   # back: what was chosen before
         new = TraceOptions(**values)   # normalises; raises UserError for a bogus value
-        memo = dict(self._training)
-        if current.training and not new.training:
-            memo = self._training_options(current)   # kept for when training is chosen again
-        if new.training and not current.training:
-            # back to training: what was chosen before comes back, unless chosen now
-            new = TraceOptions(**{**values, **{**memo, **chosen}})
-        elif not new.training and chosen:
-            check = TraceOptions(**{**values, "mode": "train", **chosen})   # normalised, and checked now
-            memo.update({k: getattr(check, k) for k in chosen})
-        self._training = memo
+        later = {k: v for k, v in chosen.items() if not applies(k, mode)}
+        if later:   # chosen for another mode: normalised, and checked now
+            where = {"train": [k for k in later if k in TRAINING_ONLY], "decode": [k for k in later if k in GENERATION_ONLY]}
+            for check_mode, names in where.items():
+                if names:
+                    check = TraceOptions(**{**values, **{n: memo.get(n, _default(n, check_mode)) for n in MODE_DEPENDENT
+                                                         if applies(n, check_mode) and n not in later},
+                                            "mode": check_mode, **{n: later[n] for n in names}})
+                    memo.update({n: getattr(check, n) for n in names})
+        memo.update(self._mode_options(new))
+        self._memo = memo
+        self._parallel.update(self._parallel_memo(new))
         return new

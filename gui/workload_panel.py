@@ -1,6 +1,10 @@
 """The workload panel: model (searchable torchvision list, a user's .py file, recent models), its keyword
-arguments, inputs, batch and resolution (slider + spin box), precision, mode, optimizer and its
-implementation, attention backend, checkpointing and counting convention.
+arguments, inputs, batch and the second axis (slider + spin box: resolution for image inputs, sequence length
+for token inputs), precision, mode, optimizer and its implementation, attention backend, checkpointing,
+counting convention, MoE routing and the attention FLOP convention; a Generation group (prefill/decode: KV
+cache context and dtype) and a Fine-tuning group (training: LoRA rank and targets, frozen-weight dtype,
+freeze globs, gradient accumulation), each shown only in the modes it means something in; and the Cluster group
+(gui.cluster_panel: strategy, GPU count, TP degree, sequence parallel, GPUs per node, interconnects).
 
 It edits a ``gui.state.WorkloadState`` and renders from it (it keeps no workload of its own): a slider
 changes the state's batch, and the input field is then redrawn from the state, never re-parsed. Text that
@@ -13,10 +17,10 @@ import sys
 from pathlib import Path
 
 from PySide6.QtCore import QSignalBlocker, Qt, Signal
-from PySide6.QtGui import QStandardItem, QStandardItemModel, QValidator
+from PySide6.QtGui import QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QCompleter, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLineEdit,
-    QPushButton, QSlider, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox, QComboBox, QCompleter, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QInputDialog, QLabel,
+    QLineEdit, QPushButton, QSlider, QVBoxLayout, QWidget,
 )
 
 from torchbudget.engine import vocab
@@ -24,12 +28,14 @@ from torchbudget.engine.errors import UserError
 from torchbudget.engine.workload import Workload
 from torchbudget.gui.backend import model_names
 from torchbudget.gui.field_error import FieldError
+from torchbudget.gui.spin_box import LimitedSpinBox
 from torchbudget.gui.state import (
-    MAX_DIM, Change, WorkloadState, image_side, inputs_text, kwargs_text,
+    MAX_DIM, OPTION_TEXT_FIELDS, Change, WorkloadState, applies, image_side, inputs_text, kwargs_text,
 )
 
 BATCH_SLIDER_MAX = 512
 RESOLUTION_STEP, RESOLUTION_SLIDER_MAX = 16, 1024
+SEQ_LEN_STEP, SEQ_LEN_SLIDER_MAX = 64, 32768    # token inputs: the slider in steps of 64 positions
 NO_OPTIMIZER_TIP = "No optimizer step: forward and backward only (gradients are still kept)."
 # option combos: TraceOptions field -> (row label, vocab terms, tip of the whole combo)
 OPTION_COMBOS = (
@@ -42,6 +48,18 @@ OPTION_COMBOS = (
     ("attention", "Attention", vocab.ATTENTION_BACKENDS, "Which scaled-dot-product attention kernel the trace "
                                                          "models"),
     ("convention", "Counting", vocab.CONVENTIONS, "Which FLOP/MAC counting convention the layer table uses"),
+    ("attention_flops", "Attention FLOPs", vocab.ATTENTION_FLOPS, "How causal attention's FLOPs are counted: the "
+                                                                  "full square the kernels compute, or the half "
+                                                                  "triangle (the 6ND-style rule)"),
+    ("moe_routing", "MoE routing", vocab.MOE_ROUTINGS, "Mixture-of-experts models: how tokens spread over the "
+                                                       "experts (top-k routers send each token to exactly k)"),
+)
+GENERATION_COMBOS = (
+    ("kv_dtype", "KV-cache dtype", vocab.KV_DTYPES, "What the KV cache is stored in (what-if: fp8, int8)"),
+)
+FINETUNE_COMBOS = (
+    ("base_dtype", "Frozen weights", vocab.BASE_DTYPES, "Storage of the frozen (non-trainable) weights: bf16/fp16, "
+                                                        "or quantised int8 / nf4 as QLoRA does"),
 )
 
 
@@ -60,21 +78,6 @@ def python_file_entries(path: str) -> list[str]:
     if not names:
         raise UserError(f"{Path(path).name} defines no class or function to build a model from", field="model")
     return names
-
-
-class LimitedSpinBox(QSpinBox):
-    """A spin box that says so when a typed number is beyond its range, instead of silently refusing
-    the key (Qt's own behaviour)."""
-
-    tooLarge = Signal(str)   # the refused text
-
-    def validate(self, text: str, pos: int):
-        result = super().validate(text, pos)
-        state = result[0] if isinstance(result, tuple) else result
-        digits = text.removesuffix(self.suffix()).strip().replace(",", "")
-        if state == QValidator.State.Invalid and digits.isdigit() and int(digits) > self.maximum():
-            self.tooLarge.emit(digits)
-        return result
 
 
 class WorkloadPanel(QGroupBox):
@@ -140,21 +143,31 @@ class WorkloadPanel(QGroupBox):
         self.resolution_slider.setRange(1, RESOLUTION_SLIDER_MAX // RESOLUTION_STEP)
         for w in (self.resolution_spin, self.resolution_slider):
             w.setToolTip("Height = width of image inputs (their last two dimensions)")
-        form.addRow("Resolution", self._with_error(self._pair(self.resolution_slider, self.resolution_spin),
-                                                   "resolution"))
+        # the second axis: resolution for image inputs, sequence length for token inputs (one shown at a time)
+        self.seq_len_spin, self.seq_len_slider = LimitedSpinBox(), QSlider(Qt.Orientation.Horizontal)
+        self.seq_len_spin.setRange(1, MAX_DIM)
+        self.seq_len_spin.setSingleStep(SEQ_LEN_STEP)
+        self.seq_len_spin.setSuffix(" tokens")
+        self.seq_len_slider.setRange(1, SEQ_LEN_SLIDER_MAX // SEQ_LEN_STEP)
+        for w in (self.seq_len_spin, self.seq_len_slider):
+            w.setToolTip("Sequence length: positions of every token input (ids, attention mask); the slider moves "
+                         f"in steps of {SEQ_LEN_STEP}")
+        self.resolution_pair = self._pair(self.resolution_slider, self.resolution_spin)
+        self.seq_len_pair = self._pair(self.seq_len_slider, self.seq_len_spin)
+        axis = QWidget()
+        axis_layout = QVBoxLayout(axis)
+        axis_layout.setContentsMargins(0, 0, 0, 0)
+        axis_layout.addWidget(self.resolution_pair)
+        axis_layout.addWidget(self.seq_len_pair)
+        self.seq_len_pair.setVisible(False)
+        self.axis_label = QLabel("Resolution")
+        form.addRow(self.axis_label, self._with_error(axis, "resolution"))
+        self.errors["seq_len"] = self.errors["resolution"]
 
         self.option_combos: dict[str, QComboBox] = {}
         for name, label, terms, tip in OPTION_COMBOS:
-            combo = QComboBox()
-            for term in terms:
-                combo.addItem(term.label, term.name)
-                combo.setItemData(combo.count() - 1, term.tip, Qt.ItemDataRole.ToolTipRole)
-            if name == "optimizer":
-                combo.addItem(vocab.NO_OPTIMIZER, vocab.NO_OPTIMIZER)
-                combo.setItemData(combo.count() - 1, NO_OPTIMIZER_TIP, Qt.ItemDataRole.ToolTipRole)
-            combo.setToolTip(tip)
-            self.option_combos[name] = combo
-            form.addRow(label, combo)
+            combo = self._combo(name, terms, tip)
+            form.addRow(label, self._with_error(combo, name))   # e.g. "not supported yet" under Mode
             if name == "optimizer_impl":
                 self.checkpoint_box = QCheckBox("Activation checkpointing")
                 self.checkpoint_box.setToolTip("What-if: recompute activations in backward instead of keeping them "
@@ -166,6 +179,64 @@ class WorkloadPanel(QGroupBox):
         self.optimizer_impl_combo = self.option_combos["optimizer_impl"]
         self.attention_combo = self.option_combos["attention"]
         self.convention_combo = self.option_combos["convention"]
+
+        # generation (prefill / decode): the KV cache
+        self.generation_group = QGroupBox("Generation")
+        self.generation_group.setToolTip("Serving an LLM: prefill fills the KV cache with the prompt; decode adds one "
+                                         "token per sequence (batch = concurrent sequences) against a cache of "
+                                         "the context's tokens")
+        gen_form = QFormLayout(self.generation_group)
+        gen_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.context_spin = LimitedSpinBox()
+        self.context_spin.setRange(1, MAX_DIM)
+        self.context_spin.setSingleStep(256)
+        self.context_spin.setSuffix(" tokens")
+        self.context_spin.setToolTip("Decode: tokens already in the KV cache of each sequence before the step")
+        self.context_label = QLabel("Context")
+        gen_form.addRow(self.context_label, self._with_error(self.context_spin, "context_len"))
+        for name, label, terms, tip in GENERATION_COMBOS:
+            gen_form.addRow(label, self._with_error(self._combo(name, terms, tip), name))
+        after = form.getWidgetPosition(self.checkpoint_box)[0]   # under the mode's own rows
+        form.insertRow(after + 1, self.generation_group)
+
+        # fine-tuning (training): adapters, frozen weights, accumulation
+        self.finetune_group = QGroupBox("Fine-tuning")
+        self.finetune_group.setToolTip("LoRA / QLoRA adapters (peft), frozen weights and their storage, gradient "
+                                       "accumulation")
+        ft_form = QFormLayout(self.finetune_group)
+        ft_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.lora_rank_spin = LimitedSpinBox()
+        self.lora_rank_spin.setRange(0, 65536)
+        self.lora_rank_spin.setSpecialValueText("none")
+        self.lora_rank_spin.setToolTip("Rank of the LoRA adapters (none: train the model's own weights). Adapters "
+                                       "train in fp32; the base is frozen")
+        ft_form.addRow("LoRA rank", self._with_error(self.lora_rank_spin, "lora_rank"))
+        self.lora_targets_edit = QLineEdit()
+        self.lora_targets_edit.setPlaceholderText("the model family's, e.g. q_proj,v_proj")
+        self.lora_targets_edit.setToolTip("Module names or patterns the adapters go on, comma-separated (applied "
+                                          "on Enter or when the field loses focus)")
+        ft_form.addRow("LoRA targets", self._with_error(self.lora_targets_edit, "lora_targets"))
+        for name, label, terms, tip in FINETUNE_COMBOS:
+            ft_form.addRow(label, self._with_error(self._combo(name, terms, tip), name))
+        self.freeze_edit = QLineEdit()
+        self.freeze_edit.setPlaceholderText("nothing, e.g. model.embed_tokens.*")
+        self.freeze_edit.setToolTip("Parameter-name globs made non-trainable, comma-separated (applied on Enter or "
+                                    "when the field loses focus)")
+        ft_form.addRow("Freeze", self._with_error(self.freeze_edit, "freeze"))
+        self.grad_accum_spin = LimitedSpinBox()
+        self.grad_accum_spin.setRange(1, 1 << 20)
+        self.grad_accum_spin.setToolTip("Micro-batches per optimizer step: memory is one micro-batch's, the global "
+                                        "batch is steps × batch")
+        ft_form.addRow("Grad accumulation", self._with_error(self.grad_accum_spin, "grad_accum"))
+        self.text_edits = {"lora_targets": self.lora_targets_edit, "freeze": self.freeze_edit}
+        form.insertRow(after + 2, self.finetune_group)
+
+        # several GPUs: the strategy and the cluster (gui.cluster_panel)
+        from torchbudget.gui.cluster_panel import ClusterGroup
+
+        self.cluster_group = ClusterGroup(self)
+        self.strategy_combo = self.option_combos["strategy"]
+        form.addRow(self.cluster_group)
 
         self.set_recent_models(recent_models or [])
         self._connect()
@@ -185,6 +256,19 @@ class WorkloadPanel(QGroupBox):
         self.errors[field] = FieldError()
         layout.addWidget(self.errors[field])
         return box
+
+    def _combo(self, name: str, terms, tip: str) -> QComboBox:
+        """A combo of vocab terms (label shown, canonical name as data, tip per item), registered by field."""
+        combo = QComboBox()
+        for term in terms:
+            combo.addItem(term.label, term.name)
+            combo.setItemData(combo.count() - 1, term.tip, Qt.ItemDataRole.ToolTipRole)
+        if name == "optimizer":
+            combo.addItem(vocab.NO_OPTIMIZER, vocab.NO_OPTIMIZER)
+            combo.setItemData(combo.count() - 1, NO_OPTIMIZER_TIP, Qt.ItemDataRole.ToolTipRole)
+        combo.setToolTip(tip)
+        self.option_combos[name] = combo
+        return combo
 
     @staticmethod
     def _pair(slider, spin) -> QWidget:
@@ -207,11 +291,24 @@ class WorkloadPanel(QGroupBox):
         self.resolution_slider.valueChanged.connect(
             lambda v: self._change("resolution_slider", resolution=v * RESOLUTION_STEP))
         self.resolution_spin.valueChanged.connect(lambda v: self._change("resolution_spin", resolution=v))
+        self.seq_len_slider.valueChanged.connect(lambda v: self._change("seq_len_slider", seq_len=v * SEQ_LEN_STEP))
+        self.seq_len_spin.valueChanged.connect(lambda v: self._change("seq_len_spin", seq_len=v))
         self.batch_spin.tooLarge.connect(lambda text: self._too_large("batch", "batch size", text))
         self.resolution_spin.tooLarge.connect(lambda text: self._too_large("resolution", "resolution", text))
+        self.seq_len_spin.tooLarge.connect(lambda text: self._too_large("seq_len", "sequence length", text))
+        self.context_spin.tooLarge.connect(lambda text: self._too_large("context_len", "context", text))
+        self.context_spin.valueChanged.connect(lambda v: self._change("context_len", context_len=v))
+        # no adapters, no targets for them: rank "none" drops the targets too
+        self.lora_rank_spin.valueChanged.connect(
+            lambda v: self._change("lora_rank", lora_rank=v, **({} if v else {"lora_targets": ()}))
+            and "lora_targets" in self.state.drafts and self._on_option_text("lora_targets", self.lora_targets_edit))
+        self.grad_accum_spin.valueChanged.connect(lambda v: self._change("grad_accum", grad_accum=v))
+        for name, edit in self.text_edits.items():
+            edit.editingFinished.connect(lambda n=name, e=edit: self._on_option_text(n, e))
         for name, combo in self.option_combos.items():
             combo.currentIndexChanged.connect(lambda _i, n=name, c=combo: self._on_option(n, c))
         self.checkpoint_box.toggled.connect(lambda on: self._change("checkpointing", checkpointing=on))
+        self.cluster_group.connect(self)
 
     # -- model list -----------------------------------------------------------------
     def set_recent_models(self, recent: list[str]):
@@ -262,6 +359,16 @@ class WorkloadPanel(QGroupBox):
         try:
             self.state.update(source=source, **changes)
         except UserError as exc:
+            self.render()   # the widget shows what the workload still is; the error says why
+            self.show_error(exc)
+            return False
+        return True
+
+    def _cluster_change(self, source: str, **changes) -> bool:
+        try:
+            self.state.set_cluster(source=source, **changes)
+        except UserError as exc:
+            self.render({"cluster"})
             self.show_error(exc)
             return False
         return True
@@ -271,6 +378,11 @@ class WorkloadPanel(QGroupBox):
 
     def _on_inputs_edited(self, _text=None):
         self.state.edit_text("inputs", self.inputs_edit.text(), source="inputs")
+
+    def _on_option_text(self, name: str, edit: QLineEdit):
+        """LoRA targets / freeze globs: applied when typing ends (a half-typed glob is not traced)."""
+        if name in self.state.drafts or edit.text() != ",".join(self.state.choice(name)):
+            self.state.edit_text(name, edit.text(), source=name)
 
     def _on_option(self, name: str, combo: QComboBox):
         value = combo.currentData()
@@ -311,7 +423,10 @@ class WorkloadPanel(QGroupBox):
         show = lambda *names: everything or bool(fields & set(names))  # noqa: E731
         blockers = [QSignalBlocker(x) for x in (self.model_combo, self.inputs_edit, self.kwargs_edit, self.batch_spin,
                                                 self.batch_slider, self.resolution_spin, self.resolution_slider,
-                                                self.checkpoint_box, *self.option_combos.values())]
+                                                self.seq_len_spin, self.seq_len_slider, self.context_spin,
+                                                self.lora_rank_spin, self.grad_accum_spin, *self.text_edits.values(),
+                                                self.checkpoint_box, *self.option_combos.values(),
+                                                *self.cluster_group.widgets())]
         if show("model") and source not in ("model",):
             self.model_combo.setCurrentText(w.model)
         if show("inputs", "drafts") and source != "inputs":
@@ -330,24 +445,56 @@ class WorkloadPanel(QGroupBox):
                     self.resolution_spin.setValue(min(side, MAX_DIM))
                 if source != "resolution_slider":
                     self.resolution_slider.setValue(min(side, RESOLUTION_SLIDER_MAX) // RESOLUTION_STEP)
-            # batch and resolution are part of the input shape: not editable while it does not parse
+            length = w.seq_len
+            if length is not None:
+                self.seq_len_spin.setSuffix(" token" if length == 1 else " tokens")
+                if source != "seq_len_spin":
+                    self.seq_len_spin.setValue(min(length, MAX_DIM))
+                if source != "seq_len_slider":
+                    self.seq_len_slider.setValue(min(length, SEQ_LEN_SLIDER_MAX) // SEQ_LEN_STEP)
+            # batch, resolution and sequence length are part of the input shape: not editable while it does
+            # not parse
             fixed = "inputs" not in state.drafts
             for widget in (self.batch_spin, self.batch_slider):
                 widget.setEnabled(fixed and bool(w.inputs))
             for widget in (self.resolution_spin, self.resolution_slider):
                 widget.setEnabled(fixed and side is not None)
-        training = w.options.training
+            for widget in (self.seq_len_spin, self.seq_len_slider):
+                widget.setEnabled(fixed and length is not None)
+            # the second axis follows the inputs: sequence length for a token model, else resolution
+            tokens = side is None and length is not None
+            self.resolution_pair.setVisible(not tokens)
+            self.seq_len_pair.setVisible(tokens)
+            self.axis_label.setText("Sequence length" if tokens else "Resolution")
+        mode = w.options.mode
         for name, combo in self.option_combos.items():
             if show(name, "mode") and source != name:
-                value = state.training_choice(name) if name in ("optimizer", "optimizer_impl") else \
-                    getattr(w.options, name)
+                value = state.choice(name)
                 if name == "optimizer" and value is None:
                     value = vocab.NO_OPTIMIZER
                 combo.setCurrentIndex(max(0, combo.findData(value)))
         if show("checkpointing", "mode") and source != "checkpointing":
-            self.checkpoint_box.setChecked(bool(state.training_choice("checkpointing")))
+            self.checkpoint_box.setChecked(bool(state.choice("checkpointing")))
+        for name, spin in (("context_len", self.context_spin), ("lora_rank", self.lora_rank_spin),
+                           ("grad_accum", self.grad_accum_spin)):
+            if show(name, "mode") and source != name:
+                spin.setValue(state.choice(name))
+        for name, edit in self.text_edits.items():
+            if show(name, "mode", "drafts") and source != name:
+                edit.setText(state.drafts.get(name, ",".join(state.choice(name))))
         for widget in (self.optimizer_combo, self.optimizer_impl_combo, self.checkpoint_box):
-            widget.setEnabled(training)
+            widget.setEnabled(applies("optimizer", mode))
+        # Generation: only for prefill / decode (the context: decode only). Fine-tuning: training, or whatever
+        # mode when adapters or a frozen-weight dtype are chosen (they change the workload there too)
+        self.generation_group.setVisible(vocab.is_generation(mode))
+        self.context_spin.setEnabled(applies("context_len", mode))
+        self.context_label.setEnabled(applies("context_len", mode))
+        self.finetune_group.setVisible(vocab.is_training(mode) or bool(w.options.lora_rank)
+                                       or w.options.base_dtype != "auto")
+        for widget in (self.freeze_edit, self.grad_accum_spin):
+            widget.setEnabled(applies("grad_accum", mode))
+        self.lora_targets_edit.setEnabled(bool(w.options.lora_rank) or "lora_targets" in state.drafts)
+        self.cluster_group.render(state, show, source)
         del blockers
 
     # -- workload in/out -----------------------------------------------------------

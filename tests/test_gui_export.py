@@ -114,68 +114,141 @@ class Net(nn.Module):
 '''
 
 
-def test_every_workload_field_survives_save_open_settings_and_export(qtbot, tmp_path, monkeypatch):
-    """Each field of Workload and TraceOptions is set to a non-default value through the window's own
-    controls, then must come back from a saved file, from the settings at the next start, and in the
-    exported JSON's workload. A user .py model is used: its kwargs visibly reach the constructor."""
+# Every TraceOptions field in one of the workloads (training options, decode's and several GPUs' cannot share
+# one): the
+# field -> (how a user sets it in the window) of each, with the model and input it is set on.
+ROUNDS = {
+    "training": ("small_cnn.py:Net", "2x3x16x16", {
+        "mode": ("combo", "train"),
+        "precision": ("combo", "bf16-amp"),
+        "optimizer": ("combo", "sgd"),
+        "checkpointing": ("check", True),
+        "convention": ("combo", "thop"),
+        "optimizer_impl": ("combo", "for-loop"),
+        "attention": ("combo", "math"),
+        "target": ("gpu", "T4"),   # the primary GPU's kernels (sm75)
+        "lora_rank": ("spin", 4),
+        "lora_targets": ("text", "fc"),
+        "base_dtype": ("combo", "bf16"),
+        "freeze": ("text", "conv.*"),
+        "grad_accum": ("spin", 2),
+    }),
+    "decode": ("tiny_llms.py:TinyLlama", "input_ids=2x1:int64", {
+        "mode": ("combo", "decode"),
+        "context_len": ("spin", 300),
+        "kv_dtype": ("combo", "int8"),
+        "attention_flops": ("combo", "causal"),
+        "moe_routing": ("combo", "skewed"),
+    }),
+    "several GPUs": ("tiny_llms.py:TinyLlama", "input_ids=2x16:int64", {
+        "mode": ("combo", "train"),
+        "strategy": ("combo", "fsdp+tp"),   # the cluster panel: 2-D mesh, TP within groups of the TP degree
+        "world_size": ("spin", 4),
+        "tp_size": ("spin", 2),
+    }),
+    "sequence parallel": ("tiny_llms.py:TinyLlama", "input_ids=2x16:int64", {
+        "strategy": ("combo", "tp"),
+        "world_size": ("spin", 2),
+        "sequence_parallel": ("sp", True),
+    }),
+}
+# What the engine refuses to trace today (the window shows its one line; the fields still round-trip):
+# sequence parallel on a Llama breaks in the rotary embedding (positions from the sequence-sharded residual
+# stream: 8 of 16 on 2 ranks), also from the CLI (plan --strategy tp --sequence-parallel).
+ENGINE_REFUSES = {"sequence parallel": "shapes broke at model.layers.0.self_attn"}
+
+
+def test_every_option_has_a_control():
     from dataclasses import fields
 
+    covered = set().union(*(setters for _, _, setters in ROUNDS.values()))
+    assert covered == {f.name for f in fields(TraceOptions)}   # a new option needs a control in the window
+
+
+@pytest.mark.parametrize("round_name", ROUNDS)
+def test_every_workload_field_survives_save_open_settings_and_export(qtbot, tmp_path, monkeypatch, round_name):
+    """Each field of Workload and TraceOptions is set to a non-default value through the window's own
+    controls, then must come back from a saved file, from the settings at the next start, and in the
+    exported JSON's workload. User .py models are used: the CNN's kwargs visibly reach the constructor."""
+    from pathlib import Path
+
+    from torchbudget.engine.trace import _not_built_yet
     from torchbudget.gui import user_code
     from torchbudget.gui.state import DEFAULT_WORKLOAD
 
-    model_file = tmp_path / "small_cnn.py"
-    model_file.write_text(SMALL_CNN)
+    entry, input_text, setters = ROUNDS[round_name]
+    file_name, class_name = entry.split(":")
+    model_file = tmp_path / file_name
+    model_file.write_text(SMALL_CNN if file_name == "small_cnn.py" else
+                          (Path(__file__).parent / "models" / file_name).read_text())
     asked = []
     monkeypatch.setattr(user_code, "ask", lambda parent, path, why: asked.append(path) or True)
     window = make_window(qtbot, tmp_path, monkeypatch, workload=Workload("resnet18", parse_inputs("1x3x32x32")))
     panel = window.workload_panel
 
-    def choose(name, value):
-        combo = panel.option_combos[name]
-        index = combo.findData(value)
-        assert index >= 0, (name, value)
-        combo.setCurrentIndex(index)
+    def set_field(name, how, value):
+        if how == "combo":
+            combo = panel.option_combos[name]
+            index = combo.findData(value)
+            assert index >= 0, (name, value)
+            combo.setCurrentIndex(index)
+        elif how == "check":
+            panel.checkpoint_box.setChecked(value)
+        elif how == "sp":
+            panel.cluster_group.sp_box.setChecked(value)
+        elif how == "gpu":
+            window.hardware_panel.select(value)
+        elif how == "spin":
+            {"lora_rank": panel.lora_rank_spin, "grad_accum": panel.grad_accum_spin,
+             "context_len": panel.context_spin, "world_size": panel.cluster_group.world_spin,
+             "tp_size": panel.cluster_group.tp_spin}[name].setValue(value)
+        else:
+            edit = panel.text_edits[name]
+            edit.clear()
+            qtbot.keyClicks(edit, value)
+            edit.editingFinished.emit()
+        assert panel.state.ready, (name, dict(panel.state.errors))
 
-    setters = {   # TraceOptions field -> how a user sets it
-        "mode": lambda: choose("mode", "train"),
-        "precision": lambda: choose("precision", "bf16-amp"),
-        "optimizer": lambda: choose("optimizer", "sgd"),
-        "checkpointing": lambda: panel.checkpoint_box.setChecked(True),
-        "convention": lambda: choose("convention", "thop"),
-        "optimizer_impl": lambda: choose("optimizer_impl", "for-loop"),
-        "attention": lambda: choose("attention", "math"),
-        "target": lambda: window.hardware_panel.select("T4"),   # the primary GPU's kernels (sm75)
-    }
-    # issue 10's LLM options: controls come with the app's token mode (they round-trip through files and the
-    # settings all the same: the state keeps the whole Workload)
-    not_in_the_window_yet = {"context_len", "kv_dtype", "base_dtype", "lora_rank", "lora_targets", "freeze",
-                             "grad_accum", "moe_routing", "attention_flops"}
-    assert set(setters) | not_in_the_window_yet == {f.name for f in fields(TraceOptions)}   # a new option needs a control
-    panel.open_python_file(str(model_file), "Net")
-    qtbot.keyClicks(panel.kwargs_edit, '{"num_classes": 10}')
+    panel.open_python_file(str(model_file), class_name)
+    if class_name == "Net":
+        qtbot.keyClicks(panel.kwargs_edit, '{"num_classes": 10}')
     panel.inputs_edit.selectAll()
-    qtbot.keyClicks(panel.inputs_edit, "2x3x16x16")
-    for name, setter in setters.items():
-        setter()
+    qtbot.keyClicks(panel.inputs_edit, input_text)
+    for name, (how, value) in setters.items():
+        set_field(name, how, value)
     expected = panel.workload()
-    for f in fields(TraceOptions):
-        if f.name not in not_in_the_window_yet:
-            assert getattr(expected.options, f.name) != getattr(TraceOptions(), f.name), f.name
-    assert expected.options.target == "sm75"
-    assert (expected.model, expected.inputs) == (f"{model_file}:Net", parse_inputs("2x3x16x16"))
-    assert expected.model_kwargs == {"num_classes": 10} != DEFAULT_WORKLOAD.model_kwargs
+    for name in setters:
+        assert getattr(expected.options, name) != getattr(TraceOptions(), name), name
+    assert (expected.model, expected.inputs) == (f"{model_file}:{class_name}", parse_inputs(input_text))
+    if class_name == "Net":
+        assert expected.options.target == "sm75"
+        assert expected.model_kwargs == {"num_classes": 10} != DEFAULT_WORKLOAD.model_kwargs
     assert asked == []   # picked with Open .py…: the user's own choice, nothing to ask
 
-    evaluation = wait_for_plans(qtbot, window, lambda ev: ev.workload == expected, timeout=120_000)
-    assert evaluation.result.totals.params == (3 * 4 * 9 + 4) + (4 * 10 + 10)   # num_classes=10 reached it
-    exported = tmp_path / "out.json"
-    export.export_to(window, str(exported))
-    assert json.loads(exported.read_text())["workload"] == json.loads(expected.to_json())
+    unbuilt = _not_built_yet(expected.options)
+    if unbuilt:   # an option the engine cannot trace yet: one clear message in the window, nothing exported
+        qtbot.waitUntil(lambda: f"not supported yet: {unbuilt}" in panel.errors["mode"].message, timeout=120_000)
+    elif round_name in ENGINE_REFUSES:
+        qtbot.waitUntil(lambda: ENGINE_REFUSES[round_name] in window.verdict.summary.text(), timeout=120_000)
+        assert "\n" not in window.verdict.summary.text()
+    else:
+        evaluation = wait_for_plans(qtbot, window, lambda ev: ev.workload == expected, timeout=120_000)
+        if class_name == "Net":   # num_classes=10 reached it; LoRA rank 4 on fc: 4 x (4 + 10) adapter parameters
+            assert evaluation.result.totals.trainable_params == 4 * (4 + 10)
+            assert evaluation.result.totals.params == (3 * 4 * 9 + 4) + (4 * 10 + 10) + 4 * (4 + 10)
+        exported = tmp_path / "out.json"
+        export.export_to(window, str(exported))
+        assert json.loads(exported.read_text())["workload"] == json.loads(expected.to_json())
 
     saved = tmp_path / "w.json"
     export.save_workload(window, str(saved))
     assert Workload.from_json(saved.read_text()) == expected
-    choose("attention", "auto")
+    if "attention" in setters:
+        set_field("attention", "combo", "auto")
+    elif "kv_dtype" in setters:
+        set_field("kv_dtype", "combo", "fp8")
+    else:
+        set_field("world_size", "spin", 8)
     panel.batch_spin.setValue(5)
     assert panel.workload() != expected
     assert export.open_workload(window, str(saved)) == expected and panel.workload() == expected

@@ -308,9 +308,11 @@ def test_set_workload_then_workload_gives_every_field_back(qtbot):
                                  grad_accum=2, moe_routing="skewed", attention_flops="causal"),
                     {"num_classes": 10}, {"return_dict": False})
     decode = Workload("gpt2", parse_inputs("4x1:int64"), TraceOptions(mode="decode", context_len=100, kv_dtype="int8"))
-    assert all(any(getattr(w.options, f.name) != getattr(TraceOptions(), f.name) for w in (rich, decode))
+    parallel = Workload("gpt2", parse_inputs("2x64:int64"), TraceOptions(mode="train", strategy="fsdp+tp", world_size=8,
+                                                                          tp_size=2, sequence_parallel=True))
+    assert all(any(getattr(w.options, f.name) != getattr(TraceOptions(), f.name) for w in (rich, decode, parallel))
                for f in fields(TraceOptions))
-    for workload in (Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions()), rich, decode,
+    for workload in (Workload("resnet50", parse_inputs("1x3x224x224"), TraceOptions()), rich, decode, parallel,
                      Workload("vit_b_16", parse_inputs("8x3x224x224"), TraceOptions(precision="bf16-amp")),
                      Workload("resnet18", parse_inputs("2x3x64x64"), TraceOptions(mode="train", optimizer=None)),
                      Workload("resnet18")):

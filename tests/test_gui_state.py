@@ -23,6 +23,9 @@ RICH = Workload("resnet18", parse_inputs("8x3x64x64"),
                 {"num_classes": 10, "weights": None}, {"return_dict": False})
 # the generation-only options cannot sit in a training workload: a second one carries them
 RICH_DECODE = Workload("gpt2", parse_inputs("8x1:int64"), TraceOptions(mode="decode", context_len=512, kv_dtype="fp8"))
+# several GPUs: a third (strategies do not take LoRA or decode yet)
+RICH_PARALLEL = Workload("gpt2", parse_inputs("4x128:int64"),
+                         TraceOptions(mode="train", strategy="fsdp+tp", world_size=16, tp_size=4, sequence_parallel=True))
 
 
 def test_the_state_module_imports_no_qt():
@@ -33,9 +36,10 @@ def test_the_state_module_imports_no_qt():
 
 
 def test_set_then_workload_is_exact_for_every_field():
-    assert all(any(getattr(w.options, f.name) != getattr(TraceOptions(), f.name) for w in (RICH, RICH_DECODE))
+    assert all(any(getattr(w.options, f.name) != getattr(TraceOptions(), f.name)
+                   for w in (RICH, RICH_DECODE, RICH_PARALLEL))
                for f in fields(TraceOptions))
-    for rich in (RICH, RICH_DECODE):
+    for rich in (RICH, RICH_DECODE, RICH_PARALLEL):
         state = WorkloadState()
         state.set(rich)
         assert state.workload == rich
@@ -132,3 +136,58 @@ def test_limits_are_the_spin_boxes():
     assert state.workload.batch_size == MAX_DIM
     with pytest.raises(UserError, match="batch size must be from 1 to 2,147,483,647"):
         state.update(batch=MAX_DIM + 1)
+
+
+def test_mode_dependent_options_come_back_and_sequence_length_is_a_field():
+    from torchbudget.gui.state import DEFAULT_CONTEXT
+
+    state = WorkloadState(Workload("m.py:Llama", parse_inputs("input_ids=2x16:int64")))
+    state.update(mode="decode")   # decode needs a context: the default one
+    assert state.workload.options.context_len == DEFAULT_CONTEXT
+    state.update(context_len=300, kv_dtype="fp8")
+    state.update(mode="train", grad_accum=4)
+    assert (state.workload.options.context_len, state.workload.options.kv_dtype) == (0, "auto")
+    assert state.choice("context_len") == 300 and state.choice("kv_dtype") == "fp8"
+    state.update(mode="prefill")   # the KV dtype applies, the context does not
+    assert (state.workload.options.context_len, state.workload.options.kv_dtype) == (0, "fp8")
+    assert state.choice("grad_accum") == 4
+    state.update(mode="decode")
+    assert (state.workload.options.context_len, state.workload.options.kv_dtype) == (300, "fp8")
+    state.update(seq_len=64)
+    assert state.workload.inputs == parse_inputs("input_ids=2x64:int64")
+    assert state.edit_text("freeze", "model.embed_tokens.*") is None   # cleared outside training, kept for it
+    assert state.choice("freeze") == ("model.embed_tokens.*",) and state.workload.options.freeze == ()
+    error = state.edit_text("lora_targets", "q_proj")   # targets without a rank: a draft with its error
+    assert error is not None and error.field == "lora_targets" and state.drafts == {"lora_targets": "q_proj"}
+
+
+def test_several_gpu_fields_follow_the_strategy_and_come_back():
+    """Picking a strategy brings the GPU count chosen before (else 8); one GPU clears the count, the TP degree and
+    sequence parallel; the TP degree follows the strategy. The cluster (nodes, links) is checked and canonical."""
+    state = WorkloadState(Workload("gpt2", parse_inputs("2x64:int64"), TraceOptions(mode="train")))
+    heard = []
+    state.subscribe(heard.append)
+    state.update(strategy="fsdp")
+    assert (state.workload.options.world_size, state.workload.options.tp_size) == (8, 1)
+    state.update(world_size=16)
+    state.update(strategy="fsdp+tp")
+    assert (state.workload.options.world_size, state.workload.options.tp_size) == (16, 2)
+    state.update(tp_size=4, sequence_parallel=True)
+    state.update(strategy="tp")
+    assert (state.workload.options.tp_size, state.workload.options.sequence_parallel) == (16, True)
+    state.update(strategy="none")
+    assert state.workload.options == TraceOptions(mode="train")
+    state.update(strategy="fsdp+tp")
+    assert (state.workload.options.world_size, state.workload.options.tp_size) == (16, 4)   # both came back
+    with pytest.raises(UserError, match="not divisible"):
+        state.update(tp_size=3)
+    assert state.workload.options.tp_size == 4
+    state.set_cluster(gpus_per_node=4, intra="nvlink4", inter="roce-400")
+    assert heard[-1].fields == {"cluster"}
+    assert (state.cluster.gpus_per_node, state.cluster.intra, state.cluster.inter) == (4, "NVLink 4", "RoCE 400GbE")
+    for bad in ({"gpus_per_node": 0}, {"intra": "carrier pigeon"}):
+        with pytest.raises(UserError):
+            state.set_cluster(**bad)
+    assert state.cluster.gpus_per_node == 4
+    state.set_cluster(gpus_per_node=None, intra=None, inter=None)
+    assert state.cluster == type(state.cluster)()
