@@ -21,7 +21,7 @@ def interconnect_names(kinds: tuple[str, ...]) -> list[tuple[str, str]]:
     from torchbudget.hardware.interconnect import interconnects
 
     out = []
-    for link in interconnects():
+    for link in interconnects(strict=False):   # a damaged user file: said once by the hardware panel
         if link.kind in kinds:
             domain = f", up to {link.domain_gpus} GPUs" if link.domain_gpus else ""
             out.append((link.name, f"{link.bandwidth_gb_s:g} GB/s per GPU at {link.efficiency:.0%} bus efficiency, "
