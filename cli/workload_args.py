@@ -229,7 +229,7 @@ def with_sizes(workload, *, batch: int | None = None, seq_len: int | None = None
     if not workload.inputs:
         from torchbudget.engine.api import default_inputs
 
-        defaults = default_inputs(workload.model, workload.model_kwargs)
+        defaults = default_inputs(workload.model, workload.model_kwargs, workload.options.mode)
         if not defaults:
             raise UserError(f"{workload.model} has no default input to size; give --input", field="input")
         workload = replace(workload, inputs=tuple(defaults))

@@ -60,13 +60,15 @@ def analyze(model: str | nn.Module, inputs: InputsLike = None, *, dtype: str = "
         raise UserError(f"model must be a name, a path/to/file.py:Name or an nn.Module, not {type(model).__name__}",
                         field="model")
     loaded = load_model(model, model_kwargs)
-    return _trace_loaded(loaded, _resolve_inputs(inputs, loaded.default_inputs, loaded.name), options)
+    defaults = for_mode(loaded.default_inputs, options.mode)
+    return _trace_loaded(loaded, _resolve_inputs(inputs, defaults, loaded.name), options)
 
 
 def analyze_workload(workload: Workload) -> AnalysisResult:
     """The planner's and the GUI's entry point: a saved workload -> its analysis."""
     loaded = load_model(workload.model, workload.model_kwargs)
-    inputs = workload.inputs or _resolve_inputs(None, loaded.default_inputs, loaded.name)
+    inputs = workload.inputs or _resolve_inputs(None, for_mode(loaded.default_inputs, workload.options.mode),
+                                                loaded.name)
     try:
         result = _trace_loaded(loaded, inputs, workload.options, workload.forward_kwargs)
     except UserError as exc:   # a model with learned positions cannot run past them: say why it broke
@@ -80,9 +82,19 @@ def analyze_workload(workload: Workload) -> AnalysisResult:
     return result
 
 
-def default_inputs(model: str, model_kwargs: Mapping | None = None) -> tuple[InputSpec, ...]:
-    """The input a model is analysed at when none is given (for the GUI's input field)."""
-    return load_model(model, model_kwargs).default_inputs
+def default_inputs(model: str, model_kwargs: Mapping | None = None, mode: str | None = None) -> tuple[InputSpec, ...]:
+    """The input a model is analysed at when none is given (for the GUI's input field), in ``mode``
+    (``for_mode``: decode's default is one new token per sequence)."""
+    return for_mode(load_model(model, model_kwargs).default_inputs, mode)
+
+
+def for_mode(inputs: tuple[InputSpec, ...], mode: str | None) -> tuple[InputSpec, ...]:
+    """A model's default inputs for ``mode``: in decode, one new token per sequence (the KV cache holds the
+    context, --context), not the default prompt length; unchanged otherwise or without token inputs."""
+    if mode != "decode" or not inputs:
+        return tuple(inputs)
+    workload = Workload("", tuple(inputs))
+    return workload.with_seq_len(1).inputs if workload.seq_len is not None else tuple(inputs)
 
 
 def make_options(*, dtype: str = "fp32", mode: str = "infer", optimizer: str | None = "adamw",

@@ -87,6 +87,9 @@ class _Events:
         self.alloc_of = alloc_of
         self.is_state_alloc = self.is_alloc & (self.category == _CATEGORY_INDEX[MemoryCategory.OPTIMIZER_STATE])
         self._sequence = None
+        # the trace's own sizes replayed under one allocator config, capacity and device size: a deterministic
+        # answer the solvers and the plan ask for again and again (fits, then the plan's profile)
+        self.replays: dict[tuple, AllocatorReplay] = {}
 
     def deltas(self, sizes, block: int) -> np.ndarray:
         """+bytes at each allocation, -bytes (of its allocation) at each free; rounded up to ``block``."""
@@ -167,10 +170,16 @@ def allocator_replay(events, overheads: Overheads, *, sizes=None, capacity_bytes
     if overheads.allocator is None:
         return None
     arrays = _events_of(events)
+    key = (overheads.allocator, capacity_bytes, device_total_bytes)
+    if sizes is None and key in arrays.replays:
+        return arrays.replays[key]
     sequence, source = arrays.allocator_sequence(_has_training_events(arrays))
     base = arrays.nbytes if sizes is None else np.asarray(sizes, np.int64)
-    return replay(sequence, sizes=np.maximum(base, 0)[source], capacity_bytes=capacity_bytes,
-                  config=overheads.allocator, device_total_bytes=device_total_bytes, timelines=False)
+    replayed = replay(sequence, sizes=np.maximum(base, 0)[source], capacity_bytes=capacity_bytes,
+                      config=overheads.allocator, device_total_bytes=device_total_bytes, timelines=False)
+    if sizes is None:
+        arrays.replays[key] = replayed
+    return replayed
 
 
 def _block(overheads: Overheads) -> int:

@@ -13,7 +13,8 @@ from torchbudget.engine.affine import AffineTrace, context_axis
 from torchbudget.engine.cache import TraceCache
 from torchbudget.engine.errors import InputSpecError, UserError
 from torchbudget.engine.latency import roofline
-from torchbudget.engine.memory import fits, simulate_memory, uses_cudnn
+from torchbudget.engine.memory import fits, simulate_memory, uses_cudnn, workspace_bytes
+from torchbudget.engine.results import MemoryCategory
 from torchbudget.engine.overheads import Efficiency, Overheads
 from torchbudget.engine.workload import Workload
 from torchbudget.hardware.spec import GpuSpec
@@ -26,6 +27,21 @@ DEFAULT_RESOLUTION_LIMIT = 8192
 def result_fits(result, overheads: Overheads, available_bytes: int) -> bool:
     """engine.memory.fits for a trace: the verdict's rule, so the solvers agree with the plan."""
     return fits(result.storage_events, overheads, available_bytes, has_conv=uses_cudnn(result))[0]
+
+
+def weights_alone_exceed(result, overheads: Overheads, available_bytes: int) -> bool:
+    """True when the weights and buffers held from the first op to the end (allocated before it, never freed:
+    the parameters, whose size no batch, sequence length or context changes) plus the fixed overheads (CUDA
+    context, cuBLAS workspace, communicators) already exceed ``available_bytes``. Then no size along any axis
+    fits (every trace holds those bytes, the allocator rounds them up, never down) and a search can answer 0
+    without tracing size 1: a 70B model's AdamW step at 282 GB of fp32 weights on an 80 GB card."""
+    events = result.storage_events
+    freed = {e.storage_id for e in events if e.kind == "free"}
+    held = sum(e.nbytes for e in events if e.kind == "alloc" and e.op_index < 0 and e.storage_id not in freed
+               and e.category in (MemoryCategory.WEIGHTS, MemoryCategory.BUFFERS))
+    fixed = (workspace_bytes(overheads, False) + overheads.cuda_context_bytes
+             + overheads.communication_bytes(overheads.communicators))
+    return held + fixed > available_bytes
 
 
 def largest_true(predicate: Callable[[int], bool], lo: int, hi: int | None, limit: int) -> int:
@@ -88,7 +104,8 @@ def max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = No
     start = min(workload.batch_size, limit)
     if fits(start):
         anchor, hi = start, None
-    elif start == 1 or not fits(1):
+    elif start == 1 or weights_alone_exceed(cache.get(workload.with_batch(start)), overheads, capacity) \
+            or not fits(1):
         return 0
     else:
         anchor, hi = 1, start
@@ -159,7 +176,8 @@ def max_context(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = 
     capacity = gpu.available_memory_bytes
     return _largest_fitting(lambda n: cache.get(workload.with_options(context_len=n)), workload.options.context_len,
                             limit, lambda result: result_fits(result, overheads, capacity),
-                            lambda model, n: model.fits(n, overheads, capacity), context_axis)
+                            lambda model, n: model.fits(n, overheads, capacity), context_axis,
+                            lambda result: weights_alone_exceed(result, overheads, capacity))
 
 
 def try_max_context(workload: Workload, gpu: GpuSpec, *, cache: TraceCache, overheads: Overheads = Overheads()
@@ -172,7 +190,7 @@ def try_max_context(workload: Workload, gpu: GpuSpec, *, cache: TraceCache, over
 
 
 def _largest_fitting(trace_at: Callable[[int], object], start: int, limit: int, fits_exactly: Callable,
-                     fits_model: Callable, axis) -> int:
+                     fits_model: Callable, axis, too_big: Callable = lambda result: False) -> int:
     """max_batch's search along any axis the traces are affine in (``axis`` reads its value from a trace):
     exact traces at ``start`` and ``start + 1``, the affine model's boundary, an exact trace confirming it."""
     def fits(n: int) -> bool:
@@ -181,7 +199,7 @@ def _largest_fitting(trace_at: Callable[[int], object], start: int, limit: int, 
     start = max(1, min(start, limit))
     if fits(start):
         anchor, hi = start, None
-    elif start == 1 or not fits(1):
+    elif start == 1 or too_big(trace_at(start)) or not fits(1):
         return 0
     else:
         anchor, hi = 1, start
@@ -494,7 +512,7 @@ def _solve_seq_len(workload: Workload, gpu: GpuSpec, cache: TraceCache, limit: i
     start = min(start, limit)
     if fits_at(start):
         lo, hi = start, None
-    elif start == 1 or not fits_at(1):
+    elif start == 1 or weights_alone_exceed(trace(start), overheads, capacity) or not fits_at(1):
         return answer(0)
     else:
         lo, hi = 1, start

@@ -81,7 +81,7 @@ def test_hostile_kwargs(capsys, kwargs, fragments):
     ("resnet" * 10_000, ["unknown model 'resnetresnet", "...'"]),
     ("res\nnet18", ["unknown model 'res\\nnet18'"]),
     ("\x1b[31mred\x1b[0m", ["unknown model '\\x1b[31mred"]),
-    ("../../etc/passwd", ["unknown model '../../etc/passwd'"]),
+    ("../../etc/passwd", ["'../../etc/passwd' does not exist"]),   # a path: a config.json or model folder
 ])
 def test_hostile_model_names(capsys, name, fragments):
     code, out, err = cli(capsys, "plan", name, "--gpu", "T4", "--json")

@@ -118,3 +118,43 @@ def test_max_batch_on_a_traced_training_step_is_exact():
     assert traced == [4, 5, best]   # anchors, then the answer; best + 1 comes from the validated model
     assert required(best) <= capacity < required(best + 1)
     assert best >= 300
+
+
+# ------------------------------------------------------------------------ weights alone exceed the device
+def test_zero_without_tracing_batch_one_when_the_weights_alone_exceed():
+    """The workload at batch 8 does not fit and its weights (held from before the first op to the end) already
+    exceed the device: batch 1 cannot fit either, and the answer 0 needs no trace of it."""
+    analyzer = CountingAnalyzer(weights=10**6)
+    assert max_batch(fake_workload(8), small_gpu(10**6 - 1), cache=TraceCache(analyzer=analyzer),
+                     overheads=NONE) == 0
+    assert analyzer.calls == 1
+    # weights that fit on their own: batch 1 is traced, as before
+    analyzer = CountingAnalyzer(weights=10**6)
+    capacity = peak(1, weights=10**6) - 1
+    assert max_batch(fake_workload(8), small_gpu(capacity), cache=TraceCache(analyzer=analyzer), overheads=NONE) == 0
+    assert analyzer.calls == 2
+
+
+def test_weights_alone_exceed_counts_the_fixed_overheads_and_only_weights_held_throughout():
+    from torchbudget.engine.solver import weights_alone_exceed
+
+    trace = fake_training_trace(4, weights=10**6)
+    assert weights_alone_exceed(trace, NONE, 10**6 - 1) and not weights_alone_exceed(trace, NONE, 10**6)
+    overheads = Overheads()
+    fixed = overheads.cuda_context_bytes + overheads.cublas_workspace_bytes
+    assert weights_alone_exceed(trace, overheads, 10**6 + fixed - 1)
+    assert not weights_alone_exceed(trace, overheads, 10**6 + fixed)
+
+
+def test_the_allocator_replay_of_a_trace_is_computed_once_per_configuration():
+    from torchbudget.engine.memory import allocator_replay
+
+    trace = fake_training_trace(4)
+    overheads = Overheads()
+    first = allocator_replay(trace.storage_events, overheads)
+    assert allocator_replay(trace.storage_events, overheads) is first
+    squeezed = allocator_replay(trace.storage_events, overheads, capacity_bytes=10**6, device_total_bytes=2 * 10**6)
+    assert squeezed is not first
+    sizes = [e.nbytes for e in trace.storage_events]
+    assert allocator_replay(trace.storage_events, overheads, sizes=sizes) is not first   # other sizes: replayed
+    assert allocator_replay(trace.storage_events, overheads, sizes=sizes) == first
