@@ -60,9 +60,12 @@ def add_workload_arguments(parser: argparse.ArgumentParser, *, target: bool = Fa
     llm.add_argument("--forward-kwargs", default=None, metavar="JSON",
                      help='non-tensor forward() arguments, e.g. \'{"output_attentions": false}\'')
     dist = parser.add_argument_group("several GPUs (docs/distributed.md)")
-    dist.add_argument("--world-size", type=int, default=1, metavar="N",
-                      help="GPUs in the job (needs --strategy); memory and fits are then per rank")
-    dist.add_argument("--strategy", default="none", choices=vocab.STRATEGY_NAMES, help=_choices_help(vocab.STRATEGIES))
+    dist.add_argument("--world-size", type=_world_size, default=1, metavar="N",
+                      help="GPUs in the job (needs --strategy); memory and fits are then per rank. auto: the "
+                           "fewest GPUs at which the strategy fits")
+    dist.add_argument("--strategy", default="none", metavar="NAME",
+                      help=_choices_help(vocab.STRATEGIES) + "; compare takes several, comma-separated, and "
+                           "auto (with --world-size auto) tries " + ", ".join(AUTO_STRATEGIES))
     dist.add_argument("--tp", dest="tp_size", type=int, default=1, metavar="N",
                       help="tensor-parallel degree (fsdp+tp: TP within groups of N, FSDP across them; tp: the world size)")
     dist.add_argument("--sequence-parallel", action="store_true",
@@ -81,6 +84,46 @@ def add_workload_arguments(parser: argparse.ArgumentParser, *, target: bool = Fa
                         help="neither read nor write the trace store (the app's and the CLI's traces on disk, "
                              "reused by the same torch and TorchBudget: a stored workload answers without "
                              "importing PyTorch)")
+
+
+# what ``--strategy auto`` tries: a replica, sharded optimizer state, full sharding, and sharding + TP
+AUTO_STRATEGIES = ("ddp", "zero1", "fsdp", "fsdp+tp")
+AUTO = "auto"
+
+
+def _world_size(text: str):
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of GPUs or auto, got {text!r}") from None
+
+
+def strategies_from_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """--strategy as a tuple of strategy names (one unless comma-separated; auto: AUTO_STRATEGIES, for
+    inference the ones that run it). An unknown name is one UserError."""
+    names = [n.strip() for n in str(args.strategy).split(",") if n.strip()] or ["none"]
+    if [n.lower() for n in names] == [AUTO]:
+        if args.world_size != AUTO:
+            raise UserError("--strategy auto picks the strategy that needs the fewest GPUs: use it with "
+                            "--world-size auto", field="strategy")
+        training = vocab.is_training(args.mode)
+        return tuple(n for n in AUTO_STRATEGIES if training or not vocab.strategy(n).training_only)
+    chosen = tuple(dict.fromkeys(vocab.normalise_strategy(n) for n in names))
+    if args.world_size == AUTO and "none" in chosen:
+        raise UserError(f"--world-size auto needs --strategy (one, several, or auto to try "
+                        f"{', '.join(AUTO_STRATEGIES)})", field="world_size")
+    if len(chosen) > 1 and "none" in chosen:
+        raise UserError("--strategy none (one GPU) cannot be listed with other strategies", field="strategy")
+    return chosen
+
+
+def tp_from_args(args: argparse.Namespace) -> int:
+    """The tensor-parallel degree a list of strategies uses for fsdp+tp (--tp, else solve.DEFAULT_TP)."""
+    from torchbudget.engine.distributed.solve import DEFAULT_TP
+
+    return args.tp_size if args.tp_size != 1 else DEFAULT_TP
 
 
 def trace_cache_from_args(args: argparse.Namespace):
@@ -121,7 +164,7 @@ def cluster_from_args(args: argparse.Namespace):
              "--inter-node": args.inter_node}
     if args.strategy == "none" or args.world_size == 1:
         used = [flag for flag, value in given.items() if value is not None]
-        if used and args.strategy == "none":
+        if used and args.strategy == "none" and not getattr(args, "counted_gpus", False):
             raise UserError(f"{used[0]} only applies with --world-size N and a --strategy", field="world_size")
     if args.gpus_per_node is not None and args.gpus_per_node < 1:
         raise UserError(f"--gpus-per-node must be 1 or more, got {args.gpus_per_node}", field="gpus_per_node")
@@ -172,7 +215,9 @@ def parse_kwargs(text: str | None, option: str = "--kwargs") -> dict:
     return value
 
 
-def workload_from_args(args: argparse.Namespace):
+def workload_from_args(args: argparse.Namespace, *, several: bool = False):
+    """The workload of the arguments. ``several``: the caller plans several strategies or world sizes itself
+    (--strategy a,b, --world-size auto, counted GPUs): the workload is the one-GPU one, checked."""
     from torchbudget.engine.inputs import parse_inputs
     from torchbudget.engine.results import TraceOptions
     from torchbudget.engine.workload import Workload
@@ -193,6 +238,17 @@ def workload_from_args(args: argparse.Namespace):
         raise UserError("--kv-dtype only applies to --mode prefill or decode", field="kv_dtype")
     if args.lora_rank is not None and args.lora_rank < 1:
         raise UserError(f"--lora-rank must be 1 or more, got {args.lora_rank}", field="lora_rank")
+    strategies = strategies_from_args(args)
+    if several:
+        strategy, world, tp = "none", 1, 1
+    else:
+        if len(strategies) > 1:
+            raise UserError(f"{args.command} plans one strategy; compare takes several (--strategy "
+                            f"{','.join(strategies)})", field="strategy")
+        if args.world_size == AUTO:
+            raise UserError("--world-size auto needs --strategy (one, or auto to try "
+                            f"{', '.join(AUTO_STRATEGIES)})", field="world_size")
+        strategy, world, tp = strategies[0], args.world_size, args.tp_size
     options = TraceOptions(mode=args.mode, precision=args.precision, optimizer=args.optimizer,
                            checkpointing=args.checkpointing, convention=args.convention,
                            optimizer_impl=args.optimizer_impl, attention=args.attention,
@@ -200,8 +256,8 @@ def workload_from_args(args: argparse.Namespace):
                            context_len=args.context_len, kv_dtype=args.kv_dtype, base_dtype=args.base_dtype,
                            lora_rank=args.lora_rank or 0, lora_targets=args.lora_targets or (),
                            freeze=args.freeze or (), grad_accum=args.grad_accum, moe_routing=args.moe_routing,
-                           attention_flops=args.attention_flops, strategy=args.strategy,
-                           world_size=args.world_size, tp_size=args.tp_size,
+                           attention_flops=args.attention_flops, strategy=strategy,
+                           world_size=world, tp_size=tp,
                            sequence_parallel=args.sequence_parallel)
     inputs = parse_inputs(args.input) if args.input else ()
     workload = Workload(args.model.strip(), inputs, options, parse_kwargs(args.kwargs),

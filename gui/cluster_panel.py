@@ -18,14 +18,10 @@ AUTO = ""   # a combo's data for "hardware.cluster's default"
 
 def interconnect_names(kinds: tuple[str, ...]) -> list[tuple[str, str]]:
     """(name, tip) of every interconnect of ``kinds`` in hardware.interconnect's table (the user file's included)."""
-    from torchbudget.hardware.interconnect import interconnect_from_entry, interconnects, load_builtin_entries
+    from torchbudget.hardware.interconnect import interconnects
 
-    try:
-        table = interconnects()
-    except Exception:  # noqa: BLE001 - a damaged user hardware file: the window says so; the built-in links
-        table = tuple(interconnect_from_entry(e, origin="database") for e in load_builtin_entries())
     out = []
-    for link in table:
+    for link in interconnects(strict=False):   # a damaged user file: said once by the hardware panel
         if link.kind in kinds:
             domain = f", up to {link.domain_gpus} GPUs" if link.domain_gpus else ""
             out.append((link.name, f"{link.bandwidth_gb_s:g} GB/s per GPU at {link.efficiency:.0%} bus efficiency, "

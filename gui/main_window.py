@@ -315,7 +315,7 @@ class MainWindow(QMainWindow):
         from torchbudget.hardware.interconnect import default_intra_node
 
         try:
-            own = default_intra_node(gpu).name
+            own = default_intra_node(gpu, strict=False).name
         except UserError:
             own = None
         self.workload_panel.cluster_group.fill_links(own)

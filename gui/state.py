@@ -337,7 +337,7 @@ class WorkloadState:
             if per_node > vocab.MAX_WORLD_SIZE:
                 raise UserError(f"GPUs per node must be at most {vocab.MAX_WORLD_SIZE}, got {per_node}",
                                 field="gpus_per_node")
-        names = {k: find_interconnect(getattr(choice, k)).name if getattr(choice, k) else None
+        names = {k: find_interconnect(getattr(choice, k), strict=False).name if getattr(choice, k) else None
                  for k in ("intra", "inter")}
         choice = ClusterChoice(gpus_per_node=per_node, **names)
         if choice == self._cluster:

@@ -215,6 +215,7 @@ def interconnect_from_entry(entry: dict, *, origin: str) -> Interconnect:
 _lock = threading.Lock()
 _table: tuple[Interconnect, ...] | None = None
 _table_key: tuple | None = None
+_problem: InterconnectFileError | None = None   # why the user file was left out of _table
 
 
 def _user_path() -> Path:
@@ -229,18 +230,26 @@ def _state(path: Path) -> tuple:
         return (str(path), None)
 
 
-def interconnects() -> tuple[Interconnect, ...]:
-    """The built-in table with the user file's overrides and additions. Cached until the user file changes."""
-    global _table, _table_key
+def interconnects(*, strict: bool = True) -> tuple[Interconnect, ...]:
+    """The built-in table with the user file's overrides and additions. Cached until the user file changes.
+    A user file that does not load raises InterconnectFileError; with ``strict=False`` (the app, which says
+    once that the file was ignored) the built-in table is used instead."""
+    global _table, _table_key, _problem
     user_path = _user_path()
     key = _state(user_path)
     with _lock:
         if _table is None or _table_key != key:
             builtin = load_builtin_entries()
-            user = load_tables(user_path) if user_path.exists() else []
-            merged = merge_user_entries(builtin, user, user_path)
+            try:
+                user = load_tables(user_path) if user_path.exists() else []
+                merged = merge_user_entries(builtin, user, user_path)
+                _problem = None
+            except InterconnectFileError as exc:
+                merged, _problem = [(entry, "database") for entry in builtin], exc
             _table = tuple(interconnect_from_entry(entry, origin=origin) for entry, origin in merged)
             _table_key = key
+        if strict and _problem is not None:
+            raise _problem
         return _table
 
 
@@ -250,7 +259,7 @@ def reload() -> None:
         _table = None
 
 
-def find_interconnect(name: str | Interconnect) -> Interconnect:
+def find_interconnect(name: str | Interconnect, *, strict: bool = True) -> Interconnect:
     """Any spelling of a name or alias ("NVLink 4", "nvlink4", "pcie5", "ib-ndr", "roce-400"); an Interconnect is
     returned as is. Unknown: UnknownInterconnectError naming the closest."""
     if isinstance(name, Interconnect):
@@ -258,7 +267,7 @@ def find_interconnect(name: str | Interconnect) -> Interconnect:
     text = (name or "").strip() if isinstance(name, str) else ""
     if not text:
         raise UnknownInterconnectError("no interconnect name given")
-    table = interconnects()
+    table = interconnects(strict=strict)
     key = interconnect_key(text)
     for link in table:
         if key in {interconnect_key(n) for n in (link.name, *link.aliases)}:
@@ -271,15 +280,15 @@ def find_interconnect(name: str | Interconnect) -> Interconnect:
                                    "lists them all; add your own in the user hardware file.")
 
 
-def default_intra_node(gpu: GpuSpec) -> Interconnect:
+def default_intra_node(gpu: GpuSpec, *, strict: bool = True) -> Interconnect:
     """The link between GPUs of one node: the GPU entry's ``interconnect`` (H100 SXM: NVLink 4, A100 SXM: NVLink 3,
     B200: NVLink 5, GB200: NVLink 5 NVL72, MI300X: Infinity Fabric, PCIe cards: their PCIe generation); a GPU
     without one gets its PCIe generation by compute capability."""
     if gpu.interconnect:
-        return find_interconnect(gpu.interconnect)
+        return find_interconnect(gpu.interconnect, strict=strict)
     cc = gpu.compute_capability or ""
     major = cc if cc.startswith("gfx") else cc.split(".")[0]
-    return find_interconnect(PCIE_BY_CC_MAJOR.get(major, FALLBACK_INTRA_NODE))
+    return find_interconnect(PCIE_BY_CC_MAJOR.get(major, FALLBACK_INTRA_NODE), strict=strict)
 
 
 def default_inter_node() -> Interconnect:

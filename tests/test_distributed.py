@@ -49,6 +49,7 @@ def fsdp_shard_elements(shape, n: int) -> int:
 
 PARAMS = sum(numel(s) for s in llama_shapes().values())
 N_TENSORS = len(llama_shapes())
+ROOT_PARAMS = sum(numel(s) for name, s in llama_shapes().items() if not name.startswith("model.layers."))
 
 
 def allocated(result, category: MemoryCategory) -> int:
@@ -88,13 +89,15 @@ def test_fsdp_shards_params_and_optimizer_state(fsdp8):
 
 
 def test_fsdp_collective_volume(fsdp8):
-    """FULL_SHARD gathers every parameter in forward and again in backward, and reduce-scatters every gradient:
-    all-gather volume = 2 x params x 4 bytes, reduce-scatter = grads x 4 bytes (S of nccl-tests)."""
-    units = LLAMA["num_hidden_layers"] + 1
-    assert len(calls(fsdp8, "all_gather", Phase.FORWARD)) == units
-    assert len(calls(fsdp8, "all_gather", Phase.BACKWARD)) == units
-    assert len(calls(fsdp8, "reduce_scatter", Phase.BACKWARD)) == units
-    assert sum(c.nbytes for c in calls(fsdp8, "all_gather")) == 2 * PARAMS * 4
+    """FULL_SHARD gathers every block's parameters in forward and again in backward; the root (embedding, final
+    norm, head) as ``fully_shard(model)`` leaves it keeps its gathered parameters from forward to backward
+    (torch's default for the root). All-gather volume = (2 x params - root params) x 4 bytes; reduce-scatter =
+    grads x 4 bytes (S of nccl-tests)."""
+    blocks = LLAMA["num_hidden_layers"]
+    assert len(calls(fsdp8, "all_gather", Phase.FORWARD)) == blocks + 1
+    assert len(calls(fsdp8, "all_gather", Phase.BACKWARD)) == blocks
+    assert len(calls(fsdp8, "reduce_scatter", Phase.BACKWARD)) == blocks + 1
+    assert sum(c.nbytes for c in calls(fsdp8, "all_gather")) == (2 * PARAMS - ROOT_PARAMS) * 4
     assert sum(c.nbytes for c in calls(fsdp8, "reduce_scatter")) == PARAMS * 4
     block = sum(numel(s) for name, s in llama_shapes().items() if name.startswith("model.layers.0."))
     assert block * 4 in {c.nbytes for c in calls(fsdp8, "all_gather", Phase.FORWARD)}
@@ -199,7 +202,7 @@ def test_cli_plan_fsdp_json(capsys):
     d = out["distributed"]
     assert (d["world_size"], d["strategy"], d["method"]) == (8, "fsdp", "traced")
     assert d["per_rank_memory"]["peak_bytes"] == out["memory"]["peak_bytes"]
-    assert sum(c["bytes"] for c in d["collectives"] if c["kind"] == "all_gather") == 2 * PARAMS * 4
+    assert sum(c["bytes"] for c in d["collectives"] if c["kind"] == "all_gather") == (2 * PARAMS - ROOT_PARAMS) * 4
     assert d["comm_time_ms"] == pytest.approx(d["exposed_comm_ms"] + d["overlapped_comm_ms"])
     assert out["fits"] is True and d["tokens_per_s"] > 0
     assert run_cli(argv) == 0
@@ -273,3 +276,103 @@ def test_fewest_gpus_and_strategies_side_by_side():
     by = {r.strategy: r for r in rows}
     assert by["fsdp"].per_rank_bytes < by["zero1"].per_rank_bytes < by["ddp"].per_rank_bytes
     assert all(0 < r.scaling_efficiency <= 1 and r.samples_per_s > 0 for r in rows)
+
+
+def test_cli_compare_strategies_side_by_side(capsys):
+    argv = ["compare", LLAMA_FILE, "--input", TOKENS, "--mode", "train", "--gpus", "H100 SXM", "--world-size", "8",
+            "--strategy", "ddp,fsdp,fsdp+tp", "--no-max-batch"]
+    assert run_cli(argv + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {r["strategy"]: r for r in out["rows"]}
+    assert list(rows) == ["ddp", "fsdp", "fsdp+tp"]
+    assert {r["world_size"] for r in rows.values()} == {8}
+    assert rows["fsdp+tp"]["tp_size"] == 2          # the default TP degree of a list
+    assert rows["fsdp"]["per_rank_bytes"] < rows["ddp"]["per_rank_bytes"]
+    for r in rows.values():
+        assert r["fits"] and r["tokens_per_s"] == pytest.approx(r["samples_per_s"] * 16)
+        assert 0 < r["scaling_efficiency"] <= 1 and r["step_ms"] >= r["exposed_comm_ms"]
+        assert r["per_rank_bytes"] == r["plan"]["memory"]["peak_bytes"]
+    assert out["fastest"]["strategy"] in rows
+    assert run_cli(argv) == 0
+    text = capsys.readouterr().out
+    assert "Comm exposed" in text and "fsdp+tp (tp 2)" in text and "fastest that fits: 8x H100 SXM" in text
+
+
+def test_cli_compare_clusters_side_by_side(capsys):
+    argv = ["compare", LLAMA_FILE, "--input", TOKENS, "--mode", "train", "--gpus", "8x H100 SXM,16x A100 PCIe 80GB",
+            "--strategy", "fsdp", "--no-max-batch", "--json"]
+    assert run_cli(argv) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["gpu"], r["world_size"]) for r in rows] == [("H100 SXM", 8), ("A100 PCIe 80GB", 16)]
+    assert "InfiniBand" in rows[1]["cluster"]       # 16 GPUs: two nodes of 8
+    # FSDP over 16 holds half the shard of FSDP over 8: less state per rank
+    state = [r["plan"]["memory"]["by_category"]["optimizer_state"] for r in rows]
+    assert state[1] < state[0]
+
+
+def test_cli_plan_world_size_auto(capsys):
+    """The fewest GPUs per strategy; a workload that fits one GPU is said to need no strategy."""
+    argv = ["plan", LLAMA_FILE, "--input", TOKENS, "--mode", "train", "--gpu", "T4", "--world-size", "auto",
+            "--strategy", "fsdp,fsdp+tp", "--no-max-batch", "--no-max-seq-len"]
+    assert run_cli(argv + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    fewest = {s["strategy"]: s for s in out["fewest_gpus"]}
+    assert fewest["fsdp"]["world_size"] == 1 and fewest["fsdp+tp"]["world_size"] == 2
+    assert out["chosen"] == {"strategy": "fsdp", "world_size": 1, "gpu": "T4"}
+    assert out["plan"]["fits"] and out["plan"]["distributed"]["world_size"] == 1
+    assert run_cli(argv) == 0
+    assert "fits one GPU (no strategy needed" in capsys.readouterr().out
+
+
+def test_fewest_search_stops_when_memory_stops_shrinking():
+    """DDP's replica does not shrink with more GPUs: two traces say no world size fits (not ten)."""
+    from dataclasses import replace
+
+    from torchbudget.engine.cache import TraceCache
+    from torchbudget.engine.distributed.solve import search_fewest
+    from torchbudget.engine.inputs import parse_inputs
+    from torchbudget.engine.overheads import Overheads
+    from torchbudget.engine.planner import Planner
+    from torchbudget.engine.workload import Workload
+    from torchbudget.hardware.catalog import resolve_gpu
+
+    planner = Planner(TraceCache(), overheads=Overheads(cuda_context_bytes=0, cublas_workspace_bytes=0,
+                                                        nccl_bytes_per_communicator=0))
+    workload = Workload(LLAMA_FILE, parse_inputs(TOKENS), TraceOptions(mode="train", optimizer_impl="foreach"))
+    fsdp1 = planner.plan(workload.with_options(strategy="fsdp", world_size=1), resolve_gpu("H100 SXM"),
+                         solve_max_batch=False)
+    small = replace(resolve_gpu("H100 SXM"), name="small", available_memory_bytes=fsdp1.required_bytes * 2 // 3)
+    ddp = search_fewest(planner, workload, small, "ddp")
+    assert ddp.world_size is None and len(ddp.tried) == 2 and "does not shrink" in ddp.reason
+    fsdp = search_fewest(planner, workload, small, "fsdp")
+    assert fsdp.world_size is not None and fsdp.plan.fits
+    smaller = [w for w, _, fits in fsdp.tried if w < fsdp.world_size]
+    assert smaller and all(not fits for w, _, fits in fsdp.tried if w < fsdp.world_size)
+
+
+UNSHARDABLE = str(Path(__file__).parent / "models" / "unshardable.py") + ":ScalarGate"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", LLAMA_FILE, "--input", TOKENS, "--gpu", "H100 SXM", "--world-size", "8", "--strategy", "zero4"],
+     "unknown strategy 'zero4'; use one of: none, ddp, fsdp"),
+    (["compare", LLAMA_FILE, "--input", TOKENS, "--gpus", "H100 SXM", "--world-size", "8",
+      "--strategy", "ddp,fsdp3"], "unknown strategy 'fsdp3'"),
+    (["compare", LLAMA_FILE, "--input", TOKENS, "--gpus", "6x H100 SXM", "--strategy", "fsdp+tp", "--tp", "4"],
+     "world size 6 is not divisible by the tensor-parallel degree 4"),
+    (["plan", UNSHARDABLE, "--input", "2x4", "--gpu", "H100 SXM", "--world-size", "2", "--strategy", "fsdp"],
+     "FSDP cannot wrap this model: ValueError: fully_shard doesn't support scalar parameters"),
+    (["plan", LLAMA_FILE, "--input", TOKENS, "--gpu", "H100 SXM", "--world-size", "8", "--strategy", "auto"],
+     "use it with --world-size auto"),
+    (["plan", LLAMA_FILE, "--input", TOKENS, "--gpu", "H100 SXM", "--world-size", "8", "--strategy", "ddp,fsdp"],
+     "plan plans one strategy; compare takes several"),
+    (["plan", LLAMA_FILE, "--input", TOKENS, "--gpu", "H100 SXM", "--world-size", "auto"],
+     "--world-size auto needs --strategy"),
+    (["compare", LLAMA_FILE, "--input", TOKENS, "--gpus", "8x H100 SXM"], "needs a --strategy"),
+    (["compare", LLAMA_FILE, "--input", TOKENS, "--gpus", "H100 SXM", "--strategy", "fsdp"],
+     "give --world-size N (or auto), or the GPUs as COUNTx NAME"),
+])
+def test_cli_several_gpus_bad_input_is_one_line(capsys, argv, message):
+    assert run_cli([*argv, "--mode", "train", "--no-max-batch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err

@@ -137,9 +137,11 @@ class ResizingStorageTracker(StorageTracker):
 
 
 # what the tensors of FSDP's ops hold, for the memory categories (engine.tracing.assemble.StorageRoles):
-# the all-gather buffers hold parameters; the reduce-scatter's input (the unsharded gradients packed by
-# chunk_cat) and output (the new sharded gradient) hold gradients
+# the all-gather buffers and the unsharded parameters copied out of them (split_with_sizes_copy's out=) hold
+# parameters; the reduce-scatter's input (the unsharded gradients packed by chunk_cat) and output (the new
+# sharded gradient) hold gradients
 _ROLES = {"fsdp.all_gather_copy_in": MemoryCategory.WEIGHTS, "c10d._allgather_base_": MemoryCategory.WEIGHTS,
+          "fsdp.split_with_sizes_copy": MemoryCategory.WEIGHTS,
           "fsdp.chunk_cat": MemoryCategory.GRADIENTS, "c10d._reduce_scatter_base_": MemoryCategory.GRADIENTS}
 
 

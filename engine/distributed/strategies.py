@@ -126,7 +126,9 @@ def _fsdp(model: nn.Module, units: list[tuple[str, nn.Module]], mesh, *, reshard
     policy = MixedPrecisionPolicy(param_dtype=mixed, reduce_dtype=torch.float32) if mixed else MixedPrecisionPolicy()
     for _, unit in units:
         fully_shard(unit, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
+    # the root as ``fully_shard(model)`` leaves it (reshard_after_forward=None): FULL_SHARD's root keeps its
+    # gathered parameters from forward to backward (torch's heuristic: they would be gathered again at once)
+    fully_shard(model, mesh=mesh, reshard_after_forward=None if reshard else False, mp_policy=policy)
     prepared.autocast = mixed is None
     what = "FULL_SHARD (reshard after forward)" if reshard else "SHARD_GRAD_OP (no reshard after forward)"
     prepared.notes.append(f"FSDP2 fully_shard {what} over {mesh.size()} rank(s): {len(units)} block unit(s) + the root"

@@ -146,6 +146,47 @@ def comparison_to_dict(comparison) -> dict:
             "fastest": fastest.gpu_name if fastest else None}
 
 
+# ------------------------------------------------------------------------------------------ several GPUs
+def strategy_row_to_dict(row) -> dict:
+    """A solve.StrategyRow, or a solve.FewestSearch (--world-size auto: the row of its plan, plus the search)."""
+    from torchbudget.engine.distributed.solve import FewestSearch, row_of
+
+    search = None
+    if isinstance(row, FewestSearch):
+        search = fewest_search_to_dict(row)
+        if row.plan is None:
+            return {"gpu": row.gpu_name, "strategy": row.strategy, "world_size": None, "fits": False,
+                    "capacity_bytes": row.capacity_bytes, "fewest": search, "plan": None}
+        row = row_of(row.plan)
+    return {"gpu": row.gpu_name, "cluster": row.cluster, "strategy": row.strategy, "world_size": row.world_size,
+            "tp_size": row.tp_size, "fits": row.fits, "per_rank_bytes": row.per_rank_bytes,
+            "capacity_bytes": row.capacity_bytes, "step_ms": row.step_ms, "exposed_comm_ms": row.exposed_comm_ms,
+            "samples_per_s": row.samples_per_s, "tokens_per_s": row.tokens_per_s,
+            "scaling_efficiency": row.scaling_efficiency, "max_batch": row.max_batch,
+            **({"fewest": search} if search else {}), "plan": plan_to_dict(row.plan)}
+
+
+def distributed_comparison_to_dict(workload, rows) -> dict:
+    out = [strategy_row_to_dict(r) for r in rows]
+    fitting = [r for r in out if r["fits"]]
+    best = max(fitting, key=lambda r: r["samples_per_s"]) if fitting else None
+    return {"workload": workload.to_dict(), "rows": out,
+            "fastest": {"cluster": best["cluster"], "strategy": best["strategy"]} if best else None}
+
+
+def fewest_search_to_dict(search) -> dict:
+    return {"strategy": search.strategy, "gpu": search.gpu_name, "world_size": search.world_size,
+            "tried": [{"world_size": w, "per_rank_bytes": b, "fits": f} for w, b, f in search.tried],
+            "reason": search.reason or None}
+
+
+def fewest_to_dict(searches, best) -> dict:
+    """--world-size auto: the fewest GPUs per strategy and the one chosen (its plan beside this)."""
+    return {"fewest_gpus": [fewest_search_to_dict(s) for s in searches],
+            "chosen": None if best is None else {"strategy": best.strategy, "world_size": best.world_size,
+                                                 "gpu": best.gpu_name}}
+
+
 # --------------------------------------------------------------------------------------- sweeps, GPUs
 def sweep_to_dict(sweep: Sweep | None) -> dict | None:
     return None if sweep is None else to_plain(sweep)

@@ -230,6 +230,79 @@ def render_comparison(comparison) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------ several GPUs
+DISTRIBUTED_HEADERS = ["Cluster", "Strategy", "GPUs", "Per rank", "Available", "Fits", "Step", "Comm exposed",
+                       "Samples/s", "Tokens/s", "Scaling"]
+
+
+def _strategy_label(strategy: str, tp: int) -> str:
+    return f"{strategy} (tp {tp})" if strategy == "fsdp+tp" else strategy
+
+
+def _distributed_cells(row) -> list[str]:
+    """A solve.StrategyRow, or a solve.FewestSearch (its plan's row, or a row that fits nowhere)."""
+    from torchbudget.engine.distributed.solve import FewestSearch, row_of
+
+    if isinstance(row, FewestSearch):
+        if row.plan is None:
+            return [row.gpu_name, row.strategy, "none", "-", human_bytes(row.capacity_bytes), "no", "-", "-", "-",
+                    "-", "-"]
+        row = row_of(row.plan)
+    return [f"{row.world_size}x {row.gpu_name}", _strategy_label(row.strategy, row.tp_size), str(row.world_size),
+            human_bytes(row.per_rank_bytes), human_bytes(row.capacity_bytes), "yes" if row.fits else "no",
+            human_ms(row.step_ms), human_ms(row.exposed_comm_ms), f"{row.samples_per_s:,.1f}",
+            "-" if row.tokens_per_s is None else f"{row.tokens_per_s:,.0f}", f"{row.scaling_efficiency:.0%}"]
+
+
+def render_distributed_comparison(rows) -> str:
+    """Strategies and clusters side by side (compare with --strategy a,b or COUNTx GPU): per-rank memory, fit,
+    the step with its exposed communication, the job's throughput and scaling efficiency."""
+    from torchbudget.engine.distributed.solve import FewestSearch, row_of
+
+    lines = [table(DISTRIBUTED_HEADERS, [_distributed_cells(r) for r in rows], right_align_from=2),
+             "per rank: rank 0's traced step with NCCL buffers, the CUDA context and the allocator's cache; "
+             "step = compute + exposed communication; scaling = compute / step"]
+    plain = [row_of(r.plan) if isinstance(r, FewestSearch) and r.plan is not None else r for r in rows
+             if not (isinstance(r, FewestSearch) and r.plan is None)]
+    lines += [f"cluster: {c}" for c in dict.fromkeys(r.cluster for r in plain)]
+    fitting = [r for r in plain if r.fits]
+    if fitting:
+        best = max(fitting, key=lambda r: r.samples_per_s)
+        lines.append(f"fastest that fits: {best.world_size}x {best.gpu_name}, "
+                     f"{_strategy_label(best.strategy, best.tp_size)} "
+                     f"({best.samples_per_s:,.1f} samples/s, {best.samples_per_s / best.world_size:,.2f} per GPU)")
+    else:
+        lines.append("fits in none of these")
+    lines += [f"note: {r.gpu_name}, {r.strategy}: {r.reason}" for r in rows
+              if isinstance(r, FewestSearch) and r.plan is None and r.reason]
+    return "\n".join(lines)
+
+
+def render_fewest(searches, best) -> str:
+    """--world-size auto: the fewest GPUs per strategy (every world size traced), and the choice."""
+    rows = []
+    for s in searches:
+        tried = ", ".join(f"{w}: {human_bytes(b)}{'' if fits else ' (no)'}" for w, b, fits in s.tried)
+        rows.append([s.strategy, "none" if s.world_size is None else str(s.world_size), tried])
+    gpu = searches[0].gpu_name if searches else ""
+    capacity = human_bytes(searches[0].capacity_bytes) if searches else ""
+    lines = [f"fewest GPUs ({gpu}, {capacity} available per GPU): per-rank memory at each world size traced",
+             table(["Strategy", "Fewest", "Traced (GPUs: per rank)"], rows, right_align_from=1)]
+    lines += [f"note: {s.strategy}: {s.reason}" for s in searches if s.world_size is None and s.reason]
+    if best is None:
+        lines.append("no strategy fits at any world size tried")
+    else:
+        tp = best.plan.result.options.tp_size
+        if best.world_size == 1:
+            lines.append(f"fewest: 1x {best.gpu_name}: the workload fits one GPU (no strategy needed; the plan "
+                         f"below is {best.strategy} on one rank)")
+            return "\n".join(lines)
+        lines.append(f"fewest: {best.world_size}x {best.gpu_name} with {_strategy_label(best.strategy, tp)}"
+                     + (" (the fastest step of those needing as few)" if sum(
+                         1 for s in searches if s.world_size == best.world_size) > 1 else ""))
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- sweep
 def render_sweep(sweep) -> str:
     headers = [sweep.axis]
