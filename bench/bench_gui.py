@@ -1,6 +1,8 @@
-"""GUI responsiveness: launch → verdict in a fresh process, and batch change → updated verdict (resnet50);
+"""GUI responsiveness: launch → verdict in a fresh process, batch change → updated verdict (resnet50), and
+sequence-length change → updated verdict on a token model (gpt2, after its first trace and sweeps);
 memory: the app's RSS after 1,000 batch-slider moves against after 100 (a fresh process).
-Targets: verdict ≤ 3 s after launch; batch change ≤ 200 ms; RSS growth ≤ 50 MiB from move 100 to 1,000."""
+Targets: verdict ≤ 3 s after launch; batch change ≤ 200 ms; seq-len change ≤ 200 ms after the first trace;
+RSS growth ≤ 50 MiB from move 100 to 1,000."""
 from __future__ import annotations
 
 import os
@@ -13,6 +15,7 @@ import time
 
 STARTUP_TARGET_S = 3.0
 BATCH_TARGET_MS = 200.0
+SEQ_LEN_TARGET_MS = 200.0
 RSS_TARGET_MIB = 50.0
 
 CHILD = textwrap.dedent("""
@@ -152,6 +155,52 @@ def batch_change_ms(batches=(2, 4, 8, 16, 32, 48, 64, 96, 128, 256)) -> tuple[li
     return first, again
 
 
+def seq_len_change_ms(model: str = "gpt2", lengths=(128, 256, 512, 192, 320, 64)) -> tuple[list[float], list[float], float]:
+    """(first visit of each length, revisit) latencies from the sequence-length slider's setValue to the updated
+    verdict on screen, on a token model, once its first trace and sweeps are done (the sweep traces the powers of
+    two, so those are cached; 192 and 320 are not); and the first trace's seconds."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tmp = tempfile.mkdtemp()
+    os.environ.update(TORCHBUDGET_SETTINGS=os.path.join(tmp, "settings.ini"), TORCHBUDGET_CONFIG_DIR=tmp,
+                      TORCHBUDGET_CACHE_DIR=os.path.join(tmp, "traces"))
+    from torchbudget.engine.inputs import parse_inputs
+    from torchbudget.engine.workload import Workload
+    from torchbudget.gui.app import make_app
+    from torchbudget.gui.main_window import MainWindow
+    from torchbudget.gui.settings import Settings
+    from torchbudget.gui.workload_panel import SEQ_LEN_STEP
+
+    app = make_app([])
+    Settings().set_last_workload(Workload(model, parse_inputs("input_ids=1x1024:int64")))
+    start = time.perf_counter()
+    window = MainWindow()
+    window.show()
+
+    def wait(predicate, timeout=600.0):
+        deadline = time.perf_counter() + timeout
+        while not predicate():
+            app.processEvents()
+            time.sleep(0.001)
+            if time.perf_counter() > deadline:
+                raise RuntimeError("timed out waiting for the window")
+
+    wait(lambda: window.evaluation is not None and window.evaluation.result is not None)
+    first_trace_s = time.perf_counter() - start
+    wait(lambda: not window.busy and window.comparison is not None and window.resolution_sweep is not None)
+    slider = window.workload_panel.seq_len_slider
+    first, again = [], []
+    for sample in (first, again):
+        for length in lengths:
+            start = time.perf_counter()
+            slider.setValue(length // SEQ_LEN_STEP)
+            wait(lambda: window.evaluation.workload.seq_len == length)
+            sample.append((time.perf_counter() - start) * 1000)
+            wait(lambda: not window.busy)   # the exact trace, the largest batch and the sweeps, before the next move
+    window.close()
+    return first, again, first_trace_s
+
+
 SLIDER_RSS = textwrap.dedent("""
     import sys, time
     from torchbudget.gui.app import make_app
@@ -218,6 +267,13 @@ def run() -> list[str]:
     for label, sample in (("new batch (affine scaling of cached traces)", first), ("revisited batch (cached)", again)):
         lines.append(f"batch change → verdict, {label}: median {statistics.median(sample):.0f} ms, "
                      f"max {max(sample):.0f} ms over {len(sample)} (target ≤ {BATCH_TARGET_MS:g} ms)")
+    first, again, traced_s = seq_len_change_ms()
+    for label, sample in (("new length (powers of two traced by the sweep; 192, 320 not)", first),
+                          ("revisited length (cached)", again)):
+        outcome = "met" if max(sample) <= SEQ_LEN_TARGET_MS else "NOT met"
+        lines.append(f"seq-len change → verdict (gpt2, first trace {traced_s:.1f} s), {label}: "
+                     + ", ".join(f"{v:.0f}" for v in sample) + f" ms; median {statistics.median(sample):.0f} ms, "
+                     f"max {max(sample):.0f} ms (target ≤ {SEQ_LEN_TARGET_MS:g} ms: {outcome})")
     rss = slider_rss_mib()
     lines.append(f"RSS after 100 batch-slider moves {rss[100]:.1f} MiB, after 1,000 {rss[1000]:.1f} MiB: "
                  f"{rss[1000] - rss[100]:+.1f} MiB (target ≤ +{RSS_TARGET_MIB:g} MiB; {rss['seconds']:.0f} s)")

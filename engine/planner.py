@@ -272,6 +272,11 @@ class Planner:
         with self._lock:
             return self._max_seq_lens.get(self._seq_memo_key(workload, gpu), (None, None))[0]
 
+    def remember_max_seq_len(self, workload: Workload, gpu: GpuSpec, best: int) -> None:
+        """For answers solved elsewhere (the GUI's model process for a user's .py file)."""
+        with self._lock:
+            self._max_seq_lens[self._seq_memo_key(workload, gpu)] = (best, None)
+
     def max_seq_len(self, workload: Workload, gpu: GpuSpec) -> tuple[int | None, str | None]:
         """(longest sequence that fits at the workload's batch, None) for a workload with token inputs; (None,
         None) without them; (answer or None, why) when a length could not be traced. Remembered per workload
@@ -391,9 +396,11 @@ class Planner:
             if result is None:
                 return None
             context = self.known_max_context(on_gpu, gpu) if on_gpu.options.mode == "decode" else None
+            longest = self.known_max_seq_len(on_gpu, gpu) if on_gpu.options.mode != "decode" and any(
+                s.kind is vocab.InputKind.TOKENS for s in result.inputs) else None
             plans.append(plan_result(result, gpu, overheads=self.overheads, efficiency=self.efficiency,
                                      workload=on_gpu, max_batch=self.known_max_batch(on_gpu, gpu),
-                                     max_context=context, cluster=cluster))
+                                     max_context=context, cluster=cluster, max_seq_len=longest))
         return tuple(plans), interpolated
 
     def compare(self, workload: Workload, gpus: Sequence[GpuSpec], *, solve_max_batch: bool = True,

@@ -13,8 +13,8 @@ from types import MappingProxyType, NoneType, UnionType
 
 from torchbudget.engine.errors import UserError
 from torchbudget.engine.inputs import InputSpec
-from torchbudget.engine.results import (AnalysisResult, ModuleNode, OpRecord, StorageEvent, TraceOptions, Totals,
-                            UncountedOp, frozen_map)
+from torchbudget.engine.results import (AnalysisResult, DistributedInfo, ModuleNode, OpRecord, StorageEvent,
+                                        TraceOptions, Totals, UncountedOp, frozen_map)
 
 ANALYSIS_FORMAT = "torchbudget-analysis/1"
 
@@ -39,6 +39,8 @@ def result_to_dict(result: AnalysisResult, *, include_ops: bool = True, include_
         "policies": list(result.policies),
         "trace_seconds": result.trace_seconds,
     }
+    if result.distributed is not None:   # several GPUs: rank 0's collectives and groups (engine.distributed)
+        data["distributed"] = to_plain(result.distributed)
     if include_ops:
         data["ops"] = [to_plain(op) for op in result.ops]
     if include_events:
@@ -65,6 +67,7 @@ def result_from_dict(data: dict) -> AnalysisResult:
             warnings=tuple(data.get("warnings", ())),
             policies=tuple(data.get("policies", ())),
             trace_seconds=float(data.get("trace_seconds", 0.0)),
+            distributed=_decode(DistributedInfo, data["distributed"]) if data.get("distributed") else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ResultFormatError(f"malformed TorchBudget analysis: {type(exc).__name__}: {exc}") from None

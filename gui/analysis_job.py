@@ -70,6 +70,36 @@ def run_request(request: Request, ctx: JobContext) -> str:
                     except UserError:
                         pass   # the sweep leaves this point out and says why
             ctx.partial("resolution_sweep", (key, backend.resolution_sweep(workload, gpus, cache)))
+    elif has_seq_len_axis(workload):
+        key = ("seq_len", workload.key(), tuple(g.name for g in gpus))
+        if key != request.resolution_sweep_key:
+            ctx.partial("resolution_sweep", (key, _seq_len_sweep(workload, gpus, cache, ctx)))
     else:
         ctx.partial("resolution_sweep", (None, None))
     return "done"
+
+
+def has_seq_len_axis(workload: Workload) -> bool:
+    """Token inputs, and a mode whose question is their length (decode's is the context)."""
+    return workload.seq_len is not None and workload.options.mode != "decode"
+
+
+def _seq_len_sweep(workload: Workload, gpus, cache: TraceCache, ctx: JobContext):
+    """The second axis of a token model: its longest sequence per GPU, then each length traced one at a time (a
+    newer request can stop us between them), then the sweep from the cache. A length the model cannot run is
+    left out by the sweep; a sweep that cannot start comes back as an empty one naming why."""
+    from torchbudget.engine.solver import Sweep
+
+    try:
+        ctx.progress("Solving the longest sequence…")
+        values = backend.seq_len_sweep_values(workload, gpus, cache)
+        for length in values:
+            ctx.progress(f"Sweeping sequence length ({length:,} tokens)…")
+            for target_workload in {w.options.target: w for w in (workload.on_gpu(g) for g in gpus)}.values():
+                try:
+                    cache.get(target_workload.with_seq_len(length))
+                except UserError:
+                    pass   # the sweep leaves this point out and says why
+        return backend.seq_len_sweep(workload, gpus, cache)
+    except UserError as exc:
+        return Sweep("seq_len", (), (), (str(exc),))

@@ -162,6 +162,24 @@ def resolution_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCa
     return planner_for(cache).resolution_sweep(workload, gpus)
 
 
+def seq_len_sweep_values(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> tuple[int, ...]:
+    """The sequence lengths the seq-len sweep will trace (each GPU's longest sequence solved first)."""
+    from torchbudget.engine.planner import sweep_seq_lens
+
+    planner = planner_for(cache)
+    return sweep_seq_lens(workload.seq_len, [planner.max_seq_len(workload, g)[0] for g in gpus])
+
+
+def seq_len_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> Sweep | None:
+    """Memory and latency against the token inputs' length at the workload's batch (Planner.seq_len_sweep)."""
+    return planner_for(cache).seq_len_sweep(workload, gpus)
+
+
+def remember_max_seq_len(cache: TraceCache, workload: Workload, gpu: GpuSpec, best: int) -> None:
+    """The longest sequence solved elsewhere (the model process of a .py model)."""
+    planner_for(cache).remember_max_seq_len(workload, gpu, best)
+
+
 def remember_max_context(cache: TraceCache, workload: Workload, gpu: GpuSpec, best: int) -> None:
     """Decode: the largest context solved elsewhere (the model process of a .py model)."""
     planner_for(cache).remember_max_context(workload, gpu, best)

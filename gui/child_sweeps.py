@@ -16,7 +16,8 @@ def results_for(workload, gpus: list[GpuSpec], cache) -> list[tuple[dict, Analys
 
 
 def sweeps_for(workload, gpus: list[GpuSpec], cache) -> dict:
-    """Largest batch per GPU (decode: and largest context) and the batch/resolution sweeps, as JSON-ready data
+    """Largest batch per GPU (decode: and largest context; token inputs: the longest sequence) and the batch and
+    resolution (token inputs: sequence-length) sweeps, as JSON-ready data
     (run in the child).
     A sweep the model cannot do (e.g. a fixed-size Linear at other resolutions) comes back as its error."""
     from torchbudget.gui import backend
@@ -31,7 +32,11 @@ def sweeps_for(workload, gpus: list[GpuSpec], cache) -> dict:
     except UserError as exc:
         out["batch_error"] = str(exc)
     try:
-        out["resolution_sweep"] = sweep_to_dict(backend.resolution_sweep(workload, gpus, cache))
+        if workload.seq_len is not None and workload.options.mode != "decode":   # token inputs: their length
+            out["max_seq_lens"] = [backend.planner_for(cache).max_seq_len(workload, gpu)[0] for gpu in gpus]
+            out["resolution_sweep"] = sweep_to_dict(backend.seq_len_sweep(workload, gpus, cache))
+        else:
+            out["resolution_sweep"] = sweep_to_dict(backend.resolution_sweep(workload, gpus, cache))
     except UserError as exc:
         out["resolution_error"] = str(exc)
     return out

@@ -108,6 +108,7 @@ class ClusterGroup(QGroupBox):
         options = state.workload.options
         chosen = vocab.strategy(options.strategy)
         several = chosen.name != "none"
+        self.world_spin.setSuffix(" GPU" if options.world_size == 1 else " GPUs")
         if show("world_size", "strategy") and source != "world_size":
             self.world_spin.setValue(options.world_size)
         if show("tp_size", "strategy", "world_size") and source != "tp_size":

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
 from torchbudget.engine.errors import UserError
 from torchbudget.engine.workload import Workload
 from torchbudget.gui import backend, user_code
-from torchbudget.gui.analysis_job import Request, run_request
+from torchbudget.gui.analysis_job import Request, has_seq_len_axis, run_request
 from torchbudget.gui.hardware_panel import HardwarePanel
 from torchbudget.gui.layer_model import LayerFilterProxy, LayerTreeModel, ModuleLatency
 from torchbudget.gui.model_runner import ModelProcessRunner
@@ -28,6 +28,13 @@ from torchbudget.gui.workload_panel import WorkloadPanel
 
 VIEW_TABS = ("Memory vs batch", "Latency vs batch", "Throughput vs batch", "Memory vs resolution", "Roofline",
              "Comparison")
+
+
+def batch_unit(workload: Workload) -> str:
+    """What the batch plots count: samples, sequences (token inputs) or concurrent sequences (decode)."""
+    if workload.options.mode == "decode":
+        return "decode"
+    return "sequences" if workload.seq_len is not None else "samples"
 
 
 def _import_view_modules():
@@ -451,14 +458,19 @@ class MainWindow(QMainWindow):
         self.plots.restore_titles()
         self.batch_sweep = sweep_from_dict(sweeps.get("batch_sweep"))
         if self.batch_sweep is not None:
+            self.plots.set_batch_unit(batch_unit(workload))
             self.plots.show_batch_sweep(self.batch_sweep, workload.batch_size)
         else:
             self.plots.show_unavailable(f"No batch sweep:<br>{sweeps.get('batch_error', '')}", "batch")
+        for gpu, best in zip(gpus, sweeps.get("max_seq_lens") or ()):
+            if best is not None:
+                backend.remember_max_seq_len(self.file_cache, workload, gpu, best)
         self.resolution_sweep = sweep_from_dict(sweeps.get("resolution_sweep"))
         if self.resolution_sweep is None and sweeps.get("resolution_error"):
-            self.plots.show_unavailable(f"No resolution sweep:<br>{sweeps['resolution_error']}", "resolution")
+            self.plots.show_unavailable(f"No {self._second_axis_word(workload)} sweep:<br>"
+                                        f"{sweeps['resolution_error']}", "resolution")
         else:
-            self.plots.show_resolution_sweep(self.resolution_sweep, image_side(workload))
+            self._show_second_axis(workload)
 
     def _on_partial(self, key: str, payload):
         if key == "evaluation":
@@ -468,14 +480,27 @@ class MainWindow(QMainWindow):
         elif key == "batch_sweep":
             self._sweep_keys["batch"], self.batch_sweep = payload
             self.plots.restore_titles()
+            self.plots.set_batch_unit(batch_unit(self.state.workload))
             self.plots.show_batch_sweep(self.batch_sweep, self.state.workload.batch_size)
         elif key == "resolution_sweep":
             self._sweep_keys["resolution"], self.resolution_sweep = payload
-            self.plots.show_resolution_sweep(self.resolution_sweep, image_side(self.state.workload))
+            self._show_second_axis(self.state.workload)
         elif key == "comparison":
             self.comparison = payload
             self.comparison_model.set_comparison(payload)
             self.comparison_charts.show(payload)
+
+    @staticmethod
+    def _second_axis_word(workload) -> str:
+        return "sequence-length" if has_seq_len_axis(workload) else "resolution"
+
+    def _show_second_axis(self, workload):
+        """The fourth plot and its tab: memory vs resolution (image inputs) or vs sequence length (tokens)."""
+        tokens = self.resolution_sweep is not None and self.resolution_sweep.axis == "seq_len"
+        self.plots.show_resolution_sweep(self.resolution_sweep, workload.seq_len if tokens else image_side(workload))
+        index = self.tabs.indexOf(self.plots.memory_vs_resolution)
+        if index >= 0:
+            self.tabs.setTabText(index, "Memory vs sequence length" if tokens else "Memory vs resolution")
 
     def _show_evaluation(self, evaluation):
         if not self._is_current(evaluation.workload):

@@ -1,5 +1,7 @@
 """Sweep plots (pyqtgraph): memory vs batch with each ticked GPU's capacity and largest-batch marker,
-latency and throughput vs batch, memory vs resolution. Fed by ``engine.solver.sweep``; units on every axis."""
+latency and throughput vs batch, and memory vs the second axis: resolution for image inputs, sequence length for
+token inputs (with each GPU's longest-sequence marker). Fed by ``engine.solver.sweep`` (the planner's sweeps);
+units on every axis: samples, or sequences for token models (concurrent sequences in decode)."""
 from __future__ import annotations
 
 import math
@@ -11,6 +13,14 @@ from torchbudget.gui.colors import plot_colors, series_color
 from torchbudget.gui.qt_fixes import keep_singletons_alive
 
 GIB = 2**30
+# what one batch element is, by workload kind: (x label, throughput label, noun)
+BATCH_UNITS = {
+    "samples": ("Batch size (samples, log scale)", "Throughput (samples/s)", "batch"),
+    "sequences": ("Batch size (sequences, log scale)", "Throughput (sequences/s)", "batch"),
+    "decode": ("Concurrent sequences (log scale)", "Throughput (new tokens/s, one per sequence per step)",
+               "sequences"),
+}
+AXIS_WORDS = {"batch": "batch", "resolution": "resolution", "seq_len": "sequence-length"}
 keep_singletons_alive()   # every redraw adds and removes items: see gui.qt_fixes
 
 
@@ -59,6 +69,40 @@ class SweepPlots:
         self.memory_vs_resolution.setToolTip("Memory needed at the current batch against square input resolution.")
         self._current_lines: list[tuple] = []   # (plot item, marker line)
         self._titles = {w: w.getPlotItem().titleLabel.text for w in self.widgets()}
+        self.batch_unit = "samples"
+        self.second_axis = "resolution"
+
+    def set_batch_unit(self, unit: str) -> None:
+        """'samples', 'sequences' (token inputs) or 'decode' (concurrent sequences, new tokens/s)."""
+        if unit == self.batch_unit:
+            return
+        self.batch_unit = unit
+        x_label, throughput, _ = BATCH_UNITS[unit]
+        _, foreground = plot_colors()
+        for w in (self.memory_vs_batch, self.latency_vs_batch, self.throughput_vs_batch):
+            w.getPlotItem().getAxis("bottom").setLabel(x_label, color=foreground.name())
+        self.throughput_vs_batch.getPlotItem().getAxis("left").setLabel(throughput, color=foreground.name())
+        self.throughput_vs_batch.setToolTip(throughput.split("(")[1].rstrip(")") + " at the estimated latency.")
+
+    def set_second_axis(self, axis: str) -> None:
+        """The fourth plot's axis: 'resolution' (image inputs) or 'seq_len' (token inputs)."""
+        if axis == self.second_axis:
+            return
+        self.second_axis = axis
+        tokens = axis == "seq_len"
+        title = "Memory needed vs sequence length" if tokens else "Memory needed vs resolution"
+        self._titles[self.memory_vs_resolution] = title
+        _, foreground = plot_colors()
+        item = self.memory_vs_resolution.getPlotItem()
+        item.setTitle(title, color=foreground.name())
+        item.setLogMode(x=tokens, y=False)
+        item.getAxis("bottom").setTicks(None)
+        item.getAxis("bottom").setLabel("Sequence length (tokens per sequence, log scale)" if tokens else
+                                        "Resolution (px, height = width)", color=foreground.name())
+        self.memory_vs_resolution.setToolTip(
+            "Memory needed at the current batch against the token inputs' length; triangles: the longest sequence "
+            "that fits on each GPU (Plan.max_seq_len)" if tokens else
+            "Memory needed at the current batch against square input resolution.")
 
     def restore_titles(self):
         _, foreground = plot_colors()
@@ -84,7 +128,7 @@ class SweepPlots:
         if not result.notes:
             return False
         if not result.points:
-            self.show_unavailable(f"No {result.axis} sweep:<br>{result.notes[-1]}", which)
+            self.show_unavailable(f"No {AXIS_WORDS.get(result.axis, result.axis)} sweep:<br>{result.notes[-1]}", which)
             return True
         _, foreground = plot_colors()
         for w in self.widgets()[:3] if which == "batch" else self.widgets()[3:]:
@@ -140,28 +184,38 @@ class SweepPlots:
         self._current_lines = live
         for _, line in live:
             line.setValue(math.log10(batch))
-            line.label.setFormat(f"batch {batch}")
+            line.label.setFormat(f"{BATCH_UNITS[self.batch_unit][2]} {batch}")
 
     def show_resolution_sweep(self, result, current_resolution: int | None):
+        """The second axis's sweep: resolution, or sequence length (``result.axis == "seq_len"``)."""
         item = self.memory_vs_resolution.getPlotItem()
         item.clear()
         if result is None:
-            item.setTitle("Memory needed vs resolution (the model has no image input)")
+            item.setTitle("Memory needed vs resolution (the model has no image or token input to vary)")
             return
+        self.set_second_axis("seq_len" if result.axis == "seq_len" else "resolution")
         item.setTitle(self._titles[self.memory_vs_resolution], color=plot_colors()[1].name())
         if self._left_out(result, "resolution"):
             return
         xs = [p.value for p in result.points]
         self._memory_curves(item, result, xs)
+        tokens = result.axis == "seq_len"
         for i, gpu in enumerate(result.gpus):
             self._capacity_line(item, gpu.capacity_bytes / GIB, gpu.gpu_name, i)
+            if tokens and gpu.max_seq_len and xs:
+                needed_at = _interpolate(xs, [p.per_gpu[i].required_bytes for p in result.points], gpu.max_seq_len)
+                item.plot([gpu.max_seq_len], [needed_at / GIB], pen=None, symbol="t", symbolSize=12,
+                          symbolBrush=series_color(i),
+                          name=f"longest sequence on {gpu.gpu_name}: {gpu.max_seq_len:,}")
         _leave_room_for_legend(item, _needed_gib(result), [g.capacity_bytes / GIB for g in result.gpus])
         if current_resolution:
             _, foreground = plot_colors()
-            item.addItem(pg.InfiniteLine(pos=current_resolution, angle=90,
+            if tokens:   # powers of two only (the grid's other points are the longest sequences and one more)
+                item.getAxis("bottom").setTicks([[(math.log10(n), f"{n:,}") for n in xs if n & (n - 1) == 0]])
+            item.addItem(pg.InfiniteLine(pos=math.log10(current_resolution) if tokens else current_resolution, angle=90,
                                          pen=pg.mkPen(foreground, width=1, style=Qt.PenStyle.DotLine),
-                                         label=f"{current_resolution} px", labelOpts={"position": 0.92,
-                                                                                    "color": foreground}),
+                                         label=f"{current_resolution:,} tokens" if tokens else f"{current_resolution} px",
+                                         labelOpts={"position": 0.92, "color": foreground}),
                          ignoreBounds=True)
 
     @staticmethod

@@ -18,6 +18,10 @@ TOKEN_MODEL = Path(__file__).resolve().parents[1] / "tests" / "models" / "tiny_l
 TOKEN_WORKLOAD = {"format": "torchbudget-workload/1", "model": f"{TOKEN_MODEL}:TinyLlama",
                   "inputs": ["input_ids=8x1:int64"], "mode": "decode", "precision": "bf16", "context_len": 2048,
                   "kv_dtype": "fp8"}
+# several GPUs: the same Llama trained with FSDP over 8 H100s (the cluster panel, the per-rank verdict, the step bar)
+CLUSTER_WORKLOAD = {"format": "torchbudget-workload/1", "model": f"{TOKEN_MODEL}:TinyLlama",
+                    "inputs": ["input_ids=8x512:int64"], "mode": "train", "precision": "bf16-amp",
+                    "strategy": "fsdp", "world_size": 8}
 SIZE = (1600, 1000)
 TIMEOUT_S = 600
 
@@ -120,6 +124,16 @@ def render(out_dir: str) -> list[Path]:
         token.grab().save(str(path), "PNG")
         written.append(path)
         token.close()
+        cluster = _open_window(app, tmp, json.dumps(CLUSTER_WORKLOAD), ticked=(), primary="H100 SXM")
+        _show_tab(app, cluster, "Memory vs sequence length")
+        from PySide6.QtWidgets import QScrollArea
+
+        cluster.findChild(QScrollArea).ensureWidgetVisible(cluster.workload_panel.cluster_group)
+        app.processEvents()
+        path = out / "cluster.png"
+        cluster.grab().save(str(path), "PNG")
+        written.append(path)
+        cluster.close()
     return written
 
 

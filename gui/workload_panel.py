@@ -212,7 +212,7 @@ class WorkloadPanel(QGroupBox):
                                        "train in fp32; the base is frozen")
         ft_form.addRow("LoRA rank", self._with_error(self.lora_rank_spin, "lora_rank"))
         self.lora_targets_edit = QLineEdit()
-        self.lora_targets_edit.setPlaceholderText("the model family's, e.g. q_proj,v_proj")
+        self.lora_targets_edit.setPlaceholderText("family default, e.g. q_proj,v_proj")
         self.lora_targets_edit.setToolTip("Module names or patterns the adapters go on, comma-separated (applied "
                                           "on Enter or when the field loses focus)")
         ft_form.addRow("LoRA targets", self._with_error(self.lora_targets_edit, "lora_targets"))

@@ -233,6 +233,9 @@ def test_every_workload_field_survives_save_open_settings_and_export(qtbot, tmp_
         assert "\n" not in window.verdict.summary.text()
     else:
         evaluation = wait_for_plans(qtbot, window, lambda ev: ev.workload == expected, timeout=120_000)
+        if expected.options.distributed:   # rank 0's collectives came back from the model's process (serialize)
+            assert evaluation.plans[0].distributed.world_size == expected.options.world_size
+            assert evaluation.result.distributed.collectives
         if class_name == "Net":   # num_classes=10 reached it; LoRA rank 4 on fc: 4 x (4 + 10) adapter parameters
             assert evaluation.result.totals.trainable_params == 4 * (4 + 10)
             assert evaluation.result.totals.params == (3 * 4 * 9 + 4) + (4 * 10 + 10) + 4 * (4 + 10)

@@ -67,6 +67,20 @@ def test_token_model_decode_and_lora_through_the_window(qtbot, window):
     panel.seq_len_slider.setValue(2)   # steps of 64 positions
     assert panel.state.workload.seq_len == 128 and panel.seq_len_spin.value() == 128
     assert not panel.generation_group.isVisibleTo(panel) and not panel.finetune_group.isVisibleTo(panel)
+    # the longest sequence at this batch and memory against sequence length, from the model's own process
+    solved = wait_for_plans(qtbot, window, lambda ev: ev.workload == panel.state.workload and ev.plans[0].max_seq_len,
+                            timeout=WAIT)
+    longest = solved.plans[0].max_seq_len
+    assert window.verdict.figure_text("max_seq_len") == f"{longest:,} tokens at batch 2"
+    qtbot.waitUntil(lambda: window.resolution_sweep is not None and window.resolution_sweep.axis == "seq_len"
+                    and window._file_sweeps_for[0] == panel.state.workload.key(), timeout=WAIT)
+    sweep = window.resolution_sweep
+    assert sweep.gpus[0].max_seq_len == longest and {128, longest} <= {p.value for p in sweep.points}
+    assert [p.per_gpu[0].fits for p in sweep.points if p.value in (longest, longest + 1)] == [True, False][
+        :len([p for p in sweep.points if p.value in (longest, longest + 1)])]
+    tabs = window.tabs
+    assert tabs.tabText(tabs.indexOf(window.plots.memory_vs_resolution)) == "Memory vs sequence length"
+    assert window.plots.memory_vs_batch.getPlotItem().getAxis("bottom").labelText.startswith("Batch size (sequences")
 
     # decode: one new token per sequence against a KV cache of the context's tokens, stored in fp8
     panel.inputs_edit.selectAll()
@@ -88,6 +102,9 @@ def test_token_model_decode_and_lora_through_the_window(qtbot, window):
     assert verdict.figure_text("kv_cache") == f"{human_bytes(g.kv_read_bytes)} (2 × 256 tokens)"
     assert verdict.figure_text("tokens_per_s").startswith(f"{g.tokens_per_s:,.0f} (")
     assert not verdict.max_batch.isVisibleTo(verdict)   # sequences, not samples, count in decode
+    qtbot.waitUntil(lambda: window.batch_sweep is not None and window._file_sweeps_for[0] == panel.state.workload.key(),
+                    timeout=WAIT)
+    assert window.plots.memory_vs_batch.getPlotItem().getAxis("bottom").labelText.startswith("Concurrent sequences")
     # the model's process solves the largest number of sequences and the largest context
     solved = wait_for_plans(qtbot, window, lambda ev: ev.workload == panel.state.workload
                             and ev.plans[0].max_batch and ev.plans[0].generation.max_context, timeout=WAIT)
