@@ -376,3 +376,99 @@ def test_cli_several_gpus_bad_input_is_one_line(capsys, argv, message):
     assert run_cli([*argv, "--mode", "train", "--no-max-batch"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+# --- sequence parallel (torchtitan's Llama plan) -------------------------------------------------------------
+
+def mha_llama():
+    """tiny_llms' Llama with 4 KV heads, so that TP 4 gives every rank whole heads."""
+    from tests.models.tiny_llms import _on_meta
+
+    return _on_meta(transformers.LlamaForCausalLM, transformers.LlamaConfig(**dict(LLAMA, num_key_value_heads=4)))
+
+
+@pytest.fixture(scope="module")
+def tp_pairs():
+    """{tp: (without sequence parallel, with it)}: fp32 training of the 4-KV-head Llama at 2x16 tokens."""
+    model = mha_llama()
+    return {tp: tuple(analyze(model, TOKENS, mode="train", strategy="tp", world_size=tp, sequence_parallel=sp,
+                              optimizer_impl="foreach") for sp in (False, True)) for tp in (2, 4)}
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_sequence_parallel_shards_norms_and_residuals(tp_pairs, tp):
+    """What SP shards, as a closed form: every RMSNorm (2 per layer + the final one) saves its input (the residual
+    stream), the normalised tensor (B x S x H each, fp32) and its rsqrt (B x S x 1); with SP each rank keeps
+    S/tp of them. The tensors the projections save (the gathered full-sequence input, q/k/v, attention) are
+    the same either way, as are the parameters."""
+    plain, sp = tp_pairs[tp]
+    b, s, h, layers = 2, 16, LLAMA["hidden_size"], LLAMA["num_hidden_layers"]
+    norms = 2 * layers + 1
+    saved = norms * (2 * b * h * 4 + b * 4)               # bytes per sequence position the norms save
+    assert allocated(plain, MemoryCategory.ACTIVATIONS) - allocated(sp, MemoryCategory.ACTIVATIONS) \
+        == saved * (s - s // tp)
+    assert at_start(sp, MemoryCategory.WEIGHTS) == at_start(plain, MemoryCategory.WEIGHTS)
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_sequence_parallel_turns_all_reduces_into_all_gather_reduce_scatter_pairs(tp_pairs, tp):
+    """Megatron without SP: one all-reduce per row-wise region in forward (o, down per layer; the embedding) and
+    one per column-wise region in backward (attention, MLP; the head), of the full B x S x H activation. With SP
+    each becomes a reduce-scatter and an all-gather of the same S (nccl-tests' bytes): the same bus time. The
+    norms' weight gradients, partial sums over each rank's part of the sequence, are all-reduced (H x 4 bytes)."""
+    plain, sp = tp_pairs[tp]
+    b, s, h, layers = 2, 16, LLAMA["hidden_size"], LLAMA["num_hidden_layers"]
+    activation = b * s * h * 4
+    regions = 2 * layers + 1
+    for phase in (Phase.FORWARD, Phase.BACKWARD):
+        assert [c.nbytes for c in calls(plain, "all_reduce", phase)] == [activation] * regions
+        assert not calls(plain, "all_gather", phase) and not calls(plain, "reduce_scatter", phase)
+        assert [c.nbytes for c in calls(sp, "all_gather", phase)] == [activation] * regions
+        assert [c.nbytes for c in calls(sp, "reduce_scatter", phase)] == [activation] * regions
+        assert not calls(sp, "all_reduce", phase)
+    # forward: the embedding and each row-wise projection reduce-scatter, each attention/MLP and the head gather
+    kinds = [c.kind for c in calls(sp, "all_gather", Phase.FORWARD) + calls(sp, "reduce_scatter", Phase.FORWARD)]
+    assert kinds.count("all_gather") == kinds.count("reduce_scatter")
+    assert {c.nbytes for c in calls(sp, "all_reduce")} == {h * 4}
+    assert {c.phase for c in calls(sp, "all_reduce")} == {Phase.OPTIMIZER}
+    time = lambda result: sum(comm.collective_seconds(c.kind, c.nbytes, tp, 100.0, 1.0, 0.0)  # noqa: E731
+                              for c in result.distributed.collectives if c.phase is not Phase.OPTIMIZER)
+    assert time(sp) == pytest.approx(time(plain))
+    assert {c.group for c in sp.distributed.collectives} == {"tp"}
+
+
+def test_sequence_parallel_with_fsdp_and_checkpointing_on_mistral():
+    """FSDP + TP + SP on Mistral (sliding-window mask from the full sequence) with checkpointed blocks: TP is
+    applied to the bare blocks before they are wrapped (torchtitan's order), so the projections are sharded."""
+    mistral = str(Path(__file__).parent / "models" / "tiny_llms.py") + ":TinyMistral"
+    result = analyze(mistral, TOKENS, mode="train", strategy="fsdp+tp", world_size=4, tp_size=2,
+                     sequence_parallel=True, checkpointing=True, optimizer_impl="foreach")
+    shapes = llama_shapes()
+    norms = sum(numel(s) for name, s in shapes.items() if "norm" in name)
+    # TP 2 then FSDP over the 2 data-parallel ranks: the projections by 4, the norms by 2 (FSDP only)
+    assert at_start(result, MemoryCategory.WEIGHTS) == ((PARAMS - norms) // 4 + norms // 2) * 4
+    assert calls(result, "all_gather", Phase.FORWARD) and calls(result, "reduce_scatter", Phase.FORWARD)
+    assert {c.group for c in calls(result, "reduce_scatter", Phase.FORWARD) if c.nbytes == 2 * 16 * 128 * 4} \
+        == {"tp"}
+
+
+def test_tensor_parallel_needs_whole_heads_per_rank():
+    with pytest.raises(UserError, match="does not divide the 2 heads of model.layers.0.self_attn.k_proj"):
+        analyze(LLAMA_FILE, TOKENS, mode="train", strategy="tp", world_size=4)
+
+
+def test_sequence_parallel_plan_for_a_tied_head():
+    """A tied embedding and head stay whole: the stream is split after the embedding and gathered before the head."""
+    from torch.distributed.tensor.parallel import PrepareModuleInput, PrepareModuleOutput
+
+    from torchbudget.engine.distributed.strategies import tp_plan
+    from torchbudget.engine.tracing.blocks import find_blocks
+
+    model = mha_llama()
+    model.lm_head.weight = model.model.embed_tokens.weight
+    plan = tp_plan(model, find_blocks(model), 2, True)
+    assert isinstance(plan["model.embed_tokens"], PrepareModuleOutput)
+    assert isinstance(plan["lm_head"], PrepareModuleInput)
+    assert type(plan["model.layers.0.self_attn"]).__name__ == "BlockInput"
+    assert type(plan["model.norm"]).__name__ == "SequenceParallel"
+    assert "model.layers.0.input_layernorm" in plan and "model.layers.0.self_attn.q_proj" in plan

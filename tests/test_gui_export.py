@@ -152,10 +152,9 @@ ROUNDS = {
         "sequence_parallel": ("sp", True),
     }),
 }
-# What the engine refuses to trace today (the window shows its one line; the fields still round-trip):
-# sequence parallel on a Llama breaks in the rotary embedding (positions from the sequence-sharded residual
-# stream: 8 of 16 on 2 ranks), also from the CLI (plan --strategy tp --sequence-parallel).
-ENGINE_REFUSES = {"sequence parallel": "shapes broke at model.layers.0.self_attn"}
+# What the engine refuses to trace today (the window shows its one line; the fields still round-trip): none
+# (sequence parallel on a Llama, once refused in the rotary embedding, is traced since torchtitan's plan)
+ENGINE_REFUSES: dict[str, str] = {}
 
 
 def test_every_option_has_a_control():

@@ -117,10 +117,52 @@ def _fsdp(model: nn.Module, units: list[tuple[str, nn.Module]], mesh, *, reshard
     return model
 
 
-def tp_plan(model: nn.Module, blocks: list[tuple[str, nn.Module]], tp: int, sequence_parallel: bool) -> dict:
-    """{module path: ParallelStyle} for parallelize_module (torchtitan's Llama plan, found by projection names)."""
+def _block_input(sequence_parallel: bool):
+    """``PrepareModuleInput`` before an attention or MLP module (torchtitan's plan): its input made one
+    replicated DTensor for all its column-wise projections, so their input gradients are summed locally and
+    all-reduced once in backward (Megatron's ``f``), not once per projection. Under sequence parallel the input
+    (a norm's output, sharded along the sequence) is all-gathered to the full sequence first, so q/k/v are
+    full-sequence and rotary embeddings, masks and reshapes computed for the full sequence match. The input comes
+    positionally (an MLP) or as ``hidden_states=`` (transformers' attention)."""
     from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
+    from torch.distributed.tensor.parallel import PrepareModuleInput
+
+    given = Shard(1) if sequence_parallel else Replicate()
+
+    class BlockInput(PrepareModuleInput):
+        def __init__(self):
+            super().__init__(input_layouts=(given,), desired_input_layouts=(Replicate(),),
+                             input_kwarg_layouts={"hidden_states": given},
+                             desired_input_kwarg_layouts={"hidden_states": Replicate()})
+
+        def _prepare_input_fn(self, inputs, device_mesh):
+            if not isinstance(inputs, tuple):
+                inputs = (inputs,)
+            if not inputs:   # called with keywords only: hidden_states= is prepared by the keyword path
+                return inputs
+            return (self._prepare_input_arg(inputs[0], device_mesh, given, Replicate()), *inputs[1:])
+
+    return BlockInput()
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return "norm" in type(module).__name__.lower() and _is_leaf(module)
+
+
+def tp_plan(model: nn.Module, blocks: list[tuple[str, nn.Module]], tp: int, sequence_parallel: bool) -> dict:
+    """{module path: ParallelStyle} for parallelize_module (torchtitan's Llama plan, found by projection names).
+
+    Without sequence parallel (Megatron): column-wise projections take the replicated hidden states, row-wise
+    ones all-reduce their output. With it (torchtitan's ``parallelize_llama``, torch's TP tutorial): the
+    residual stream is sharded along the sequence (dim 1) between the blocks' parallel regions: the embedding
+    reduce-scatters its output to Shard(1), the blocks' norms and the final norm run ``SequenceParallel``, each
+    attention / MLP module all-gathers its input (``PrepareModuleInput``), its row-wise projection
+    reduce-scatters back to Shard(1), and the head all-gathers its input. The stream stays a DTensor (global
+    shape) between the styles, so a transformers model's positions, rotary embeddings and masks, derived from
+    the embeddings' shape, are those of the full sequence."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, PrepareModuleOutput,
+                                                   RowwiseParallel, SequenceParallel)
 
     if not blocks:
         raise UserError("tensor parallel needs a model made of repeated transformer blocks (a ModuleList of "
@@ -136,22 +178,38 @@ def tp_plan(model: nn.Module, blocks: list[tuple[str, nn.Module]], tp: int, sequ
                     col.append((sub, module))
                 elif leaf in ROWWISE:
                     row.append((sub, module))
-            elif sequence_parallel and "norm" in type(module).__name__.lower():
-                plan[f"{path}.{sub}"] = SequenceParallel()
         if not col or not row:
             raise UserError(f"tensor parallel: {path} ({type(block).__name__}) has no projections it can split "
                             f"(column-wise: {', '.join(sorted(COLWISE)[:8])}…; row-wise: "
                             f"{', '.join(sorted(ROWWISE)[:6])}…, as nn.Linear)", field="strategy")
+        # the modules whose input is gathered once for all their column-wise projections (attention, MLP)
+        gathered = {sub.rpartition(".")[0] for sub, _ in col} - {""}
         for sub, module in col:
             if module.out_features % tp:
                 raise UserError(f"tensor parallel degree {tp} does not divide the {module.out_features} output "
                                 f"features of {path}.{sub}", field="tp_size")
-            plan[f"{path}.{sub}"] = ColwiseParallel(input_layouts=seq) if sequence_parallel else ColwiseParallel()
+            owner = sub.rpartition(".")[0]
+            head_dim = getattr(block.get_submodule(owner), "head_dim", None) if owner else None
+            if isinstance(head_dim, int) and head_dim > 0 and (module.out_features // tp) % head_dim:
+                raise UserError(f"tensor parallel degree {tp} does not divide the {module.out_features // head_dim} "
+                                f"heads of {path}.{sub} ({module.out_features} features, heads of {head_dim}): "
+                                "each rank needs whole heads (with grouped-query attention, whole KV heads)",
+                                field="tp_size")
+            # a projection directly in the block takes its own input (torch's tests' feed_forward.w1)
+            plan[f"{path}.{sub}"] = ColwiseParallel(input_layouts=seq) if sequence_parallel and not owner \
+                else ColwiseParallel()
         for sub, module in row:
             if module.in_features % tp:
                 raise UserError(f"tensor parallel degree {tp} does not divide the {module.in_features} input "
                                 f"features of {path}.{sub}", field="tp_size")
-            plan[f"{path}.{sub}"] = RowwiseParallel(output_layouts=seq) if sequence_parallel else RowwiseParallel()
+            plan[f"{path}.{sub}"] = RowwiseParallel(output_layouts=seq, use_local_output=False) \
+                if sequence_parallel else RowwiseParallel()
+        for owner in sorted(gathered):
+            plan[f"{path}.{owner}"] = _block_input(sequence_parallel)
+        if sequence_parallel:
+            for sub, module in block.named_modules():   # the block's own norms (not a q/k norm inside attention)
+                if sub and _is_norm(module) and not any(sub.startswith(g + ".") for g in gathered):
+                    plan[f"{path}.{sub}"] = SequenceParallel()
     inside = tuple(p + "." for p, _ in blocks)
     embeddings = [(p, m) for p, m in model.named_modules() if isinstance(m, nn.Embedding) and not p.startswith(inside)]
     if embeddings:
@@ -160,14 +218,23 @@ def tp_plan(model: nn.Module, blocks: list[tuple[str, nn.Module]], tp: int, sequ
                  and m.out_features == embed.num_embeddings]
         tied = any(h.weight is embed.weight for _, h in heads)
         if not tied:
-            plan[epath] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq if sequence_parallel
-                                          else Replicate())
+            plan[epath] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq, use_local_output=False) \
+                if sequence_parallel else RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
             for hpath, _ in heads:   # logits stay sharded by vocabulary (loss parallel)
                 plan[hpath] = ColwiseParallel(input_layouts=seq if sequence_parallel else Replicate(),
                                               output_layouts=Shard(-1), use_local_output=True)
+        elif sequence_parallel:   # a tied embedding and head stay whole: the stream is split and gathered around
+            plan[epath] = PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=seq,
+                                              use_local_output=False)
+            for hpath, _ in heads:
+                plan[hpath] = PrepareModuleInput(input_layouts=seq, desired_input_layouts=Replicate(),
+                                                 use_local_output=True)
+    elif sequence_parallel:
+        raise UserError("sequence parallel needs the model's token embedding (an nn.Embedding outside the blocks) "
+                        "to shard the sequence after it; this model has none", field="sequence_parallel")
     if sequence_parallel:
         for p, m in model.named_modules():
-            if not p.startswith(inside) and p and "norm" in type(m).__name__.lower() and _is_leaf(m):
+            if p and not p.startswith(inside) and _is_norm(m):
                 plan[p] = SequenceParallel()
     return plan
 
@@ -177,9 +244,12 @@ def _tensor_parallel(model: nn.Module, blocks, mesh, tp: int, sequence_parallel:
 
     plan = tp_plan(model, blocks, tp, sequence_parallel)
     parallelize_module(model, mesh, plan)
+    from torch.distributed.tensor.parallel import PrepareModuleInput
+
     styles: dict[str, int] = {}
-    for style in plan.values():
-        styles[type(style).__name__] = styles.get(type(style).__name__, 0) + 1
+    for style in plan.values():   # torch's style names (BlockInput is a PrepareModuleInput)
+        name = "PrepareModuleInput" if isinstance(style, PrepareModuleInput) else type(style).__name__
+        styles[name] = styles.get(name, 0) + 1
     prepared.notes.append(f"tensor parallel over {tp} rank(s): " + ", ".join(f"{n} {s}" for s, n in styles.items())
                           + (" (sequence parallel)" if sequence_parallel else ""))
 
@@ -194,6 +264,10 @@ def prepare(model: nn.Module, options, cluster, *, autocast_dtype: torch.dtype |
     own, _, _ = own_checkpointing(model)
     for path in own:
         model.get_submodule(path).gradient_checkpointing = False
+    # torchtitan's order: tensor parallel on the bare blocks (its plan names their submodules), then activation
+    # checkpointing around them, then FSDP over the checkpointed blocks
+    if vocab.strategy(strategy).tensor_parallel:
+        _tensor_parallel(model, blocks, cluster.submesh("tp"), options.tp_size, options.sequence_parallel, prepared)
     if options.training and (options.checkpointing or own):
         units = checkpoint_blocks(model, blocks)
         prepared.notes.append(checkpoint_note(blocks) + (
@@ -202,8 +276,6 @@ def prepare(model: nn.Module, options, cluster, *, autocast_dtype: torch.dtype |
             "; asked for by the model itself (transformers gradient_checkpointing_enable), traced per block"))
     else:
         units = blocks
-    if vocab.strategy(strategy).tensor_parallel:
-        _tensor_parallel(model, blocks, cluster.submesh("tp"), options.tp_size, options.sequence_parallel, prepared)
     runnable = model
     if strategy in ("fsdp", "fsdp-grad-op", "fsdp+tp"):
         try:
