@@ -472,3 +472,41 @@ def test_sequence_parallel_plan_for_a_tied_head():
     assert type(plan["model.layers.0.self_attn"]).__name__ == "BlockInput"
     assert type(plan["model.norm"]).__name__ == "SequenceParallel"
     assert "model.layers.0.input_layernorm" in plan and "model.layers.0.self_attn.q_proj" in plan
+
+
+def test_traces_leave_the_process_as_they_found_it():
+    """torch's init_process_group wraps sys.excepthook to prefix tracebacks with "[rank0]: " and
+    destroy_process_group leaves it: every in-process trace added one more prefix. The session restores it;
+    logging (handlers, formatters, levels of the loggers that existed) is untouched too."""
+    import contextlib
+    import io
+    import logging
+    import sys
+
+    def logging_state():
+        loggers = {"": logging.getLogger()} | {name: logger for name, logger in logging.Logger.manager.loggerDict.items()
+                                               if isinstance(logger, logging.Logger)}
+        return {name: (logger.level, logger.propagate, logger.disabled, tuple(logger.filters),
+                       tuple((h, h.formatter, h.level, tuple(h.filters)) for h in logger.handlers))
+                for name, logger in loggers.items()}
+
+    analyze(LLAMA_FILE, TOKENS, mode="infer", strategy="tp", world_size=2)   # imports done: their loggers exist
+    factory, before = logging.getLogRecordFactory(), logging_state()
+    hook = sys.excepthook    # pytest-qt's, during a test: the interpreter's own while the traces run
+    sys.excepthook = sys.__excepthook__
+    try:
+        analyze(LLAMA_FILE, TOKENS, mode="train", strategy="fsdp", world_size=2)
+        analyze(LLAMA_FILE, TOKENS, mode="train", strategy="tp", world_size=2, sequence_parallel=True)
+        assert sys.excepthook is sys.__excepthook__
+        try:
+            raise RuntimeError("uncaught")
+        except RuntimeError:
+            printed = io.StringIO()
+            with contextlib.redirect_stderr(printed):
+                sys.excepthook(*sys.exc_info())
+    finally:
+        sys.excepthook = hook
+    assert "RuntimeError: uncaught" in printed.getvalue() and "[rank" not in printed.getvalue()
+    assert logging.getLogRecordFactory() is factory
+    after = logging_state()
+    assert {name: after[name] for name in before} == before

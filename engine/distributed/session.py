@@ -2,7 +2,8 @@
 
 A process group is process-global state: ``fake_cluster`` creates it (torch's ``fake`` backend: every
 collective returns at once, no data moves) with its device mesh, and destroys it in ``finally``, so nothing is
-left behind for the GUI, the tests or the next trace; the caller holds engine.trace's trace lock. A process that
+left behind for the GUI, the tests or the next trace (also ``sys.excepthook``, which ``init_process_group`` wraps
+to prefix tracebacks with ``[rank0]:`` and ``destroy_process_group`` leaves: one more prefix per trace); the caller holds engine.trace's trace lock. A process that
 already has a process group of its own (a real training job, a notebook) is refused rather than disturbed.
 
 While the session is open (and only then):
@@ -18,6 +19,7 @@ While the session is open (and only then):
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -77,7 +79,14 @@ def fake_cluster(world_size: int, tp_size: int = 1, mesh_dims: tuple[str, ...] =
     if dist.is_initialized():
         raise UserError("this process already has a torch.distributed process group; a distributed plan needs a "
                         "fake one of its own: run it in a fresh process", field="strategy")
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    # init_process_group wraps sys.excepthook to prefix every line of an uncaught traceback with "[rank0]: "
+    # (and destroy_process_group leaves it): each trace would add one more prefix in this process
+    saved_excepthook = sys.excepthook
+    try:
+        dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    except BaseException:
+        _restore_excepthook(saved_excepthook)
+        raise
     cluster = FakeCluster(world_size, tp_size)
     try:
         with _patched(cluster):
@@ -94,7 +103,17 @@ def fake_cluster(world_size: int, tp_size: int = 1, mesh_dims: tuple[str, ...] =
                 cluster.group_ranks[d] = tuple(dist.get_process_group_ranks(group))
             yield cluster
     finally:
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        finally:
+            _restore_excepthook(saved_excepthook)
+
+
+def _restore_excepthook(saved) -> None:
+    """Put back the hook a process group init found, if torch's rank-prefixing wrapper is what is there now (a
+    hook someone else set meanwhile is theirs to keep)."""
+    if getattr(sys.excepthook, "__name__", "") == "_distributed_excepthook":
+        sys.excepthook = saved
 
 
 @contextlib.contextmanager
