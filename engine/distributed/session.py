@@ -3,8 +3,9 @@
 A process group is process-global state: ``fake_cluster`` creates it (torch's ``fake`` backend: every
 collective returns at once, no data moves) with its device mesh, and destroys it in ``finally``, so nothing is
 left behind for the GUI, the tests or the next trace (also ``sys.excepthook``, which ``init_process_group`` wraps
-to prefix tracebacks with ``[rank0]:`` and ``destroy_process_group`` leaves: one more prefix per trace); the caller holds engine.trace's trace lock. A process that
-already has a process group of its own (a real training job, a notebook) is refused rather than disturbed.
+to prefix tracebacks with ``[rank0]:`` and ``destroy_process_group`` leaves: one more prefix per trace); the
+caller holds engine.trace's trace lock. A process that already has a process group of its own (a real training
+job, a notebook) is refused rather than disturbed.
 
 While the session is open (and only then):
 
