@@ -248,6 +248,62 @@ def test_tp_on_a_model_without_projections_is_one_line():
 def test_fine_tuning_with_a_strategy_is_refused():
     with pytest.raises(UserError, match="not supported yet"):
         analyze(LLAMA_FILE, TOKENS, mode="train", strategy="fsdp", world_size=2, grad_accum=2)
+    # tensor parallel splits nn.Linear layers by name, which peft's LoRA layers are not; QLoRA + FSDP would
+    # need bitsandbytes' quant_storage
+    with pytest.raises(UserError, match="not supported yet: --lora-rank with --strategy tp"):
+        analyze(LLAMA_FILE, TOKENS, mode="train", strategy="tp", world_size=2, lora_rank=8)
+    with pytest.raises(UserError, match="not supported yet: --base-dtype nf4 with --strategy fsdp"):
+        analyze(LLAMA_FILE, TOKENS, mode="train", strategy="fsdp", world_size=2, lora_rank=8, base_dtype="nf4",
+                precision="bf16-amp")
+
+
+def lora_params(rank: int) -> tuple[int, int]:
+    """peft's default targets on the Llama (q, k, v, o): A is rank x in, B is out x rank. (params, tensors)"""
+    h = LLAMA["hidden_size"]
+    kv = LLAMA["num_key_value_heads"] * h // LLAMA["num_attention_heads"]
+    per_layer = rank * (h + h) + 2 * rank * (h + kv) + rank * (h + h)
+    return per_layer * LLAMA["num_hidden_layers"], 8 * LLAMA["num_hidden_layers"]
+
+
+def test_lora_with_fsdp_shards_everything_and_trains_only_the_adapters():
+    """LoRA + FSDP as users run it: peft on a meta copy before fully_shard; the frozen base is sharded (and
+    gathered like any parameter), but has no gradient, no reduce-scatter and no optimizer state."""
+    result = analyze(LLAMA_FILE, TOKENS, mode="train", strategy="fsdp", world_size=8, lora_rank=8,
+                     optimizer_impl="foreach")
+    adapters, tensors = lora_params(8)
+    assert adapters == 21_504
+    assert result.totals.trainable_params == adapters
+    assert result.distributed.global_params == PARAMS + adapters
+    assert at_start(result, MemoryCategory.WEIGHTS) == (PARAMS + adapters) * 4 // 8   # every dim 0 divides by 8
+    # AdamW's two fp32 moments of rank 0's shard of each adapter (8 B x adapters / N), one step tensor each
+    assert allocated(result, MemoryCategory.OPTIMIZER_STATE) == 8 * adapters // 8 + 4 * tensors
+    assert sum(c.nbytes for c in calls(result, "reduce_scatter")) == adapters * 4
+    assert sum(c.nbytes for c in calls(result, "all_gather")) == (2 * (PARAMS + adapters) - ROOT_PARAMS) * 4
+    assert any("LoRA rank 8" in note for note in result.policies)
+
+
+def test_lora_with_ddp_and_a_bf16_base():
+    """DDP buckets only what trains: the fp32 adapters' gradients (twice: .grad and the bucket); the frozen base
+    is stored in bf16."""
+    result = analyze(LLAMA_FILE, TOKENS, mode="train", strategy="ddp", world_size=2, lora_rank=8, precision="bf16",
+                     base_dtype="bf16", optimizer_impl="foreach")
+    adapters, tensors = lora_params(8)
+    assert at_start(result, MemoryCategory.WEIGHTS) == PARAMS * 2 + adapters * 4
+    assert sum(c.nbytes for c in calls(result, "all_reduce", Phase.BACKWARD)) == adapters * 4
+    assert allocated(result, MemoryCategory.GRADIENTS) == 2 * adapters * 4
+    assert allocated(result, MemoryCategory.OPTIMIZER_STATE) == 8 * adapters + 4 * tensors
+
+
+def test_freeze_with_fsdp():
+    result = analyze(LLAMA_FILE, TOKENS, mode="train", strategy="fsdp", world_size=4, optimizer_impl="foreach",
+                     freeze=("model.embed_tokens.*", "model.layers.0.*"))
+    shapes = llama_shapes()
+    frozen = {n: s for n, s in shapes.items() if n.startswith(("model.embed_tokens.", "model.layers.0."))}
+    trained = PARAMS - sum(numel(s) for s in frozen.values())
+    assert result.totals.trainable_params == trained
+    assert at_start(result, MemoryCategory.WEIGHTS) == PARAMS * 4 // 4
+    assert sum(c.nbytes for c in calls(result, "reduce_scatter")) == trained * 4
+    assert allocated(result, MemoryCategory.OPTIMIZER_STATE) == 8 * trained // 4 + 4 * (N_TENSORS - len(frozen))
 
 
 def test_fewest_gpus_and_strategies_side_by_side():

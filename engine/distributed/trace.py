@@ -19,10 +19,12 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_leaves
 
+from torchbudget.engine import finetune, vocab
 from torchbudget.engine import trace as single
 from torchbudget.engine.errors import InputSpecError, UserError
 from torchbudget.engine.inputs import InputSpec
 from torchbudget.engine.ops.collective import register_fsdp_ops
+from torchbudget.engine.quantized import QUANTIZED_BASE_DTYPES
 from torchbudget.engine.results import AnalysisResult, DistributedInfo, MemoryCategory, Phase, TraceOptions
 from torchbudget.engine.target import CudaSemantics
 from torchbudget.engine.tracing import assemble, generation, hf_masks, training
@@ -51,12 +53,16 @@ def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: Tr
     unbuilt = single._not_built_yet(options)
     if unbuilt:
         raise UserError(f"not supported yet: {unbuilt}", field="mode")
-    finetuning = {"--lora-rank": options.lora_rank, "--freeze": options.freeze,
-                  "--base-dtype": options.base_dtype != "auto", "--grad-accum": options.grad_accum > 1}
-    unbuilt = [flag for flag, used in finetuning.items() if used]
+    unbuilt = ["--grad-accum"] if options.grad_accum > 1 else []
+    if finetune.needed(options):
+        if vocab.strategy(options.strategy).tensor_parallel:   # peft's layers are not the nn.Linear TP splits
+            unbuilt += [flag for flag, used in (("--lora-rank", options.lora_rank), ("--freeze", options.freeze),
+                                                ("--base-dtype", options.base_dtype != "auto")) if used]
+        elif options.base_dtype in QUANTIZED_BASE_DTYPES:    # QLoRA + FSDP needs bitsandbytes' quant_storage
+            unbuilt.append(f"--base-dtype {options.base_dtype}")
     if unbuilt:
         raise UserError(f"not supported yet: {', '.join(unbuilt)} with --strategy {options.strategy} (plan the "
-                        "fine-tuning on one GPU, or full training with the strategy)", field="strategy")
+                        "fine-tuning on one GPU, or with ddp, zero1 or fsdp)", field="strategy")
     if options.generation:
         raise UserError(f"the {options.strategy} strategy is planned for training and inference, not "
                         f"{options.mode} yet", field="strategy")
@@ -67,9 +73,16 @@ def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: Tr
     register_fsdp_ops()
     started = time.perf_counter()
     param_dtype, autocast_dtype = single.precision_dtypes(options.precision)
+    # fine-tuning: engine.finetune's per-parameter plan, as on one GPU (LoRA: peft on a meta copy, before any
+    # wrapper; the frozen base in --base-dtype, not trained: sharded like any parameter, no gradient, no state)
+    tuned = finetune.prepare(model, options, param_dtype, autocast_dtype)
+    model = tuned.module
+    plans = {name: tuned.param_plan(name, p) for name, p in model.named_parameters(remove_duplicate=False)} \
+        if tuned.param_plan else {}
     global_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    global_bytes = sum(p.numel() * param_dtype.itemsize if p.is_floating_point() else p.numel() * p.element_size()
-                       for p in {id(p): p for p in model.parameters()}.values())
+    global_bytes = sum(p.numel() * (plans[name].dtype.itemsize if name in plans else
+                                    param_dtype.itemsize if p.is_floating_point() else p.element_size())
+                       for name, p in model.named_parameters())
     with single.TRACE_LOCK, single.restored_state(model), pywarnings.catch_warnings(), \
             fake_cluster(options.world_size, options.tp_size, _mesh_dims(options)) as cluster, \
             FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
@@ -83,7 +96,7 @@ def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: Tr
         cluster.resize_listener = recorder.on_resize
         try:
             run = _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtype, autocast_dtype,
-                       dict(forward_kwargs or {}))
+                       dict(forward_kwargs or {}), plans)
         finally:
             cluster.resize_listener = None
     ops = recorder.ops
@@ -103,35 +116,54 @@ def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: Tr
         totals=assemble.totals(ops, nodes, run["params"], run["buffers"], run["input_bytes"], run["output_bytes"]),
         modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(recorder.storage.lives, run["roles"]),
         uncounted_ops=uncounted, coverage=coverage, flop_coverage=flop_coverage, warnings=warnings,
-        policies=tuple(recorder.policies.applied) + single.semantics_notes(semantics, options) + tuple(run["notes"]),
+        policies=tuple(recorder.policies.applied) + single.semantics_notes(semantics, options) + tuple(run["notes"])
+        + tuned.notes,
         trace_seconds=time.perf_counter() - started,
         target_dependent=not isinstance(semantics, CudaSemantics) or bool(semantics.sdpa_calls),
         distributed=info,
     )
 
 
-def _materialise(model: nn.Module, options: TraceOptions, param_dtype: torch.dtype, autocast_dtype) -> None:
-    """Fake CPU parameters and buffers in the precision's dtypes (inside the FakeTensorMode: no memory)."""
+def _materialise(model: nn.Module, options: TraceOptions, param_dtype: torch.dtype, autocast_dtype,
+                 plans: dict | None = None) -> None:
+    """Fake CPU parameters and buffers in the precision's dtypes (inside the FakeTensorMode: no memory).
+    ``plans``: {parameter name: engine.meta_params.ParamPlan} of a fine-tuning workload (engine.finetune: the
+    adapters fp32 and trained, the frozen base in its dtype and not trained). Tied parameters stay tied
+    (``to_empty`` makes one tensor per module that held one)."""
+    plans = plans or {}
+    places: dict[int, list] = {}    # the meta parameter -> every (module, attribute, full name) holding it
+    for path, module in model.named_modules(remove_duplicate=False):
+        for name, p in module._parameters.items():
+            if p is not None:
+                places.setdefault(id(p), []).append((module, name, f"{path}.{name}" if path else name))
     model.to_empty(device="cpu")
-    if param_dtype != torch.float32:
+    for holders in places.values():
+        module, name, full = holders[0]
+        p = module._parameters[name]
+        plan = plans.get(full)
+        if plan is not None:
+            dtype, trains = plan.dtype, plan.trainable and options.training
+        else:
+            dtype, trains = (param_dtype if p.is_floating_point() else p.dtype), p.requires_grad
+        if dtype != p.dtype or trains != p.requires_grad:
+            p = nn.Parameter(p.to(dtype), requires_grad=trains and (dtype.is_floating_point or dtype.is_complex))
+        for module, name, _ in holders:
+            module._parameters[name] = p
+    if param_dtype != torch.float32 and autocast_dtype is None:
         for module in model.modules():
-            for name, p in list(module._parameters.items()):
-                if p is not None and p.is_floating_point():
-                    module._parameters[name] = nn.Parameter(p.to(param_dtype), requires_grad=p.requires_grad)
-            if autocast_dtype is None:
-                for name, b in list(module._buffers.items()):
-                    if b is not None and b.is_floating_point():
-                        module._buffers[name] = b.to(param_dtype)
+            for name, b in list(module._buffers.items()):
+                if b is not None and b.is_floating_point():
+                    module._buffers[name] = b.to(param_dtype)
     if not options.training:
         model.requires_grad_(False)
 
 
 def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtype, autocast_dtype,
-         forward_kwargs: dict) -> dict:
+         forward_kwargs: dict, plans: dict | None = None) -> dict:
     train = options.training
     storage = recorder.storage
     roles = assemble.StorageRoles()
-    _materialise(model, options, param_dtype, autocast_dtype)
+    _materialise(model, options, param_dtype, autocast_dtype, plans)
     recorder.setup = True
     with recorder:   # set-up: storages only (DDP's buckets, FSDP's shards), no ops
         try:
