@@ -566,3 +566,13 @@ def test_traces_leave_the_process_as_they_found_it():
     assert logging.getLogRecordFactory() is factory
     after = logging_state()
     assert {name: after[name] for name in before} == before
+
+
+def test_tied_embedding_and_head_stay_one_parameter():
+    """GPT-2 ties its head to the token embedding: materialising the model for the wrappers (to_empty) made one
+    tensor per module; it is re-tied, so FSDP shards, and the totals count, the shared weight once."""
+    gpt2 = str(Path(__file__).parent / "models" / "tiny_llms.py") + ":TinyGPT2"
+    result = analyze(gpt2, TOKENS, mode="train", strategy="fsdp", world_size=2, optimizer_impl="foreach")
+    params = result.distributed.global_params
+    assert result.totals.params == params
+    assert at_start(result, MemoryCategory.WEIGHTS) == params * 4 // 2
