@@ -415,6 +415,7 @@ class QuadraticSeqTrace:
         import numpy as np
 
         self.a = traces[0]
+        self.traces = tuple(traces)
         self.lengths = tuple(lengths)
         self._sizes = [np.fromiter((e.nbytes for e in t.storage_events), np.float64, len(t.storage_events))
                        for t in traces]
@@ -437,6 +438,37 @@ class QuadraticSeqTrace:
                  + y1 * ((x - x0) * (x - x2) / ((x1 - x0) * (x1 - x2)))
                  + y2 * ((x - x0) * (x - x1) / ((x2 - x0) * (x2 - x1))))
         return np.maximum(np.rint(value), 0).astype(np.int64)
+
+    def _weights(self, length: int) -> tuple[float, float, float]:
+        (x0, x1, x2), x = self.lengths, float(length)
+        return ((x - x1) * (x - x2) / ((x0 - x1) * (x0 - x2)), (x - x0) * (x - x2) / ((x1 - x0) * (x1 - x2)),
+                (x - x0) * (x - x1) / ((x2 - x0) * (x2 - x1)))
+
+    def result_at(self, length: int, inputs: Sequence) -> "AnalysisResult":
+        """A synthetic trace at ``length`` (``inputs``: the workload's at that length): every storage size and
+        every op's FLOPs, MACs and bytes on the quadratic through the three traces (exact where the model is:
+        activations S, attention S², a linear layer's FLOPs S, attention's S²). For quick plans (Planner), which
+        the exact trace replaces."""
+        from dataclasses import replace as _replace
+
+        from torchbudget.engine.results import OpRecord, StorageEvent
+
+        w0, w1, w2 = self._weights(length)
+
+        def quad(y0: int, y1: int, y2: int) -> int:
+            return max(0, round(y0 * w0 + y1 * w1 + y2 * w2))
+
+        events = tuple(StorageEvent(e.op_index, e.kind, e.storage_id, int(n), e.category, e.phase)
+                       for e, n in zip(self.a.storage_events, self.sizes_at(length).tolist()))
+        ops = tuple(OpRecord(x.index, x.op, x.module_path, x.phase, (), (),
+                             quad(x.bytes_read, y.bytes_read, z.bytes_read),
+                             quad(x.bytes_written, y.bytes_written, z.bytes_written),
+                             quad(x.macs, y.macs, z.macs), quad(x.flops, y.flops, z.flops),
+                             x.status, x.kind, x.compute_dtype, x.launches_kernel)
+                    for x, y, z in zip(*(t.ops for t in self.traces)))
+        shown = ", ".join(f"{n:,}" for n in self.lengths)
+        return _replace(self.a, inputs=tuple(inputs), ops=ops, storage_events=events, modules=(),
+                        warnings=self.a.warnings + (f"estimated from traces at sequence lengths {shown}",))
 
     def fits(self, length: int, overheads: Overheads, available_bytes: int) -> bool:
         return fits(self.a.storage_events, overheads, available_bytes, has_conv=self._has_conv,

@@ -40,7 +40,9 @@ def run_request(request: Request, ctx: JobContext) -> str:
     if latest is not None:
         ctx.partial("evaluation", latest, wait_shown_s=SHOWN_WAIT_S)
     if latest is None or latest.interpolated or latest.plans[0].max_batch is None:
-        ctx.progress("Tracing the model…")
+        # an estimate on screen stays said to be one until the exact trace replaces it
+        ctx.progress(backend.estimate_note(latest) if latest is not None and latest.interpolated
+                     else "Tracing the model…")
         latest = backend.full_evaluation(workload, gpus, cache, solve_max_batch=False, cluster=cluster)
         ctx.partial("evaluation", latest, wait_shown_s=SHOWN_WAIT_S)
         if request.in_process:

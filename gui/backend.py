@@ -26,7 +26,8 @@ class Evaluation:
     workload: Workload
     result: AnalysisResult | None      # exact trace at this workload (None while only an estimate exists)
     plans: tuple[Plan, ...]            # primary GPU first
-    interpolated: bool                 # plans come from the batch-affine model, the exact trace follows
+    interpolated: bool                 # plans are estimates (the batch-affine model, or the quadratic model in
+                                       # the sequence length); the exact trace follows
 
 
 _trace_gate = threading.Lock()
@@ -139,6 +140,24 @@ def quick_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCa
         return None
     plans, interpolated = quick
     return Evaluation(workload, None if interpolated else plans[0].result, plans, interpolated)
+
+
+def estimate_note(evaluation: Evaluation) -> str:
+    """What an estimated evaluation was estimated from, for the progress line: 'Estimated from traces at
+    sequence lengths 128, 256, 512; exact trace follows…'."""
+    result = evaluation.plans[0].result
+    source = next((w for w in reversed(result.warnings if result is not None else ())
+                   if w.startswith(("interpolated from", "estimated from"))), "estimated")
+    return f"{source[0].upper()}{source[1:]}; exact trace follows…"
+
+
+def seq_len_estimable(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> bool:
+    """True when Planner.quick_plans can estimate this sequence length from three others in memory (a cheap
+    look at the cache's keys, no model fitted): the window then asks at once instead of after the debounce."""
+    if not gpus or workload.seq_len is None or workload.options.mode == "decode":
+        return False
+    on_gpu = workload.on_gpu(gpus[0])
+    return len([n for n in cache.seq_lens_in_memory(on_gpu) if n > 1 and n != workload.seq_len]) >= 3
 
 
 def full_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *,

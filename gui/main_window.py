@@ -372,7 +372,9 @@ class MainWindow(QMainWindow):
                 self.model_runner.start(workload, gpus)
             return
         self.model_runner.cancel()
-        cached = workload in self.cache or (workload.with_batch(1) in self.cache and workload.with_batch(2) in self.cache)
+        cached = workload in self.cache or (workload.with_batch(1) in self.cache
+                                            and workload.with_batch(2) in self.cache) \
+            or backend.seq_len_estimable(workload, gpus, self.cache)   # quick plans from three other lengths
         if not cached:
             self.verdict.set_busy()   # a trace is coming: the verdict on screen is not this workload's
         self._submit(Request(workload, gpus, self.cache, True, self._sweep_keys["batch"],
@@ -512,7 +514,7 @@ class MainWindow(QMainWindow):
         if self._views is None:
             self.verdict.repaint()   # the first verdict on screen now, before the layer tree and the plot tabs
         if evaluation.interpolated:
-            self.progress_label.setText("Scaled from batches 1 and 2; exact trace follows…")
+            self.progress_label.setText(backend.estimate_note(evaluation))
         if evaluation.result is not None:
             latency = {path: ModuleLatency(m.bound_ms / 1000.0, "compute" if m.compute_bound else "memory")
                        for path, m in evaluation.plans[0].latency.per_module.items()}

@@ -177,3 +177,34 @@ def test_the_second_axis_follows_the_inputs(qtbot, tmp_path, monkeypatch):
     panel.lora_rank_spin.setValue(0)   # no adapters: no targets either
     assert state.workload.options.lora_rank == 0 and state.workload.options.lora_targets == ()
     assert panel.lora_targets_edit.text() == "" and not panel.lora_targets_edit.isEnabled()
+
+
+def test_a_new_sequence_length_shows_an_estimated_verdict_before_its_exact_trace(qtbot, tmp_path, monkeypatch):
+    # the sequence-length slider, like the batch slider: a length not traced yet is planned at once from three
+    # traced lengths (the quadratic model; the sweep traced them), marked as an estimate until its own trace lands
+    import threading
+
+    from tests.test_seq_len import TINY_LLAMA
+
+    workload = Workload("llama-3.2-1b", parse_inputs("input_ids=1x256:int64"), TraceOptions(), TINY_LLAMA)
+    window = make_window(qtbot, tmp_path, monkeypatch, workload=workload)
+    try:
+        panel = window.workload_panel
+        wait_for_plans(qtbot, window, timeout=WAIT)
+        qtbot.waitUntil(lambda: not window.busy and window.resolution_sweep is not None
+                        and window.resolution_sweep.axis == "seq_len", timeout=WAIT)
+        traced = window.cache.seq_lens_in_memory(window.evaluation.plans[0].workload)
+        length = next(n for n in (320, 384, 192, 448) if n not in traced)
+        gate, analyze = threading.Event(), window.cache._analyze
+        window.cache._analyze = lambda w: (gate.wait(WAIT / 1000), analyze(w))[1]   # exact traces wait for us
+        panel.seq_len_spin.setValue(length)
+        qtbot.waitUntil(lambda: window.evaluation.workload.seq_len == length, timeout=5_000)
+        estimate = window.evaluation
+        assert estimate.interpolated and estimate.result is None
+        assert window.progress_label.text().startswith("Estimated from traces at sequence lengths")
+        assert window.verdict.verdict_text() not in ("…", "Analysing…")   # a verdict on screen for the new length
+        gate.set()
+        exact = wait_for_plans(qtbot, window, lambda ev: ev.workload.seq_len == length, timeout=WAIT)
+        assert exact.plans[0].memory.required_bytes == estimate.plans[0].memory.required_bytes
+    finally:
+        close_window(window)
