@@ -202,6 +202,22 @@ def sweep_seq_lens(current: int, max_seq_lens: Sequence[int | None]) -> tuple[in
     return tuple(sorted(values))
 
 
+MAX_SWEEP_CONTEXT = 1 << 21
+
+
+def sweep_contexts(current: int, max_contexts: Sequence[int | None]) -> tuple[int, ...]:
+    """Decode contexts: powers of two from 256 (or below the current context) to past the current context and
+    every largest context, plus each largest context n and n + 1 (the curve crosses the capacity line there)."""
+    current = max(1, current)
+    top = max([current, *[(n or 0) + 1 for n in max_contexts]])
+    values, n = {current}, min(256, 1 << (current.bit_length() - 1))
+    while n < top * 2 and n <= MAX_SWEEP_CONTEXT:
+        values.add(n)
+        n *= 2
+    values.update(v for best in max_contexts if best for v in (best, best + 1) if v <= MAX_SWEEP_CONTEXT)
+    return tuple(sorted(values))
+
+
 def sweep_resolutions(current: int) -> tuple[int, ...]:
     """Around the current square side: quarter to double, in multiples of 32 (at least 32)."""
     values = {max(32, int(current * f) // 32 * 32) for f in (0.25, 0.5, 0.75, 1.25, 1.5, 2.0)}
@@ -475,6 +491,22 @@ class Planner:
                        efficiency=self.efficiency)
         whys = tuple(dict.fromkeys(f"{gpu.name}: {why}" for gpu, (_, why) in zip(gpus, solved) if why))
         return replace(result, gpus=tuple(replace(g, max_seq_len=b) for g, b in zip(result.gpus, bests)),
+                       notes=result.notes + whys)
+
+    def context_sweep(self, workload: Workload, gpus: Sequence[GpuSpec], contexts: Sequence[int] | None = None):
+        """Decode: memory, KV cache and tokens/s against the context (the tokens in the KV cache, at the
+        workload's batch; exact traces), with each GPU's largest context. Default grid: ``sweep_contexts``.
+        A one-line UserError for another mode."""
+        from torchbudget.engine.solver import _require_decode, sweep
+
+        _require_decode(workload, "context sweep")
+        solved = [self.max_context(workload, gpu) for gpu in gpus]
+        bests = [best for best, _ in solved]
+        grid = tuple(contexts) if contexts else sweep_contexts(workload.options.context_len, bests)
+        result = sweep(workload, gpus, contexts=grid, cache=self.cache, overheads=self.overheads,
+                       efficiency=self.efficiency, solve_max_batch=False)
+        whys = tuple(dict.fromkeys(f"{gpu.name}: {why}" for gpu, (_, why) in zip(gpus, solved) if why))
+        return replace(result, gpus=tuple(replace(g, max_context=b) for g, b in zip(result.gpus, bests)),
                        notes=result.notes + whys)
 
     def resolution_sweep(self, workload: Workload, gpus: Sequence[GpuSpec], resolutions: Sequence[int] | None = None):
