@@ -202,7 +202,7 @@ def sweep_seq_lens(current: int, max_seq_lens: Sequence[int | None]) -> tuple[in
     return tuple(sorted(values))
 
 
-MAX_SWEEP_CONTEXT = 1 << 21
+MAX_SWEEP_CONTEXT = 1 << 24   # the context search's limit (solver.DEFAULT_CONTEXT_LIMIT): each marker on its curve
 
 
 def sweep_contexts(current: int, max_contexts: Sequence[int | None]) -> tuple[int, ...]:

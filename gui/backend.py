@@ -194,6 +194,19 @@ def seq_len_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache
     return planner_for(cache).seq_len_sweep(workload, gpus)
 
 
+def context_sweep_values(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> tuple[int, ...]:
+    """Decode: the contexts the context sweep will trace (each GPU's largest context solved first)."""
+    from torchbudget.engine.planner import sweep_contexts
+
+    planner = planner_for(cache)
+    return sweep_contexts(workload.options.context_len, [planner.max_context(workload, g)[0] for g in gpus])
+
+
+def context_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> Sweep:
+    """Decode: memory, KV cache and tokens/s against the context at the workload's batch (Planner.context_sweep)."""
+    return planner_for(cache).context_sweep(workload, gpus)
+
+
 def remember_max_seq_len(cache: TraceCache, workload: Workload, gpu: GpuSpec, best: int) -> None:
     """The longest sequence solved elsewhere (the model process of a .py model)."""
     planner_for(cache).remember_max_seq_len(workload, gpu, best)

@@ -208,3 +208,44 @@ def test_a_new_sequence_length_shows_an_estimated_verdict_before_its_exact_trace
         assert exact.plans[0].memory.required_bytes == estimate.plans[0].memory.required_bytes
     finally:
         close_window(window)
+
+
+def test_decode_plots_memory_and_tokens_per_s_against_the_context(qtbot, window):
+    # the fourth tab of a decode workload: memory needed and the KV cache against the context (each point its own
+    # trace, in the model's process for a .py model), new tokens/s on a right-hand axis, a marker at each GPU's
+    # largest context
+    panel = window.workload_panel
+    wait_for_plans(qtbot, window, lambda ev: ev.plans[0].gpu.name == "H100 SXM", timeout=WAIT)
+    panel.inputs_edit.selectAll()
+    qtbot.keyClicks(panel.inputs_edit, "input_ids=2x1:int64")
+    choose(panel, "mode", "decode")
+    panel.context_spin.setValue(512)
+    workload = panel.state.workload
+    assert workload.options.context_len == 512
+    qtbot.waitUntil(lambda: window.resolution_sweep is not None and window.resolution_sweep.axis == "context"
+                    and window._file_sweeps_for[0] == panel.state.workload.key(), timeout=WAIT)
+    sweep = window.resolution_sweep
+    values = [p.value for p in sweep.points]
+    assert 512 in values and len(values) >= 3
+    for point in sweep.points:   # fp32 cache: 4 bytes per value
+        assert point.per_gpu[0].kv_cache_bytes == kv_cache_bytes(point.value, 2, 4)
+        assert point.per_gpu[0].tokens_per_s > 0
+    best = sweep.gpus[0].max_context
+    solved = wait_for_plans(qtbot, window, lambda ev: ev.workload == workload and ev.plans[0].generation.max_context,
+                            timeout=WAIT)
+    assert best == solved.plans[0].generation.max_context
+    tabs = window.tabs
+    assert tabs.tabText(tabs.indexOf(window.plots.memory_vs_resolution)) == "Memory vs context"
+    item = window.plots.memory_vs_resolution.getPlotItem()
+    assert item.getAxis("bottom").labelText.startswith("Context (tokens in the KV cache")
+    assert item.getAxis("right").isVisible()
+    names = [label.text for _, label in item.legend.items]
+    assert f"largest context on H100 SXM: {best:,}" in names and "KV cache" in names
+    assert "H100 SXM tokens/s" in names
+    # back to inference: the fourth tab is the sequence length again, without the tokens/s axis
+    choose(panel, "mode", "infer")
+    qtbot.waitUntil(lambda: window.resolution_sweep is not None and window.resolution_sweep.axis == "seq_len",
+                    timeout=WAIT)
+    assert tabs.tabText(tabs.indexOf(window.plots.memory_vs_resolution)) == "Memory vs sequence length"
+    assert not item.getAxis("right").isVisible()
+    assert not any(name.endswith("tokens/s") for name in (label.text for _, label in item.legend.items))
