@@ -33,6 +33,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m torchbudget.bench
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider -m acceptance
 
 # on a CUDA machine: plan vs real runs, written into docs/validation.md (without CUDA: a dry run)
 validate: $(STAMP)

@@ -50,10 +50,11 @@ def _version(dist: str) -> str:
 
 @lru_cache(maxsize=1)
 def environment_fingerprint() -> str:
-    """Hash of what a trace depends on: torch/torchvision versions, Python, and the engine's own source."""
+    """Hash of what a trace depends on: the versions of the libraries whose code runs in it (torch, torchvision,
+    transformers, timm, peft's LoRA injection), Python, and the engine's own source."""
     digest = hashlib.sha256()
     digest.update(f"{_version('torch')}|{_version('torchvision')}|{_version('transformers')}|{_version('timm')}|"
-                  f"{sys.version_info[:2]}".encode())
+                  f"{_version('peft')}|{sys.version_info[:2]}".encode())
     root = Path(__file__).resolve().parent
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode())

@@ -49,6 +49,7 @@ def test_8b_on_8_h100_ddp_does_not_fit_fsdp_does(capsys):
     assert out["fastest"] == {"cluster": fsdp["cluster"], "strategy": "fsdp"}
 
 
+@pytest.mark.acceptance   # ~2 min (two 70B traces): in `make bench`
 def test_fewest_h100s_for_a_70b_full_fine_tune(capsys):
     out = run_cli(["plan", "meta-llama/Llama-3.1-70B", "--gpu", "H100 SXM", "--world-size", "auto",
                    "--strategy", "fsdp", "--no-max-seq-len", *WORKLOAD], capsys)

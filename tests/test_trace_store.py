@@ -54,6 +54,12 @@ def test_the_fingerprint_follows_the_torch_version_and_the_engine_source(monkeyp
     assert compute() != now
     monkeypatch.undo()
     assert compute() == now
+    real = trace_store._version
+    for library in ("torch", "torchvision", "transformers", "timm", "peft"):   # each one's code runs in a trace
+        monkeypatch.setattr(trace_store, "_version", lambda dist, changed=library, real=real:
+                            "9.9.9" if dist == changed else real(dist))
+        assert compute() != now, library
+    monkeypatch.undo()
     engine_files = sorted(p.name for p in (trace_store.Path(trace_store.__file__).parent).rglob("*.py"))
     assert "trace.py" in engine_files and "recorder.py" in engine_files   # what the hash reads
 
