@@ -41,8 +41,13 @@ def add_workload_arguments(parser: argparse.ArgumentParser, *, target: bool = Fa
     parser.add_argument("--convention", default="default", choices=vocab.CONVENTION_NAMES,
                         help=_choices_help(vocab.CONVENTIONS))
     llm = parser.add_argument_group("transformers and LLMs")
-    llm.add_argument("--context", dest="context_len", type=int, default=0, metavar="TOKENS",
-                     help="--mode decode: tokens already in the KV cache")
+    if sizes:
+        llm.add_argument("--context", dest="context_len", type=int, default=0, metavar="TOKENS",
+                         help="--mode decode: tokens already in the KV cache")
+    else:   # sweep: a list is its context axis (read by context_values)
+        llm.add_argument("--context", dest="context_len", default=0, metavar="LIST",
+                         help="--mode decode: tokens already in the KV cache; several (1024,2048,4096) are the "
+                              "sweep's axis (--batch N then fixes the batch), one fixes the batch sweep's context")
     llm.add_argument("--kv-dtype", default="auto", choices=vocab.KV_DTYPE_NAMES, help=_choices_help(vocab.KV_DTYPES))
     llm.add_argument("--base-dtype", default="auto", choices=vocab.BASE_DTYPE_NAMES,
                      help=_choices_help(vocab.BASE_DTYPES))
@@ -232,7 +237,8 @@ def workload_from_args(args: argparse.Namespace, *, several: bool = False):
         raise UserError("--grad-accum only applies to --mode train", field="grad_accum")
     if args.freeze and not vocab.is_training(args.mode):
         raise UserError("--freeze only applies to --mode train", field="freeze")
-    if args.context_len and args.mode != "decode":
+    context = context_values(args)[0] if isinstance(args.context_len, str) else args.context_len
+    if context and args.mode != "decode":
         raise UserError("--context only applies to --mode decode", field="context_len")
     if args.kv_dtype != "auto" and not vocab.is_generation(args.mode):
         raise UserError("--kv-dtype only applies to --mode prefill or decode", field="kv_dtype")
@@ -253,7 +259,7 @@ def workload_from_args(args: argparse.Namespace, *, several: bool = False):
                            checkpointing=args.checkpointing, convention=args.convention,
                            optimizer_impl=args.optimizer_impl, attention=args.attention,
                            target=getattr(args, "target", None) or vocab.DEFAULT_TARGET,
-                           context_len=args.context_len, kv_dtype=args.kv_dtype, base_dtype=args.base_dtype,
+                           context_len=context, kv_dtype=args.kv_dtype, base_dtype=args.base_dtype,
                            lora_rank=args.lora_rank or 0, lora_targets=args.lora_targets or (),
                            freeze=args.freeze or (), grad_accum=args.grad_accum, moe_routing=args.moe_routing,
                            attention_flops=args.attention_flops, strategy=strategy,
@@ -264,6 +270,21 @@ def workload_from_args(args: argparse.Namespace, *, several: bool = False):
                         parse_kwargs(args.forward_kwargs, "--forward-kwargs"))
     return with_sizes(workload, batch=_size(args, "batch"), seq_len=_size(args, "seq_len"),
                       target_len=_size(args, "target_len"))
+
+
+def context_values(args: argparse.Namespace) -> tuple[int, ...]:
+    """``--context``'s tokens: one value, or sweep's list (1024,2048,4096); () when not given."""
+    text = args.context_len
+    if not isinstance(text, str):
+        return (text,) if text else ()
+    try:
+        values = tuple(int(part) for part in text.replace(";", ",").split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"--context must be integers separated by commas, e.g. 1024,2048; got {text!r}",
+                        field="context_len") from None
+    if not values or any(v < 1 for v in values):
+        raise UserError(f"--context values must be positive integers; got {text!r}", field="context_len")
+    return values
 
 
 def _size(args: argparse.Namespace, name: str) -> int | None:

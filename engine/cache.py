@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Callable
 
 from torchbudget.engine import vocab
+from torchbudget.engine.errors import UserError
 from torchbudget.engine.results import AnalysisResult
 from torchbudget.engine.trace_store import TraceStore
 from torchbudget.engine.workload import Workload
@@ -136,6 +137,26 @@ class TraceCache:
             if inputs and want is not None and (model, tuple(s.with_batch(1) for s in inputs), options, kwargs) == want:
                 out.append(inputs[0].shape[0])
         return out
+
+    def seq_lens_in_memory(self, workload: Workload) -> list[int]:
+        """Sequence lengths in memory for ``workload`` (the same but for the length of its token inputs)."""
+        if workload.seq_len is None:
+            return []
+        want = workload.with_seq_len(1).key()
+        with self._lock:
+            keys = list(self._entries)
+        out = []
+        for key in keys:
+            if len(key) != 4 or key[0] != want[0] or key[2] != want[2] or key[3] != want[3] or \
+                    len(key[1]) != len(want[1]):
+                continue
+            other = replace(workload, inputs=key[1])
+            try:
+                if other.seq_len is not None and other.with_seq_len(1).key() == want:
+                    out.append(other.seq_len)
+            except UserError:
+                continue
+        return sorted(set(out))
 
     def clear(self) -> None:
         """Forgets what is in memory (the store keeps its entries: they depend on nothing a user edits)."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 from torchbudget.engine import vocab
 from torchbudget.engine.cache import TraceCache
 from torchbudget.engine.compare import Comparison, row_of
+from torchbudget.engine.errors import UserError
 from torchbudget.engine.latency import GenerationReport, LatencyReport, generation_report, roofline
 from torchbudget.engine.memory import MemoryProfile, fits, simulate_memory, uses_cudnn
 from torchbudget.engine.overheads import Efficiency, Overheads
@@ -201,6 +202,22 @@ def sweep_seq_lens(current: int, max_seq_lens: Sequence[int | None]) -> tuple[in
     return tuple(sorted(values))
 
 
+MAX_SWEEP_CONTEXT = 1 << 24   # the context search's limit (solver.DEFAULT_CONTEXT_LIMIT): each marker on its curve
+
+
+def sweep_contexts(current: int, max_contexts: Sequence[int | None]) -> tuple[int, ...]:
+    """Decode contexts: powers of two from 256 (or below the current context) to past the current context and
+    every largest context, plus each largest context n and n + 1 (the curve crosses the capacity line there)."""
+    current = max(1, current)
+    top = max([current, *[(n or 0) + 1 for n in max_contexts]])
+    values, n = {current}, min(256, 1 << (current.bit_length() - 1))
+    while n < top * 2 and n <= MAX_SWEEP_CONTEXT:
+        values.add(n)
+        n *= 2
+    values.update(v for best in max_contexts if best for v in (best, best + 1) if v <= MAX_SWEEP_CONTEXT)
+    return tuple(sorted(values))
+
+
 def sweep_resolutions(current: int) -> tuple[int, ...]:
     """Around the current square side: quarter to double, in multiples of 32 (at least 32)."""
     values = {max(32, int(current * f) // 32 * 32) for f in (0.25, 0.5, 0.75, 1.25, 1.5, 2.0)}
@@ -372,7 +389,8 @@ class Planner:
     def quick_plans(self, workload: Workload, gpus: Sequence[GpuSpec], *, cluster: "ClusterChoice | None" = None
                     ) -> tuple[tuple[Plan, ...], bool] | None:
         """Plans without tracing, when possible: (plans, interpolated). The exact traces are cached, or
-        batches 1 and 2 of the same workload are (the affine batch model predicts this batch). None when
+        batches 1 and 2 of the same workload are (the affine batch model predicts this batch), or three
+        sequence lengths of it are in memory (the quadratic sequence model, ``seq_len_estimate``). None when
         a trace is needed. ``cluster``: a distributed workload's links and nodes (engine.distributed.plan)."""
         from torchbudget.engine.affine import AffineTrace
 
@@ -393,6 +411,11 @@ class Planner:
                     if model is not None:
                         result, interpolated = model.result_at(on_gpu.batch_size), True
                         break
+                if have == self.cache.in_memory:   # listing lengths needs the memory (the store cannot list)
+                    result = self.seq_len_estimate(on_gpu)
+                    if result is not None:
+                        interpolated = True
+                        break
             if result is None:
                 return None
             context = self.known_max_context(on_gpu, gpu) if on_gpu.options.mode == "decode" else None
@@ -402,6 +425,37 @@ class Planner:
                                      workload=on_gpu, max_batch=self.known_max_batch(on_gpu, gpu),
                                      max_context=context, cluster=cluster, max_seq_len=longest))
         return tuple(plans), interpolated
+
+    def seq_len_estimate(self, workload: Workload) -> AnalysisResult | None:
+        """A trace of ``workload`` estimated from three traces of it at other sequence lengths in memory (the
+        solver's quadratic model, exact for sizes and counts that are polynomials of degree <= 2 in the length):
+        the nearest lengths around it (two below and one above, or one below and two above, else the three
+        nearest), with the same op structure. None without token inputs, in decode (its axis is the context),
+        or when no three such traces are in memory."""
+        from torchbudget.engine.solver import QuadraticSeqTrace
+
+        length = workload.seq_len
+        if length is None or workload.options.mode == "decode":
+            return None
+        known = [n for n in self.cache.seq_lens_in_memory(workload) if n != length and n > 1]
+        if len(known) < 3:
+            return None
+        below = sorted((n for n in known if n < length), reverse=True)
+        above = sorted(n for n in known if n > length)
+        if below and above:
+            extra = sorted(below[1:2] + above[1:2], key=lambda n: abs(n - length))
+            anchors = sorted([below[0], above[0], *extra[:1]])
+        else:
+            anchors = sorted(sorted(known, key=lambda n: abs(n - length))[:3])
+        if len(anchors) < 3:
+            return None
+        try:
+            traces = [self.cache.get(workload.with_seq_len(n)) for n in anchors]
+        except UserError:
+            return None
+        model = QuadraticSeqTrace.fit(traces, anchors)
+        return None if model is None else model.result_at(
+            length, replace(workload, inputs=traces[0].inputs).with_seq_len(length).inputs)
 
     def compare(self, workload: Workload, gpus: Sequence[GpuSpec], *, solve_max_batch: bool = True,
                 cluster: "ClusterChoice | None" = None) -> Comparison:
@@ -437,6 +491,22 @@ class Planner:
                        efficiency=self.efficiency)
         whys = tuple(dict.fromkeys(f"{gpu.name}: {why}" for gpu, (_, why) in zip(gpus, solved) if why))
         return replace(result, gpus=tuple(replace(g, max_seq_len=b) for g, b in zip(result.gpus, bests)),
+                       notes=result.notes + whys)
+
+    def context_sweep(self, workload: Workload, gpus: Sequence[GpuSpec], contexts: Sequence[int] | None = None):
+        """Decode: memory, KV cache and tokens/s against the context (the tokens in the KV cache, at the
+        workload's batch; exact traces), with each GPU's largest context. Default grid: ``sweep_contexts``.
+        A one-line UserError for another mode."""
+        from torchbudget.engine.solver import _require_decode, sweep
+
+        _require_decode(workload, "context sweep")
+        solved = [self.max_context(workload, gpu) for gpu in gpus]
+        bests = [best for best, _ in solved]
+        grid = tuple(contexts) if contexts else sweep_contexts(workload.options.context_len, bests)
+        result = sweep(workload, gpus, contexts=grid, cache=self.cache, overheads=self.overheads,
+                       efficiency=self.efficiency, solve_max_batch=False)
+        whys = tuple(dict.fromkeys(f"{gpu.name}: {why}" for gpu, (_, why) in zip(gpus, solved) if why))
+        return replace(result, gpus=tuple(replace(g, max_context=b) for g, b in zip(result.gpus, bests)),
                        notes=result.notes + whys)
 
     def resolution_sweep(self, workload: Workload, gpus: Sequence[GpuSpec], resolutions: Sequence[int] | None = None):

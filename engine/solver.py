@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 from torchbudget.engine.affine import AffineTrace, context_axis
 from torchbudget.engine.cache import TraceCache
 from torchbudget.engine.errors import InputSpecError, UserError
-from torchbudget.engine.latency import roofline
+from torchbudget.engine.latency import generation_report, roofline
 from torchbudget.engine.memory import fits, simulate_memory, uses_cudnn, workspace_bytes
 from torchbudget.engine.results import MemoryCategory
 from torchbudget.engine.overheads import Efficiency, Overheads
@@ -261,11 +261,13 @@ class SweepGpuPoint:
     lower_bound_ms: float
     estimate_ms: float
     throughput_samples_per_s: float
+    kv_cache_bytes: int | None = None     # context sweeps: the KV cache of the context's tokens (read each step)
+    tokens_per_s: float | None = None     # context sweeps: new tokens per second (sequences x 1 / step estimate)
 
 
 @dataclass(frozen=True)
 class SweepPoint:
-    value: int                        # the batch size, the (square) resolution or the sequence length
+    value: int                        # the batch size, the (square) resolution, the sequence length or the context
     batch_size: int
     interpolated: bool                # from the affine batch model rather than its own trace
     per_gpu: tuple[SweepGpuPoint, ...]
@@ -278,11 +280,12 @@ class SweepGpu:
     target: str                       # whose kernels the points of this GPU were traced for
     max_batch: int | None             # batch sweeps only
     max_seq_len: int | None = None    # sequence-length sweeps only
+    max_context: int | None = None    # context sweeps only (decode: the largest context at the workload's batch)
 
 
 @dataclass(frozen=True)
 class Sweep:
-    axis: str                         # "batch" | "resolution" | "seq_len"
+    axis: str                         # "batch" | "resolution" | "seq_len" | "context"
     points: tuple[SweepPoint, ...]
     gpus: tuple[SweepGpu, ...]
     notes: tuple[str, ...] = ()       # e.g. points skipped because the model cannot run them
@@ -294,19 +297,26 @@ DEFAULT_SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
 def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int] | None = None,
           resolutions: Sequence[int] | None = None, cache: TraceCache | None = None,
           overheads: Overheads = Overheads(), efficiency: Efficiency = Efficiency(),
-          solve_max_batch: bool = True, seq_lens: Sequence[int] | None = None) -> Sweep:
-    """Memory and latency against batch (default), resolution or sequence length (``seq_lens``: the token
-    inputs, at the workload's batch; exact traces), on each GPU (traced for each GPU's target: GPUs of one
-    compute capability share their traces). A point the model cannot run (BatchNorm at 1x1, a fixed-size Linear
-    at another resolution, BERT past 512 positions) is left out and named in ``notes``."""
-    if sum(axis is not None for axis in (batches, resolutions, seq_lens)) > 1:
-        raise UserError("sweep one axis: batch, resolution or sequence length", field="input")
+          solve_max_batch: bool = True, seq_lens: Sequence[int] | None = None,
+          contexts: Sequence[int] | None = None) -> Sweep:
+    """Memory and latency against batch (default), resolution, sequence length (``seq_lens``: the token
+    inputs, at the workload's batch; exact traces) or context (``contexts``: decode only, the tokens in the KV
+    cache, at the workload's batch; exact traces; each point has its KV-cache bytes and tokens/s, each GPU its
+    largest context), on each GPU (traced for each GPU's target: GPUs of one compute capability share their
+    traces). A point the model cannot run (BatchNorm at 1x1, a fixed-size Linear at another resolution, BERT
+    past 512 positions) is left out and named in ``notes``."""
+    if sum(axis is not None for axis in (batches, resolutions, seq_lens, contexts)) > 1:
+        raise UserError("sweep one axis: batch, resolution, sequence length or context", field="input")
     if not gpus:
         raise UserError("a sweep needs at least one GPU", field="gpu")
+    if contexts is not None:
+        _require_decode(workload, "context sweep")
     cache = cache if cache is not None else TraceCache()
-    axis = "resolution" if resolutions is not None else "seq_len" if seq_lens is not None else "batch"
+    axis = "resolution" if resolutions is not None else "seq_len" if seq_lens is not None else \
+        "context" if contexts is not None else "batch"
     values = _checked(resolutions, "resolution") if resolutions is not None else \
         _checked(seq_lens, "sequence length") if seq_lens is not None else \
+        _checked(contexts, "context") if contexts is not None else \
         _checked(batches or DEFAULT_SWEEP_BATCHES, "batch size")
     by_target: dict[str, list] = {}      # target -> [(value, source, interpolated) or (value, error)]
     best: dict[str, int | None] = {}
@@ -315,6 +325,11 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
         # first: the boundary traces it leaves in the cache are what the affine model is checked against
         for gpu in gpus:
             best[gpu.name], why = try_max_batch(workload, gpu, cache=cache, overheads=overheads)
+            if why:
+                notes.append(f"{gpu.name}: {why}")
+    if axis == "context" and solve_max_batch:   # each GPU's largest context at the workload's batch
+        for gpu in gpus:
+            best[gpu.name], why = try_max_context(workload, gpu, cache=cache, overheads=overheads)
             if why:
                 notes.append(f"{gpu.name}: {why}")
     for gpu in gpus:
@@ -328,6 +343,9 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
                 if on_gpu.seq_len is None:
                     raise InputSpecError("a sequence-length sweep needs a token input (N x L integer ids)")
                 by_target[target] = [_traced(lambda v: cache.get(on_gpu.with_seq_len(v)), v) for v in values]
+            elif axis == "context":
+                by_target[target] = [_traced(lambda v: cache.get(on_gpu.with_options(context_len=v)), v)
+                                     for v in values]
             else:
                 by_target[target] = _batch_traces(on_gpu, values, cache)
     points = []
@@ -347,15 +365,19 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
                 memory, batch = simulate_memory(source, overheads), source.batch_size
                 latency = roofline(source, gpu, efficiency, detail=False)
                 fitting = result_fits(source, overheads, gpu.available_memory_bytes)
+            generation = generation_report(source, gpu, latency) if axis == "context" else None
             per_gpu.append(SweepGpuPoint(gpu.name, memory.required_bytes, memory.tensor_peak_bytes,
                                          fitting, latency.lower_bound_ms,
-                                         latency.estimate_ms, latency.throughput_samples_per_s))
+                                         latency.estimate_ms, latency.throughput_samples_per_s,
+                                         generation.kv_read_bytes if generation else None,
+                                         generation.tokens_per_s if generation else None))
         if error is not None:
             notes.append(f"{axis} {value} left out: {error}")
             continue
         points.append(SweepPoint(value, batch, interpolated, tuple(per_gpu)))
     summaries = tuple(SweepGpu(g.name, g.available_memory_bytes, workload.on_gpu(g).options.target,
-                               best.get(g.name) if axis == "batch" else None) for g in gpus)
+                               best.get(g.name) if axis == "batch" else None,
+                               max_context=best.get(g.name) if axis == "context" else None) for g in gpus)
     return Sweep(axis, tuple(points), summaries, tuple(notes))
 
 
@@ -415,6 +437,7 @@ class QuadraticSeqTrace:
         import numpy as np
 
         self.a = traces[0]
+        self.traces = tuple(traces)
         self.lengths = tuple(lengths)
         self._sizes = [np.fromiter((e.nbytes for e in t.storage_events), np.float64, len(t.storage_events))
                        for t in traces]
@@ -437,6 +460,37 @@ class QuadraticSeqTrace:
                  + y1 * ((x - x0) * (x - x2) / ((x1 - x0) * (x1 - x2)))
                  + y2 * ((x - x0) * (x - x1) / ((x2 - x0) * (x2 - x1))))
         return np.maximum(np.rint(value), 0).astype(np.int64)
+
+    def _weights(self, length: int) -> tuple[float, float, float]:
+        (x0, x1, x2), x = self.lengths, float(length)
+        return ((x - x1) * (x - x2) / ((x0 - x1) * (x0 - x2)), (x - x0) * (x - x2) / ((x1 - x0) * (x1 - x2)),
+                (x - x0) * (x - x1) / ((x2 - x0) * (x2 - x1)))
+
+    def result_at(self, length: int, inputs: Sequence) -> "AnalysisResult":
+        """A synthetic trace at ``length`` (``inputs``: the workload's at that length): every storage size and
+        every op's FLOPs, MACs and bytes on the quadratic through the three traces (exact where the model is:
+        activations S, attention S², a linear layer's FLOPs S, attention's S²). For quick plans (Planner), which
+        the exact trace replaces."""
+        from dataclasses import replace as _replace
+
+        from torchbudget.engine.results import OpRecord, StorageEvent
+
+        w0, w1, w2 = self._weights(length)
+
+        def quad(y0: int, y1: int, y2: int) -> int:
+            return max(0, round(y0 * w0 + y1 * w1 + y2 * w2))
+
+        events = tuple(StorageEvent(e.op_index, e.kind, e.storage_id, int(n), e.category, e.phase)
+                       for e, n in zip(self.a.storage_events, self.sizes_at(length).tolist()))
+        ops = tuple(OpRecord(x.index, x.op, x.module_path, x.phase, (), (),
+                             quad(x.bytes_read, y.bytes_read, z.bytes_read),
+                             quad(x.bytes_written, y.bytes_written, z.bytes_written),
+                             quad(x.macs, y.macs, z.macs), quad(x.flops, y.flops, z.flops),
+                             x.status, x.kind, x.compute_dtype, x.launches_kernel)
+                    for x, y, z in zip(*(t.ops for t in self.traces)))
+        shown = ", ".join(f"{n:,}" for n in self.lengths)
+        return _replace(self.a, inputs=tuple(inputs), ops=ops, storage_events=events, modules=(),
+                        warnings=self.a.warnings + (f"estimated from traces at sequence lengths {shown}",))
 
     def fits(self, length: int, overheads: Overheads, available_bytes: int) -> bool:
         return fits(self.a.storage_events, overheads, available_bytes, has_conv=self._has_conv,

@@ -40,7 +40,9 @@ def run_request(request: Request, ctx: JobContext) -> str:
     if latest is not None:
         ctx.partial("evaluation", latest, wait_shown_s=SHOWN_WAIT_S)
     if latest is None or latest.interpolated or latest.plans[0].max_batch is None:
-        ctx.progress("Tracing the model…")
+        # an estimate on screen stays said to be one until the exact trace replaces it
+        ctx.progress(backend.estimate_note(latest) if latest is not None and latest.interpolated
+                     else "Tracing the model…")
         latest = backend.full_evaluation(workload, gpus, cache, solve_max_batch=False, cluster=cluster)
         ctx.partial("evaluation", latest, wait_shown_s=SHOWN_WAIT_S)
         if request.in_process:
@@ -74,6 +76,10 @@ def run_request(request: Request, ctx: JobContext) -> str:
         key = ("seq_len", workload.key(), tuple(g.name for g in gpus))
         if key != request.resolution_sweep_key:
             ctx.partial("resolution_sweep", (key, _seq_len_sweep(workload, gpus, cache, ctx)))
+    elif has_context_axis(workload):
+        key = ("context", workload.key(), tuple(g.name for g in gpus))
+        if key != request.resolution_sweep_key:
+            ctx.partial("resolution_sweep", (key, _context_sweep(workload, gpus, cache, ctx)))
     else:
         ctx.partial("resolution_sweep", (None, None))
     return "done"
@@ -82,6 +88,31 @@ def run_request(request: Request, ctx: JobContext) -> str:
 def has_seq_len_axis(workload: Workload) -> bool:
     """Token inputs, and a mode whose question is their length (decode's is the context)."""
     return workload.seq_len is not None and workload.options.mode != "decode"
+
+
+def has_context_axis(workload: Workload) -> bool:
+    """Decode: the fourth plot is memory (and tokens/s) against the context in the KV cache."""
+    return workload.options.mode == "decode"
+
+
+def _context_sweep(workload: Workload, gpus, cache: TraceCache, ctx: JobContext):
+    """Decode: each GPU's largest context, then each context traced one at a time (a newer request can stop us
+    between them), then the sweep from the cache; a sweep that cannot start comes back empty, naming why."""
+    from torchbudget.engine.solver import Sweep
+
+    try:
+        ctx.progress("Solving the largest context…")
+        values = backend.context_sweep_values(workload, gpus, cache)
+        for context in values:
+            ctx.progress(f"Sweeping the context ({context:,} tokens)…")
+            for target_workload in {w.options.target: w for w in (workload.on_gpu(g) for g in gpus)}.values():
+                try:
+                    cache.get(target_workload.with_options(context_len=context))
+                except UserError:
+                    pass   # the sweep leaves this point out and says why
+        return backend.context_sweep(workload, gpus, cache)
+    except UserError as exc:
+        return Sweep("context", (), (), (str(exc),))
 
 
 def _seq_len_sweep(workload: Workload, gpus, cache: TraceCache, ctx: JobContext):

@@ -26,7 +26,8 @@ class Evaluation:
     workload: Workload
     result: AnalysisResult | None      # exact trace at this workload (None while only an estimate exists)
     plans: tuple[Plan, ...]            # primary GPU first
-    interpolated: bool                 # plans come from the batch-affine model, the exact trace follows
+    interpolated: bool                 # plans are estimates (the batch-affine model, or the quadratic model in
+                                       # the sequence length); the exact trace follows
 
 
 _trace_gate = threading.Lock()
@@ -141,6 +142,24 @@ def quick_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCa
     return Evaluation(workload, None if interpolated else plans[0].result, plans, interpolated)
 
 
+def estimate_note(evaluation: Evaluation) -> str:
+    """What an estimated evaluation was estimated from, for the progress line: 'Estimated from traces at
+    sequence lengths 128, 256, 512; exact trace follows…'."""
+    result = evaluation.plans[0].result
+    source = next((w for w in reversed(result.warnings if result is not None else ())
+                   if w.startswith(("interpolated from", "estimated from"))), "estimated")
+    return f"{source[0].upper()}{source[1:]}; exact trace follows…"
+
+
+def seq_len_estimable(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> bool:
+    """True when Planner.quick_plans can estimate this sequence length from three others in memory (a cheap
+    look at the cache's keys, no model fitted): the window then asks at once instead of after the debounce."""
+    if not gpus or workload.seq_len is None or workload.options.mode == "decode":
+        return False
+    on_gpu = workload.on_gpu(gpus[0])
+    return len([n for n in cache.seq_lens_in_memory(on_gpu) if n > 1 and n != workload.seq_len]) >= 3
+
+
 def full_evaluation(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache, *,
                     solve_max_batch: bool = True, cluster=None) -> Evaluation:
     plans = planner_for(cache).plans(workload, gpus, solve_max_batch=solve_max_batch and bool(workload.inputs),
@@ -173,6 +192,19 @@ def seq_len_sweep_values(workload: Workload, gpus: Sequence[GpuSpec], cache: Tra
 def seq_len_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> Sweep | None:
     """Memory and latency against the token inputs' length at the workload's batch (Planner.seq_len_sweep)."""
     return planner_for(cache).seq_len_sweep(workload, gpus)
+
+
+def context_sweep_values(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> tuple[int, ...]:
+    """Decode: the contexts the context sweep will trace (each GPU's largest context solved first)."""
+    from torchbudget.engine.planner import sweep_contexts
+
+    planner = planner_for(cache)
+    return sweep_contexts(workload.options.context_len, [planner.max_context(workload, g)[0] for g in gpus])
+
+
+def context_sweep(workload: Workload, gpus: Sequence[GpuSpec], cache: TraceCache) -> Sweep:
+    """Decode: memory, KV cache and tokens/s against the context at the workload's batch (Planner.context_sweep)."""
+    return planner_for(cache).context_sweep(workload, gpus)
 
 
 def remember_max_seq_len(cache: TraceCache, workload: Workload, gpu: GpuSpec, best: int) -> None:

@@ -17,7 +17,7 @@ def results_for(workload, gpus: list[GpuSpec], cache) -> list[tuple[dict, Analys
 
 def sweeps_for(workload, gpus: list[GpuSpec], cache) -> dict:
     """Largest batch per GPU (decode: and largest context; token inputs: the longest sequence) and the batch and
-    resolution (token inputs: sequence-length) sweeps, as JSON-ready data
+    resolution (token inputs: sequence-length; decode: context) sweeps, as JSON-ready data
     (run in the child).
     A sweep the model cannot do (e.g. a fixed-size Linear at other resolutions) comes back as its error."""
     from torchbudget.gui import backend
@@ -35,6 +35,8 @@ def sweeps_for(workload, gpus: list[GpuSpec], cache) -> dict:
         if workload.seq_len is not None and workload.options.mode != "decode":   # token inputs: their length
             out["max_seq_lens"] = [backend.planner_for(cache).max_seq_len(workload, gpu)[0] for gpu in gpus]
             out["resolution_sweep"] = sweep_to_dict(backend.seq_len_sweep(workload, gpus, cache))
+        elif workload.options.mode == "decode":   # decode: the context in the KV cache
+            out["resolution_sweep"] = sweep_to_dict(backend.context_sweep(workload, gpus, cache))
         else:
             out["resolution_sweep"] = sweep_to_dict(backend.resolution_sweep(workload, gpus, cache))
     except UserError as exc:

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
 from torchbudget.engine.errors import UserError
 from torchbudget.engine.workload import Workload
 from torchbudget.gui import backend, user_code
-from torchbudget.gui.analysis_job import Request, has_seq_len_axis, run_request
+from torchbudget.gui.analysis_job import Request, has_context_axis, has_seq_len_axis, run_request
 from torchbudget.gui.hardware_panel import HardwarePanel
 from torchbudget.gui.layer_model import LayerFilterProxy, LayerTreeModel, ModuleLatency
 from torchbudget.gui.model_runner import ModelProcessRunner
@@ -372,7 +372,9 @@ class MainWindow(QMainWindow):
                 self.model_runner.start(workload, gpus)
             return
         self.model_runner.cancel()
-        cached = workload in self.cache or (workload.with_batch(1) in self.cache and workload.with_batch(2) in self.cache)
+        cached = workload in self.cache or (workload.with_batch(1) in self.cache
+                                            and workload.with_batch(2) in self.cache) \
+            or backend.seq_len_estimable(workload, gpus, self.cache)   # quick plans from three other lengths
         if not cached:
             self.verdict.set_busy()   # a trace is coming: the verdict on screen is not this workload's
         self._submit(Request(workload, gpus, self.cache, True, self._sweep_keys["batch"],
@@ -492,15 +494,20 @@ class MainWindow(QMainWindow):
 
     @staticmethod
     def _second_axis_word(workload) -> str:
-        return "sequence-length" if has_seq_len_axis(workload) else "resolution"
+        return "sequence-length" if has_seq_len_axis(workload) else "context" if has_context_axis(workload) \
+            else "resolution"
 
     def _show_second_axis(self, workload):
-        """The fourth plot and its tab: memory vs resolution (image inputs) or vs sequence length (tokens)."""
-        tokens = self.resolution_sweep is not None and self.resolution_sweep.axis == "seq_len"
-        self.plots.show_resolution_sweep(self.resolution_sweep, workload.seq_len if tokens else image_side(workload))
+        """The fourth plot and its tab: memory vs resolution (image inputs), vs sequence length (tokens) or vs
+        the context (decode)."""
+        axis = self.resolution_sweep.axis if self.resolution_sweep is not None else "resolution"
+        current = {"seq_len": workload.seq_len, "context": workload.options.context_len}.get(axis) \
+            if axis != "resolution" else image_side(workload)
+        self.plots.show_resolution_sweep(self.resolution_sweep, current)
         index = self.tabs.indexOf(self.plots.memory_vs_resolution)
         if index >= 0:
-            self.tabs.setTabText(index, "Memory vs sequence length" if tokens else "Memory vs resolution")
+            self.tabs.setTabText(index, {"seq_len": "Memory vs sequence length",
+                                         "context": "Memory vs context"}.get(axis, "Memory vs resolution"))
 
     def _show_evaluation(self, evaluation):
         if not self._is_current(evaluation.workload):
@@ -512,7 +519,7 @@ class MainWindow(QMainWindow):
         if self._views is None:
             self.verdict.repaint()   # the first verdict on screen now, before the layer tree and the plot tabs
         if evaluation.interpolated:
-            self.progress_label.setText("Scaled from batches 1 and 2; exact trace follows…")
+            self.progress_label.setText(backend.estimate_note(evaluation))
         if evaluation.result is not None:
             latency = {path: ModuleLatency(m.bound_ms / 1000.0, "compute" if m.compute_bound else "memory")
                        for path, m in evaluation.plans[0].latency.per_module.items()}

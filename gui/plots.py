@@ -1,6 +1,7 @@
 """Sweep plots (pyqtgraph): memory vs batch with each ticked GPU's capacity and largest-batch marker,
 latency and throughput vs batch, and memory vs the second axis: resolution for image inputs, sequence length for
-token inputs (with each GPU's longest-sequence marker). Fed by ``engine.solver.sweep`` (the planner's sweeps);
+token inputs (with each GPU's longest-sequence marker), the context for decode (with the KV cache, tokens/s on a
+right-hand axis and each GPU's largest-context marker). Fed by ``engine.solver.sweep`` (the planner's sweeps);
 units on every axis: samples, or sequences for token models (concurrent sequences in decode)."""
 from __future__ import annotations
 
@@ -20,7 +21,19 @@ BATCH_UNITS = {
     "decode": ("Concurrent sequences (log scale)", "Throughput (new tokens/s, one per sequence per step)",
                "sequences"),
 }
-AXIS_WORDS = {"batch": "batch", "resolution": "resolution", "seq_len": "sequence-length"}
+AXIS_WORDS = {"batch": "batch", "resolution": "resolution", "seq_len": "sequence-length", "context": "context"}
+# the fourth plot, by axis: (title, x label, log x, tooltip)
+SECOND_AXES = {
+    "resolution": ("Memory needed vs resolution", "Resolution (px, height = width)", False,
+                   "Memory needed at the current batch against square input resolution."),
+    "seq_len": ("Memory needed vs sequence length", "Sequence length (tokens per sequence, log scale)", True,
+                "Memory needed at the current batch against the token inputs' length; triangles: the longest "
+                "sequence that fits on each GPU (Plan.max_seq_len)"),
+    "context": ("Memory needed and tokens/s vs context", "Context (tokens in the KV cache per sequence, log scale)",
+                True, "Decode at the current number of sequences: memory needed and the KV cache (dashed) against "
+                      "the context, new tokens/s on the right-hand axis (dotted); triangles: the largest context "
+                      "that fits on each GPU"),
+}
 keep_singletons_alive()   # every redraw adds and removes items: see gui.qt_fixes
 
 
@@ -71,6 +84,7 @@ class SweepPlots:
         self._titles = {w: w.getPlotItem().titleLabel.text for w in self.widgets()}
         self.batch_unit = "samples"
         self.second_axis = "resolution"
+        self._rates = None   # decode's tokens/s view box on the fourth plot (made on first use)
 
     def set_batch_unit(self, unit: str) -> None:
         """'samples', 'sequences' (token inputs) or 'decode' (concurrent sequences, new tokens/s)."""
@@ -85,24 +99,49 @@ class SweepPlots:
         self.throughput_vs_batch.setToolTip(throughput.split("(")[1].rstrip(")") + " at the estimated latency.")
 
     def set_second_axis(self, axis: str) -> None:
-        """The fourth plot's axis: 'resolution' (image inputs) or 'seq_len' (token inputs)."""
+        """The fourth plot's axis: 'resolution' (image inputs), 'seq_len' (token inputs) or 'context' (decode)."""
         if axis == self.second_axis:
             return
         self.second_axis = axis
-        tokens = axis == "seq_len"
-        title = "Memory needed vs sequence length" if tokens else "Memory needed vs resolution"
+        title, x_label, log_x, tip = SECOND_AXES[axis]
         self._titles[self.memory_vs_resolution] = title
         _, foreground = plot_colors()
         item = self.memory_vs_resolution.getPlotItem()
         item.setTitle(title, color=foreground.name())
-        item.setLogMode(x=tokens, y=False)
+        item.setLogMode(x=log_x, y=False)
         item.getAxis("bottom").setTicks(None)
-        item.getAxis("bottom").setLabel("Sequence length (tokens per sequence, log scale)" if tokens else
-                                        "Resolution (px, height = width)", color=foreground.name())
-        self.memory_vs_resolution.setToolTip(
-            "Memory needed at the current batch against the token inputs' length; triangles: the longest sequence "
-            "that fits on each GPU (Plan.max_seq_len)" if tokens else
-            "Memory needed at the current batch against square input resolution.")
+        item.getAxis("bottom").setLabel(x_label, color=foreground.name())
+        self.memory_vs_resolution.setToolTip(tip)
+        self._rate_axis(axis == "context")
+
+    def _rate_axis(self, shown: bool):
+        """Decode's tokens/s on a right-hand axis: a second view box sharing the x axis (made once)."""
+        item = self.memory_vs_resolution.getPlotItem()
+        if self._rates is None and shown:
+            _, foreground = plot_colors()
+            self._rates = pg.ViewBox()
+            item.scene().addItem(self._rates)
+            right = item.getAxis("right")
+            right.linkToView(self._rates)
+            right.setLabel("New tokens/s (dotted)", color=foreground.name())
+            right.enableAutoSIPrefix(False)
+            right.setPen(foreground)
+            right.setTextPen(foreground)
+            self._rates.setXLink(item)
+            item.vb.sigResized.connect(lambda *_: self._rates.setGeometry(item.vb.sceneBoundingRect()))
+            self._rates.setGeometry(item.vb.sceneBoundingRect())
+        self._clear_rates()
+        if self._rates is not None:
+            self._rates.setVisible(shown)
+        item.showAxis("right", shown)
+
+    def _clear_rates(self):
+        if self._rates is None:
+            return
+        legend = self.memory_vs_resolution.getPlotItem().legend
+        for curve in self._rates.addedItems[:]:
+            legend.removeItem(curve)
+        self._rates.clear()
 
     def restore_titles(self):
         _, foreground = plot_colors()
@@ -190,33 +229,54 @@ class SweepPlots:
         """The second axis's sweep: resolution, or sequence length (``result.axis == "seq_len"``)."""
         item = self.memory_vs_resolution.getPlotItem()
         item.clear()
+        self._clear_rates()
         if result is None:
+            self.set_second_axis("resolution")
             item.setTitle("Memory needed vs resolution (the model has no image or token input to vary)")
             return
-        self.set_second_axis("seq_len" if result.axis == "seq_len" else "resolution")
+        self.set_second_axis(result.axis if result.axis in SECOND_AXES else "resolution")
         item.setTitle(self._titles[self.memory_vs_resolution], color=plot_colors()[1].name())
         if self._left_out(result, "resolution"):
             return
         xs = [p.value for p in result.points]
         self._memory_curves(item, result, xs)
-        tokens = result.axis == "seq_len"
+        log_x = result.axis in ("seq_len", "context")
+        context = result.axis == "context"
+        if context and xs:
+            self._context_curves(item, result, xs)
         for i, gpu in enumerate(result.gpus):
             self._capacity_line(item, gpu.capacity_bytes / GIB, gpu.gpu_name, i)
-            if tokens and gpu.max_seq_len and xs:
-                needed_at = _interpolate(xs, [p.per_gpu[i].required_bytes for p in result.points], gpu.max_seq_len)
-                item.plot([gpu.max_seq_len], [needed_at / GIB], pen=None, symbol="t", symbolSize=12,
-                          symbolBrush=series_color(i),
-                          name=f"longest sequence on {gpu.gpu_name}: {gpu.max_seq_len:,}")
+            best, word = (gpu.max_context, "largest context") if context else (gpu.max_seq_len, "longest sequence")
+            if log_x and best and xs:
+                needed_at = _interpolate(xs, [p.per_gpu[i].required_bytes for p in result.points], best)
+                item.plot([best], [needed_at / GIB], pen=None, symbol="t", symbolSize=12,
+                          symbolBrush=series_color(i), name=f"{word} on {gpu.gpu_name}: {best:,}")
         _leave_room_for_legend(item, _needed_gib(result), [g.capacity_bytes / GIB for g in result.gpus])
         if current_resolution:
             _, foreground = plot_colors()
-            if tokens:   # powers of two only (the grid's other points are the longest sequences and one more)
-                item.getAxis("bottom").setTicks([[(math.log10(n), f"{n:,}") for n in xs if n & (n - 1) == 0]])
-            item.addItem(pg.InfiniteLine(pos=math.log10(current_resolution) if tokens else current_resolution, angle=90,
-                                         pen=pg.mkPen(foreground, width=1, style=Qt.PenStyle.DotLine),
-                                         label=f"{current_resolution:,} tokens" if tokens else f"{current_resolution} px",
-                                         labelOpts={"position": 0.92, "color": foreground}),
+            if log_x:   # powers of two only (the grid's other points are each GPU's boundary and one more)
+                item.getAxis("bottom").setTicks([_power_ticks(xs)])
+            label = f"{current_resolution:,} tokens" if log_x else f"{current_resolution} px"
+            item.addItem(pg.InfiniteLine(pos=math.log10(current_resolution) if log_x else current_resolution,
+                                         angle=90, pen=pg.mkPen(foreground, width=1, style=Qt.PenStyle.DotLine),
+                                         label=label, labelOpts={"position": 0.92, "color": foreground}),
                          ignoreBounds=True)
+
+    def _context_curves(self, item, result, xs):
+        """Decode: the KV cache read by the step (dashed, one curve: the same on every GPU) on the memory axis, and
+        each GPU's new tokens/s (dotted) on the right-hand axis."""
+        kv = [p.per_gpu[0].kv_cache_bytes or 0 for p in result.points]
+        item.plot(xs, [v / GIB for v in kv], pen=pg.mkPen(plot_colors()[1], width=1.5, style=Qt.PenStyle.DashLine),
+                  name="KV cache")
+        rates = []
+        for i, gpu in enumerate(result.gpus):
+            ys = [p.per_gpu[i].tokens_per_s or 0.0 for p in result.points]
+            rates += ys
+            curve = pg.PlotDataItem([math.log10(x) for x in xs], ys, pen=pg.mkPen(series_color(i), width=2,
+                                                                                  style=Qt.PenStyle.DotLine))
+            self._rates.addItem(curve)
+            item.legend.addItem(curve, f"{gpu.gpu_name} tokens/s")
+        self._rates.setYRange(0, max([*rates, 1.0]) * 1.15, padding=0)
 
     @staticmethod
     def _memory_curves(item, result, xs):
@@ -237,6 +297,14 @@ class SweepPlots:
                                labelOpts={"position": min(0.02 + 0.16 * i, 0.5), "color": series_color(i),
                                           "anchors": [(0, 1), (0, 1)]})
         item.addItem(line)
+
+
+def _power_ticks(xs, most: int = 8) -> list[tuple[float, str]]:
+    """Log-axis ticks at the powers of two among ``xs``, every k-th of them when there are more than ``most``
+    (a context sweep can span 256 to 16,777,216: 17 labels would overlap)."""
+    powers = [n for n in xs if n & (n - 1) == 0]
+    step = max(1, math.ceil(len(powers) / most))
+    return [(math.log10(n), f"{n:,}") for n in powers[::-1][::step][::-1]]
 
 
 def _needed_gib(result) -> list[float]:

@@ -63,6 +63,10 @@ FINETUNE_COMBOS = (
 )
 
 
+# the boxes whose typed number is kept when the workload refuses it, and the field whose line says why
+TYPED_BOXES = {"batch_spin": "batch", "resolution_spin": "resolution", "seq_len_spin": "seq_len"}
+
+
 def python_file_entries(path: str) -> list[str]:
     """Top-level classes and functions defined in a .py file, read with ``ast`` so nothing in it runs here."""
     try:
@@ -293,6 +297,8 @@ class WorkloadPanel(QGroupBox):
         self.resolution_spin.valueChanged.connect(lambda v: self._change("resolution_spin", resolution=v))
         self.seq_len_slider.valueChanged.connect(lambda v: self._change("seq_len_slider", seq_len=v * SEQ_LEN_STEP))
         self.seq_len_spin.valueChanged.connect(lambda v: self._change("seq_len_spin", seq_len=v))
+        for name in ("batch_spin", "resolution_spin", "seq_len_spin"):
+            getattr(self, name).editingFinished.connect(lambda n=name: self._typing_ended(n))
         self.batch_spin.tooLarge.connect(lambda text: self._too_large("batch", "batch size", text))
         self.resolution_spin.tooLarge.connect(lambda text: self._too_large("resolution", "resolution", text))
         self.seq_len_spin.tooLarge.connect(lambda text: self._too_large("seq_len", "sequence length", text))
@@ -359,10 +365,29 @@ class WorkloadPanel(QGroupBox):
         try:
             self.state.update(source=source, **changes)
         except UserError as exc:
-            self.render()   # the widget shows what the workload still is; the error says why
-            self.show_error(exc)
+            field = TYPED_BOXES.get(source)
+            if field is None:
+                self.render()   # the widget shows what the workload still is; the error says why
+                self.show_error(exc)
+            else:
+                # a box being typed in keeps its digits: an intermediate number refused (1x3x400000000x400000000
+                # holds more than 2**63 bytes at batch 32) must not reset the box, or the next digits land on the
+                # old value and the user never sees why; the message goes under that box, and the box shows the
+                # workload's value again when typing ends
+                self.render(None, source)
+                self.errors[field].show_message(str(exc))
             return False
         return True
+
+    def _typing_ended(self, source: str):
+        box = {"batch_spin": self.batch_spin, "resolution_spin": self.resolution_spin,
+               "seq_len_spin": self.seq_len_spin}[source]
+        w = self.state.workload
+        value = {"batch_spin": w.batch_size if w.inputs else None, "resolution_spin": image_side(w),
+                 "seq_len_spin": w.seq_len}[source]
+        if value is not None and box.value() != min(value, MAX_DIM):
+            with QSignalBlocker(box):
+                box.setValue(min(value, MAX_DIM))
 
     def _cluster_change(self, source: str, **changes) -> bool:
         try:

@@ -250,3 +250,47 @@ def test_context_beyond_the_models_positions_is_a_warning_and_a_plan_note():
     assert any("exceed the model's 64 positions" in n for n in plan.notes)
     inside = analyze_workload(workload("decode", "input_ids=1x1:int64", model=short, context_len=63))
     assert not inside.warnings
+
+
+# ----------------------------------------------------------------------------------------------- context sweeps
+def test_context_sweep_points_are_exact_traces_with_the_kv_cache_of_each_context():
+    # every point: its own trace at that context; the KV cache read by the step is 2 x layers x KV heads x head dim
+    # x context x sequences x bytes; each GPU's largest context is the solver's (the plot's marker)
+    cache = TraceCache(maxsize=64)
+    gpu = small_gpu(24 * 2**20)
+    planner = Planner(cache, overheads=NONE)
+    w = workload("decode", "input_ids=4x1:int64", context_len=512)
+    result = planner.context_sweep(w, [gpu], [256, 512, 1024, 2048])
+    assert result.axis == "context" and [p.value for p in result.points] == [256, 512, 1024, 2048]
+    for point in result.points:
+        (g,) = point.per_gpu
+        assert not point.interpolated and point.batch_size == 4
+        assert g.kv_cache_bytes == llama_kv_bytes(4, point.value)
+        exact = simulate_memory(cache.get(w.on_gpu(gpu).with_options(context_len=point.value)), NONE)
+        assert g.required_bytes == exact.required_bytes and g.tokens_per_s > 0
+    best = result.gpus[0].max_context
+    assert best == max_context(w, gpu, cache=cache, overheads=NONE) and best > 0
+    assert [p.per_gpu[0].fits for p in result.points] == [p.value <= best for p in result.points]
+    default = planner.context_sweep(w, [gpu])   # default grid: powers of two and the boundary best, best + 1
+    assert {512, best, best + 1} <= {p.value for p in default.points}
+    with pytest.raises(UserError, match="the context sweep is a decode question"):
+        planner.context_sweep(workload("infer", "input_ids=4x16:int64"), [gpu], [256, 512])
+
+
+def test_cli_sweep_context(capsys):
+    argv = ["sweep", LLAMA_FILE, "--mode", "decode", "--context", "256,1024", "--input", "input_ids=2x1:int64",
+            "--precision", "bf16", "--gpus", "H100 SXM"]
+    assert run_cli(argv + ["--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["axis"] == "context" and [p["value"] for p in data["points"]] == [256, 1024]
+    assert [p["per_gpu"][0]["kv_cache_bytes"] for p in data["points"]] == [llama_kv_bytes(2, 256),
+                                                                         llama_kv_bytes(2, 1024)]
+    assert data["gpus"][0]["max_context"] > 1024
+    assert run_cli(argv) == 0
+    text = capsys.readouterr().out
+    assert "KV cache" in text and "tokens/s" in text and "max context" in text
+    # one line, not a traceback: the context is a decode question
+    assert run_cli(["sweep", LLAMA_FILE, "--context", "256,1024", "--input", "input_ids=2x16:int64"]) != 0
+    assert "--context only applies to --mode decode" in capsys.readouterr().err
+    assert run_cli(argv[:5] + ["256,x"] + argv[6:]) != 0
+    assert "--context must be integers" in capsys.readouterr().err

@@ -177,3 +177,75 @@ def test_the_second_axis_follows_the_inputs(qtbot, tmp_path, monkeypatch):
     panel.lora_rank_spin.setValue(0)   # no adapters: no targets either
     assert state.workload.options.lora_rank == 0 and state.workload.options.lora_targets == ()
     assert panel.lora_targets_edit.text() == "" and not panel.lora_targets_edit.isEnabled()
+
+
+def test_a_new_sequence_length_shows_an_estimated_verdict_before_its_exact_trace(qtbot, tmp_path, monkeypatch):
+    # the sequence-length slider, like the batch slider: a length not traced yet is planned at once from three
+    # traced lengths (the quadratic model; the sweep traced them), marked as an estimate until its own trace lands
+    import threading
+
+    from tests.test_seq_len import TINY_LLAMA
+
+    workload = Workload("llama-3.2-1b", parse_inputs("input_ids=1x256:int64"), TraceOptions(), TINY_LLAMA)
+    window = make_window(qtbot, tmp_path, monkeypatch, workload=workload)
+    try:
+        panel = window.workload_panel
+        wait_for_plans(qtbot, window, timeout=WAIT)
+        qtbot.waitUntil(lambda: not window.busy and window.resolution_sweep is not None
+                        and window.resolution_sweep.axis == "seq_len", timeout=WAIT)
+        traced = window.cache.seq_lens_in_memory(window.evaluation.plans[0].workload)
+        length = next(n for n in (320, 384, 192, 448) if n not in traced)
+        gate, analyze = threading.Event(), window.cache._analyze
+        window.cache._analyze = lambda w: (gate.wait(WAIT / 1000), analyze(w))[1]   # exact traces wait for us
+        panel.seq_len_spin.setValue(length)
+        qtbot.waitUntil(lambda: window.evaluation.workload.seq_len == length, timeout=5_000)
+        estimate = window.evaluation
+        assert estimate.interpolated and estimate.result is None
+        assert window.progress_label.text().startswith("Estimated from traces at sequence lengths")
+        assert window.verdict.verdict_text() not in ("…", "Analysing…")   # a verdict on screen for the new length
+        gate.set()
+        exact = wait_for_plans(qtbot, window, lambda ev: ev.workload.seq_len == length, timeout=WAIT)
+        assert exact.plans[0].memory.required_bytes == estimate.plans[0].memory.required_bytes
+    finally:
+        close_window(window)
+
+
+def test_decode_plots_memory_and_tokens_per_s_against_the_context(qtbot, window):
+    # the fourth tab of a decode workload: memory needed and the KV cache against the context (each point its own
+    # trace, in the model's process for a .py model), new tokens/s on a right-hand axis, a marker at each GPU's
+    # largest context
+    panel = window.workload_panel
+    wait_for_plans(qtbot, window, lambda ev: ev.plans[0].gpu.name == "H100 SXM", timeout=WAIT)
+    panel.inputs_edit.selectAll()
+    qtbot.keyClicks(panel.inputs_edit, "input_ids=2x1:int64")
+    choose(panel, "mode", "decode")
+    panel.context_spin.setValue(512)
+    workload = panel.state.workload
+    assert workload.options.context_len == 512
+    qtbot.waitUntil(lambda: window.resolution_sweep is not None and window.resolution_sweep.axis == "context"
+                    and window._file_sweeps_for[0] == panel.state.workload.key(), timeout=WAIT)
+    sweep = window.resolution_sweep
+    values = [p.value for p in sweep.points]
+    assert 512 in values and len(values) >= 3
+    for point in sweep.points:   # fp32 cache: 4 bytes per value
+        assert point.per_gpu[0].kv_cache_bytes == kv_cache_bytes(point.value, 2, 4)
+        assert point.per_gpu[0].tokens_per_s > 0
+    best = sweep.gpus[0].max_context
+    solved = wait_for_plans(qtbot, window, lambda ev: ev.workload == workload and ev.plans[0].generation.max_context,
+                            timeout=WAIT)
+    assert best == solved.plans[0].generation.max_context
+    tabs = window.tabs
+    assert tabs.tabText(tabs.indexOf(window.plots.memory_vs_resolution)) == "Memory vs context"
+    item = window.plots.memory_vs_resolution.getPlotItem()
+    assert item.getAxis("bottom").labelText.startswith("Context (tokens in the KV cache")
+    assert item.getAxis("right").isVisible()
+    names = [label.text for _, label in item.legend.items]
+    assert f"largest context on H100 SXM: {best:,}" in names and "KV cache" in names
+    assert "H100 SXM tokens/s" in names
+    # back to inference: the fourth tab is the sequence length again, without the tokens/s axis
+    choose(panel, "mode", "infer")
+    qtbot.waitUntil(lambda: window.resolution_sweep is not None and window.resolution_sweep.axis == "seq_len",
+                    timeout=WAIT)
+    assert tabs.tabText(tabs.indexOf(window.plots.memory_vs_resolution)) == "Memory vs sequence length"
+    assert not item.getAxis("right").isVisible()
+    assert not any(name.endswith("tokens/s") for name in (label.text for _, label in item.legend.items))

@@ -535,3 +535,25 @@ def test_a_model_calling_tolist_shows_its_verdict_before_its_sweeps(qtbot, windo
     assert evaluation.result.totals.params == 3 * 8 * 9 + 8 + 8 * 4 + 4
     assert "Cannot analyse" not in window.verdict.verdict_text()
     assert window.model_runner.running          # its sweeps are still being worked out, next door
+
+
+def test_a_refused_intermediate_number_keeps_the_typed_digits_and_says_why(qtbot, window):
+    # batch 32 x 3 x 400000000**2 floats is beyond 2**63 bytes: the state refuses the 9-digit resolution on the
+    # way to a 10-digit one; the box keeps what was typed, the line under it says why, and the box shows the
+    # workload's resolution again when typing ends
+    panel = window.workload_panel
+    _type(qtbot, panel.inputs_edit, "32x3x32x32")
+    spin = panel.resolution_spin
+    spin.lineEdit().selectAll()
+    qtbot.keyClicks(spin.lineEdit(), "400000000")
+    assert spin.value() == 400_000_000
+    assert "too large" in panel.errors["resolution"].message
+    assert image_side_of(panel) == 40_000_000
+    qtbot.keyClick(spin.lineEdit(), "0")
+    assert "resolution 4000000000 is too large: at most 2,147,483,647" in panel.errors["resolution"].message
+    spin.editingFinished.emit()
+    assert spin.value() == 40_000_000 and panel.errors["resolution"].message
+
+
+def image_side_of(panel):
+    return panel.state.workload.inputs[0].shape[-1]

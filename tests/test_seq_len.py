@@ -214,3 +214,31 @@ def test_causal_convention_leaves_non_causal_attention_full(capsys):
     base = ("analyze", "bert-base", "--kwargs", '{"num_hidden_layers": 1}', "--seq-len", "128")
     assert cli_json(capsys, *base)["totals"]["macs"] == cli_json(
         capsys, *base, "--attention-flops", "causal")["totals"]["macs"]
+
+
+@pytest.mark.parametrize("options", [{"precision": "bf16", "attention": "math"},   # S x S scores: quadratic
+                                     {"mode": "train", "precision": "bf16"}])      # flash-style: linear in S
+def test_quick_plans_along_the_sequence_axis_equal_the_exact_trace_at_interpolated_lengths(options):
+    # storage sizes and op counts of a transformer are polynomials of degree <= 2 in the sequence length, so the
+    # quadratic through three traced lengths is exact at every other length: the quick plan (no trace) has the
+    # memory (and the roofline) of the exact trace, and says it is an estimate until that trace replaces it
+    cache = TraceCache(maxsize=256)
+    gpu = small_gpu(64 * 2**20)
+    planner = Planner(cache, overheads=NONE)
+    for length in (64, 128, 256, 512):
+        cache.get(tiny(length, 2, **options).on_gpu(gpu))
+    traces = cache.misses
+    for length in (96, 192, 320):
+        workload = tiny(length, 2, **options)
+        (quick,), estimated = planner.quick_plans(workload, [gpu])
+        assert estimated and cache.misses == traces   # nothing traced for it
+        assert quick.result.warnings[-1].startswith("estimated from traces at sequence lengths")
+        exact = planner.plan(workload, gpu, solve_max_batch=False)
+        traces = cache.misses
+        assert quick.memory.required_bytes == exact.memory.required_bytes
+        assert quick.memory.tensor_peak_bytes == exact.memory.tensor_peak_bytes
+        assert quick.memory.by_category == exact.memory.by_category
+        assert quick.latency.estimate_ms == pytest.approx(exact.latency.estimate_ms, rel=1e-9)
+        assert quick.verdict is exact.verdict
+    # another batch: none of its lengths is in memory, no estimate (a trace is needed)
+    assert planner.quick_plans(tiny(1000, 3, **options), [gpu]) is None

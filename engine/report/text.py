@@ -305,15 +305,19 @@ def render_fewest(searches, best) -> str:
 
 # ---------------------------------------------------------------------------------------------- sweep
 def render_sweep(sweep) -> str:
+    context = sweep.axis == "context"   # decode: the KV cache and new tokens/s, not samples/s
     headers = [sweep.axis]
     for gpu in sweep.gpus:
-        headers += [f"{gpu.gpu_name}: needs", "fits", "bound", "estimate", "samples/s"]
+        headers += [f"{gpu.gpu_name}: needs", "fits", "bound", "estimate",
+                    *(("KV cache", "tokens/s") if context else ("samples/s",))]
     rows = []
     for point in sweep.points:
         row = [str(point.value) + (" *" if point.interpolated else "")]
         for g in point.per_gpu:
             row += [human_bytes(g.required_bytes), "yes" if g.fits else "no", human_ms(g.lower_bound_ms),
-                    human_ms(g.estimate_ms), f"{g.throughput_samples_per_s:,.1f}"]
+                    human_ms(g.estimate_ms)]
+            row += [human_bytes(g.kv_cache_bytes or 0), f"{g.tokens_per_s or 0:,.1f}"] if context else \
+                [f"{g.throughput_samples_per_s:,.1f}"]
         rows.append(row)
     lines = [table(headers, rows)]
     if any(p.interpolated for p in sweep.points):
@@ -321,6 +325,8 @@ def render_sweep(sweep) -> str:
     for gpu in sweep.gpus:
         if sweep.axis == "seq_len":
             solved = f"max seq len {gpu.max_seq_len:,}" if gpu.max_seq_len is not None else "max seq len not solved"
+        elif context:
+            solved = f"max context {gpu.max_context:,}" if gpu.max_context is not None else "max context not solved"
         else:
             solved = f"max batch {gpu.max_batch}" if gpu.max_batch is not None else "max batch not solved"
         lines.append(f"{gpu.gpu_name}: {human_bytes(gpu.capacity_bytes)} available, target {gpu.target}, {solved}")
