@@ -119,7 +119,7 @@ def render(out_dir: str) -> list[Path]:
         app.setPalette(app.style().standardPalette())
         user_code.ask = lambda parent, path, why: True   # the project's own model file
         token = _open_window(app, tmp, json.dumps(TOKEN_WORKLOAD), ticked=("L4",), primary="H100 SXM")
-        _show_tab(app, token, "Memory vs batch")
+        _show_tab(app, token, "Memory vs context")
         path = out / "token_mode.png"
         token.grab().save(str(path), "PNG")
         written.append(path)
