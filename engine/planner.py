@@ -95,6 +95,9 @@ def plan_notes(result: AnalysisResult, gpu: GpuSpec, overheads: Overheads) -> tu
         notes.append(f"{gpu.name} offers {human_bytes(gpu.available_memory_bytes)}, not even the CUDA context "
                      f"({human_bytes(overheads.cuda_context_bytes)})")
     notes += [w for w in result.warnings if w.startswith(GENERATION_WARNING)]
+    if result.options.distributed and result.options.world_size == 1:
+        notes.append(f"--strategy {result.options.strategy} over 1 GPU shards and communicates nothing: give "
+                     "--world-size N (or auto) to plan several GPUs")
     uncounted = sum(op.calls for op in result.uncounted_ops)
     if uncounted:
         notes.append(f"{uncounted} op calls have no FLOP formula (see analyze); their arithmetic is not in the "

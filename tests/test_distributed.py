@@ -210,6 +210,16 @@ def test_cli_plan_fsdp_json(capsys):
     assert "cluster: 8x H100 SXM" in text and "per rank" in text and "exposed" in text
 
 
+def test_a_strategy_over_one_gpu_says_so(capsys):
+    # a forgotten --world-size plans one GPU under the strategy: the plan says nothing is sharded
+    argv = ["plan", "resnet18", "--input", "2x3x32x32", "--mode", "train", "--gpu", "A100 SXM 80GB",
+            "--strategy", "fsdp", "--no-max-batch"]
+    assert run_cli(argv) == 0
+    assert "note: --strategy fsdp over 1 GPU shards and communicates nothing" in capsys.readouterr().out
+    assert run_cli(argv[:-3] + ["--world-size", "2"] + argv[-3:]) == 0
+    assert "over 1 GPU" not in capsys.readouterr().out
+
+
 def test_cli_plan_ddp_on_torchvision(capsys):
     argv = ["plan", "resnet18", "--input", "2x3x64x64", "--mode", "train", "--gpu", "A100 SXM 80GB",
             "--world-size", "4", "--strategy", "ddp", "--no-max-batch", "--json"]
