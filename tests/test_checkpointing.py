@@ -190,6 +190,9 @@ def test_the_plan_on_the_command_line_states_the_blocks(capsys):
     # without: the peak is backward's start, every block's activations alive; with: the end of backward
     assert plain["memory"]["by_category"]["activations"] > 6 * 2**30
     assert ckpt["memory"]["allocated_peak_bytes"] < plain["memory"]["allocated_peak_bytes"]
+    assert run_cli(["plan", "meta-llama/Llama-3.2-1B", "--input", "1x128:int64", "--mode", "train", "--no-store",
+                    "--gpu", "H100 SXM", "--no-max-batch", "--no-max-seq-len", "--checkpointing"]) == 0
+    assert "policy: activation checkpointing: 16 region(s) recomputed in backward" in capsys.readouterr().out
     assert run_cli(["analyze", "meta-llama/Llama-3.2-1B", "--input", "1x128:int64", "--mode", "train", "--no-store",
                     "--checkpointing"]) == 0
     assert ("policy: activation checkpointing: 16 region(s) recomputed in backward, one per repeated block "

@@ -158,6 +158,8 @@ def render_plan(plan) -> str:
         lines += generation_lines(generation, plan.max_batch, plan.gpu)
     if plan.distributed is not None:
         lines += distributed_lines(plan.distributed)
+    if plan.result is not None and plan.result.options.checkpointing:   # the granularity, as analyze states it
+        lines += [f"policy: {p}" for p in plan.result.policies if p.startswith("activation checkpointing")]
     lines += [f"note: {note}" for note in plan.notes]
     return "\n".join(lines)
 
