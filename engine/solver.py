@@ -70,6 +70,17 @@ def largest_true(predicate: Callable[[int], bool], lo: int, hi: int | None, limi
     return lo
 
 
+def largest_below(predicate: Callable[[int], bool], lo: int, top: int, limit: int) -> int:
+    """Largest n in [lo, top) with predicate(n), given predicate(top) is False (a model's guess that did not
+    fit): step down exponentially to a value that holds, then bisect. predicate(lo) is assumed True."""
+    step = 1
+    while True:
+        probe = max(lo, top - step)
+        if probe == lo or predicate(probe):
+            return largest_true(predicate, probe, top, limit)
+        top, step = probe, step * 2
+
+
 def _require_inputs(workload: Workload, cache: TraceCache) -> Workload:
     if workload.inputs:
         return workload
@@ -125,13 +136,7 @@ def max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache | None = No
         if model.matches(cache.get(workload.with_batch(guess))) or not fits(guess + 1):
             return guess
         return largest_true(fits, guess + 1, hi, limit)
-    # the model was optimistic: step down exponentially to a batch that fits, then bisect
-    top, step = guess, 1
-    while True:
-        probe = max(lo, top - step)
-        if fits(probe):
-            return largest_true(fits, probe, top, limit)
-        top, step = probe, step * 2
+    return largest_below(fits, lo, guess, limit)   # the model was optimistic
 
 
 def try_max_batch(workload: Workload, gpu: GpuSpec, *, cache: TraceCache, overheads: Overheads = Overheads()
@@ -214,12 +219,7 @@ def _largest_fitting(trace_at: Callable[[int], object], start: int, limit: int, 
         if guess == limit or guess + 1 == hi or model.matches(trace_at(guess)) or not fits(guess + 1):
             return guess
         return largest_true(fits, guess + 1, hi, limit)
-    top, step = guess, 1
-    while True:
-        probe = max(lo, top - step)
-        if fits(probe):
-            return largest_true(fits, probe, top, limit)
-        top, step = probe, step * 2
+    return largest_below(fits, lo, guess, limit)
 
 
 def _spatial(workload: Workload) -> tuple[int, int]:
@@ -595,9 +595,4 @@ def _solve_seq_len(workload: Workload, gpu: GpuSpec, cache: TraceCache, limit: i
         if model.matches(trace(guess), guess) or not fits_at(guess + 1):
             return answer(guess)
         return answer(largest_true(fits_at, guess + 1, hi, limit))
-    top, down = guess, 1      # the model was optimistic: step down to a length that fits, then bisect
-    while True:
-        probe = max(lo, top - down)
-        if fits_at(probe):
-            return answer(largest_true(fits_at, probe, top, limit))
-        top, down = probe, down * 2
+    return answer(largest_below(fits_at, lo, guess, limit))   # the model was optimistic
