@@ -75,11 +75,11 @@ def run_request(request: Request, ctx: JobContext) -> str:
     elif has_seq_len_axis(workload):
         key = ("seq_len", workload.key(), tuple(g.name for g in gpus))
         if key != request.resolution_sweep_key:
-            ctx.partial("resolution_sweep", (key, _seq_len_sweep(workload, gpus, cache, ctx)))
+            ctx.partial("resolution_sweep", (key, _axis_sweep("seq_len", workload, gpus, cache, ctx)))
     elif has_context_axis(workload):
         key = ("context", workload.key(), tuple(g.name for g in gpus))
         if key != request.resolution_sweep_key:
-            ctx.partial("resolution_sweep", (key, _context_sweep(workload, gpus, cache, ctx)))
+            ctx.partial("resolution_sweep", (key, _axis_sweep("context", workload, gpus, cache, ctx)))
     else:
         ctx.partial("resolution_sweep", (None, None))
     return "done"
@@ -95,42 +95,31 @@ def has_context_axis(workload: Workload) -> bool:
     return workload.options.mode == "decode"
 
 
-def _context_sweep(workload: Workload, gpus, cache: TraceCache, ctx: JobContext):
-    """Decode: each GPU's largest context, then each context traced one at a time (a newer request can stop us
-    between them), then the sweep from the cache; a sweep that cannot start comes back empty, naming why."""
+# the second axes traced point by point: (what is solved first, what is swept, one point's workload); backend
+# has ``<axis>_sweep_values`` (the points) and ``<axis>_sweep`` (the sweep from the cache) for each
+_AXES = {
+    "context": ("Solving the largest context…", "the context", lambda w, n: w.with_options(context_len=n)),
+    "seq_len": ("Solving the longest sequence…", "sequence length", lambda w, n: w.with_seq_len(n)),
+}
+
+
+def _axis_sweep(axis: str, workload: Workload, gpus, cache: TraceCache, ctx: JobContext):
+    """Decode's context or a token model's sequence length: the largest value per GPU, then each point traced one
+    at a time (a newer request can stop us between them), then the sweep from the cache. A point the model cannot
+    run is left out by the sweep; a sweep that cannot start comes back empty, naming why."""
     from torchbudget.engine.solver import Sweep
 
+    solving, what, at = _AXES[axis]
     try:
-        ctx.progress("Solving the largest context…")
-        values = backend.context_sweep_values(workload, gpus, cache)
-        for context in values:
-            ctx.progress(f"Sweeping the context ({context:,} tokens)…")
+        ctx.progress(solving)
+        values = getattr(backend, f"{axis}_sweep_values")(workload, gpus, cache)
+        for value in values:
+            ctx.progress(f"Sweeping {what} ({value:,} tokens)…")
             for target_workload in {w.options.target: w for w in (workload.on_gpu(g) for g in gpus)}.values():
                 try:
-                    cache.get(target_workload.with_options(context_len=context))
+                    cache.get(at(target_workload, value))
                 except UserError:
                     pass   # the sweep leaves this point out and says why
-        return backend.context_sweep(workload, gpus, cache)
+        return getattr(backend, f"{axis}_sweep")(workload, gpus, cache)
     except UserError as exc:
-        return Sweep("context", (), (), (str(exc),))
-
-
-def _seq_len_sweep(workload: Workload, gpus, cache: TraceCache, ctx: JobContext):
-    """The second axis of a token model: its longest sequence per GPU, then each length traced one at a time (a
-    newer request can stop us between them), then the sweep from the cache. A length the model cannot run is
-    left out by the sweep; a sweep that cannot start comes back as an empty one naming why."""
-    from torchbudget.engine.solver import Sweep
-
-    try:
-        ctx.progress("Solving the longest sequence…")
-        values = backend.seq_len_sweep_values(workload, gpus, cache)
-        for length in values:
-            ctx.progress(f"Sweeping sequence length ({length:,} tokens)…")
-            for target_workload in {w.options.target: w for w in (workload.on_gpu(g) for g in gpus)}.values():
-                try:
-                    cache.get(target_workload.with_seq_len(length))
-                except UserError:
-                    pass   # the sweep leaves this point out and says why
-        return backend.seq_len_sweep(workload, gpus, cache)
-    except UserError as exc:
-        return Sweep("seq_len", (), (), (str(exc),))
+        return Sweep(axis, (), (), (str(exc),))
