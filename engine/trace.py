@@ -401,7 +401,7 @@ def _optimizer_step(recorder: Recorder, roles: assemble.StorageRoles, trainable:
     if options.optimizer is None:
         return None
     recorder.phase = Phase.OPTIMIZER
-    recorder.policies.reporting = False
+    recorder.policies.reporting = recorder.policies.following_values = False
     optimizer = training.make_optimizer(options.optimizer, trainable, options.optimizer_impl)
     optimizer.step()
     for t in training.optimizer_state_tensors(optimizer):

@@ -278,7 +278,7 @@ def _optimizer_step(recorder, roles, prepared, options):
     if options.optimizer is None or not prepared.optimizer_groups:
         return None
     recorder.phase = Phase.OPTIMIZER
-    recorder.policies.reporting = False
+    recorder.policies.reporting = recorder.policies.following_values = False
     if prepared.zero:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
