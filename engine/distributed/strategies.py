@@ -302,3 +302,83 @@ def prepare(model: nn.Module, options, cluster, *, autocast_dtype: torch.dtype |
 def _first_line(exc: BaseException, limit: int = 300) -> str:
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------ gradient accumulation
+def _fsdp_param_groups(model: nn.Module):
+    """FSDP2's parameter groups (one per ``fully_shard`` unit), from the units' states."""
+    for module in model.modules():
+        get_state = getattr(module, "_get_fsdp_state", None)
+        if get_state is None:
+            continue
+        yield from getattr(get_state(), "_fsdp_param_groups", ())
+
+
+def accumulated_gradients(model: nn.Module, prepared: Prepared, options) -> list[torch.Tensor]:
+    """Gradient accumulation (``grad_accum`` K > 1) on rank 0: the gradients the traced micro-batch starts with
+    (the sum of the micro-batches before it), set as the parameters' ``.grad``; returns their local storages'
+    tensors. Call in the recorder's set-up mode (allocations before the first op), after ``prepare``.
+
+    * FSDP2 (default ``set_requires_gradient_sync(True)``): every micro-batch reduce-scatters and the sharded
+      gradient accumulates (``foreach_reduce``: ``grad._local_tensor += new_sharded_grad``). The first micro-batch
+      leaves, per parameter group, one flat buffer of the group's padded shards (the reduce-scatter output, in
+      the group's original dtype) with each trainable parameter's sharded gradient a view of it
+      (``FSDPParam.to_sharded_dtensor``): laid out here the same way. Traced micro-batch: 2..K.
+    * DDP / ZeRO-1: micro-batches 1..K-1 run under ``no_sync()`` (plain AccumulateGrad: one full gradient per
+      parameter), the K-th all-reduces: traced micro-batch K.
+    * Tensor parallel (plain parameters and DTensors): one gradient per parameter, rank 0's local shard."""
+    if not options.training or options.grad_accum <= 1:
+        return []
+    from torch.distributed.tensor import DTensor
+
+    grads: list[torch.Tensor] = []
+    covered: set[int] = set()
+    for group in _fsdp_param_groups(model):
+        trained = [fp for fp in group.fsdp_params if fp.sharded_param.requires_grad]
+        if not trained:
+            continue
+        dtype = getattr(group, "_orig_dtype", None) or trained[0].sharded_param.dtype
+        flat = torch.empty(sum(fp.padded_sharded_param_size.numel() for fp in trained), dtype=dtype)
+        offset = 0
+        for fp in trained:
+            view = torch.as_strided(flat, fp.sharded_size, fp.contiguous_sharded_stride, offset)
+            fp.sharded_param.grad = fp.to_sharded_dtensor(view)
+            covered.add(id(fp.sharded_param))
+            offset += fp.padded_sharded_param_size.numel()
+        grads.append(flat)
+    for _, p, trains in prepared.params:
+        if not trains or id(p) in covered:
+            continue
+        if isinstance(p, DTensor):
+            local = torch.empty_like(p._local_tensor)
+            p.grad = DTensor.from_local(local, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                                        stride=p.stride())
+        else:
+            local = torch.empty_like(p)
+            p.grad = local
+        covered.add(id(p))
+        grads.append(local)
+    return grads
+
+
+def grad_accum_note(options, batch: int) -> str:
+    """What a distributed gradient-accumulation trace is (for the result's policies)."""
+    k = options.grad_accum
+    dp = options.world_size // options.tp_size
+    head = (f"gradient accumulation: {k} micro-batches of {batch} per rank per optimizer step (global batch "
+            f"{k} x {batch} x {dp} data-parallel replica(s) = {k * batch * dp}); ")
+    strategy = options.strategy
+    if strategy in ("ddp", "zero1"):
+        return head + (f"DDP's no_sync() on micro-batches 1..{k - 1} (local full gradients accumulate, no "
+                       f"all-reduce), the trace is micro-batch {k}: the accumulated gradients alive from its start, "
+                       "its buckets all-reduced once per optimizer step; step time counts "
+                       f"{k} forward+backward passes and one optimizer step")
+    if strategy in ("fsdp", "fsdp-grad-op", "fsdp+tp"):
+        tp = "; tensor-parallel collectives in every micro-batch too" if strategy == "fsdp+tp" else ""
+        return head + ("FSDP2's default (gradient sync on): every micro-batch all-gathers and reduce-scatters, "
+                       "accumulating into the sharded gradients; the trace is micro-batch 2.."
+                       f"{k}: sharded gradients alive from its start; communication and step time count {k} "
+                       f"micro-batches' collectives and one optimizer step{tp}")
+    return head + (f"every micro-batch runs the tensor-parallel collectives; the trace is micro-batch 2..{k}: "
+                   f"gradients (rank 0's shards) alive from its start; communication and step time count {k} "
+                   "micro-batches and one optimizer step")

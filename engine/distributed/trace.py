@@ -53,7 +53,7 @@ def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: Tr
     unbuilt = single._not_built_yet(options)
     if unbuilt:
         raise UserError(f"not supported yet: {unbuilt}", field="mode")
-    unbuilt = ["--grad-accum"] if options.grad_accum > 1 else []
+    unbuilt = []
     if finetune.needed(options):
         if vocab.strategy(options.strategy).tensor_parallel:   # peft's layers are not the nn.Linear TP splits
             unbuilt += [flag for flag, used in (("--lora-rank", options.lora_rank), ("--freeze", options.freeze),
@@ -168,6 +168,8 @@ def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtyp
     with recorder:   # set-up: storages only (DDP's buckets, FSDP's shards), no ops
         try:
             prepared = strategies.prepare(model, options, cluster, autocast_dtype=autocast_dtype)
+            # gradient accumulation: the gradients the traced micro-batch starts with (the sum so far)
+            accumulated = strategies.accumulated_gradients(model, prepared, options)
         finally:
             recorder.setup = False
     storage.forget_dead()   # the full parameters FSDP replaced, DDP's broadcast buffer: before the step
@@ -180,14 +182,20 @@ def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtyp
     for _, b in buffers:
         storage.track(_local(b), -1)
         roles.buffers.update(storage.sids_of(_local(b)))
+    for grad in accumulated:
+        roles.gradients.update(storage.sids_of(grad))
+    del accumulated
     # what the wrappers keep besides the parameters: DDP's gradient buckets; FSDP's padded shard storage
-    leftover = setup_survivors - roles.weights - roles.buffers
+    leftover = setup_survivors - roles.weights - roles.buffers - roles.gradients
     (roles.gradients if options.strategy in ("ddp", "zero1") else roles.weights).update(leftover)
     tensors = [torch.empty(s.shape, dtype=param_dtype if s.is_floating else s.torch_dtype) for s in inputs]
     for t in tensors:
         storage.track(t, -1)
         roles.inputs.update(storage.sids_of(t))
-    run = {"params": params, "buffers": buffers, "roles": roles, "notes": list(prepared.notes),
+    notes = list(prepared.notes)
+    if train and options.grad_accum > 1:
+        notes.append(strategies.grad_accum_note(options, inputs[0].shape[0] if inputs and inputs[0].shape else 1))
+    run = {"params": params, "buffers": buffers, "roles": roles, "notes": notes,
            "input_bytes": sum(t.numel() * t.element_size() for t in tensors), "output_bytes": 0}
     recorder.nodes.leaf_owner = {id(_local(p)): name.rpartition(".")[0] for name, p, _ in params}
     args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})

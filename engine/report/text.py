@@ -172,14 +172,18 @@ def distributed_lines(d) -> list[str]:
     lines = [f"cluster: {d.cluster}; {d.strategy}{tp} ({d.method}: "
              + ("torch's own wrappers on a fake process group" if d.method == "traced" else "a formula") + ")",
              "memory, verdict and max batch are per rank (rank 0's traced step)"]
+    k = d.grad_accum
+    per_step = f" per optimizer step of {k} micro-batches" if k > 1 else ""
     for kind, (calls, nbytes, ms) in sorted(c.by_kind.items()):
-        lines.append(f"  {kind.replace('_', '-')}: {calls} call(s), {human_bytes(nbytes)}, {human_ms(ms)}")
+        lines.append(f"  {kind.replace('_', '-')}: {calls} call(s), {human_bytes(nbytes)}, {human_ms(ms)}{per_step}")
     lines.append(f"communication: {human_ms(c.comm_ms)} ({human_ms(c.exposed_ms)} exposed, "
-                 f"{human_ms(c.overlapped_ms)} overlapped with compute)")
+                 f"{human_ms(c.overlapped_ms)} overlapped with compute){per_step}")
     tokens = f", {d.tokens_per_s:,.0f} tokens/s" if d.tokens_per_s else ""
+    batch = f"global batch {d.global_batch} = {k} x {d.global_batch // (k * d.dp_size)} x {d.dp_size} replica(s)" \
+        if k > 1 else f"global batch {d.global_batch}"
     lines.append(f"step: {human_ms(d.step_ms)} = compute {human_ms(c.compute_ms)} + exposed communication "
-                 f"{human_ms(c.exposed_ms)}; {d.samples_per_s:,.1f} samples/s over the job (global batch "
-                 f"{d.global_batch}){tokens}; scaling efficiency {d.scaling_efficiency:.0%}")
+                 f"{human_ms(c.exposed_ms)}{per_step}; {d.samples_per_s:,.1f} samples/s over the job ({batch})"
+                 f"{tokens}; scaling efficiency {d.scaling_efficiency:.0%}")
     return lines
 
 
