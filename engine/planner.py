@@ -147,7 +147,7 @@ def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = 
         from torchbudget.engine.latency import op_estimates_ms
 
         distributed = distributed_plan(result, gpu, op_estimates_ms(result, gpu, efficiency), cluster)
-    generation = generation_report(result, gpu, latency)
+    generation = generation_report(result, gpu, latency, distributed)
     if generation is not None and max_context is not None:
         generation = replace(generation, max_context=max_context)
     capacity = gpu.available_memory_bytes

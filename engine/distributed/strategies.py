@@ -149,8 +149,12 @@ def _is_norm(module: nn.Module) -> bool:
     return "norm" in type(module).__name__.lower() and _is_leaf(module)
 
 
-def tp_plan(model: nn.Module, blocks: list[tuple[str, nn.Module]], tp: int, sequence_parallel: bool) -> dict:
+def tp_plan(model: nn.Module, blocks: list[tuple[str, nn.Module]], tp: int, sequence_parallel: bool,
+            gather_logits: bool = False) -> dict:
     """{module path: ParallelStyle} for parallelize_module (torchtitan's Llama plan, found by projection names).
+    ``gather_logits`` (serving): an untied head's vocabulary-sharded logits are all-gathered (torchtitan's plan
+    without loss parallel: ``output_layouts=Replicate()``), so every rank samples the next token from all of them;
+    training keeps them sharded (loss parallel).
 
     Without sequence parallel (Megatron): column-wise projections take the replicated hidden states, row-wise
     ones all-reduce their output. With it (torchtitan's ``parallelize_llama``, torch's TP tutorial): the
@@ -220,9 +224,10 @@ def tp_plan(model: nn.Module, blocks: list[tuple[str, nn.Module]], tp: int, sequ
         if not tied:
             plan[epath] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq, use_local_output=False) \
                 if sequence_parallel else RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
-            for hpath, _ in heads:   # logits stay sharded by vocabulary (loss parallel)
+            for hpath, _ in heads:   # training: logits stay sharded by vocabulary (loss parallel)
                 plan[hpath] = ColwiseParallel(input_layouts=seq if sequence_parallel else Replicate(),
-                                              output_layouts=Shard(-1), use_local_output=True)
+                                              output_layouts=Replicate() if gather_logits else Shard(-1),
+                                              use_local_output=True)
         elif sequence_parallel:   # a tied embedding and head stay whole: the stream is split and gathered around
             plan[epath] = PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=seq,
                                               use_local_output=False)
@@ -239,10 +244,11 @@ def tp_plan(model: nn.Module, blocks: list[tuple[str, nn.Module]], tp: int, sequ
     return plan
 
 
-def _tensor_parallel(model: nn.Module, blocks, mesh, tp: int, sequence_parallel: bool, prepared: Prepared) -> None:
+def _tensor_parallel(model: nn.Module, blocks, mesh, tp: int, sequence_parallel: bool, prepared: Prepared,
+                     gather_logits: bool = False) -> None:
     from torch.distributed.tensor.parallel import parallelize_module
 
-    plan = tp_plan(model, blocks, tp, sequence_parallel)
+    plan = tp_plan(model, blocks, tp, sequence_parallel, gather_logits)
     parallelize_module(model, mesh, plan)
     from torch.distributed.tensor.parallel import PrepareModuleInput
 
@@ -267,7 +273,8 @@ def prepare(model: nn.Module, options, cluster, *, autocast_dtype: torch.dtype |
     # torchtitan's order: tensor parallel on the bare blocks (its plan names their submodules), then activation
     # checkpointing around them, then FSDP over the checkpointed blocks
     if vocab.strategy(strategy).tensor_parallel:
-        _tensor_parallel(model, blocks, cluster.submesh("tp"), options.tp_size, options.sequence_parallel, prepared)
+        _tensor_parallel(model, blocks, cluster.submesh("tp"), options.tp_size, options.sequence_parallel, prepared,
+                         gather_logits=options.generation)
     if options.training and (options.checkpointing or own):
         units = checkpoint_blocks(model, blocks)
         prepared.notes.append(checkpoint_note(blocks) + (

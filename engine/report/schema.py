@@ -131,6 +131,8 @@ def generation_to_dict(g, max_batch: int | None) -> dict | None:
         "per_sequence_tokens_per_s": g.per_sequence_tokens_per_s,
         "max_concurrent_sequences": max_batch if g.mode == "decode" else None,
         "max_context": g.max_context,
+        # several GPUs (tensor parallel): the bytes and solvers above are rank 0's; the step waits for this
+        "world_size": g.world_size, "exposed_comm_ms": g.exposed_comm_ms,
     }
 
 
