@@ -234,3 +234,14 @@ def test_cli_serving_bad_input_is_one_line(capsys, extra, message):
                     "--no-max-batch", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_cli_fewest_gpus_for_serving_tries_tensor_parallel(capsys):
+    """--strategy auto in a generation mode tries the strategy that serves (tp) only; its smallest world is 2."""
+    argv = ["plan", LLAMA_FILE, "--mode", "decode", "--context", "64", "--batch", "2", "--gpu", "T4",
+            "--world-size", "auto", "--strategy", "auto", "--no-max-batch", "--json"]
+    assert run_cli(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [s["strategy"] for s in out["fewest_gpus"]] == ["tp"]
+    assert out["chosen"] == {"strategy": "tp", "world_size": 2, "gpu": "T4"}
+    assert out["plan"]["generation"]["kv_cache_bytes_before_step"] == kv_bytes(2, 64, 2, 4)
