@@ -12,23 +12,24 @@ import gc
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_leaves
+from torch.utils._python_dispatch import _disable_current_modes
 
 from torchbudget.engine import finetune, vocab
 from torchbudget.engine.process import freeze_startup_objects  # noqa: F401 - its old home
 from torchbudget.engine.errors import InputSpecError, ShapeMismatchError, TraceError, UserError
 from torchbudget.engine.inputs import InputSpec
-from torchbudget.engine.meta_params import StandIns, make_stand_ins, names_for
+from torchbudget.engine.meta_params import StandIns, empty_maker, make_stand_ins, names_for
 from torchbudget.engine.ops.attention import CAUSAL_NOTE
 from torchbudget.engine.target import CudaSemantics
 from torchbudget.engine.results import AnalysisResult, Phase, TraceOptions
-from torchbudget.engine.tracing import assemble, generation, hf_masks, training
+from torchbudget.engine.tracing import assemble, generation, hf_masks, training, unroll
 from torchbudget.engine.tracing.errors import looks_like_shapes
 from torchbudget.engine.tracing.modules import ModuleStack
 from torchbudget.engine.tracing.recorder import Recorder
@@ -60,6 +61,7 @@ _TRACE_LOCK = threading.Lock()
 # FakeTensorMode logs a traceback for every failing meta kernel; the failure reaches the user as a
 # ShapeMismatchError/TraceError instead, so that logger is quieted for the trace.
 _FAKE_LOG = logging.getLogger("torch._subclasses.fake_tensor")
+_LOG = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -98,12 +100,16 @@ class _Run:
     generation: object = None    # engine.tracing.generation.GenerationStep of a prefill/decode step
     notes: tuple[str, ...] = ()  # decisions taken for the model's own code (hf_masks)
     checkpointing: tuple[str, ...] = ()   # the activation-checkpointing note (engine.tracing.training)
+    shallow_grads: dict = field(default_factory=dict)   # a shallow step (engine.tracing.unroll): storage -> parameter
+    pending_grads: dict = field(default_factory=dict)   # ... gradients made for the blocks that did not run
 
 
 def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: TraceOptions = TraceOptions(),
                 *, model_name: str = "", input_names: bool | None = None,
-                forward_kwargs: Mapping[str, object] | None = None) -> AnalysisResult:
-    """``forward_kwargs``: non-tensor keyword arguments for forward (``use_cache=False``...)."""
+                forward_kwargs: Mapping[str, object] | None = None, unroll_blocks: bool | None = None) -> AnalysisResult:
+    """``forward_kwargs``: non-tensor keyword arguments for forward (``use_cache=False``...). ``unroll_blocks``:
+    trace identical repeated blocks once and replicate them (engine.tracing.unroll): None when the model has
+    at least unroll.MIN_BLOCKS of them, True for any count, False never (the result is the same)."""
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"expected a torch.nn.Module, got {type(model).__name__}", field="model")
     unbuilt = _not_built_yet(options)
@@ -121,10 +127,24 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
         # LoRA / quantised layers: a meta copy of the module (engine.finetune); else the module itself
         prepared = finetune.prepare(model, options, *precision_dtypes(options.precision))
         traced = prepared.module
-        with _restored_state(traced), FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
-            traced.train(options.training)
-            run = _run_step(traced, inputs, options, use_names, fake_mode, prepared, dict(forward_kwargs or {}))
-    ops = run.recorder.ops
+        kwargs = dict(forward_kwargs or {})
+        step = None
+        repeated = unroll.plan(traced, generation=options.generation) if unroll_blocks is None else (
+            unroll.plan(traced, generation=options.generation, min_blocks=0) if unroll_blocks else None)
+        if repeated is not None:
+            try:
+                step = _unrolled_step(traced, inputs, options, use_names, prepared, kwargs, repeated)
+            except Exception as why:  # noqa: BLE001  (traced in full below: the same answer, slower)
+                _LOG.log(logging.INFO if isinstance(why, unroll.NotPeriodic) else logging.WARNING,
+                         "tracing %s in full: %s", model_name or type(model).__name__, why)
+        if step is None:
+            with _restored_state(traced), FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
+                traced.train(options.training)
+                run = _run_step(traced, inputs, options, use_names, fake_mode, prepared, kwargs)
+            step = _Step(run, run.recorder.ops, run.recorder.storage.lives, run.roles, run.stack.stats,
+                         _policies(run, options, prepared, inputs))
+    run, ops = step.run, step.ops
+    run.stack.stats = step.stats
     first_owner = {id(p): name.rpartition(".")[0] for name, p in traced.named_parameters()}
     nodes = assemble.module_nodes(traced, model_name or type(model).__name__, ops, run.stack, first_owner,
                                   _trains(run.stand_ins))
@@ -137,22 +157,71 @@ def trace_model(model: torch.nn.Module, inputs: Sequence[InputSpec], options: Tr
         totals=assemble.totals(ops, nodes, run.stand_ins.params, run.stand_ins.buffers,
                                run.input_bytes, run.output_bytes, numel=run.stand_ins.numel,
                                weight_extras=run.stand_ins.weight_buffers),
-        modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(run.recorder.storage.lives, run.roles),
+        modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(step.lives, step.roles),
         uncounted_ops=uncounted, coverage=coverage, flop_coverage=flop_coverage, warnings=warnings,
-        policies=((run.generation.description,) if run.generation else ())
-        + tuple(run.recorder.policies.applied) + run.notes + _semantics_notes(run.semantics, options)
-        + run.checkpointing
-        + prepared.notes + training.grad_accum_notes(options, inputs)
-        + ((CAUSAL_NOTE,) if options.attention_flops == "causal" else ()),
+        policies=step.policies,
         trace_seconds=time.perf_counter() - started,
         target_dependent=not isinstance(run.semantics, CudaSemantics) or bool(run.semantics.sdpa_calls),
     )
 
 
+def _policies(run: "_Run", options: TraceOptions, prepared: finetune.Prepared, inputs) -> tuple[str, ...]:
+    return (((run.generation.description,) if run.generation else ())
+            + tuple(run.recorder.policies.applied) + run.notes + _semantics_notes(run.semantics, options)
+            + run.checkpointing
+            + prepared.notes + training.grad_accum_notes(options, inputs)
+            + ((CAUSAL_NOTE,) if options.attention_flops == "causal" else ()))
+
+
+@dataclass
+class _Step:
+    """A traced step, ready for the assembly: its run, and the ops/lifetimes/statistics/notes to assemble
+    (the run's own, or those replicated from a shallow run)."""
+
+    run: "_Run"
+    ops: list
+    lives: list
+    roles: assemble.StorageRoles
+    stats: dict
+    policies: tuple[str, ...]
+
+
+def _unrolled_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, use_names: bool,
+                   prepared: finetune.Prepared, forward_kwargs: dict, repeated: unroll.Plan) -> _Step:
+    """The step of a model with identical repeated blocks, from shallow steps (engine.tracing.unroll); raises
+    unroll.NotPeriodic when the model does not allow it (the caller then traces in full)."""
+    runs = {}
+    for depth in (unroll.SHALLOW, unroll.CHECK):
+        try:
+            with _restored_state(model), FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
+                model.train(options.training)
+                runs[depth] = _run_step(model, inputs, options, use_names, fake_mode, prepared, forward_kwargs,
+                                        shallow=(repeated, depth), optimizer=depth == unroll.SHALLOW)
+        except Exception as exc:  # noqa: BLE001  (the model does not run cut short: the full trace decides)
+            raise unroll.NotPeriodic(f"the {depth}-block step failed: {type(exc).__name__}: {exc}") from exc
+    shallow = {depth: unroll.Shallow(run.recorder.ops, run.recorder.storage.lives, run.roles, run.stack.stats,
+                                     run.shallow_grads, run.pending_grads) for depth, run in runs.items()}
+    train = options.training
+    checked = unroll.unroll(shallow[unroll.SHALLOW], repeated, unroll.CHECK, training=train, check=True)
+    deeper = shallow[unroll.CHECK]
+    if unroll.canonical(checked.ops, checked.lives, checked.roles, checked.stats) != unroll.canonical(
+            deeper.ops, deeper.lives, deeper.roles, deeper.stats):
+        raise unroll.NotPeriodic(f"the {unroll.CHECK}-block step is not the {unroll.SHALLOW}-block step replicated")
+    run = runs[unroll.SHALLOW]
+    notes = unroll.extrapolate(_policies(run, options, prepared, inputs),
+                               _policies(runs[unroll.CHECK], options, prepared, inputs), repeated.count)
+    if run.recorder.formula_errors != runs[unroll.CHECK].recorder.formula_errors:
+        raise unroll.NotPeriodic("formula failures differ")
+    full = unroll.unroll(shallow[unroll.SHALLOW], repeated, repeated.count, training=train)
+    return _Step(run, full.ops, full.lives, full.roles, full.stats, notes + (repeated.note(),))
+
+
 def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: TraceOptions, use_names: bool,
-              fake_mode: FakeTensorMode, prepared: finetune.Prepared, forward_kwargs: dict | None = None) -> _Run:
+              fake_mode: FakeTensorMode, prepared: finetune.Prepared, forward_kwargs: dict | None = None, *,
+              shallow: tuple[unroll.Plan, int] | None = None, optimizer: bool = True) -> _Run:
     """Forward (and for training: loss, backward, optimizer step) under the recorder. Call inside the
-    FakeTensorMode: every tensor made here is a fake CPU tensor."""
+    FakeTensorMode: every tensor made here is a fake CPU tensor. ``shallow`` (plan, depth): run the model's
+    first ``depth`` repeated blocks only (engine.tracing.unroll); ``optimizer``: False leaves the step out."""
     train = options.training
     param_dtype, autocast_dtype = precision_dtypes(options.precision)
     stand_ins = make_stand_ins(model, device="cpu", param_dtype=_cast(param_dtype),
@@ -186,9 +255,11 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
     # activation checkpointing (asked for, or the model's own): a view with the regions wrapped; its copies of
     # the modules on the way to them are attributed to the paths they stand for
     plan = training.checkpoint_plan(model, options.checkpointing) if train else None
-    runnable = training.checkpointed_view(model, plan) if plan is not None else model
-    if plan is not None:
+    base = unroll.shallow_view(model, *shallow) if shallow else model
+    runnable = training.checkpointed_view(base, plan) if plan is not None else base
+    if runnable is not model:
         stack.paths.update(training.view_paths(runnable, model))
+    if plan is not None:
         run.checkpointing = (training.checkpoint_note(plan),)
     args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
     # training: no KV cache (use_cache=False); then the model's and the user's keyword arguments (--forward-kwargs
@@ -218,7 +289,9 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
                     outputs = [output]
                     del output   # a training loop drops the output once the loss exists: before the step
                     backward_done = _backward(recorder, roles, stand_ins, outputs)
-            if train:
+                    if shallow and optimizer:
+                        _shallow_gradients(run, shallow[0], fake_mode)
+            if train and optimizer:
                 # kept in a local: its state must stay alive until the recording closes
                 optimizer = _optimizer_step(recorder, roles, backward_done, options)  # noqa: F841
         run.notes = (hf_masks.NOTE,) if masks.used else ()
@@ -229,6 +302,29 @@ def _run_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], options: Tr
     finally:
         recorder.storage.close()   # storages dying after this point (the optimizer's too) are not events
     return run
+
+
+def _shallow_gradients(run: _Run, repeated: unroll.Plan, fake_mode: FakeTensorMode) -> None:
+    """A shallow step (engine.tracing.unroll): which parameter each gradient backward made belongs to, then a
+    gradient for every trainable parameter of the blocks that did not run (the optimizer steps them all)."""
+    storage, layer = run.recorder.storage, unroll.block_of(repeated)
+    empty = empty_maker("cpu", fake_mode)
+    with _disable_current_modes():   # made, not recorded: no op of the step makes them
+        _make_gradients(run, storage, layer, empty)
+
+
+def _make_gradients(run: _Run, storage, layer, empty) -> None:
+    for name, p, trains in run.stand_ins.params:
+        if not trains or not p.requires_grad:
+            continue
+        if p.grad is not None:
+            run.shallow_grads[storage.storage_id(p.grad)] = name
+        elif (layer(name) or (-1,))[0] >= unroll.SHALLOW:
+            p.grad = empty(p.shape, p.dtype)
+            storage.track(p.grad, storage.op_index)
+            sid = storage.storage_id(p.grad)
+            run.roles.gradients.add(sid)
+            run.pending_grads[sid] = name
 
 
 def _track_at_start(recorder: Recorder, ids: set[int], tensors: list) -> None:
