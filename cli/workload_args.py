@@ -107,13 +107,16 @@ def _world_size(text: str):
 
 def strategies_from_args(args: argparse.Namespace) -> tuple[str, ...]:
     """--strategy as a tuple of strategy names (one unless comma-separated; auto: AUTO_STRATEGIES, for
-    inference the ones that run it). An unknown name is one UserError."""
+    inference the ones that run it, for prefill/decode tp). An unknown name is one UserError."""
     names = [n.strip() for n in str(args.strategy).split(",") if n.strip()] or ["none"]
     if [n.lower() for n in names] == [AUTO]:
         if args.world_size != AUTO:
             raise UserError("--strategy auto picks the strategy that needs the fewest GPUs: use it with "
                             "--world-size auto", field="strategy")
-        training = vocab.is_training(args.mode)
+        mode = vocab.normalise_mode(args.mode)
+        if vocab.is_generation(mode):   # serving shards with tensor parallel only
+            return tuple(s.name for s in vocab.STRATEGIES if s.serves)
+        training = vocab.is_training(mode)
         return tuple(n for n in AUTO_STRATEGIES if training or not vocab.strategy(n).training_only)
     chosen = tuple(dict.fromkeys(vocab.normalise_strategy(n) for n in names))
     if args.world_size == AUTO and "none" in chosen:

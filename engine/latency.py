@@ -86,6 +86,10 @@ class GenerationReport:
     max_tokens_per_s: float              # ... / the larger of the roofline and bandwidth bounds
     per_sequence_tokens_per_s: float     # new tokens / estimate: the rate each sequence sees (decode)
     max_context: int | None = None       # decode: the largest context that fits at this batch (None: not solved)
+    # several GPUs (tensor parallel): weights and KV cache above are rank 0's (its shards, its KV heads); the
+    # step's bounds and estimate add the communication it waits for (TP's all-reduces: all on the critical path)
+    exposed_comm_ms: float = 0.0
+    world_size: int = 1
 
     @property
     def tokens_per_step(self) -> int:
@@ -97,28 +101,36 @@ class GenerationReport:
         return self.step_estimate_ms if self.mode == "prefill" else None
 
 
-def generation_report(result: AnalysisResult, gpu: GpuSpec, latency: "LatencyReport") -> GenerationReport | None:
-    """The generation figures of a prefill/decode trace; None for other modes."""
+def generation_report(result: AnalysisResult, gpu: GpuSpec, latency: "LatencyReport", distributed=None
+                      ) -> GenerationReport | None:
+    """The generation figures of a prefill/decode trace; None for other modes. ``distributed``: the plan's
+    engine.distributed.plan.DistributedPlan of a several-GPU trace (rank 0's): the weights read are rank 0's
+    shards, and the step's bounds and estimate add its exposed communication (the two-stream timeline's)."""
     options = result.options
     if not options.generation:
         return None
     tokens = [s for s in result.inputs if s.kind is InputKind.TOKENS and s.name != "attention_mask"]
     spec = next((s for s in tokens if s.name == "input_ids"), tokens[0] if tokens else None)
     sequences, new = (spec.shape[0], spec.shape[1]) if spec is not None else (result.batch_size, 1)
-    before, after = kv_cache_bytes(result.storage_events)
-    weights = result.totals.param_bytes
+    before, after = kv_cache_bytes(result.storage_events)   # per rank: a distributed trace is rank 0's
+    info = result.distributed
+    weights = info.local_param_bytes if info is not None and info.local_param_bytes else result.totals.param_bytes
     bandwidth = gpu.bandwidth_bytes_per_s
     bound_ms = (weights + before) / bandwidth * 1000.0 if bandwidth > 0 else 0.0
+    comm_ms = distributed.comm.exposed_ms if distributed is not None else 0.0
+    step_bound_ms = latency.lower_bound_ms + comm_ms
+    estimate_ms = distributed.step_ms if distributed is not None else latency.estimate_ms
     tokens_per_step = sequences * new
-    ceiling_ms = max(latency.lower_bound_ms, bound_ms)
-    estimate_s = latency.estimate_ms / 1000.0
+    ceiling_ms = max(step_bound_ms, bound_ms + comm_ms)
+    estimate_s = estimate_ms / 1000.0
     return GenerationReport(
         mode=options.mode, sequences=sequences, new_tokens=new, context_tokens=options.context_len,
         weight_bytes=weights, kv_read_bytes=before, kv_cache_bytes=after, bandwidth_bound_ms=bound_ms,
-        step_bound_ms=latency.lower_bound_ms, step_estimate_ms=latency.estimate_ms,
+        step_bound_ms=step_bound_ms, step_estimate_ms=estimate_ms,
         tokens_per_s=tokens_per_step / estimate_s if estimate_s > 0 else 0.0,
         max_tokens_per_s=tokens_per_step / (ceiling_ms / 1000.0) if ceiling_ms > 0 else 0.0,
         per_sequence_tokens_per_s=new / estimate_s if estimate_s > 0 else 0.0,
+        exposed_comm_ms=comm_ms, world_size=info.world_size if info is not None else 1,
     )
 
 

@@ -147,7 +147,7 @@ def plan_result(result: AnalysisResult, gpu: GpuSpec, *, overheads: Overheads = 
         from torchbudget.engine.latency import op_estimates_ms
 
         distributed = distributed_plan(result, gpu, op_estimates_ms(result, gpu, efficiency), cluster)
-    generation = generation_report(result, gpu, latency)
+    generation = generation_report(result, gpu, latency, distributed)
     if generation is not None and max_context is not None:
         generation = replace(generation, max_context=max_context)
     capacity = gpu.available_memory_bytes
@@ -277,7 +277,7 @@ class Planner:
         anchored = low if on_gpu.inputs and self.cache.in_memory(low) and self.cache.in_memory(on_gpu.with_batch(2)) \
             else on_gpu
         best, why = try_max_batch(anchored, gpu, cache=self.cache,
-                                  overheads=overheads_for(workload.options, self.overheads))
+                                  overheads=self._overheads(workload))
         if best is not None:
             self.remember_max_batch(workload, gpu, best)
         return best, why
@@ -308,7 +308,7 @@ class Planner:
             if key in self._max_seq_lens:
                 return self._max_seq_lens[key]
         solved = try_max_seq_len(_require_inputs(workload, self.cache), gpu, cache=self.cache,
-                                 overheads=self.overheads)
+                                 overheads=self._overheads(workload))
         if solved[0] is not None:
             with self._lock:
                 self._max_seq_lens[key] = solved
@@ -344,7 +344,8 @@ class Planner:
         best = self.known_max_context(workload, gpu)
         if best is not None:
             return best, None
-        best, why = try_max_context(workload.on_gpu(gpu), gpu, cache=self.cache, overheads=self.overheads)
+        best, why = try_max_context(workload.on_gpu(gpu), gpu, cache=self.cache,
+                                    overheads=self._overheads(workload))
         if best is not None:
             with self._lock:
                 self._max_contexts[self._context_key(workload, gpu)] = best
@@ -466,6 +467,10 @@ class Planner:
                                                            cluster=cluster)) for gpu in gpus))
 
     # -- sweeps ----------------------------------------------------------------------------------
+    def _overheads(self, workload: Workload) -> Overheads:
+        """One rank's overheads (a distributed workload's NCCL buffers included), as its plan counts them."""
+        return overheads_for(workload.options, self.overheads)
+
     def batch_sweep(self, workload: Workload, gpus: Sequence[GpuSpec], batches: Sequence[int] | None = None):
         """Memory and latency against batch. Default grid: ``sweep_batches`` around the current batch and
         each GPU's largest batch. Anchored at batch 1 (the affine model's cached traces), so a new current
@@ -475,7 +480,7 @@ class Planner:
         bests = [self.max_batch(workload, gpu)[0] if workload.inputs else None for gpu in gpus]
         grid = tuple(batches) if batches else sweep_batches(workload.batch_size, bests)
         anchored = workload.with_batch(1) if workload.inputs else workload
-        result = sweep(anchored, gpus, batches=grid, cache=self.cache, overheads=self.overheads,
+        result = sweep(anchored, gpus, batches=grid, cache=self.cache, overheads=self._overheads(workload),
                        efficiency=self.efficiency, solve_max_batch=False)
         return replace(result, gpus=tuple(replace(g, max_batch=b) for g, b in zip(result.gpus, bests)))
 
@@ -490,7 +495,7 @@ class Planner:
         solved = [self.max_seq_len(resolved, gpu) for gpu in gpus]
         bests = [best for best, _ in solved]
         grid = tuple(lengths) if lengths else sweep_seq_lens(resolved.seq_len, bests)
-        result = sweep(resolved, gpus, seq_lens=grid, cache=self.cache, overheads=self.overheads,
+        result = sweep(resolved, gpus, seq_lens=grid, cache=self.cache, overheads=self._overheads(workload),
                        efficiency=self.efficiency)
         whys = tuple(dict.fromkeys(f"{gpu.name}: {why}" for gpu, (_, why) in zip(gpus, solved) if why))
         return replace(result, gpus=tuple(replace(g, max_seq_len=b) for g, b in zip(result.gpus, bests)),
@@ -506,7 +511,7 @@ class Planner:
         solved = [self.max_context(workload, gpu) for gpu in gpus]
         bests = [best for best, _ in solved]
         grid = tuple(contexts) if contexts else sweep_contexts(workload.options.context_len, bests)
-        result = sweep(workload, gpus, contexts=grid, cache=self.cache, overheads=self.overheads,
+        result = sweep(workload, gpus, contexts=grid, cache=self.cache, overheads=self._overheads(workload),
                        efficiency=self.efficiency, solve_max_batch=False)
         whys = tuple(dict.fromkeys(f"{gpu.name}: {why}" for gpu, (_, why) in zip(gpus, solved) if why))
         return replace(result, gpus=tuple(replace(g, max_context=b) for g, b in zip(result.gpus, bests)),
@@ -521,7 +526,7 @@ class Planner:
         if not images:
             return None
         grid = tuple(resolutions) if resolutions else sweep_resolutions(images[0].shape[-1])
-        return sweep(workload, gpus, resolutions=grid, cache=self.cache, overheads=self.overheads,
+        return sweep(workload, gpus, resolutions=grid, cache=self.cache, overheads=self._overheads(workload),
                      efficiency=self.efficiency)
 
 

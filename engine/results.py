@@ -229,7 +229,8 @@ class TraceOptions:
         put("moe_routing", vocab.normalise_moe_routing(self.moe_routing))
         put("attention_flops", vocab.normalise_attention_flops(self.attention_flops))
         strategy, world, tp, sp = vocab.normalise_parallelism(self.strategy, self.world_size, self.tp_size,
-                                                             self.sequence_parallel, training=training)
+                                                             self.sequence_parallel, training=training,
+                                                             mode=self.mode)
         put("strategy", strategy)
         put("world_size", world)
         put("tp_size", tp)
@@ -281,6 +282,7 @@ class DistributedInfo:
     method: str = "traced"                       # "traced": the real wrappers on a fake process group
     global_params: int = 0                       # the model's parameters before sharding
     global_param_bytes: int = 0
+    local_param_bytes: int = 0                   # rank 0's parameter storages (its shards, each once)
     notes: tuple[str, ...] = ()
 
     @property

@@ -365,7 +365,8 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
                 memory, batch = simulate_memory(source, overheads), source.batch_size
                 latency = roofline(source, gpu, efficiency, detail=False)
                 fitting = result_fits(source, overheads, gpu.available_memory_bytes)
-            generation = generation_report(source, gpu, latency) if axis == "context" else None
+            generation = generation_report(source, gpu, latency, _distributed_of(source, gpu, efficiency)) \
+                if axis == "context" else None
             per_gpu.append(SweepGpuPoint(gpu.name, memory.required_bytes, memory.tensor_peak_bytes,
                                          fitting, latency.lower_bound_ms,
                                          latency.estimate_ms, latency.throughput_samples_per_s,
@@ -379,6 +380,17 @@ def sweep(workload: Workload, gpus: Sequence[GpuSpec], *, batches: Sequence[int]
                                best.get(g.name) if axis == "batch" else None,
                                max_context=best.get(g.name) if axis == "context" else None) for g in gpus)
     return Sweep(axis, tuple(points), summaries, tuple(notes))
+
+
+def _distributed_of(result, gpu: GpuSpec, efficiency: Efficiency):
+    """A several-GPU trace's communication on the cluster's default links (a sweep point's tokens/s counts what
+    the step waits for); None on one GPU."""
+    if result.distributed is None:
+        return None
+    from torchbudget.engine.distributed.plan import distributed_plan
+    from torchbudget.engine.latency import op_estimates_ms
+
+    return distributed_plan(result, gpu, op_estimates_ms(result, gpu, efficiency))
 
 
 def _traced(get, value):

@@ -252,6 +252,7 @@ class Strategy(Term):
     training_only: bool = False     # meaningless for inference (a replica per GPU, or only the optimizer sharded)
     tensor_parallel: bool = False   # uses a tensor-parallel group (--tp)
     communicators: int = 1          # process groups that run collectives (NCCL communicators per rank)
+    serves: bool = False            # plans the generation modes (prefill, decode): tensor parallel only
 
 
 STRATEGIES = (
@@ -267,8 +268,9 @@ STRATEGIES = (
                                 "parameters per rank); updated parameters broadcast from their owners.",
              training_only=True),
     Strategy("tp", "tensor parallel", "parallelize_module on every GPU: attention q/k/v and MLP gate/up column-wise, "
-                                      "o and down row-wise (Megatron-style), embedding and head sharded.",
-             tensor_parallel=True),
+                                      "o and down row-wise (Megatron-style), embedding and head sharded; for "
+                                      "serving too (prefill, decode: heads and KV cache split across the GPUs).",
+             tensor_parallel=True, serves=True),
     Strategy("fsdp+tp", "FSDP + TP", "2-D mesh: tensor parallel within groups of --tp GPUs, FSDP across the groups.",
              tensor_parallel=True, communicators=2),
 )
@@ -288,10 +290,11 @@ def strategy(name: str) -> Strategy:
     return next(s for s in STRATEGIES if s.name == normalise_strategy(name))
 
 
-def normalise_parallelism(strategy_name, world_size, tp_size, sequence_parallel, *, training: bool
-                          ) -> tuple[str, int, int, bool]:
+def normalise_parallelism(strategy_name, world_size, tp_size, sequence_parallel, *, training: bool,
+                          mode: str | None = None) -> tuple[str, int, int, bool]:
     """(strategy, world size, tensor-parallel degree, sequence parallel), checked together: one UserError
-    naming what does not fit (a world size the TP degree does not divide, --tp without a TP strategy...)."""
+    naming what does not fit (a world size the TP degree does not divide, --tp without a TP strategy, a
+    strategy that does not serve with a generation ``mode``...)."""
     chosen = strategy(strategy_name)
     world = check_count(world_size, "the world size (number of GPUs)", "world_size", lowest=1)
     if world > MAX_WORLD_SIZE:
@@ -301,8 +304,20 @@ def normalise_parallelism(strategy_name, world_size, tp_size, sequence_parallel,
         if world != 1:
             raise UserError(f"--world-size {world} needs a --strategy ({', '.join(STRATEGY_NAMES[1:])})",
                             field="strategy")
+    serving = mode is not None and is_generation(mode)
     if chosen.training_only and not training:
-        raise UserError(f"the {chosen.name} strategy only applies to --mode train", field="strategy")
+        why = (f"; serving (--mode {mode}) over several GPUs is planned with --strategy tp (a replica per GPU is "
+               "the one-GPU plan)") if serving else ""
+        raise UserError(f"the {chosen.name} strategy only applies to --mode train{why}", field="strategy")
+    if serving and chosen.name != "none" and not chosen.serves:
+        raise UserError(f"--mode {mode} is not planned with --strategy {chosen.name}: FSDP gathers every layer's "
+                        "full weights again for each forward (each generated token), which serving avoids; use "
+                        "--strategy tp (each GPU keeps its share of the weights, heads and KV cache)",
+                        field="strategy")
+    if serving and sequence_parallel:
+        raise UserError(f"--sequence-parallel is not planned for --mode {mode}: serving runs tensor parallel "
+                        "without it (a decode step's one new token per sequence cannot be split along the "
+                        "sequence)", field="sequence_parallel")
     if chosen.name == "tp":
         if tp not in (1, world):
             raise UserError(f"the tp strategy uses every GPU for tensor parallel: --tp {tp} must equal the world "

@@ -313,8 +313,10 @@ class VerdictWidget(QWidget):
         what count there), a distributed plan's the samples/s (the job's throughput is among its figures)."""
         generation = generation_figures(plan)
         several = distributed_figures(plan)
-        rows = generation or several or finetune_figures(plan)
-        title = "Generation" if generation else "Several GPUs" if several else "Fine-tuning" if rows else ""
+        # serving over several GPUs (tensor parallel): the generation figures, then the cluster's
+        rows = generation + several if generation else several or finetune_figures(plan)
+        title = ("Generation (per rank)" if several else "Generation") if generation else \
+            "Several GPUs" if several else "Fine-tuning" if rows else ""
         rows = sequence_figures(plan) + rows
         self.figures.setRowVisible(self.max_batch, not generation)
         self.figures.setRowVisible(self.throughput, not generation and not several)

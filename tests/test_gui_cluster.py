@@ -3,6 +3,8 @@
 communication; the numbers against closed forms of resnet18 (every dim 0 divides by 8: FSDP pads nothing)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from torchbudget.engine.inputs import parse_inputs
@@ -118,3 +120,58 @@ def test_tensor_parallel_degrees_follow_the_strategy(qtbot, window):
     choose(panel.mode_combo, "infer")
     assert "only applies to --mode train" in panel.errors["strategy"].message
     assert panel.state.workload.options.mode == "train"
+
+
+LLAMA_MODEL = f"{Path(__file__).parent / 'models' / 'tiny_llms.py'}:TinyLlama"
+
+
+@pytest.fixture
+def llama_window(qtbot, tmp_path, monkeypatch):
+    from torchbudget.gui import user_code
+
+    monkeypatch.setattr(user_code, "ask", lambda parent, path, why: True)
+    w = make_window(qtbot, tmp_path, monkeypatch, workload=Workload(LLAMA_MODEL, parse_inputs("input_ids=2x16:int64"),
+                                                                    TraceOptions(mode="train")))
+    w.hardware_panel.select(GPU)
+    yield w
+    close_window(w)
+
+
+def test_tensor_parallel_decode_and_fsdp_grad_accum_through_the_cluster_panel(qtbot, llama_window):
+    """Serving with TP (the KV cache per rank is the full cache / tp: 2 x layers x KV heads / 2 x head dim x
+    tokens x sequences x 4 bytes) and FSDP with gradient accumulation (global batch K x micro-batch x GPUs):
+    combinations the panel takes like any other; the verdict shows the generation figures, then the cluster's."""
+    from tests.models.tiny_llms import LLAMA
+
+    window = llama_window
+    panel, group, verdict = window.workload_panel, window.workload_panel.cluster_group, window.verdict
+    choose(panel.strategy_combo, "fsdp")
+    panel.grad_accum_spin.setValue(4)
+    assert panel.state.workload.options.grad_accum == 4 and panel.state.workload.options.world_size == 8
+    ev = wait_for_plans(qtbot, window, lambda ev: ev.workload == panel.state.workload and ev.plans[0].distributed,
+                        timeout=WAIT)
+    d = ev.plans[0].distributed
+    assert d.grad_accum == 4 and d.global_batch == 4 * 2 * 8
+    assert "global batch 64" in verdict.figure_text("job_throughput")
+    assert "per step of 4 micro-batches" in verdict.figure_text("collective_reduce_scatter")
+
+    panel.inputs_edit.selectAll()
+    qtbot.keyClicks(panel.inputs_edit, "input_ids=2x1:int64")
+    choose(panel.strategy_combo, "tp")
+    group.world_spin.setValue(2)
+    choose(panel.mode_combo, "decode")
+    panel.context_spin.setValue(256)
+    options = panel.state.workload.options
+    assert (options.mode, options.strategy, options.world_size, options.tp_size) == ("decode", "tp", 2, 2)
+    ev = wait_for_plans(qtbot, window, lambda ev: ev.workload == panel.state.workload and ev.plans[0].distributed,
+                        timeout=WAIT)
+    plan = ev.plans[0]
+    head_dim = LLAMA["hidden_size"] // LLAMA["num_attention_heads"]
+    per_rank = 2 * LLAMA["num_hidden_layers"] * (LLAMA["num_key_value_heads"] // 2) * head_dim * 256 * 2 * 4
+    assert plan.generation.kv_read_bytes == per_rank
+    assert verdict.extra_title.text() == "Generation (per rank)"
+    assert verdict.figure_text("kv_cache") == f"{human_bytes(per_rank)} (2 × 256 tokens)"
+    assert "communication" in verdict.figure_text("decode_bound")
+    assert verdict.figure_text("cluster") == f"2x {GPU} on NVLink 4"
+    assert verdict.figure_text("job_throughput") is None     # tokens/s are the generation figures'
+    assert "per rank" in verdict.badge.text()

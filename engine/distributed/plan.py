@@ -30,7 +30,8 @@ class DistributedPlan:
     intra: str
     inter: str
     comm: comm.CommReport
-    global_batch: int                 # samples per step over the job (per-rank batch x data-parallel replicas)
+    global_batch: int                 # samples per optimizer step over the job (per-rank micro-batch x gradient
+                                      # accumulation steps x data-parallel replicas)
     tokens_per_sample: int            # token inputs: the sequence length; else 0
     notes: tuple[str, ...] = ()
 
@@ -39,7 +40,12 @@ class DistributedPlan:
         return self.world_size // self.tp_size
 
     @property
+    def grad_accum(self) -> int:
+        return self.comm.grad_accum
+
+    @property
     def step_ms(self) -> float:
+        """One optimizer step: K micro-batches' forward and backward (gradient accumulation) and the optimizer."""
         return self.comm.step_ms
 
     @property
@@ -83,7 +89,8 @@ def distributed_plan(result: AnalysisResult, gpu: GpuSpec, op_ms, choice: Cluste
         strategy=info.strategy, world_size=info.world_size, tp_size=info.tp_size, method=info.method,
         cluster=cluster.describe() if hasattr(cluster, "describe") else f"{info.world_size}x {gpu.name}",
         gpus_per_node=cluster.gpus_per_node, intra=cluster.intra.name, inter=cluster.inter.name, comm=report,
-        global_batch=result.batch_size * info.dp_size, tokens_per_sample=_tokens_per_sample(result),
+        global_batch=result.batch_size * report.grad_accum * info.dp_size,
+        tokens_per_sample=_tokens_per_sample(result),
         notes=tuple(info.notes))
 
 

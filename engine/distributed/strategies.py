@@ -149,8 +149,12 @@ def _is_norm(module: nn.Module) -> bool:
     return "norm" in type(module).__name__.lower() and _is_leaf(module)
 
 
-def tp_plan(model: nn.Module, blocks: list[tuple[str, nn.Module]], tp: int, sequence_parallel: bool) -> dict:
+def tp_plan(model: nn.Module, blocks: list[tuple[str, nn.Module]], tp: int, sequence_parallel: bool,
+            gather_logits: bool = False) -> dict:
     """{module path: ParallelStyle} for parallelize_module (torchtitan's Llama plan, found by projection names).
+    ``gather_logits`` (serving): an untied head's vocabulary-sharded logits are all-gathered (torchtitan's plan
+    without loss parallel: ``output_layouts=Replicate()``), so every rank samples the next token from all of them;
+    training keeps them sharded (loss parallel).
 
     Without sequence parallel (Megatron): column-wise projections take the replicated hidden states, row-wise
     ones all-reduce their output. With it (torchtitan's ``parallelize_llama``, torch's TP tutorial): the
@@ -220,9 +224,10 @@ def tp_plan(model: nn.Module, blocks: list[tuple[str, nn.Module]], tp: int, sequ
         if not tied:
             plan[epath] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq, use_local_output=False) \
                 if sequence_parallel else RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
-            for hpath, _ in heads:   # logits stay sharded by vocabulary (loss parallel)
+            for hpath, _ in heads:   # training: logits stay sharded by vocabulary (loss parallel)
                 plan[hpath] = ColwiseParallel(input_layouts=seq if sequence_parallel else Replicate(),
-                                              output_layouts=Shard(-1), use_local_output=True)
+                                              output_layouts=Replicate() if gather_logits else Shard(-1),
+                                              use_local_output=True)
         elif sequence_parallel:   # a tied embedding and head stay whole: the stream is split and gathered around
             plan[epath] = PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=seq,
                                               use_local_output=False)
@@ -239,10 +244,11 @@ def tp_plan(model: nn.Module, blocks: list[tuple[str, nn.Module]], tp: int, sequ
     return plan
 
 
-def _tensor_parallel(model: nn.Module, blocks, mesh, tp: int, sequence_parallel: bool, prepared: Prepared) -> None:
+def _tensor_parallel(model: nn.Module, blocks, mesh, tp: int, sequence_parallel: bool, prepared: Prepared,
+                     gather_logits: bool = False) -> None:
     from torch.distributed.tensor.parallel import parallelize_module
 
-    plan = tp_plan(model, blocks, tp, sequence_parallel)
+    plan = tp_plan(model, blocks, tp, sequence_parallel, gather_logits)
     parallelize_module(model, mesh, plan)
     from torch.distributed.tensor.parallel import PrepareModuleInput
 
@@ -267,7 +273,8 @@ def prepare(model: nn.Module, options, cluster, *, autocast_dtype: torch.dtype |
     # torchtitan's order: tensor parallel on the bare blocks (its plan names their submodules), then activation
     # checkpointing around them, then FSDP over the checkpointed blocks
     if vocab.strategy(strategy).tensor_parallel:
-        _tensor_parallel(model, blocks, cluster.submesh("tp"), options.tp_size, options.sequence_parallel, prepared)
+        _tensor_parallel(model, blocks, cluster.submesh("tp"), options.tp_size, options.sequence_parallel, prepared,
+                         gather_logits=options.generation)
     if options.training and (options.checkpointing or own):
         units = checkpoint_blocks(model, blocks)
         prepared.notes.append(checkpoint_note(blocks) + (
@@ -302,3 +309,83 @@ def prepare(model: nn.Module, options, cluster, *, autocast_dtype: torch.dtype |
 def _first_line(exc: BaseException, limit: int = 300) -> str:
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------ gradient accumulation
+def _fsdp_param_groups(model: nn.Module):
+    """FSDP2's parameter groups (one per ``fully_shard`` unit), from the units' states."""
+    for module in model.modules():
+        get_state = getattr(module, "_get_fsdp_state", None)
+        if get_state is None:
+            continue
+        yield from getattr(get_state(), "_fsdp_param_groups", ())
+
+
+def accumulated_gradients(model: nn.Module, prepared: Prepared, options) -> list[torch.Tensor]:
+    """Gradient accumulation (``grad_accum`` K > 1) on rank 0: the gradients the traced micro-batch starts with
+    (the sum of the micro-batches before it), set as the parameters' ``.grad``; returns their local storages'
+    tensors. Call in the recorder's set-up mode (allocations before the first op), after ``prepare``.
+
+    * FSDP2 (default ``set_requires_gradient_sync(True)``): every micro-batch reduce-scatters and the sharded
+      gradient accumulates (``foreach_reduce``: ``grad._local_tensor += new_sharded_grad``). The first micro-batch
+      leaves, per parameter group, one flat buffer of the group's padded shards (the reduce-scatter output, in
+      the group's original dtype) with each trainable parameter's sharded gradient a view of it
+      (``FSDPParam.to_sharded_dtensor``): laid out here the same way. Traced micro-batch: 2..K.
+    * DDP / ZeRO-1: micro-batches 1..K-1 run under ``no_sync()`` (plain AccumulateGrad: one full gradient per
+      parameter), the K-th all-reduces: traced micro-batch K.
+    * Tensor parallel (plain parameters and DTensors): one gradient per parameter, rank 0's local shard."""
+    if not options.training or options.grad_accum <= 1:
+        return []
+    from torch.distributed.tensor import DTensor
+
+    grads: list[torch.Tensor] = []
+    covered: set[int] = set()
+    for group in _fsdp_param_groups(model):
+        trained = [fp for fp in group.fsdp_params if fp.sharded_param.requires_grad]
+        if not trained:
+            continue
+        dtype = getattr(group, "_orig_dtype", None) or trained[0].sharded_param.dtype
+        flat = torch.empty(sum(fp.padded_sharded_param_size.numel() for fp in trained), dtype=dtype)
+        offset = 0
+        for fp in trained:
+            view = torch.as_strided(flat, fp.sharded_size, fp.contiguous_sharded_stride, offset)
+            fp.sharded_param.grad = fp.to_sharded_dtensor(view)
+            covered.add(id(fp.sharded_param))
+            offset += fp.padded_sharded_param_size.numel()
+        grads.append(flat)
+    for _, p, trains in prepared.params:
+        if not trains or id(p) in covered:
+            continue
+        if isinstance(p, DTensor):
+            local = torch.empty_like(p._local_tensor)
+            p.grad = DTensor.from_local(local, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                                        stride=p.stride())
+        else:
+            local = torch.empty_like(p)
+            p.grad = local
+        covered.add(id(p))
+        grads.append(local)
+    return grads
+
+
+def grad_accum_note(options, batch: int) -> str:
+    """What a distributed gradient-accumulation trace is (for the result's policies)."""
+    k = options.grad_accum
+    dp = options.world_size // options.tp_size
+    head = (f"gradient accumulation: {k} micro-batches of {batch} per rank per optimizer step (global batch "
+            f"{k} x {batch} x {dp} data-parallel replica(s) = {k * batch * dp}); ")
+    strategy = options.strategy
+    if strategy in ("ddp", "zero1"):
+        return head + (f"DDP's no_sync() on micro-batches 1..{k - 1} (local full gradients accumulate, no "
+                       f"all-reduce), the trace is micro-batch {k}: the accumulated gradients alive from its start, "
+                       "its buckets all-reduced once per optimizer step; step time counts "
+                       f"{k} forward+backward passes and one optimizer step")
+    if strategy in ("fsdp", "fsdp-grad-op", "fsdp+tp"):
+        tp = "; tensor-parallel collectives in every micro-batch too" if strategy == "fsdp+tp" else ""
+        return head + ("FSDP2's default (gradient sync on): every micro-batch all-gathers and reduce-scatters, "
+                       "accumulating into the sharded gradients; the trace is micro-batch 2.."
+                       f"{k}: sharded gradients alive from its start; communication and step time count {k} "
+                       f"micro-batches' collectives and one optimizer step{tp}")
+    return head + (f"every micro-batch runs the tensor-parallel collectives; the trace is micro-batch 2..{k}: "
+                   f"gradients (rank 0's shards) alive from its start; communication and step time count {k} "
+                   "micro-batches and one optimizer step")

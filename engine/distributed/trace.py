@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_leaves
 
 from torchbudget.engine import finetune, vocab
 from torchbudget.engine import trace as single
-from torchbudget.engine.errors import InputSpecError, UserError
+from torchbudget.engine.errors import InputSpecError, TraceError, UserError
 from torchbudget.engine.inputs import InputSpec
 from torchbudget.engine.ops.collective import register_fsdp_ops
 from torchbudget.engine.quantized import QUANTIZED_BASE_DTYPES
@@ -53,7 +53,7 @@ def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: Tr
     unbuilt = single._not_built_yet(options)
     if unbuilt:
         raise UserError(f"not supported yet: {unbuilt}", field="mode")
-    unbuilt = ["--grad-accum"] if options.grad_accum > 1 else []
+    unbuilt = []
     if finetune.needed(options):
         if vocab.strategy(options.strategy).tensor_parallel:   # peft's layers are not the nn.Linear TP splits
             unbuilt += [flag for flag, used in (("--lora-rank", options.lora_rank), ("--freeze", options.freeze),
@@ -63,9 +63,9 @@ def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: Tr
     if unbuilt:
         raise UserError(f"not supported yet: {', '.join(unbuilt)} with --strategy {options.strategy} (plan the "
                         "fine-tuning on one GPU, or with ddp, zero1 or fsdp)", field="strategy")
-    if options.generation:
-        raise UserError(f"the {options.strategy} strategy is planned for training and inference, not "
-                        f"{options.mode} yet", field="strategy")
+    if options.generation and not vocab.strategy(options.strategy).serves:   # TraceOptions refuses it first
+        raise UserError(f"--mode {options.mode} is planned with --strategy tp, not {options.strategy}",
+                        field="strategy")
     inputs = tuple(inputs)
     use_names = all(spec.name for spec in inputs) if input_names is None else input_names
     if use_names and not all(spec.name for spec in inputs):
@@ -105,18 +105,21 @@ def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: Tr
     uncounted, coverage, flop_coverage = assemble.uncounted(ops)
     warnings = tuple(f"formula for {op} failed ({why}); counted as uncounted"
                      for op, why in recorder.formula_errors.items())
+    step = run.get("generation")
+    warnings += tuple(step.warnings) if step else ()
     info = DistributedInfo(
         strategy=options.strategy, world_size=options.world_size, tp_size=options.tp_size,
         groups={label: ranks for label, ranks in cluster.group_ranks.items()},
         collectives=tuple(recorder.collectives), method="traced", global_params=global_params,
-        global_param_bytes=global_bytes, notes=tuple(run["notes"]))
+        global_param_bytes=global_bytes, local_param_bytes=run["local_param_bytes"], notes=tuple(run["notes"]))
     semantics = run["semantics"]
     return AnalysisResult(
         model_name=model_name or type(model).__name__, inputs=inputs, options=options,
         totals=assemble.totals(ops, nodes, run["params"], run["buffers"], run["input_bytes"], run["output_bytes"]),
         modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(recorder.storage.lives, run["roles"]),
         uncounted_ops=uncounted, coverage=coverage, flop_coverage=flop_coverage, warnings=warnings,
-        policies=tuple(recorder.policies.applied) + single.semantics_notes(semantics, options) + tuple(run["notes"])
+        policies=((step.description,) if step else ()) + tuple(recorder.policies.applied)
+        + single.semantics_notes(semantics, options) + tuple(run["notes"])
         + tuned.notes,
         trace_seconds=time.perf_counter() - started,
         target_dependent=not isinstance(semantics, CudaSemantics) or bool(semantics.sdpa_calls),
@@ -168,6 +171,8 @@ def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtyp
     with recorder:   # set-up: storages only (DDP's buckets, FSDP's shards), no ops
         try:
             prepared = strategies.prepare(model, options, cluster, autocast_dtype=autocast_dtype)
+            # gradient accumulation: the gradients the traced micro-batch starts with (the sum so far)
+            accumulated = strategies.accumulated_gradients(model, prepared, options)
         finally:
             recorder.setup = False
     storage.forget_dead()   # the full parameters FSDP replaced, DDP's broadcast buffer: before the step
@@ -180,19 +185,47 @@ def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtyp
     for _, b in buffers:
         storage.track(_local(b), -1)
         roles.buffers.update(storage.sids_of(_local(b)))
+    for grad in accumulated:
+        roles.gradients.update(storage.sids_of(grad))
+    del accumulated
     # what the wrappers keep besides the parameters: DDP's gradient buckets; FSDP's padded shard storage
-    leftover = setup_survivors - roles.weights - roles.buffers
+    leftover = setup_survivors - roles.weights - roles.buffers - roles.gradients
     (roles.gradients if options.strategy in ("ddp", "zero1") else roles.weights).update(leftover)
-    tensors = [torch.empty(s.shape, dtype=param_dtype if s.is_floating else s.torch_dtype) for s in inputs]
-    for t in tensors:
+    def make_input(spec: InputSpec, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.empty(shape, dtype=param_dtype if spec.is_floating else spec.torch_dtype)
+
+    shapes = generation.step_shapes(inputs, options) if options.generation else [s.shape for s in inputs]
+    tensors = [make_input(s, shape) for s, shape in zip(inputs, shapes)]
+    # serving (tensor parallel): the KV cache the step starts with, filled by the model's own prefill of the
+    # context on the wrapped model (rank 0's heads: 1/tp of the KV heads), unrecorded
+    step = _generation_step(model, prepared, inputs, options, use_names, autocast_dtype, make_input) \
+        if options.generation else None
+    for t in tensors + (step.extra_inputs if step else []):
         storage.track(t, -1)
         roles.inputs.update(storage.sids_of(t))
-    run = {"params": params, "buffers": buffers, "roles": roles, "notes": list(prepared.notes),
+    if step is not None:   # the cache alone holds its tensors from here: the step's own update frees them
+        context = step.take_context()
+        while context:
+            t = context.pop()
+            storage.track(t, -1)
+            roles.kv_cache.update(storage.sids_of(t))
+            del t
+    notes = list(prepared.notes)
+    if train and options.grad_accum > 1:
+        notes.append(strategies.grad_accum_note(options, inputs[0].shape[0] if inputs and inputs[0].shape else 1))
+    local: dict[int, int] = {}   # rank 0's parameter storages (its shards), each once: what a step reads
+    for _, p, _ in params:
+        held = _local(p).untyped_storage()
+        local[held._cdata] = held.nbytes()
+    run = {"params": params, "buffers": buffers, "roles": roles, "notes": notes,
+           "local_param_bytes": sum(local.values()),
            "input_bytes": sum(t.numel() * t.element_size() for t in tensors), "output_bytes": 0}
     recorder.nodes.leaf_owner = {id(_local(p)): name.rpartition(".")[0] for name, p, _ in params}
     args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
     kwargs.update(generation.training_kwargs(model) if train else {})
     kwargs.update(forward_kwargs)
+    kwargs.update(step.kwargs if step else {})   # a generation step's cache arguments last (the mode defines it)
+    run["generation"] = step
     semantics = single.target_semantics(options, autocast_dtype if prepared.autocast else None,
                                         lambda: stack.current)
     run["semantics"] = semantics
@@ -203,6 +236,9 @@ def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtyp
                 output = prepared.runnable(*args, **kwargs)
             roles.forward_end_seq = storage.seq
             stack.recording = False
+            if step is not None:   # what the cache holds when the step ends: KV_CACHE, not activations
+                for t in step.cache_after(output, model):
+                    roles.kv_cache.update(storage.sids_of(t))
             run["output_bytes"] = sum(t.numel() * t.element_size() for t in tree_leaves(output)
                                       if isinstance(t, torch.Tensor))
             if train:
@@ -230,6 +266,30 @@ def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtyp
         _add_role(roles, role, (sid,))
     _add_role(roles, MemoryCategory.WEIGHTS, recorder.resized_sids)   # FSDP's gathered (unsharded) parameters
     return run
+
+
+def _generation_step(model, prepared, inputs, options, use_names: bool, autocast_dtype, make_input
+                     ) -> generation.GenerationStep:
+    """The cache and keyword arguments of a prefill/decode step on the wrapped model (engine.tracing.generation);
+    a decode step's context is filled by the model's own prefill, run here unrecorded (the target's semantics,
+    no grad), on the same fake process group: its keys and values are rank 0's KV heads."""
+    autocast = autocast_dtype if prepared.autocast else None
+
+    def run_untraced(args: tuple, kwargs: dict):
+        with torch.no_grad(), single.target_semantics(options, autocast, lambda: None), generation.untraced():
+            return prepared.runnable(*args, **kwargs)
+
+    param_dtype, _ = single.precision_dtypes(options.precision)
+    try:
+        return generation.prepare(model, inputs, options, use_names=use_names,
+                                  model_dtype=None if autocast else param_dtype, run_untraced=run_untraced,
+                                  make_input=make_input)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (the model's own prefill of the context failed)
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TraceError(f"filling the KV cache of {options.context_len} token(s) (the model's own prefill) on "
+                         f"{options.strategy} failed: {type(exc).__name__}: {message}") from exc
 
 
 def _add_role(roles: assemble.StorageRoles, role: MemoryCategory, sids) -> None:

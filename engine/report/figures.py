@@ -47,9 +47,13 @@ def generation_figures(plan) -> list[Figure]:
         Figure("kv_cache", "KV cache", f"{human_bytes(g.kv_read_bytes)} ({g.sequences:,} × {g.context_tokens:,} tokens)",
                f"The cache the step reads: 2 × layers × KV heads × head dim × context × sequences × bytes per value "
                f"({human_bytes(g.kv_cache_bytes)} after the step's new token)."),
-        Figure("decode_bound", "Decode bound", human_ms(g.bandwidth_bound_ms),
+        Figure("decode_bound", "Decode bound",
+               human_ms(g.bandwidth_bound_ms) + (f" + {human_ms(g.exposed_comm_ms)} communication"
+                                                 if g.world_size > 1 else ""),
                f"No decode step beats reading every weight ({human_bytes(g.weight_bytes)}) and the whole KV cache "
-               f"({human_bytes(g.kv_read_bytes)}) once at the GPU's memory bandwidth."),
+               f"({human_bytes(g.kv_read_bytes)}) once at the GPU's memory bandwidth"
+               + (" (rank 0's shards and KV heads), plus the tensor-parallel all-reduces it waits for."
+                  if g.world_size > 1 else ".")),
         Figure("tokens_per_s", "Tokens/s",
                f"{g.tokens_per_s:,.0f} ({g.per_sequence_tokens_per_s:,.0f} per sequence, ≤ {g.max_tokens_per_s:,.0f})",
                "New tokens per second across all sequences at the estimated step latency; each sequence's own rate "
@@ -110,9 +114,11 @@ def distributed_figures(plan) -> list[Figure]:
                "Rank 0's step, traced under PyTorch's own distributed wrappers on a fake process group: memory, "
                "the verdict and the largest batch above are per rank (per GPU)."),
     ]
+    k = d.grad_accum
+    per_step = f" per step of {k} micro-batches" if k > 1 else ""
     for kind, (calls, nbytes, ms) in sorted(c.by_kind.items()):
         out.append(Figure(f"collective_{kind}", kind.replace("_", "-"),
-                          f"{calls} call(s), {human_bytes(nbytes)}, {human_ms(ms)}",
+                          f"{calls} call(s), {human_bytes(nbytes)}, {human_ms(ms)}{per_step}",
                           "Bytes as nccl-tests counts them (all-gather: the gathered output; reduce-scatter: the "
                           "input), timed by the bus-bandwidth formulas on the link the group crosses."))
     out += [
@@ -121,14 +127,17 @@ def distributed_figures(plan) -> list[Figure]:
                "Every collective one after another; exposed: what the step waits for, overlapped: what runs "
                "while compute does (DDP's buckets in backward, FSDP's prefetched all-gathers)."),
         Figure("step", "Step", f"{human_ms(d.step_ms)} = compute {human_ms(c.compute_ms)} + exposed "
-                               f"{human_ms(c.exposed_ms)}",
+                               f"{human_ms(c.exposed_ms)}" + (f" ({k} micro-batches + the optimizer)" if k > 1 else ""),
                "The two-stream timeline's end: the per-rank compute estimate plus the communication it cannot "
                "hide (docs/distributed.md)."),
-        Figure("job_throughput", "Throughput (job)",
-               f"{d.samples_per_s:,.1f} samples/s" + (f", {d.tokens_per_s:,.0f} tokens/s" if d.tokens_per_s else "")
-               + f" (global batch {d.global_batch:,})",
-               "Over the whole job: per-rank batch × data-parallel replicas per step."),
-        Figure("scaling_efficiency", "Scaling efficiency", f"{d.scaling_efficiency:.0%}",
-               "Compute / step: the share of the step each GPU spends computing."),
     ]
+    if plan.generation is None:   # serving: tokens/s are the generation figures' (the same step)
+        out.append(Figure("job_throughput", "Throughput (job)",
+                          f"{d.samples_per_s:,.1f} samples/s"
+                          + (f", {d.tokens_per_s:,.0f} tokens/s" if d.tokens_per_s else "")
+                          + f" (global batch {d.global_batch:,})",
+                          "Over the whole job: per-rank micro-batch × gradient-accumulation steps × data-parallel "
+                          "replicas per optimizer step."))
+    out.append(Figure("scaling_efficiency", "Scaling efficiency", f"{d.scaling_efficiency:.0%}",
+                      "Compute / step: the share of the step each GPU spends computing."))
     return out

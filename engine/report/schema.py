@@ -105,11 +105,13 @@ def distributed_to_dict(plan) -> dict | None:
                             "by_category": {cat.value: n for cat, n in plan.memory.by_category.items()}},
         "collectives": [{"kind": t.call.kind, "bytes": t.call.nbytes, "group_size": t.call.group_size,
                          "group": t.call.group, "phase": t.call.phase.value, "module": t.call.module_path,
-                         "link": t.link, "ms": t.ms, "blocking": t.blocking} for t in c.collectives],
+                         "link": t.link, "ms": t.ms, "blocking": t.blocking, "per_step": t.per_step}
+                        for t in c.collectives],
         "by_kind": {k: {"calls": n, "bytes": b, "ms": ms} for k, (n, b, ms) in c.by_kind.items()},
         "compute_ms": c.compute_ms, "comm_time_ms": c.comm_ms, "exposed_comm_ms": c.exposed_ms,
         "overlapped_comm_ms": c.overlapped_ms, "step_ms": d.step_ms,
-        "global_batch": d.global_batch, "samples_per_s": d.samples_per_s, "tokens_per_s": d.tokens_per_s,
+        "grad_accum": d.grad_accum, "global_batch": d.global_batch, "samples_per_s": d.samples_per_s,
+        "tokens_per_s": d.tokens_per_s,
         "scaling_efficiency": d.scaling_efficiency, "notes": list(d.notes),
     }
 
@@ -129,6 +131,8 @@ def generation_to_dict(g, max_batch: int | None) -> dict | None:
         "per_sequence_tokens_per_s": g.per_sequence_tokens_per_s,
         "max_concurrent_sequences": max_batch if g.mode == "decode" else None,
         "max_context": g.max_context,
+        # several GPUs (tensor parallel): the bytes and solvers above are rank 0's; the step waits for this
+        "world_size": g.world_size, "exposed_comm_ms": g.exposed_comm_ms,
     }
 
 

@@ -157,47 +157,64 @@ def render_plan(plan) -> str:
     else:
         lines += generation_lines(generation, plan.max_batch, plan.gpu)
     if plan.distributed is not None:
-        lines += distributed_lines(plan.distributed)
+        lines += distributed_lines(plan.distributed, serving=generation is not None)
     if plan.result is not None and plan.result.options.checkpointing:   # the granularity, as analyze states it
         lines += [f"policy: {p}" for p in plan.result.policies if p.startswith("activation checkpointing")]
     lines += [f"note: {note}" for note in plan.notes]
     return "\n".join(lines)
 
 
-def distributed_lines(d) -> list[str]:
+def distributed_lines(d, serving: bool = False) -> list[str]:
     """A distributed plan's lines: memory, verdict and max batch above are per rank; these add the cluster,
-    the collectives and the step with communication."""
+    the collectives and the step with communication. ``serving``: a prefill/decode plan (its KV cache, bounds,
+    tokens/s and solvers above are rank 0's too; the step's rate is in tokens)."""
     c = d.comm
     tp = f", TP {d.tp_size} x DP {d.dp_size}" if d.tp_size > 1 else ""
     lines = [f"cluster: {d.cluster}; {d.strategy}{tp} ({d.method}: "
              + ("torch's own wrappers on a fake process group" if d.method == "traced" else "a formula") + ")",
+             "memory, verdict, KV cache, max concurrent sequences and max context are per rank (rank 0's traced "
+             "step: its weight shards and its 1/tp of the KV heads)" if serving else
              "memory, verdict and max batch are per rank (rank 0's traced step)"]
+    k = d.grad_accum
+    per_step = f" per optimizer step of {k} micro-batches" if k > 1 else ""
     for kind, (calls, nbytes, ms) in sorted(c.by_kind.items()):
-        lines.append(f"  {kind.replace('_', '-')}: {calls} call(s), {human_bytes(nbytes)}, {human_ms(ms)}")
+        lines.append(f"  {kind.replace('_', '-')}: {calls} call(s), {human_bytes(nbytes)}, {human_ms(ms)}{per_step}")
     lines.append(f"communication: {human_ms(c.comm_ms)} ({human_ms(c.exposed_ms)} exposed, "
-                 f"{human_ms(c.overlapped_ms)} overlapped with compute)")
+                 f"{human_ms(c.overlapped_ms)} overlapped with compute){per_step}")
+    if serving:
+        lines.append(f"step: {human_ms(d.step_ms)} = compute {human_ms(c.compute_ms)} + exposed communication "
+                     f"{human_ms(c.exposed_ms)}; {d.tokens_per_s or 0:,.1f} tokens/s over the job; scaling "
+                     f"efficiency {d.scaling_efficiency:.0%}")
+        return lines
     tokens = f", {d.tokens_per_s:,.0f} tokens/s" if d.tokens_per_s else ""
+    batch = f"global batch {d.global_batch} = {k} x {d.global_batch // (k * d.dp_size)} x {d.dp_size} replica(s)" \
+        if k > 1 else f"global batch {d.global_batch}"
     lines.append(f"step: {human_ms(d.step_ms)} = compute {human_ms(c.compute_ms)} + exposed communication "
-                 f"{human_ms(c.exposed_ms)}; {d.samples_per_s:,.1f} samples/s over the job (global batch "
-                 f"{d.global_batch}){tokens}; scaling efficiency {d.scaling_efficiency:.0%}")
+                 f"{human_ms(c.exposed_ms)}{per_step}; {d.samples_per_s:,.1f} samples/s over the job ({batch})"
+                 f"{tokens}; scaling efficiency {d.scaling_efficiency:.0%}")
     return lines
 
 
 def generation_lines(g, max_batch: int | None, gpu) -> list[str]:
     """The prefill/decode lines of a plan: KV cache, the decode bandwidth bound, tokens/s, the solvers."""
     tokens = f"{g.sequences:,} x {g.context_tokens + g.new_tokens:,} tokens"
+    rank = " on rank 0 (its 1/tp of the KV heads)" if g.world_size > 1 else ""
+    bound = "roofline bound + exposed communication" if g.world_size > 1 else "roofline bound"
     if g.mode == "prefill":
-        lines = [f"KV cache: {human_bytes(g.kv_cache_bytes)} for {tokens} when the prompt is in (kept for decoding)",
+        lines = [f"KV cache: {human_bytes(g.kv_cache_bytes)} for {tokens}{rank} when the prompt is in (kept for "
+                 "decoding)",
                  f"time to first token: {human_ms(g.step_estimate_ms)} estimated, at least "
-                 f"{human_ms(g.step_bound_ms)} (roofline bound)",
+                 f"{human_ms(g.step_bound_ms)} ({bound})",
                  f"prefill throughput: {g.tokens_per_s:,.1f} tokens/s estimated, at most {g.max_tokens_per_s:,.1f} "
                  "tokens/s"]
         solved = "not solved" if max_batch is None else f"{max_batch:,}"
         return lines + [f"max batch: {solved} (prompts of {g.new_tokens:,} tokens)"]
     lines = [f"KV cache: {human_bytes(g.kv_read_bytes)} for {g.sequences:,} x {g.context_tokens:,} tokens before the "
-             f"step, {human_bytes(g.kv_cache_bytes)} for {tokens} after it",
+             f"step, {human_bytes(g.kv_cache_bytes)} for {tokens} after it{rank}",
              f"decode bound: weights {human_bytes(g.weight_bytes)} + KV cache {human_bytes(g.kv_read_bytes)} read per "
-             f"step at {gpu.bandwidth_gbs:,.0f} GB/s = {human_ms(g.bandwidth_bound_ms)}",
+             f"step at {gpu.bandwidth_gbs:,.0f} GB/s = {human_ms(g.bandwidth_bound_ms)}"
+             + (f" per rank, + exposed communication {human_ms(g.exposed_comm_ms)} = "
+                f"{human_ms(g.bandwidth_bound_ms + g.exposed_comm_ms)}" if g.world_size > 1 else ""),
              f"throughput: {g.tokens_per_s:,.1f} tokens/s estimated ({g.per_sequence_tokens_per_s:,.1f} per "
              f"sequence), at most {g.max_tokens_per_s:,.1f} tokens/s (the roofline and decode bounds)"]
     lines.append("max concurrent sequences: " + ("not solved" if max_batch is None else
