@@ -32,6 +32,7 @@ _ONE = [
     "clamp", "clamp_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "maximum", "minimum",
     "fmod", "remainder", "floor_divide", "eq", "ne", "gt", "lt", "ge", "le", "isnan", "isinf",
     "logical_not", "logical_and", "logical_or", "logical_xor", "bitwise_and", "bitwise_or", "bitwise_not",
+    "bitwise_xor", "__and__", "__or__", "__xor__",   # tensor parallel embedding's out-of-shard mask: a | b
     "logical_not_", "logical_and_", "logical_or_", "logical_xor_",   # clamp(min, max)'s backward mask
     "where", "masked_fill", "masked_fill_", "bernoulli", "bernoulli_", "uniform_", "normal_", "exponential_",
     "rand", "rand_like", "randn", "randn_like", "randint", "randint_like",
