@@ -318,13 +318,13 @@ def _make_gradients(run: _Run, storage, layer, empty) -> None:
         if not trains or not p.requires_grad:
             continue
         if p.grad is not None:
-            run.shallow_grads[storage.storage_id(p.grad)] = name
+            run.shallow_grads[storage.storage_id(p.grad)] = (name,)
         elif (layer(name) or (-1,))[0] >= unroll.SHALLOW:
             p.grad = empty(p.shape, p.dtype)
             storage.track(p.grad, storage.op_index)
             sid = storage.storage_id(p.grad)
             run.roles.gradients.add(sid)
-            run.pending_grads[sid] = name
+            run.pending_grads[sid] = (name,)
 
 
 def _track_at_start(recorder: Recorder, ids: set[int], tensors: list) -> None:

@@ -10,7 +10,10 @@ storage events, so engine.memory simulates per-rank memory and the caching alloc
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
+from dataclasses import replace
+from types import SimpleNamespace
 import warnings as pywarnings
 from typing import Sequence
 
@@ -29,9 +32,13 @@ from torchbudget.engine.results import AnalysisResult, DistributedInfo, MemoryCa
 from torchbudget.engine.target import CudaSemantics
 from torchbudget.engine.tracing import assemble, generation, hf_masks, training
 from torchbudget.engine.tracing.modules import ModuleStack
-from torchbudget.engine.distributed import strategies
+from torchbudget.engine.distributed import strategies, unrolled
+from torchbudget.engine.tracing import unroll
+from torchbudget.engine.tracing.blocks import find_blocks
 from torchbudget.engine.distributed.recorder import DistributedRecorder
 from torchbudget.engine.distributed.session import fake_cluster
+
+_LOG = logging.getLogger(__name__)
 
 
 def _mesh_dims(options: TraceOptions) -> tuple[str, ...]:
@@ -83,6 +90,24 @@ def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: Tr
     global_bytes = sum(p.numel() * (plans[name].dtype.itemsize if name in plans else
                                     param_dtype.itemsize if p.is_floating_point() else p.element_size())
                        for name, p in model.named_parameters())
+    repeated = unrolled.eligible(model, options, ELEMENTWISE_OPTIMIZERS)
+    if repeated is not None:
+        try:
+            return _unrolled(model, inputs, options, use_names, dict(forward_kwargs or {}), plans, repeated,
+                             model_name, tuned, global_params, global_bytes, started)
+        except Exception as why:  # noqa: BLE001  (traced in full below: the same answer, slower)
+            _LOG.log(logging.INFO if isinstance(why, unroll.NotPeriodic) else logging.WARNING,
+                     "tracing %s in full: %s", model_name or type(model).__name__, why)
+    recorder, stack, run, groups = _step(model, inputs, options, use_names, dict(forward_kwargs or {}), plans)
+    return _result(model, model_name, inputs, options, tuned, recorder.ops, recorder.storage.lives, run["roles"],
+                   stack.stats, recorder.collectives, recorder.formula_errors, run, groups, run["params"],
+                   global_params, global_bytes, run["local_param_bytes"], _policies(recorder, run, options, tuned),
+                   started)
+
+
+def _step(model, inputs, options, use_names, forward_kwargs, plans, pending_for=None):
+    """One traced step of ``model`` (materialised and wrapped here): (recorder, module stack, run, groups)."""
+    param_dtype, autocast_dtype = single.precision_dtypes(options.precision)
     with single.TRACE_LOCK, single.restored_state(model), pywarnings.catch_warnings(), \
             fake_cluster(options.world_size, options.tp_size, _mesh_dims(options)) as cluster, \
             FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
@@ -96,35 +121,100 @@ def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: Tr
         cluster.resize_listener = recorder.on_resize
         try:
             run = _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtype, autocast_dtype,
-                       dict(forward_kwargs or {}), plans)
+                       forward_kwargs, plans, pending_for(fake_mode) if pending_for else None)
         finally:
             cluster.resize_listener = None
-    ops = recorder.ops
+        groups = {label: ranks for label, ranks in cluster.group_ranks.items()}
+    return recorder, stack, run, groups
+
+
+def _policies(recorder, run, options, tuned) -> tuple[str, ...]:
+    step = run.get("generation")
+    return (((step.description,) if step else ()) + tuple(recorder.policies.applied)
+            + single.semantics_notes(run["semantics"], options) + tuple(run["notes"]) + tuned.notes)
+
+
+def _result(model, model_name, inputs, options, tuned, ops, lives, roles, stats, collectives, formula_errors, run,
+            groups, params, global_params, global_bytes, local_bytes, policies, started) -> AnalysisResult:
     first_owner = {id(p): name.rpartition(".")[0] for name, p in model.named_parameters()}
-    nodes = assemble.module_nodes(model, model_name, ops, stack, first_owner)
+    nodes = assemble.module_nodes(model, model_name, ops, SimpleNamespace(stats=stats), first_owner)
     uncounted, coverage, flop_coverage = assemble.uncounted(ops)
-    warnings = tuple(f"formula for {op} failed ({why}); counted as uncounted"
-                     for op, why in recorder.formula_errors.items())
+    warnings = tuple(f"formula for {op} failed ({why}); counted as uncounted" for op, why in formula_errors.items())
     step = run.get("generation")
     warnings += tuple(step.warnings) if step else ()
     info = DistributedInfo(
-        strategy=options.strategy, world_size=options.world_size, tp_size=options.tp_size,
-        groups={label: ranks for label, ranks in cluster.group_ranks.items()},
-        collectives=tuple(recorder.collectives), method="traced", global_params=global_params,
-        global_param_bytes=global_bytes, local_param_bytes=run["local_param_bytes"], notes=tuple(run["notes"]))
+        strategy=options.strategy, world_size=options.world_size, tp_size=options.tp_size, groups=groups,
+        collectives=tuple(collectives), method="traced", global_params=global_params,
+        global_param_bytes=global_bytes, local_param_bytes=local_bytes, notes=tuple(run["notes"]))
     semantics = run["semantics"]
     return AnalysisResult(
         model_name=model_name or type(model).__name__, inputs=inputs, options=options,
-        totals=assemble.totals(ops, nodes, run["params"], run["buffers"], run["input_bytes"], run["output_bytes"]),
-        modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(recorder.storage.lives, run["roles"]),
+        totals=assemble.totals(ops, nodes, params, run["buffers"], run["input_bytes"], run["output_bytes"]),
+        modules=nodes, ops=tuple(ops), storage_events=assemble.storage_events(lives, roles),
         uncounted_ops=uncounted, coverage=coverage, flop_coverage=flop_coverage, warnings=warnings,
-        policies=((step.description,) if step else ()) + tuple(recorder.policies.applied)
-        + single.semantics_notes(semantics, options) + tuple(run["notes"])
-        + tuned.notes,
-        trace_seconds=time.perf_counter() - started,
+        policies=policies, trace_seconds=time.perf_counter() - started,
         target_dependent=not isinstance(semantics, CudaSemantics) or bool(semantics.sdpa_calls),
         distributed=info,
     )
+
+
+def _unrolled(model, inputs, options, use_names, forward_kwargs, plans, repeated, model_name, tuned,
+              global_params, global_bytes, started) -> AnalysisResult:
+    """FSDP's step from shallow steps of 3 and 4 blocks (engine.distributed.unrolled); raises
+    unroll.NotPeriodic when the model does not allow it."""
+    steps = {}
+    for depth in (unroll.SHALLOW, unroll.CHECK):
+        shallow = unrolled.shallow_model(model, repeated, depth)
+        made = []
+
+        def pending_for(fake_mode, depth=depth, made=made):
+            made.append(unrolled.Pending(repeated, depth, fake_mode, optimizer=depth == unroll.SHALLOW))
+            return made[0]
+
+        try:
+            recorder, stack, run, groups = _step(shallow, inputs, options, use_names, forward_kwargs, plans, pending_for)
+        except Exception as exc:  # noqa: BLE001  (the model does not run cut short: the full trace decides)
+            raise unroll.NotPeriodic(f"the {depth}-block step failed: {type(exc).__name__}: {exc}") from exc
+        pending = made[0]
+        steps[depth] = (shallow, recorder, stack, run, groups, pending,
+                        unroll.Shallow(recorder.ops, recorder.storage.lives, run["roles"], stack.stats,
+                                       pending.grads, pending.pending_grads, pending.order))
+    shallow3, recorder, stack, run, groups, pending, first = steps[unroll.SHALLOW]
+    _, recorder4, _, run4, _, _, deeper = steps[unroll.CHECK]
+    checked = unroll.unroll(first, repeated, unroll.CHECK, training=True, check=True)
+    same = unroll.canonical(checked.ops, checked.lives, checked.roles, checked.stats, start_free=True) == \
+        unroll.canonical(deeper.ops, deeper.lives, deeper.roles, deeper.stats, start_free=True)
+    if not same or _collectives(recorder.collectives, checked, check=True) != [
+            replace(c) for c in recorder4.collectives if c.phase is not Phase.OPTIMIZER]:
+        raise unroll.NotPeriodic(f"the {unroll.CHECK}-block step is not the {unroll.SHALLOW}-block step replicated")
+    if recorder.formula_errors != recorder4.formula_errors:
+        raise unroll.NotPeriodic("formula failures differ")
+    full_note = strategies.checkpoint_note(find_blocks(model))
+
+    def notes(rec, step_run, depth):
+        shallow_note = strategies.checkpoint_note(find_blocks(unroll.shallow_view(model, repeated, depth)))
+        return tuple(full_note + n[len(shallow_note):] if n.startswith(shallow_note) else n
+                     for n in _policies(rec, step_run, options, tuned))
+
+    policies = unroll.extrapolate(notes(recorder, run, unroll.SHALLOW), notes(recorder4, run4, unroll.CHECK),
+                                  repeated.count) + (repeated.note(),)
+    full = unroll.unroll(first, repeated, repeated.count, training=True)
+    params = list(run["params"]) + [(name, template, trains) for name, _, trains, template in pending.params]
+    local_bytes = run["local_param_bytes"] + sum(recorder.storage.lives[sid].nbytes for sid in pending.weight_sids)
+    return _result(model, model_name, inputs, options, tuned, full.ops, full.lives, full.roles, full.stats,
+                   _collectives(recorder.collectives, full), recorder.formula_errors, run, groups, params,
+                   global_params, global_bytes, local_bytes, policies, started)
+
+
+def _collectives(calls, unrolled_step, check: bool = False) -> list:
+    """The shallow step's collectives at their ops in the replicated step (each copied op, its collective)."""
+    by_op = {c.op_index: c for c in calls}
+    out = []
+    for index, source in enumerate(unrolled_step.sources):
+        call = by_op.get(source)
+        if call is not None and not (check and call.phase is Phase.OPTIMIZER):
+            out.append(replace(call, op_index=index, module_path=unrolled_step.ops[index].module_path))
+    return out
 
 
 def _materialise(model: nn.Module, options: TraceOptions, param_dtype: torch.dtype, autocast_dtype,
@@ -162,7 +252,8 @@ def _materialise(model: nn.Module, options: TraceOptions, param_dtype: torch.dty
 
 
 def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtype, autocast_dtype,
-         forward_kwargs: dict, plans: dict | None = None) -> dict:
+         forward_kwargs: dict, plans: dict | None = None, pending=None) -> dict:
+    """``pending`` (engine.distributed.unrolled.Pending): a shallow step's tensors of the blocks it does not run."""
     train = options.training
     storage = recorder.storage
     roles = assemble.StorageRoles()
@@ -191,6 +282,9 @@ def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtyp
     # what the wrappers keep besides the parameters: DDP's gradient buckets; FSDP's padded shard storage
     leftover = setup_survivors - roles.weights - roles.buffers - roles.gradients
     (roles.gradients if options.strategy in ("ddp", "zero1") else roles.weights).update(leftover)
+    if pending is not None:
+        pending.weights(params, storage, roles)
+        pending.order = pending.start_order(params, storage, storage.lives)
     def make_input(spec: InputSpec, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.empty(shape, dtype=param_dtype if spec.is_floating else spec.torch_dtype)
 
@@ -220,7 +314,10 @@ def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtyp
     run = {"params": params, "buffers": buffers, "roles": roles, "notes": notes,
            "local_param_bytes": sum(local.values()),
            "input_bytes": sum(t.numel() * t.element_size() for t in tensors), "output_bytes": 0}
-    recorder.nodes.leaf_owner = {id(_local(p)): name.rpartition(".")[0] for name, p, _ in params}
+    # by the parameters' own objects (a DTensor and its local shard, both alive for the whole step; to_local()
+    # makes a new tensor per call, whose id another object could take)
+    recorder.nodes.leaf_owner = {key: name.rpartition(".")[0] for name, p, _ in params
+                                 for key in (id(p), id(getattr(p, "_local_tensor", p)))}
     args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
     kwargs.update(generation.training_kwargs(model) if train else {})
     kwargs.update(forward_kwargs)
@@ -254,7 +351,10 @@ def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtyp
                         grad = _local(p.grad)
                         storage.track(grad, storage.op_index)
                         roles.gradients.update(storage.sids_of(grad))
-                optimizer = _optimizer_step(recorder, roles, prepared, options)  # noqa: F841 - kept alive
+                if pending is not None:
+                    pending.gradients(params, storage, roles)
+                optimizer = _optimizer_step(recorder, roles, prepared, options, pending) \
+                    if pending is None or pending.optimizer else None  # noqa: F841 - kept alive
         run["notes"] += [hf_masks.NOTE] if masks.used else []
     except UserError:
         raise
@@ -334,7 +434,7 @@ def _local_groups(groups: list, optimizer: str) -> list:
     return local_groups
 
 
-def _optimizer_step(recorder, roles, prepared, options):
+def _optimizer_step(recorder, roles, prepared, options, pending=None):
     if options.optimizer is None or not prepared.optimizer_groups:
         return None
     recorder.phase = Phase.OPTIMIZER
@@ -353,6 +453,8 @@ def _optimizer_step(recorder, roles, prepared, options):
         state_of = optimizer.optim
     else:
         groups = _local_groups(prepared.optimizer_groups, options.optimizer)
+        if pending is not None:
+            groups = pending.extend(groups, prepared.params)
         optimizer = training.make_optimizer(options.optimizer, groups, options.optimizer_impl)
         optimizer.step()
         state_of = optimizer

@@ -67,8 +67,9 @@ def signature(block: torch.nn.Module) -> tuple:
     return tuple(parts)
 
 
-def plan(model: torch.nn.Module, *, generation: bool, min_blocks: int = MIN_BLOCKS) -> Plan | None:
-    """The replication plan of ``model``, or None when it is traced in full."""
+def plan(model: torch.nn.Module, *, generation: bool, min_blocks: int | None = None) -> Plan | None:
+    """The replication plan of ``model``, or None when it is traced in full (``min_blocks``: MIN_BLOCKS)."""
+    min_blocks = MIN_BLOCKS if min_blocks is None else min_blocks
     if generation:    # a KV cache is sized by the model's config, not by the blocks that run
         return None
     found = block_rules.find_blocks(model)
@@ -117,8 +118,9 @@ class Shallow:
     lives: list[StorageLife]
     roles: StorageRoles
     stats: dict[str, ModuleCallStats]
-    grads: dict[int, str] = field(default_factory=dict)     # storage id -> parameter: gradients backward made
-    pending: dict[int, str] = field(default_factory=dict)   # storage id -> parameter: blocks that did not run
+    grads: dict[int, tuple[str, ...]] = field(default_factory=dict)    # storage -> parameters: backward's gradients
+    pending: dict[int, tuple[str, ...]] = field(default_factory=dict)  # ... gradients made for the blocks not run
+    start_order: list[int] | None = None    # the storages allocated before the first op, in the order to keep
 
 
 @dataclass
@@ -127,6 +129,7 @@ class Unrolled:
     lives: list[StorageLife]
     roles: StorageRoles
     stats: dict[str, ModuleCallStats]
+    sources: list[int]      # the shallow op each op is (a copy of)
 
 
 class _Paths:
@@ -231,6 +234,7 @@ def unroll(shallow: Shallow, unroll_plan: Plan, count: int, *, training: bool, c
 
     # new op list, new slot of each (phase, new block) window, and of every old slot outside the copies
     new_ops: list[OpRecord] = []
+    sources: list[int] = []
     start_of: dict[tuple[Phase, int], tuple[int, int]] = {}
     old_to_new: dict[int, int] = {}
     for phase, block, start, end, mapping in segments:
@@ -246,6 +250,7 @@ def unroll(shallow: Shallow, unroll_plan: Plan, count: int, *, training: bool, c
             path = paths.renamed(op.module_path, mapping)
             new_ops.append(replace(op, index=len(new_ops), module_path=path) if (path != op.module_path
                                                                                  or op.index != len(new_ops)) else op)
+            sources.append(i)
             if not copied:
                 old_to_new[i] = base + (i - start)
     old_windows = sorted((start, end, phase, block) for (phase, block), (start, end) in windows.items())
@@ -279,6 +284,9 @@ def unroll(shallow: Shallow, unroll_plan: Plan, count: int, *, training: bool, c
         events.sort()
         for r, (_, sid, kind) in enumerate(events):
             rank[sid, kind] = r
+    if shallow.start_order is not None:
+        for r, sid in enumerate(shallow.start_order):
+            rank[sid, "alloc"] = r
 
     def moved(slot: int | None, home_old: int | None, home_new: int | None):
         """New slot of an old event slot: inside a window, relative to the lifetime's home block."""
@@ -347,7 +355,7 @@ def unroll(shallow: Shallow, unroll_plan: Plan, count: int, *, training: bool, c
         for old, new in role_sets:
             if life.storage_id in old:
                 new.add(new_id[i])
-    return Unrolled(new_ops, lives, roles, _stats(shallow.stats, paths, template, last, count))
+    return Unrolled(new_ops, lives, roles, _stats(shallow.stats, paths, template, last, count), sources)
 
 
 def _forward_end(shallow: Shallow, keys, instances, events) -> int | None:
@@ -368,15 +376,21 @@ def _check_gradients(shallow: Shallow, paths: _Paths, template: int, count: int,
     """The gradients made for the blocks that did not run are exactly the replicated template gradients' (those
     the template block's backward allocated; accumulated gradients exist from the start for every block)."""
     made = defaultdict(int)
-    for sid, name in shallow.grads.items():
-        found = paths.layer(name)
-        if found is not None and found[0] == template and sid in replicated:
-            made[found[1], shallow.lives[sid].nbytes] += count - 2 - template
-    for sid, name in shallow.pending.items():
-        found = paths.layer(name)
-        if found is None or not SHALLOW <= found[0] < count:
-            raise NotPeriodic(f"a gradient made for {name}")
-        made[found[1], shallow.lives[sid].nbytes] -= 1
+
+    def key(names, sid):
+        found = [paths.layer(name) for name in names]
+        blocks = {f[0] if f else None for f in found}
+        return blocks, (tuple(sorted(f[1] for f in found if f)), shallow.lives[sid].nbytes)
+
+    for sid, names in shallow.grads.items():   # the template window's (FSDP: maybe the next block's reduction)
+        blocks, k = key(names, sid)
+        if sid in replicated and len(blocks) == 1 and None not in blocks:
+            made[k] += count - 2 - template
+    for sid, names in shallow.pending.items():
+        blocks, k = key(names, sid)
+        if len(blocks) != 1 or None in blocks or not SHALLOW <= min(blocks) < count:
+            raise NotPeriodic(f"a gradient made for {names[0]}")
+        made[k] -= 1
     if any(made.values()):
         raise NotPeriodic("the blocks that did not run have other gradients than the replicated block")
 
@@ -439,7 +453,8 @@ def free_runs_sorted(events: list[tuple]) -> list[tuple]:
     return out + sorted(run, key=lambda e: e[2])
 
 
-def canonical(ops: list[OpRecord], lives: list[StorageLife], roles: StorageRoles, stats, skip=frozenset()):
+def canonical(ops: list[OpRecord], lives: list[StorageLife], roles: StorageRoles, stats, skip=frozenset(),
+              start_free: bool = False):
     """A step's ops, storage events (identities by allocation order) and module statistics, for comparing a
     replicated step with a traced one; optimizer ops and events, and storages in ``skip``, left out."""
     kept_ops = [replace(op, index=0) for op in ops if op.phase is not Phase.OPTIMIZER]
@@ -451,6 +466,12 @@ def canonical(ops: list[OpRecord], lives: list[StorageLife], roles: StorageRoles
         if life.free_seq is not None and life.free_phase is not Phase.OPTIMIZER:
             events.append((life.free_seq, "free", life.free_index, life.storage_id, life.nbytes, life.free_phase))
     events.sort(key=lambda e: e[0])
+    if start_free:   # storages allocated before the first op: compared as a set (by role and size)
+        role_of = {sid: n for n, ids in enumerate((roles.weights, roles.buffers, roles.inputs, roles.gradients))
+                   for sid in ids}
+        start = [e for e in events if e[1] == "alloc" and e[2] == -1]
+        start.sort(key=lambda e: (role_of.get(e[3], -1), e[4]))
+        events = start + [e for e in events if not (e[1] == "alloc" and e[2] == -1)]
     names: dict[int, int] = {}
     shown = free_runs_sorted([(kind, index, names.setdefault(sid, len(names)), nbytes, phase)
                               for _, kind, index, sid, nbytes, phase in events])
