@@ -67,8 +67,9 @@ def signature(block: torch.nn.Module) -> tuple:
     return tuple(parts)
 
 
-def plan(model: torch.nn.Module, *, generation: bool, min_blocks: int = MIN_BLOCKS) -> Plan | None:
-    """The replication plan of ``model``, or None when it is traced in full."""
+def plan(model: torch.nn.Module, *, generation: bool, min_blocks: int | None = None) -> Plan | None:
+    """The replication plan of ``model``, or None when it is traced in full (``min_blocks``: MIN_BLOCKS)."""
+    min_blocks = MIN_BLOCKS if min_blocks is None else min_blocks
     if generation:    # a KV cache is sized by the model's config, not by the blocks that run
         return None
     found = block_rules.find_blocks(model)
