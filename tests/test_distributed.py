@@ -584,3 +584,22 @@ def test_tied_embedding_and_head_stay_one_parameter():
     params = result.distributed.global_params
     assert result.totals.params == params
     assert at_start(result, MemoryCategory.WEIGHTS) == params * 4 // 2
+
+
+def test_backward_ops_are_attributed_the_same_on_every_run():
+    """Each backward op's module comes from the parameters' own objects: the same on every trace (it was keyed by
+    the id of a tensor to_local() made and dropped, which another object could take)."""
+    import transformers
+
+    from torchbudget.engine.api import make_options
+    from torchbudget.engine.distributed.trace import trace_distributed
+    from torchbudget.engine.inputs import parse_inputs
+    from tests.models.tiny_llms import _on_meta
+
+    options = make_options(mode="train", precision="bf16-amp", optimizer="adamw", strategy="fsdp", world_size=4)
+    runs = set()
+    for _ in range(3):
+        model = _on_meta(transformers.LlamaForCausalLM, transformers.LlamaConfig(**dict(LLAMA, num_hidden_layers=4)))
+        result = trace_distributed(model, parse_inputs("input_ids=2x16:int64"), options)
+        runs.add(tuple((op.op, op.module_path) for op in result.ops))
+    assert len(runs) == 1

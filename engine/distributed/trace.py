@@ -314,8 +314,8 @@ def _run(model, inputs, options, use_names, recorder, stack, cluster, param_dtyp
     run = {"params": params, "buffers": buffers, "roles": roles, "notes": notes,
            "local_param_bytes": sum(local.values()),
            "input_bytes": sum(t.numel() * t.element_size() for t in tensors), "output_bytes": 0}
-    # by the parameters' own objects (a DTensor and its local shard, both alive for the whole step; to_local()
-    # makes a new tensor per call, whose id another object could take)
+    # by the parameters' own objects (a DTensor and its local shard, both alive for the whole step): to_local()
+    # makes a new tensor per call, whose id another object could take (backward ops attributed at random)
     recorder.nodes.leaf_owner = {key: name.rpartition(".")[0] for name, p, _ in params
                                  for key in (id(p), id(getattr(p, "_local_tensor", p)))}
     args, kwargs = ((), {s.name: t for s, t in zip(inputs, tensors)}) if use_names else (tuple(tensors), {})
