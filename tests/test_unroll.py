@@ -1,6 +1,8 @@
 """Identical repeated blocks traced once and replicated (engine/tracing/unroll.py): the replicated step must be
 the full trace itself — every op record, every storage event, module rows, totals and notes — on the models
 users name, through the entry points the CLI and GUI use; any model the rule does not hold for is traced in full."""
+from dataclasses import replace
+
 import pytest
 import torch
 import transformers
@@ -148,3 +150,37 @@ def test_notes_grow_with_the_blocks():
     assert unroll.extrapolate(("1,000 bytes ×3",), ("1,500 bytes ×4",), 5) == ("2,000 bytes ×5",)
     with pytest.raises(unroll.NotPeriodic):
         unroll.extrapolate(("a ×3",), ("a ×4", "b"), 80)
+
+
+# ---------------------------------------------------------------------------------------------- several GPUs
+def _fsdp_events(result):
+    """Storage events without the zero-byte ones (FSDP's unsharded placeholders of the blocks not run are not
+    made: they hold nothing, the caching allocator skips them)."""
+    ids: dict[int, int] = {}
+    return unroll.free_runs_sorted([(e.kind, e.op_index, ids.setdefault(e.storage_id, len(ids)), e.nbytes,
+                                     e.category, e.phase) for e in result.storage_events if e.nbytes])
+
+
+@pytest.mark.parametrize("options", [
+    dict(precision="bf16-amp", strategy="fsdp", world_size=4),
+    dict(precision="bf16-amp", strategy="fsdp", world_size=8, checkpointing=True, optimizer_impl="fused"),
+    dict(precision="fp32", strategy="fsdp-grad-op", world_size=4, optimizer_impl="foreach", target="cpu"),
+], ids=["fsdp-amp", "fsdp-checkpointing-fused", "grad-op-cpu"])
+def test_fsdp_replicated_equals_the_full_distributed_trace(options, monkeypatch):
+    from torchbudget.engine.api import make_options
+    from torchbudget.engine.distributed import trace as distributed, unrolled
+
+    options = make_options(mode="train", optimizer="adamw", **options)
+    monkeypatch.setattr(unroll, "MIN_BLOCKS", 0)
+    replicated = distributed.trace_distributed(_llama(8), TOKENS, options)
+    monkeypatch.setattr(unrolled, "eligible", lambda *args: None)
+    full = distributed.trace_distributed(_llama(8), TOKENS, options)
+    assert any(p.startswith(NOTE) for p in replicated.policies), "traced in full"
+    assert replicated.ops == full.ops
+    assert _fsdp_events(replicated) == _fsdp_events(full)
+    assert replicated.distributed == full.distributed   # every collective, groups, notes, parameter bytes
+    mine, theirs = replicated.totals, full.totals
+    if options.checkpointing:   # the full trace's rows under the checkpoint wrappers carry no output sizes
+        mine, theirs = replace(mine, activation_bytes=0), replace(theirs, activation_bytes=0)
+    assert mine == theirs
+    assert tuple(p for p in replicated.policies if not p.startswith(NOTE)) == full.policies

@@ -135,7 +135,7 @@ def _policies(recorder, run, options, tuned) -> tuple[str, ...]:
 
 
 def _result(model, model_name, inputs, options, tuned, ops, lives, roles, stats, collectives, formula_errors, run,
-            groups, params, global_params, global_bytes, local_bytes, policies, started) -> AnalysisResult:
+            groups, params, global_params, global_bytes, local_bytes, policies, started, notes=None) -> AnalysisResult:
     first_owner = {id(p): name.rpartition(".")[0] for name, p in model.named_parameters()}
     nodes = assemble.module_nodes(model, model_name, ops, SimpleNamespace(stats=stats), first_owner)
     uncounted, coverage, flop_coverage = assemble.uncounted(ops)
@@ -145,7 +145,8 @@ def _result(model, model_name, inputs, options, tuned, ops, lives, roles, stats,
     info = DistributedInfo(
         strategy=options.strategy, world_size=options.world_size, tp_size=options.tp_size, groups=groups,
         collectives=tuple(collectives), method="traced", global_params=global_params,
-        global_param_bytes=global_bytes, local_param_bytes=local_bytes, notes=tuple(run["notes"]))
+        global_param_bytes=global_bytes, local_param_bytes=local_bytes,
+        notes=tuple(run["notes"]) if notes is None else notes)
     semantics = run["semantics"]
     return AnalysisResult(
         model_name=model_name or type(model).__name__, inputs=inputs, options=options,
@@ -163,12 +164,12 @@ def _unrolled(model, inputs, options, use_names, forward_kwargs, plans, repeated
     """FSDP's step from shallow steps of 3 and 4 blocks (engine.distributed.unrolled); raises
     unroll.NotPeriodic when the model does not allow it."""
     steps = {}
-    for depth in (unroll.SHALLOW, unroll.CHECK):
+    for depth in (repeated.shallow, repeated.check):
         shallow = unrolled.shallow_model(model, repeated, depth)
         made = []
 
         def pending_for(fake_mode, depth=depth, made=made):
-            made.append(unrolled.Pending(repeated, depth, fake_mode, optimizer=depth == unroll.SHALLOW))
+            made.append(unrolled.Pending(repeated, depth, fake_mode, optimizer=depth == repeated.shallow))
             return made[0]
 
         try:
@@ -179,31 +180,36 @@ def _unrolled(model, inputs, options, use_names, forward_kwargs, plans, repeated
         steps[depth] = (shallow, recorder, stack, run, groups, pending,
                         unroll.Shallow(recorder.ops, recorder.storage.lives, run["roles"], stack.stats,
                                        pending.grads, pending.pending_grads, pending.order))
-    shallow3, recorder, stack, run, groups, pending, first = steps[unroll.SHALLOW]
-    _, recorder4, _, run4, _, _, deeper = steps[unroll.CHECK]
-    checked = unroll.unroll(first, repeated, unroll.CHECK, training=True, check=True)
+    _, recorder, _, run, groups, pending, first = steps[repeated.shallow]
+    _, recorder4, _, run4, _, _, deeper = steps[repeated.check]
+    inserted = unroll.insertions(first, deeper, repeated, training=True)
+    checked = unroll.unroll(first, repeated, repeated.check, training=True, check=True, inserted=inserted)
     same = unroll.canonical(checked.ops, checked.lives, checked.roles, checked.stats, start_free=True) == \
         unroll.canonical(deeper.ops, deeper.lives, deeper.roles, deeper.stats, start_free=True)
     if not same or _collectives(recorder.collectives, checked, check=True) != [
             replace(c) for c in recorder4.collectives if c.phase is not Phase.OPTIMIZER]:
-        raise unroll.NotPeriodic(f"the {unroll.CHECK}-block step is not the {unroll.SHALLOW}-block step replicated")
+        raise unroll.NotPeriodic(f"the {repeated.check}-block step is not the {repeated.shallow}-block step replicated")
     if recorder.formula_errors != recorder4.formula_errors:
         raise unroll.NotPeriodic("formula failures differ")
     full_note = strategies.checkpoint_note(find_blocks(model))
 
-    def notes(rec, step_run, depth):
+    def notes(lines, depth):
         shallow_note = strategies.checkpoint_note(find_blocks(unroll.shallow_view(model, repeated, depth)))
-        return tuple(full_note + n[len(shallow_note):] if n.startswith(shallow_note) else n
-                     for n in _policies(rec, step_run, options, tuned))
+        return tuple(full_note + n[len(shallow_note):] if n.startswith(shallow_note) else n for n in lines)
 
-    policies = unroll.extrapolate(notes(recorder, run, unroll.SHALLOW), notes(recorder4, run4, unroll.CHECK),
-                                  repeated.count) + (repeated.note(),)
-    full = unroll.unroll(first, repeated, repeated.count, training=True)
+    def grown(of3, of4):
+        return unroll.extrapolate(notes(of3, repeated.shallow), notes(of4, repeated.check), repeated.count,
+                                  repeated.shallow)
+
+    policies = grown(_policies(recorder, run, options, tuned), _policies(recorder4, run4, options, tuned)) \
+        + (repeated.note(),)
+    info_notes = grown(tuple(run["notes"]), tuple(run4["notes"]))
+    full = unroll.unroll(first, repeated, repeated.count, training=True, inserted=inserted)
     params = list(run["params"]) + [(name, template, trains) for name, _, trains, template in pending.params]
     local_bytes = run["local_param_bytes"] + sum(recorder.storage.lives[sid].nbytes for sid in pending.weight_sids)
     return _result(model, model_name, inputs, options, tuned, full.ops, full.lives, full.roles, full.stats,
                    _collectives(recorder.collectives, full), recorder.formula_errors, run, groups, params,
-                   global_params, global_bytes, local_bytes, policies, started)
+                   global_params, global_bytes, local_bytes, policies, started, info_notes)
 
 
 def _collectives(calls, unrolled_step, check: bool = False) -> list:

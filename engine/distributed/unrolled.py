@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from dataclasses import replace
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
@@ -20,6 +21,7 @@ from torchbudget.engine.tracing import unroll
 from torchbudget.engine.tracing.blocks import find_blocks
 
 STRATEGIES = ("fsdp", "fsdp-grad-op")
+SHALLOW = 4
 
 
 def eligible(model: torch.nn.Module, options, elementwise: frozenset) -> unroll.Plan | None:
@@ -28,11 +30,13 @@ def eligible(model: torch.nn.Module, options, elementwise: frozenset) -> unroll.
     if options.grad_accum > 1 or finetune.needed(options) or (options.optimizer or "adamw") not in elementwise:
         return None
     repeated = unroll.plan(model, generation=False)
-    if repeated is None:
+    if repeated is None or repeated.count < SHALLOW + 2:
         return None
     if any(True for _, block in find_blocks(model) for _ in block.buffers()):
         return None
-    return repeated
+    # 4 blocks run (checked against 5): FSDP keeps the input of the last block alive, so the replicated block
+    # must not be the one before it
+    return replace(repeated, shallow=SHALLOW)
 
 
 def shallow_model(model: torch.nn.Module, repeated: unroll.Plan, depth: int) -> torch.nn.Module:

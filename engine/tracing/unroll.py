@@ -42,10 +42,15 @@ class NotPeriodic(Exception):
 class Plan:
     container: str      # path of the ModuleList/Sequential holding the blocks
     count: int          # how many blocks the model has
+    shallow: int = SHALLOW   # blocks the shallow step runs (checked against one more)
+
+    @property
+    def check(self) -> int:
+        return self.shallow + 1
 
     def note(self) -> str:
-        return (f"repeated blocks: {self.count} identical {self.container} blocks, traced as {SHALLOW} (checked "
-                f"against {CHECK}) and the middle one replicated op for op (docs/trace.md)")
+        return (f"repeated blocks: {self.count} identical {self.container} blocks, traced as {self.shallow} (checked "
+                f"against {self.check}) and the second one replicated op for op (docs/trace.md)")
 
 
 def _plain(value) -> bool:
@@ -73,7 +78,7 @@ def plan(model: torch.nn.Module, *, generation: bool, min_blocks: int | None = N
     if generation:    # a KV cache is sized by the model's config, not by the blocks that run
         return None
     found = block_rules.find_blocks(model)
-    if len(found) < max(min_blocks, CHECK + 1):
+    if len(found) < max(min_blocks, CHECK + 2):
         return None
     parents = {path.rpartition(".")[0] for path, _ in found}
     if len(parents) != 1:
@@ -159,7 +164,8 @@ def block_of(unroll_plan: Plan):
     return _Paths(unroll_plan.container).layer
 
 
-def _windows(ops: list[OpRecord], paths: _Paths, training: bool) -> dict[tuple[Phase, int], tuple[int, int]]:
+def _windows(ops: list[OpRecord], paths: _Paths, training: bool,
+             blocks: int = SHALLOW) -> dict[tuple[Phase, int], tuple[int, int]]:
     """(phase, shallow block) -> [start, end) of op indices: from the block's first op to the next block's
     first op (forward: block + 1, backward: block - 1); the last block to run ends with its own last op."""
     where: dict[tuple[Phase, int], list[int]] = defaultdict(list)
@@ -167,13 +173,13 @@ def _windows(ops: list[OpRecord], paths: _Paths, training: bool) -> dict[tuple[P
         found = paths.layer(op.module_path)
         if found is None:
             continue
-        if op.phase is Phase.OPTIMIZER or found[0] >= SHALLOW:
+        if op.phase is Phase.OPTIMIZER or found[0] >= blocks:
             raise NotPeriodic(f"op {op.index} of {op.module_path} in phase {op.phase.value}")
         where[op.phase, found[0]].append(op.index)
     windows = {}
-    phases = [(Phase.FORWARD, list(range(SHALLOW)))]
+    phases = [(Phase.FORWARD, list(range(blocks)))]
     if training:
-        phases.append((Phase.BACKWARD, list(reversed(range(SHALLOW)))))
+        phases.append((Phase.BACKWARD, list(reversed(range(blocks)))))
     for phase, order in phases:
         if any(not where.get((phase, b)) for b in order):
             raise NotPeriodic(f"not every block ran in {phase.value}")
@@ -185,22 +191,59 @@ def _windows(ops: list[OpRecord], paths: _Paths, training: bool) -> dict[tuple[P
             if any(ops[i].phase is not phase for i in range(start, end)):
                 raise NotPeriodic(f"block {here}'s {phase.value} window mixes phases")
             windows[phase, here] = (start, end)
-    if (Phase.FORWARD, 0) in windows and training and windows[Phase.FORWARD, SHALLOW - 1][1] > \
-            windows[Phase.BACKWARD, SHALLOW - 1][0]:
+    if (Phase.FORWARD, 0) in windows and training and windows[Phase.FORWARD, blocks - 1][1] > \
+            windows[Phase.BACKWARD, blocks - 1][0]:
         raise NotPeriodic("forward and backward windows overlap")
     return windows
 
 
-def unroll(shallow: Shallow, unroll_plan: Plan, count: int, *, training: bool, check: bool = False) -> Unrolled:
+def _absolute(windows, n: int, training: bool, blocks: int) -> list[tuple[int, int]]:
+    """The op ranges outside the blocks' windows: before the first block, between forward and backward, after."""
+    first, last = windows[Phase.FORWARD, 0], windows[Phase.FORWARD, blocks - 1]
+    if not training:
+        return [(0, first[0]), (last[1], n)]
+    return [(0, first[0]), (last[1], windows[Phase.BACKWARD, blocks - 1][0]), (windows[Phase.BACKWARD, 0][1], n)]
+
+
+def insertions(shallow: Shallow, deeper: Shallow, unroll_plan: Plan, *, training: bool) -> dict:
+    """Work outside the blocks that grows with them, from the SHALLOW- and CHECK-block steps: per range outside the
+    blocks, the ops the deeper step runs there in addition (FSDP's first forward initialises every unit's views
+    from the root) — {range start: (offset, ops)}. Such ops may not allocate or free anything."""
+    paths = _Paths(unroll_plan.container)
+    k = unroll_plan.shallow
+    mine = _absolute(_windows(shallow.ops, paths, training, k), len(shallow.ops), training, k)
+    theirs = _absolute(_windows(deeper.ops, paths, training, k + 1), len(deeper.ops), training, k + 1)
+    busy = {life.alloc_index for life in deeper.lives} | {life.free_index for life in deeper.lives
+                                                           if life.free_seq is not None}
+    found = {}
+    for (a0, a1), (b0, b1) in zip(mine, theirs):
+        a = [replace(op, index=0) for op in shallow.ops[a0:a1] if op.phase is not Phase.OPTIMIZER]
+        b = [replace(op, index=0) for op in deeper.ops[b0:b1] if op.phase is not Phase.OPTIMIZER]
+        if a == b:
+            continue
+        d = len(b) - len(a)
+        p = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+        if d <= 0 or b[p + d:] != a[p:] or any(b0 + i in busy for i in range(p, p + d)) or any(
+                op.kind.name == "COLLECTIVE" for op in b[p:p + d]):
+            raise NotPeriodic("the work outside the blocks changes with them")
+        found[a0] = (p, deeper.ops[b0 + p:b0 + p + d])
+    return found
+
+
+def unroll(shallow: Shallow, unroll_plan: Plan, count: int, *, training: bool, check: bool = False,
+           inserted: dict | None = None) -> Unrolled:
     """``shallow`` (a SHALLOW-block step) replicated to ``count`` blocks. ``check``: for the comparison with a
     deeper shallow step, which has no optimizer step: optimizer ops and events, and the gradients made for the
     blocks that did not run, are left out."""
     paths = _Paths(unroll_plan.container)
     ops = shallow.ops
-    windows = _windows(ops, paths, training)
-    last = SHALLOW - 1
-    template = 1
-    new_block = {0: 0, template: template, last: count - 1}
+    k = unroll_plan.shallow
+    windows = _windows(ops, paths, training, k)
+    template = 1                 # the block replicated; the blocks after it keep their distance to the end
+    extra = count - k            # blocks not run
+    new_block = {0: 0, template: template, **{b: b + extra for b in range(template + 1, k)}}
+    after = {b: new_block[b] for b in range(template + 1, k)}
+    copies = range(template + 1, template + extra + 1)
 
     # the new timeline: segments of old op slots, each (phase or None, new block or None, start, end, old->new)
     segments: list[tuple[Phase | None, int | None, int, int, dict[int, int]]] = []
@@ -209,7 +252,14 @@ def unroll(shallow: Shallow, unroll_plan: Plan, count: int, *, training: bool, c
     def absolute(end: int):
         nonlocal cursor
         if end > cursor:
-            segments.append((None, None, cursor, end, {last: count - 1}))
+            grows = (inserted or {}).get(cursor)
+            if grows is not None:   # work outside the blocks that grows with them: once per block not run
+                offset, extra_ops = grows
+                segments.append((None, None, cursor, cursor + offset, after))
+                segments.append(("insert", extra, 0, 0, extra_ops))
+                segments.append((None, None, cursor + offset, end, after))
+            else:
+                segments.append((None, None, cursor, end, after))
         cursor = max(cursor, end)
 
     def window(phase: Phase, block: int, as_block: int):
@@ -221,12 +271,14 @@ def unroll(shallow: Shallow, unroll_plan: Plan, count: int, *, training: bool, c
 
     window(Phase.FORWARD, 0, 0)
     window(Phase.FORWARD, template, template)
-    for j in range(template + 1, count - 1):
+    for j in copies:
         segments.append((Phase.FORWARD, j, *windows[Phase.FORWARD, template], {template: j}))
-    window(Phase.FORWARD, last, count - 1)
+    for b in range(template + 1, k):
+        window(Phase.FORWARD, b, new_block[b])
     if training:
-        window(Phase.BACKWARD, last, count - 1)
-        for j in range(count - 2, template, -1):
+        for b in reversed(range(template + 1, k)):
+            window(Phase.BACKWARD, b, new_block[b])
+        for j in reversed(copies):
             segments.append((Phase.BACKWARD, j, *windows[Phase.BACKWARD, template], {template: j}))
         window(Phase.BACKWARD, template, template)
         window(Phase.BACKWARD, 0, 0)
@@ -238,13 +290,19 @@ def unroll(shallow: Shallow, unroll_plan: Plan, count: int, *, training: bool, c
     start_of: dict[tuple[Phase, int], tuple[int, int]] = {}
     old_to_new: dict[int, int] = {}
     for phase, block, start, end, mapping in segments:
+        if phase == "insert":
+            for _ in range(block):
+                for op in mapping:
+                    new_ops.append(replace(op, index=len(new_ops)))
+                    sources.append(-1)
+            continue
         if check and phase is None and start < len(ops) and any(
                 ops[i].phase is Phase.OPTIMIZER for i in range(start, end)):
             end = next(i for i in range(start, end) if ops[i].phase is Phase.OPTIMIZER)
         base = len(new_ops)
         if phase is not None:
             start_of[phase, block] = (base, end - start)
-        copied = phase is not None and block not in (0, template, count - 1)
+        copied = phase is not None and block in copies
         for i in range(start, end):
             op = ops[i]
             path = paths.renamed(op.module_path, mapping)
@@ -253,6 +311,7 @@ def unroll(shallow: Shallow, unroll_plan: Plan, count: int, *, training: bool, c
             sources.append(i)
             if not copied:
                 old_to_new[i] = base + (i - start)
+    segments = [segment for segment in segments if segment[0] != "insert"]
     old_windows = sorted((start, end, phase, block) for (phase, block), (start, end) in windows.items())
     starts = [w[0] for w in old_windows]
 
@@ -311,27 +370,46 @@ def unroll(shallow: Shallow, unroll_plan: Plan, count: int, *, training: bool, c
     instances: list[tuple[StorageLife, int | None]] = []
     keys: list[tuple] = []
     replicated: set[int] = set()
+    # the template's twin in the next block (k >= 4): a template lifetime that ends in block 0's window (the first
+    # block, whose backward differs) ends, for the copies, where the twin's ends in the template's window
+    twins: dict[tuple, StorageLife] = {}
+    if k >= 4:
+        for life in shallow.lives:
+            spot = locate(life.alloc_index) if life.alloc_index >= 0 else None
+            if spot is not None and spot[1] == template + 1:
+                twins[spot[0], spot[2], rank[life.storage_id, "alloc"]] = life
     for life in shallow.lives:
         if life.storage_id in dropped_grads:
             continue
         spot = locate(life.alloc_index) if life.alloc_index >= 0 else None
         homes = [None]
         if spot is not None:
-            homes = list(range(template, count - 1)) if spot[1] == template else [new_block[spot[1]]]
+            homes = [template, *copies] if spot[1] == template else [new_block[spot[1]]]
             if spot[1] == template:
                 replicated.add(life.storage_id)
         for home in homes:
             a = moved(life.alloc_index, None if spot is None else spot[1], home)
             if a == "dropped":
                 break
-            f = moved(life.free_index, None if spot is None else spot[1], home) if life.free_seq is not None else None
+            ends, home_old = life, None if spot is None else spot[1]
+            if k >= 4 and spot is not None and spot[1] == template and home != template:
+                own = locate(life.free_index) if life.free_seq is not None else None
+                if own is None or own[1] == 0:   # ends in the first block's realm: a middle block's ends there
+                    twin = twins.get((spot[0], spot[2], rank[life.storage_id, "alloc"]))
+                    there = locate(twin.free_index) if twin is not None and twin.free_seq is not None else None
+                    if twin is not None and twin.nbytes == life.nbytes and there is not None \
+                            and 0 < there[1] < k - 1:
+                        ends, home_old = twin, template + 1
+                    elif own is not None:
+                        raise NotPeriodic("a lifetime ending in the first block has no twin")
+            f = moved(ends.free_index, home_old, home) if ends.free_seq is not None else None
             if f == "dropped":
                 f = None
             instances.append((life, home))
             keys.append(((a, rank[life.storage_id, "alloc"], home or 0),
-                         None if f is None else (f, rank[life.storage_id, "free"], home or 0)))
+                         None if f is None else (f, rank[ends.storage_id, "free"], home or 0)))
     if not check:
-        _check_gradients(shallow, paths, template, count, replicated)
+        _check_gradients(shallow, paths, template, k, count, replicated)
 
     order = sorted(range(len(instances)), key=lambda i: keys[i][0])
     new_id = {old: new for new, old in enumerate(order)}
@@ -355,7 +433,7 @@ def unroll(shallow: Shallow, unroll_plan: Plan, count: int, *, training: bool, c
         for old, new in role_sets:
             if life.storage_id in old:
                 new.add(new_id[i])
-    return Unrolled(new_ops, lives, roles, _stats(shallow.stats, paths, template, last, count), sources)
+    return Unrolled(new_ops, lives, roles, _stats(shallow.stats, paths, template, new_block, copies), sources)
 
 
 def _forward_end(shallow: Shallow, keys, instances, events) -> int | None:
@@ -372,7 +450,7 @@ def _forward_end(shallow: Shallow, keys, instances, events) -> int | None:
     return n
 
 
-def _check_gradients(shallow: Shallow, paths: _Paths, template: int, count: int, replicated: set[int]) -> None:
+def _check_gradients(shallow: Shallow, paths: _Paths, template: int, k: int, count: int, replicated: set[int]) -> None:
     """The gradients made for the blocks that did not run are exactly the replicated template gradients' (those
     the template block's backward allocated; accumulated gradients exist from the start for every block)."""
     made = defaultdict(int)
@@ -383,29 +461,29 @@ def _check_gradients(shallow: Shallow, paths: _Paths, template: int, count: int,
         return blocks, (tuple(sorted(f[1] for f in found if f)), shallow.lives[sid].nbytes)
 
     for sid, names in shallow.grads.items():   # the template window's (FSDP: maybe the next block's reduction)
-        blocks, k = key(names, sid)
+        blocks, key_ = key(names, sid)
         if sid in replicated and len(blocks) == 1 and None not in blocks:
-            made[k] += count - 2 - template
+            made[key_] += count - k
     for sid, names in shallow.pending.items():
-        blocks, k = key(names, sid)
-        if len(blocks) != 1 or None in blocks or not SHALLOW <= min(blocks) < count:
+        blocks, key_ = key(names, sid)
+        if len(blocks) != 1 or None in blocks or not k <= min(blocks) < count:
             raise NotPeriodic(f"a gradient made for {names[0]}")
-        made[k] -= 1
+        made[key_] -= 1
     if any(made.values()):
         raise NotPeriodic("the blocks that did not run have other gradients than the replicated block")
 
 
-def _stats(stats: dict[str, ModuleCallStats], paths: _Paths, template: int, last: int,
-           count: int) -> dict[str, ModuleCallStats]:
+def _stats(stats: dict[str, ModuleCallStats], paths: _Paths, template: int, new_block: dict,
+           copies) -> dict[str, ModuleCallStats]:
     out: dict[str, ModuleCallStats] = {}
     for path, value in stats.items():
         found = paths.layer(path)
-        if found is None or found[0] in (0, template):
+        if found is None:
             out[path] = value
-        if found is not None and found[0] == last:
-            out[paths.renamed(path, {last: count - 1})] = value
-        if found is not None and found[0] == template:
-            for j in range(template + 1, count - 1):
+            continue
+        out[paths.renamed(path, {found[0]: new_block[found[0]]})] = value
+        if found[0] == template:
+            for j in copies:
                 out[paths.renamed(path, {template: j})] = replace(value)
     return out
 
@@ -413,7 +491,7 @@ def _stats(stats: dict[str, ModuleCallStats], paths: _Paths, template: int, last
 _NUMBER = re.compile(r"\d[\d,]*\d|\d")
 
 
-def extrapolate(lines3: tuple[str, ...], lines4: tuple[str, ...], count: int) -> tuple[str, ...]:
+def extrapolate(lines3: tuple[str, ...], lines4: tuple[str, ...], count: int, shallow: int = SHALLOW) -> tuple[str, ...]:
     """Notes of the full step from the notes of the SHALLOW- and CHECK-block steps: every integer that differs
     grows linearly with the blocks (``×3``/``×4`` -> ``×80``; ``layers.2``/``layers.3`` -> ``layers.79``)."""
     if len(lines3) != len(lines4):
@@ -430,7 +508,7 @@ def extrapolate(lines3: tuple[str, ...], lines4: tuple[str, ...], count: int) ->
                 text.append(x)
             else:
                 vx, vy = int(x.replace(",", "")), int(y.replace(",", ""))
-                value = vx + (count - SHALLOW) * (vy - vx)
+                value = vx + (count - shallow) * (vy - vx)
                 text.append(f"{value:,}" if "," in x or "," in y else str(value))
             text.append(rest)
         out.append("".join(text))
@@ -460,7 +538,7 @@ def canonical(ops: list[OpRecord], lives: list[StorageLife], roles: StorageRoles
     kept_ops = [replace(op, index=0) for op in ops if op.phase is not Phase.OPTIMIZER]
     events = []
     for life in lives:
-        if life.storage_id in skip or life.alloc_phase is Phase.OPTIMIZER:
+        if life.storage_id in skip or life.alloc_phase is Phase.OPTIMIZER or (start_free and not life.nbytes):
             continue
         events.append((life.alloc_seq, "alloc", life.alloc_index, life.storage_id, life.nbytes, life.alloc_phase))
         if life.free_seq is not None and life.free_phase is not Phase.OPTIMIZER:
