@@ -25,6 +25,7 @@ def _plan(model: str, world: int, model_kwargs=None, tokens=(1, 2048), precision
     import torch  # noqa: F401 - imports are not timed
     import transformers  # noqa: F401
     import torch.distributed.fsdp  # noqa: F401
+    import transformers.models.llama.modeling_llama  # noqa: F401 - the model's module (transformers loads it lazily)
 
     options = make_options(mode="train", precision=precision, optimizer="adamw", checkpointing=checkpointing,
                            strategy="fsdp", world_size=world, optimizer_impl=optimizer_impl,

@@ -159,6 +159,14 @@ class _Paths:
         return f"{self.prefix}{mapping[found[0]]}{found[1]}"
 
 
+def _placed(op: OpRecord, index: int, path: str) -> OpRecord:
+    """``op`` at another index and module path: ``dataclasses.replace`` without re-running ``__init__`` (half the
+    replication's time on a 70B step)."""
+    placed = object.__new__(OpRecord)
+    placed.__dict__.update(op.__dict__, index=index, module_path=path)
+    return placed
+
+
 def block_of(unroll_plan: Plan):
     """``layer(path) -> (block index, rest) | None`` for paths of ``unroll_plan``'s blocks."""
     return _Paths(unroll_plan.container).layer
@@ -293,7 +301,7 @@ def unroll(shallow: Shallow, unroll_plan: Plan, count: int, *, training: bool, c
         if phase == "insert":
             for _ in range(block):
                 for op in mapping:
-                    new_ops.append(replace(op, index=len(new_ops)))
+                    new_ops.append(_placed(op, len(new_ops), op.module_path))
                     sources.append(-1)
             continue
         if check and phase is None and start < len(ops) and any(
@@ -306,8 +314,8 @@ def unroll(shallow: Shallow, unroll_plan: Plan, count: int, *, training: bool, c
         for i in range(start, end):
             op = ops[i]
             path = paths.renamed(op.module_path, mapping)
-            new_ops.append(replace(op, index=len(new_ops), module_path=path) if (path != op.module_path
-                                                                                 or op.index != len(new_ops)) else op)
+            new_ops.append(_placed(op, len(new_ops), path) if (path != op.module_path
+                                                                 or op.index != len(new_ops)) else op)
             sources.append(i)
             if not copied:
                 old_to_new[i] = base + (i - start)
