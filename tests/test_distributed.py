@@ -603,3 +603,27 @@ def test_backward_ops_are_attributed_the_same_on_every_run():
         result = trace_distributed(model, parse_inputs("input_ids=2x16:int64"), options)
         runs.add(tuple((op.op, op.module_path) for op in result.ops))
     assert len(runs) == 1
+
+
+def test_checkpointed_blocks_keep_their_rows_under_a_strategy():
+    """The module table lists the model as its ops are attributed: a checkpointed block's layers under their own
+    paths with their outputs (they were listed under the wrapper's ``inner`` with nothing), so the activation
+    total is the sum of every leaf's outputs, blocks included."""
+    import transformers
+
+    from torchbudget.engine.api import make_options
+    from torchbudget.engine.distributed.trace import trace_distributed
+    from torchbudget.engine.inputs import parse_inputs
+    from tests.models.tiny_llms import _on_meta
+
+    options = make_options(mode="train", precision="fp32", optimizer="adamw", strategy="ddp", world_size=2,
+                           checkpointing=True)
+    model = _on_meta(transformers.LlamaForCausalLM, transformers.LlamaConfig(**LLAMA))
+    result = trace_distributed(model, parse_inputs("input_ids=2x16:int64"), options)
+    rows = {n.path: n for n in result.modules}
+    q = rows["model.layers.1.self_attn.q_proj"]
+    assert q.output_shapes == ((2, 16, LLAMA["num_attention_heads"] * (LLAMA["hidden_size"] // LLAMA["num_attention_heads"])),)
+    assert q.params_own == LLAMA["hidden_size"] * LLAMA["hidden_size"]
+    assert not any(".inner" in path for path in rows)
+    assert result.totals.activation_bytes == sum(n.activation_bytes for n in result.modules if not n.children)
+    assert result.totals.activation_bytes >= LLAMA["num_hidden_layers"] * q.activation_bytes

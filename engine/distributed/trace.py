@@ -102,7 +102,7 @@ def trace_distributed(model: nn.Module, inputs: Sequence[InputSpec], options: Tr
     return _result(model, model_name, inputs, options, tuned, recorder.ops, recorder.storage.lives, run["roles"],
                    stack.stats, recorder.collectives, recorder.formula_errors, run, groups, run["params"],
                    global_params, global_bytes, run["local_param_bytes"], _policies(recorder, run, options, tuned),
-                   started)
+                   started, tree=stack.named_modules())
 
 
 def _step(model, inputs, options, use_names, forward_kwargs, plans, pending_for=None):
@@ -135,9 +135,18 @@ def _policies(recorder, run, options, tuned) -> tuple[str, ...]:
 
 
 def _result(model, model_name, inputs, options, tuned, ops, lives, roles, stats, collectives, formula_errors, run,
-            groups, params, global_params, global_bytes, local_bytes, policies, started, notes=None) -> AnalysisResult:
-    first_owner = {id(p): name.rpartition(".")[0] for name, p in model.named_parameters()}
-    nodes = assemble.module_nodes(model, model_name, ops, SimpleNamespace(stats=stats), first_owner)
+            groups, params, global_params, global_bytes, local_bytes, policies, started, notes=None,
+            tree=None) -> AnalysisResult:
+    """``tree``: (path, module) of the model as its ops are attributed (before the wrappers: a checkpointed
+    block's rows under its own path, not its wrapper's ``inner``); default ``model.named_modules()``."""
+    tree = list(tree if tree is not None else model.named_modules())
+    first_owner: dict[int, str] = {}
+    for path, module in tree:
+        for p in module._parameters.values():
+            if p is not None:
+                first_owner.setdefault(id(p), path)
+    nodes = assemble.module_nodes(model, model_name, ops, SimpleNamespace(stats=stats), first_owner,
+                                  named_modules=lambda: iter(tree))
     uncounted, coverage, flop_coverage = assemble.uncounted(ops)
     warnings = tuple(f"formula for {op} failed ({why}); counted as uncounted" for op, why in formula_errors.items())
     step = run.get("generation")

@@ -77,16 +77,18 @@ def _rollup(ops: list[OpRecord], phase: Phase, attr: str) -> tuple[dict[str, int
 
 
 def module_nodes(model: torch.nn.Module, model_name: str, ops: list[OpRecord], stack: ModuleStack,
-                 first_owner: dict[int, str], trains=None) -> tuple[ModuleNode, ...]:
+                 first_owner: dict[int, str], trains=None, named_modules=None) -> tuple[ModuleNode, ...]:
     """``trains(parameter) -> bool``: whether the step trains it (default: its ``requires_grad``; the trace
-    passes its own decision, which --freeze changes without touching the module)."""
+    passes its own decision, which --freeze changes without touching the module). ``named_modules``: the
+    module tree to list (default ``model.named_modules``; a distributed trace lists the tree its ops were
+    attributed to, from before the wrappers)."""
     trains = trains or (lambda p: p.requires_grad)
     macs_own, macs = _rollup(ops, Phase.FORWARD, "macs")
     flops_own, flops = _rollup(ops, Phase.FORWARD, "flops")
     _, backward_flops = _rollup(ops, Phase.BACKWARD, "flops")
     _, read = _rollup(ops, Phase.FORWARD, "bytes_read")
     _, written = _rollup(ops, Phase.FORWARD, "bytes_written")
-    named = list(model.named_modules())
+    named = list((named_modules or model.named_modules)())
     children: dict[str, list[str]] = defaultdict(list)
     for path, _ in named[1:]:
         children[path.rpartition(".")[0]].append(path)

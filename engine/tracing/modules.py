@@ -48,6 +48,11 @@ class ModuleStack:
     def module_at(self, path: str) -> torch.nn.Module | None:
         return self._by_path.get(path)
 
+    def named_modules(self):
+        """(path, module) of the root as it was when the stack was made: the paths every op is attributed to,
+        whatever wrappers were put around modules since (checkpointing, FSDP)."""
+        return iter(self._by_path.items())
+
     @property
     def current_input_shape(self) -> tuple[int, ...] | None:
         return self.input_shapes[-1] if self.input_shapes else None
