@@ -2,6 +2,8 @@
 storage events must reproduce. Used by tests and the trace benchmark, never by the trace itself."""
 from __future__ import annotations
 
+import gc
+
 import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
@@ -25,17 +27,27 @@ def profiled_peak_bytes(model: torch.nn.Module, inputs: list[torch.Tensor], mode
     """Peak live CPU tensor bytes of one real step (weights, buffers, inputs counted as live at start)."""
     baseline = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers(), *inputs))
     model.train(mode == "train")
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        if mode == "train":
-            out = model(*inputs)
-            loss = sum(t.float().sum() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
-            loss.backward()
-            del out, loss
-            if optimizer is not None:
-                optimizer.step()
-        else:
-            with torch.no_grad():
+    # the garbage collector is emptied first and paused during the step (as during a trace): a collection
+    # inside the profile would free tensors made before it (cyclic garbage of earlier work), which the running
+    # sum would subtract from this step's peak
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            if mode == "train":
                 out = model(*inputs)
+                loss = sum(t.float().sum() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+                loss.backward()
+                del out, loss
+                if optimizer is not None:
+                    optimizer.step()
+            else:
+                with torch.no_grad():
+                    out = model(*inputs)
+    finally:
+        if was_enabled:
+            gc.enable()
     return baseline + allocation_peak_bytes(allocation_events(prof))
 
 
