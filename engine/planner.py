@@ -193,32 +193,29 @@ def sweep_batches(current_batch: int, max_batches: Sequence[int | None]) -> tupl
 MAX_SWEEP_SEQ_LEN = 1 << 20
 
 
-def sweep_seq_lens(current: int, max_seq_lens: Sequence[int | None]) -> tuple[int, ...]:
-    """Powers of two from 128 (or below the current length) to past the current length and every longest
-    sequence, plus each longest sequence n and n + 1 (the curve crosses the capacity line there)."""
-    top = max([current, *[(n or 0) + 1 for n in max_seq_lens]])
-    values, n = {current}, min(128, 1 << (current.bit_length() - 1))
-    while n < top * 2 and n <= MAX_SWEEP_SEQ_LEN:
+def _doubling_grid(current: int, bests: Sequence[int | None], floor: int, limit: int) -> tuple[int, ...]:
+    """Powers of two from ``floor`` (or below ``current``) to past ``current`` and every best answer, plus each
+    best n and n + 1 (the curve crosses the capacity line there); nothing above ``limit``."""
+    top = max([current, *[(n or 0) + 1 for n in bests]])
+    values, n = {current}, min(floor, 1 << (current.bit_length() - 1))
+    while n < top * 2 and n <= limit:
         values.add(n)
         n *= 2
-    values.update(v for best in max_seq_lens if best for v in (best, best + 1) if v <= MAX_SWEEP_SEQ_LEN)
+    values.update(v for best in bests if best for v in (best, best + 1) if v <= limit)
     return tuple(sorted(values))
+
+
+def sweep_seq_lens(current: int, max_seq_lens: Sequence[int | None]) -> tuple[int, ...]:
+    """Sequence lengths: the doubling grid from 128 around the current length and every longest sequence."""
+    return _doubling_grid(current, max_seq_lens, 128, MAX_SWEEP_SEQ_LEN)
 
 
 MAX_SWEEP_CONTEXT = 1 << 24   # the context search's limit (solver.DEFAULT_CONTEXT_LIMIT): each marker on its curve
 
 
 def sweep_contexts(current: int, max_contexts: Sequence[int | None]) -> tuple[int, ...]:
-    """Decode contexts: powers of two from 256 (or below the current context) to past the current context and
-    every largest context, plus each largest context n and n + 1 (the curve crosses the capacity line there)."""
-    current = max(1, current)
-    top = max([current, *[(n or 0) + 1 for n in max_contexts]])
-    values, n = {current}, min(256, 1 << (current.bit_length() - 1))
-    while n < top * 2 and n <= MAX_SWEEP_CONTEXT:
-        values.add(n)
-        n *= 2
-    values.update(v for best in max_contexts if best for v in (best, best + 1) if v <= MAX_SWEEP_CONTEXT)
-    return tuple(sorted(values))
+    """Decode contexts: the doubling grid from 256 around the current context and every largest context."""
+    return _doubling_grid(max(1, current), max_contexts, 256, MAX_SWEEP_CONTEXT)
 
 
 def sweep_resolutions(current: int) -> tuple[int, ...]:

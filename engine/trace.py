@@ -353,16 +353,9 @@ def _generation_step(model: torch.nn.Module, inputs: tuple[InputSpec, ...], opti
             return model(*args, **kwargs)
 
     param_dtype, _ = precision_dtypes(options.precision)
-    try:
-        return generation.prepare(model, inputs, options, use_names=use_names,
-                                  model_dtype=None if autocast_dtype else param_dtype, run_untraced=run_untraced,
-                                  make_input=make_input)
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001  (the model's own prefill of the context failed)
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise TraceError(f"filling the KV cache of {options.context_len} token(s) (the model's own prefill) failed: "
-                         f"{type(exc).__name__}: {message}") from exc
+    return generation.prepared_or_explained(model, inputs, options, where="", use_names=use_names,
+                                            model_dtype=None if autocast_dtype else param_dtype,
+                                            run_untraced=run_untraced, make_input=make_input)
 
 
 def _trains(stand_ins: StandIns):

@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_leaves
 
 from torchbudget.engine import finetune, vocab
 from torchbudget.engine import trace as single
-from torchbudget.engine.errors import InputSpecError, TraceError, UserError
+from torchbudget.engine.errors import InputSpecError, UserError
 from torchbudget.engine.inputs import InputSpec
 from torchbudget.engine.ops.collective import register_fsdp_ops
 from torchbudget.engine.quantized import QUANTIZED_BASE_DTYPES
@@ -395,16 +395,9 @@ def _generation_step(model, prepared, inputs, options, use_names: bool, autocast
             return prepared.runnable(*args, **kwargs)
 
     param_dtype, _ = single.precision_dtypes(options.precision)
-    try:
-        return generation.prepare(model, inputs, options, use_names=use_names,
-                                  model_dtype=None if autocast else param_dtype, run_untraced=run_untraced,
-                                  make_input=make_input)
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001  (the model's own prefill of the context failed)
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise TraceError(f"filling the KV cache of {options.context_len} token(s) (the model's own prefill) on "
-                         f"{options.strategy} failed: {type(exc).__name__}: {message}") from exc
+    return generation.prepared_or_explained(model, inputs, options, where=f" on {options.strategy}",
+                                            use_names=use_names, model_dtype=None if autocast else param_dtype,
+                                            run_untraced=run_untraced, make_input=make_input)
 
 
 def _add_role(roles: assemble.StorageRoles, role: MemoryCategory, sids) -> None:

@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from torchbudget.engine.errors import UserError
+from torchbudget.engine.errors import TraceError, UserError
 from torchbudget.engine.inputs import InputSpec
 from torchbudget.engine.results import GENERATION_WARNING
 from torchbudget.engine.tracing.policies import DataDependentPolicies, fast_tolist
@@ -295,6 +295,20 @@ class GenerationStep:
 
 
 Runner = Callable[[tuple, dict], object]
+
+
+def prepared_or_explained(model: torch.nn.Module, specs: Sequence[InputSpec], options, *, where: str = "",
+                          **kwargs) -> GenerationStep:
+    """``prepare``, with a failure of the model's own prefill of the context (not a UserError) told in one line
+    (``where``: " on <strategy>" for a distributed trace)."""
+    try:
+        return prepare(model, specs, options, **kwargs)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (the model's own prefill of the context failed)
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TraceError(f"filling the KV cache of {options.context_len} token(s) (the model's own prefill){where} "
+                         f"failed: {type(exc).__name__}: {message}") from exc
 
 
 def prepare(model: torch.nn.Module, specs: Sequence[InputSpec], options, *, use_names: bool,

@@ -539,14 +539,14 @@ def free_runs_sorted(events: list[tuple]) -> list[tuple]:
     return out + sorted(run, key=lambda e: e[2])
 
 
-def canonical(ops: list[OpRecord], lives: list[StorageLife], roles: StorageRoles, stats, skip=frozenset(),
-              start_free: bool = False):
+def canonical(ops: list[OpRecord], lives: list[StorageLife], roles: StorageRoles, stats, start_free: bool = False):
     """A step's ops, storage events (identities by allocation order) and module statistics, for comparing a
-    replicated step with a traced one; optimizer ops and events, and storages in ``skip``, left out."""
+    replicated step with a traced one; optimizer ops and events left out (``start_free``: the storages made
+    before the first op compared as a set, empty ones left out)."""
     kept_ops = [replace(op, index=0) for op in ops if op.phase is not Phase.OPTIMIZER]
     events = []
     for life in lives:
-        if life.storage_id in skip or life.alloc_phase is Phase.OPTIMIZER or (start_free and not life.nbytes):
+        if life.alloc_phase is Phase.OPTIMIZER or (start_free and not life.nbytes):
             continue
         events.append((life.alloc_seq, "alloc", life.alloc_index, life.storage_id, life.nbytes, life.alloc_phase))
         if life.free_seq is not None and life.free_phase is not Phase.OPTIMIZER:
